@@ -1,0 +1,1 @@
+//! The host actor bus and host actors.

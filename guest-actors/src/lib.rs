@@ -1,0 +1,1 @@
+//! Guest agents: maitred, vshd, tremplin, garcon and test payloads. Built as static binaries.

@@ -1,0 +1,191 @@
+//! concierge: VMs and their disks (REFERENCE.md, "Concierge").
+
+use serde::{Deserialize, Serialize};
+
+fn default_cpus() -> u32 {
+    2
+}
+fn default_memory_mib() -> u32 {
+    1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_start_timeout() -> u32 {
+    120
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum ConciergeRequest {
+    StartVm {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+        /// Extra disks; the stateful disk named after the VM is always first.
+        #[serde(default)]
+        disks: Vec<DiskSpec>,
+        #[serde(default = "default_cpus")]
+        cpus: u32,
+        #[serde(default = "default_memory_mib")]
+        memory_mib: u32,
+        #[serde(default)]
+        kernel_params: Vec<String>,
+        #[serde(default = "default_true")]
+        start_termina: bool,
+        /// Seconds to wait for VmReady and StartTermina together.
+        #[serde(default = "default_start_timeout")]
+        timeout_secs: u32,
+        /// Component version to boot; the newest verified one when absent.
+        #[serde(default)]
+        component_version: Option<String>,
+    },
+    StopVm {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+    },
+    StopAllVms {},
+    SuspendVm {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+    },
+    ResumeVm {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+    },
+    GetVmInfo {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+    },
+    ListVms {},
+    /// Creates the VM's stateful disk; `size` 0 means auto (90% of free + used, >= 1 GiB).
+    CreateDiskImage {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+        #[serde(default)]
+        size: u64,
+    },
+    DestroyDiskImage {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+    },
+    ListVmDisks {},
+}
+
+/// A disk to attach to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub path: String,
+    #[serde(default)]
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+pub enum VmStatus {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub owner_id: String,
+    pub cid: u32,
+    /// Host pid of the hypervisor process.
+    pub pid: u32,
+    pub ipv4: String,
+    pub seneschal_handle: u64,
+    pub status: VmStatus,
+    /// Which backend runs it: `crosvm` or `qemu`.
+    pub hypervisor: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskImageStatus {
+    Created,
+    Exists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDiskInfo {
+    pub name: String,
+    pub path: String,
+    /// Apparent size in bytes.
+    pub size: u64,
+    /// Bytes actually allocated on the host (sparse files use less).
+    pub allocated: u64,
+    pub min_size: u64,
+    pub available_space: u64,
+    pub vm_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum ConciergeReply {
+    VmStarted {
+        vm_info: VmInfo,
+    },
+    VmStopped {
+        name: String,
+    },
+    AllVmsStopped {
+        count: u32,
+    },
+    VmInfo {
+        vm_info: VmInfo,
+    },
+    Vms {
+        vms: Vec<VmInfo>,
+    },
+    DiskImage {
+        status: DiskImageStatus,
+        path: String,
+        size: u64,
+    },
+    DiskImageDestroyed {
+        name: String,
+    },
+    Disks {
+        disks: Vec<VmDiskInfo>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+pub enum StopReason {
+    /// StopVm asked for it.
+    Requested,
+    /// The guest powered itself off.
+    GuestShutdown,
+    /// The hypervisor process exited unexpectedly.
+    HypervisorExited,
+    /// crosd is shutting down.
+    DaemonShutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum ConciergeEvent {
+    VmStartingUp {
+        name: String,
+    },
+    VmStarted {
+        vm_info: VmInfo,
+    },
+    VmStopping {
+        name: String,
+    },
+    VmStopped {
+        name: String,
+        reason: StopReason,
+        detail: String,
+    },
+    DiskImageProgress {
+        uuid: String,
+        percent: u8,
+    },
+}

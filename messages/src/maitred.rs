@@ -1,0 +1,91 @@
+//! maitred: the guest's init, PID 1 (vsock 8888; REFERENCE.md "Maitred").
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum MaitredRequest {
+    ConfigureNetwork {
+        address: String,
+        netmask: String,
+        gateway: String,
+    },
+    Mount {
+        source: String,
+        target: String,
+        fstype: String,
+        #[serde(default)]
+        flags: u64,
+        #[serde(default)]
+        options: String,
+        #[serde(default)]
+        create_target: bool,
+        #[serde(default)]
+        mkfs_if_needed: bool,
+    },
+    Mount9P {
+        port: u32,
+        target: String,
+    },
+    /// Mounts the stateful disk at /mnt/stateful (mkfs.btrfs if needed) and starts tremplin.
+    StartTermina {
+        #[serde(default)]
+        stateful_device: String,
+        #[serde(default)]
+        start_tremplin: bool,
+    },
+    Shutdown {},
+    LaunchProcess {
+        argv: Vec<String>,
+        #[serde(default)]
+        env: Vec<(String, String)>,
+        #[serde(default)]
+        respawn: bool,
+        #[serde(default)]
+        wait_for_exit: bool,
+    },
+    SetTime {
+        secs: u64,
+        nanos: u32,
+    },
+    SetTimezone {
+        name: String,
+    },
+    GetKernelVersion {},
+    ResizeFilesystem {
+        size: u64,
+    },
+    GetResizeStatus {},
+    GetAvailableSpace {},
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum MaitredReply {
+    Ack {},
+    KernelVersion {
+        release: String,
+        version: String,
+    },
+    ProcessLaunched {
+        pid: u32,
+        exit_code: Option<i32>,
+    },
+    TerminaStarted {
+        /// True when the stateful filesystem needed `usebackuproot` (possible data loss).
+        partial_data_loss: bool,
+        free_bytes: u64,
+    },
+    ResizeStatus {
+        resizing: bool,
+        current_size: u64,
+        target_size: u64,
+    },
+    AvailableSpace {
+        bytes: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum MaitredEvent {
+    /// Sent to the host's port 7777 once init is up.
+    VmReady {},
+}

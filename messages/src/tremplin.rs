@@ -1,0 +1,73 @@
+//! tremplin: containers inside the VM (vsock 8890; reports to host 7778).
+
+use crate::cicerone::{ContainerStatus, PrivilegeLevel};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum TremplinRequest {
+    StartLxd {},
+    CreateContainer {
+        name: String,
+        #[serde(default)]
+        image_server: String,
+        #[serde(default)]
+        image_alias: String,
+        #[serde(default)]
+        rootfs_path: String,
+        #[serde(default)]
+        metadata_path: String,
+    },
+    StartContainer {
+        name: String,
+        token: String,
+        #[serde(default)]
+        privilege_level: PrivilegeLevel,
+    },
+    SetUpUser {
+        name: String,
+        username: String,
+    },
+    StopContainer {
+        name: String,
+    },
+    DeleteContainer {
+        name: String,
+    },
+    GetContainerInfo {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum TremplinReply {
+    Ack {},
+    ContainerStatus {
+        name: String,
+        status: ContainerStatus,
+        failure_reason: String,
+    },
+    ContainerInfo {
+        name: String,
+        ipv4: String,
+        status: ContainerStatus,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum TremplinEvent {
+    TremplinReady {},
+    UpdateCreateStatus {
+        name: String,
+        status: ContainerStatus,
+        percent: u8,
+        failure_reason: String,
+    },
+    UpdateStartStatus {
+        name: String,
+        status: ContainerStatus,
+        failure_reason: String,
+    },
+    ContainerShutdown {
+        name: String,
+    },
+}

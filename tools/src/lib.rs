@@ -1,0 +1,1 @@
+//! Client library and shared code of the user-facing binaries.
