@@ -1,0 +1,1 @@
+//! Hypervisor backends behind one trait: how concierge (and the tests) start a VM process.
