@@ -1,1 +1,4 @@
 //! The virtual machine monitor and its virtio devices.
+
+pub mod devices;
+pub mod vhost_user;

@@ -1,0 +1,24 @@
+//! virtio-vsock (virtio 1.2, 5.10) with a Unix-socket host side (Firecracker's hybrid vsock).
+//!
+//! * `packet`: the header and descriptor-chain parsing (all guest input validated here);
+//! * `connection`: one stream's state machine and credit-based flow control;
+//! * `handshake`: the host's `CONNECT <port>` line;
+//! * `muxer`: guest connections ↔ host Unix sockets, one non-blocking epoll set;
+//! * `device`: queues, features, config space, the event entry point transports call;
+//! * `thread`: the device thread (epoll on queue kicks and host sockets) for our own VMM.
+
+pub mod connection;
+pub mod device;
+pub mod error;
+pub mod handshake;
+pub mod muxer;
+pub mod packet;
+pub mod thread;
+
+pub use device::{
+    DeviceEvent, EVENT_QUEUE, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, UsedQueues,
+    VIRTIO_ID_VSOCK, VsockConfig, VsockDevice,
+};
+pub use error::{PacketError, VsockError};
+pub use muxer::{CONNECT_TIMEOUT, MAX_CONNECTIONS, port_path};
+pub use thread::{DeviceThread, GuestInterrupt, VsockQueues};
