@@ -9,6 +9,7 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// Names an actor and where it lives: on the host (`vm` and `container` empty), in a VM, or in a
 /// container of a VM.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Addr {
     pub actor: String,
@@ -128,6 +129,7 @@ impl FromStr for Addr {
 }
 
 /// Every kind of actor in the system, with its well-known name.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(
     Debug,
     Clone,

@@ -3,6 +3,7 @@
 use crate::Addr;
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum BusRequest {
     /// Lists every registered actor.
@@ -17,6 +18,7 @@ pub enum BusRequest {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum BusReply {
     Actors { actors: Vec<ActorInfo> },
@@ -25,6 +27,7 @@ pub enum BusReply {
 }
 
 /// One registered actor.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActorInfo {
     pub addr: Addr,

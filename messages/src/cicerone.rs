@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum CiceroneRequest {
     NotifyVmStarted {
@@ -61,6 +62,7 @@ pub enum CiceroneRequest {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PrivilegeLevel {
     #[default]
@@ -69,6 +71,7 @@ pub enum PrivilegeLevel {
     Unprivileged,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum ContainerStatus {
     Creating,
@@ -83,6 +86,7 @@ pub enum ContainerStatus {
     Failed,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum CiceroneReply {
     Ack {},
@@ -99,6 +103,7 @@ pub enum CiceroneReply {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum CiceroneEvent {
     TremplinStarted {

@@ -15,6 +15,7 @@ fn default_start_timeout() -> u32 {
     120
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ConciergeRequest {
     StartVm {
@@ -78,6 +79,7 @@ pub enum ConciergeRequest {
 }
 
 /// A disk to attach to a VM.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
     pub path: String,
@@ -85,6 +87,7 @@ pub struct DiskSpec {
     pub writable: bool,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum VmStatus {
     Starting,
@@ -93,6 +96,7 @@ pub enum VmStatus {
     Stopped,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
     pub name: String,
@@ -107,12 +111,14 @@ pub struct VmInfo {
     pub hypervisor: String,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskImageStatus {
     Created,
     Exists,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmDiskInfo {
     pub name: String,
@@ -126,6 +132,7 @@ pub struct VmDiskInfo {
     pub vm_type: String,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ConciergeReply {
     VmStarted {
@@ -156,6 +163,7 @@ pub enum ConciergeReply {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum StopReason {
     /// StopVm asked for it.
@@ -168,6 +176,7 @@ pub enum StopReason {
     DaemonShutdown,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ConciergeEvent {
     VmStartingUp {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum CrosvmRequest {
     /// Graceful stop (ACPI power button or i8042) with a deadline, then forced.
@@ -15,6 +16,7 @@ pub enum CrosvmRequest {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum VmRunState {
     Running,
@@ -23,6 +25,7 @@ pub enum VmRunState {
     Stopped,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum CrosvmReply {
     Ack {},

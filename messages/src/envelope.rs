@@ -14,6 +14,7 @@ use crate::{ActorKind, Addr, CrosError, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 
 /// First frame each side of every connection sends.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub version: u16,
@@ -31,6 +32,7 @@ impl Hello {
 }
 
 /// A routed message.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Protocol version of the sender.
@@ -75,6 +77,7 @@ impl Envelope {
 }
 
 /// Whether a body asks, answers, or announces.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum BodyKind {
     Request,
@@ -84,6 +87,7 @@ pub enum BodyKind {
 }
 
 /// Every message, one variant per actor and direction.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum Body {
     Bus(BusRequest),

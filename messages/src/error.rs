@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Category of a failed request; clients branch on this, humans read the message.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(
     Debug,
     Clone,
@@ -39,6 +40,7 @@ pub enum ErrorKind {
 }
 
 /// An error reply: a kind to branch on and a message naming the bad input.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct CrosError {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ImageloaderRequest {
     /// Lists components found under STATE/components.
@@ -14,6 +15,7 @@ pub enum ImageloaderRequest {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentInfo {
     pub name: String,
@@ -22,6 +24,7 @@ pub struct ComponentInfo {
 }
 
 /// Paths of a verified component's files.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadedComponent {
     pub name: String,
@@ -32,6 +35,7 @@ pub struct LoadedComponent {
     pub initrd: Option<String>,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ImageloaderReply {
     Components { components: Vec<ComponentInfo> },

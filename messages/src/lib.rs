@@ -22,6 +22,9 @@ pub mod tremplin;
 pub mod vmlog;
 pub mod vsh;
 
+#[cfg(test)]
+mod proptests;
+
 pub use addr::{ActorKind, Addr, AddrParseError};
 pub use envelope::{Body, BodyKind, Envelope, Hello};
 pub use error::{CrosError, ErrorKind, FrameError};

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum MaitredRequest {
     ConfigureNetwork {
@@ -58,6 +59,7 @@ pub enum MaitredRequest {
     GetAvailableSpace {},
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum MaitredReply {
     Ack {},
@@ -84,6 +86,7 @@ pub enum MaitredReply {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum MaitredEvent {
     /// Sent to the host's port 7777 once init is up.

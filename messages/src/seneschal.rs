@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdMapEntry {
     pub inside: u32,
@@ -9,6 +10,7 @@ pub struct IdMapEntry {
     pub count: u32,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum SeneschalRequest {
     StartServer {
@@ -37,6 +39,7 @@ pub enum SeneschalRequest {
     ListServers {},
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
     pub handle: u64,
@@ -45,6 +48,7 @@ pub struct ServerInfo {
     pub shared: Vec<String>,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum SeneschalReply {
     ServerStarted { handle: u64, port: u32 },

@@ -16,6 +16,7 @@ const HEADER_LEN: u64 = 12;
 pub const MAX_TRACE_RECORD: usize = MAX_CONTROL_FRAME + 4096;
 
 /// One routed envelope.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceRecord {
     /// Monotonic nanoseconds since the recorder started (orders records, measures latency).

@@ -3,6 +3,7 @@
 use crate::cicerone::{ContainerStatus, PrivilegeLevel};
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum TremplinRequest {
     StartLxd {},
@@ -38,6 +39,7 @@ pub enum TremplinRequest {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum TremplinReply {
     Ack {},
@@ -53,6 +55,7 @@ pub enum TremplinReply {
     },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum TremplinEvent {
     TremplinReady {},

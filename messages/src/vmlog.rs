@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum Severity {
     Emergency,
@@ -14,6 +15,7 @@ pub enum Severity {
     Debug,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
     /// Guest wall time, nanoseconds since the epoch.
@@ -24,6 +26,7 @@ pub struct LogRecord {
     pub message: String,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum VmlogRequest {
     /// Sent by vm_syslog; the VM is known from the connection, never from the message.
@@ -32,6 +35,7 @@ pub enum VmlogRequest {
     GetLogPath { vm: String },
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum VmlogReply {
     Written { count: u32 },

@@ -14,6 +14,7 @@ pub const VM_SHELL: &str = "/vm_shell";
 /// Exit code the client uses when the server sent none.
 pub const NO_EXIT_STATUS: i32 = 123;
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetupConnectionRequest {
     /// Container name, or [`VM_SHELL`].
@@ -28,12 +29,14 @@ pub struct SetupConnectionRequest {
     pub nopty: bool,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConnectionStatus {
     Ready,
     Failed,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetupConnectionResponse {
     pub status: ConnectionStatus,
@@ -41,6 +44,7 @@ pub struct SetupConnectionResponse {
     pub pid: u32,
 }
 
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VshSignal {
     Hup,
@@ -50,6 +54,7 @@ pub enum VshSignal {
 }
 
 /// Client → server after setup.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
     /// Empty data means EOF on stdin.
@@ -62,6 +67,7 @@ pub enum HostMessage {
 }
 
 /// Server → client after setup.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GuestMessage {
     /// Empty data means EOF on that stream.
