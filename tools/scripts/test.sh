@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole crosd test suite on a fresh Debian machine: installs what it needs, checks
+# formatting and lints, builds, fetches the guest kernel, and runs every test.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+
+ensure_host_packages
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+
+log "fetching the guest kernel"
+eval "$(tools/scripts/guest-kernel.sh)"
+export CROSD_GUEST_KERNEL="${KERNEL:?guest-kernel.sh printed no KERNEL}" CROSD_GUEST_MODULES="${MODULES_DIR:?}"
+
+build_guest_binaries
+log "building host binaries"
+cargo build --quiet --workspace --bins
+
+log "running tests"
+cargo test --workspace --no-fail-fast 2>&1 | tee "${CROSD_TEST_LOG:-/tmp/crosd-test.log}"
