@@ -1,1 +1,18 @@
 //! The host actor bus and host actors.
+//!
+//! [`bus`] routes [`cros_messages::Envelope`]s between named actors with deadlines, publishes
+//! events and records traces; [`supervisor`] runs each actor on its own arbiter and restarts it
+//! after a panic; [`host`] starts crosd's host actors, one module each.
+
+pub mod bus;
+pub mod cicerone;
+pub mod concierge;
+pub mod host;
+pub mod imageloader;
+pub mod seneschal;
+pub mod supervisor;
+pub mod vmlog_forwarder;
+
+pub use bus::{BusConfig, BusHandle, Deliver, EventSink};
+pub use host::{HostConfig, spawn_host_actor, start_host_actors};
+pub use supervisor::spawn_supervised;

@@ -1,0 +1,263 @@
+//! imageloader: finds VM components under `STATE/components/<name>/<version>/`.
+//!
+//! Verifying a component (the manifest's SHA-256 of every file) comes with the termina
+//! component; until then LoadComponent finds the component and says it cannot verify it, rather
+//! than hand out unverified paths.
+
+use crate::bus::Deliver;
+use crate::host::{HostConfig, not_mine};
+use actix::{Actor, Context, Handler, MessageResult};
+use cros_messages::addr::valid_name;
+use cros_messages::imageloader::{ComponentInfo, ImageloaderReply, ImageloaderRequest};
+use cros_messages::{Body, CrosError};
+use std::cmp::Ordering;
+use std::path::{Path, PathBuf};
+
+pub struct Imageloader {
+    components_dir: PathBuf,
+}
+
+impl Imageloader {
+    pub fn new(config: HostConfig) -> Self {
+        Self {
+            components_dir: config.state_dir.join("components"),
+        }
+    }
+
+    fn handle_request(&self, req: ImageloaderRequest) -> Result<ImageloaderReply, CrosError> {
+        match req {
+            ImageloaderRequest::ListComponents {} => Ok(ImageloaderReply::Components {
+                components: self.scan()?,
+            }),
+            ImageloaderRequest::LoadComponent { name, version } => {
+                self.load(&name, version.as_deref())
+            }
+        }
+    }
+
+    /// Every `<name>/<version>/` directory under the components directory, sorted by name, then
+    /// newest version first. A missing components directory means no components.
+    fn scan(&self) -> Result<Vec<ComponentInfo>, CrosError> {
+        let mut out = Vec::new();
+        for name in list_dirs(&self.components_dir)? {
+            for version in list_dirs(&self.components_dir.join(&name))? {
+                let path = self.components_dir.join(&name).join(&version);
+                out.push(ComponentInfo {
+                    name: name.clone(),
+                    version,
+                    path: path.display().to_string(),
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then_with(|| compare_versions(&b.version, &a.version))
+        });
+        Ok(out)
+    }
+
+    fn load(&self, name: &str, version: Option<&str>) -> Result<ImageloaderReply, CrosError> {
+        if !valid_name(name) {
+            return Err(CrosError::invalid(format!(
+                "bad component name {name:?}: use 1-64 characters of [A-Za-z0-9._-]"
+            )));
+        }
+        if let Some(v) = version
+            && !valid_name(v)
+        {
+            return Err(CrosError::invalid(format!(
+                "bad component version {v:?}: use 1-64 characters of [A-Za-z0-9._-]"
+            )));
+        }
+        let found: Vec<ComponentInfo> = self
+            .scan()?
+            .into_iter()
+            .filter(|c| c.name == name)
+            .collect();
+        if found.is_empty() {
+            return Err(CrosError::not_found(format!(
+                "no component {name:?} under {}",
+                self.components_dir.display()
+            )));
+        }
+        let chosen = match version {
+            Some(v) => found.iter().find(|c| c.version == v).ok_or_else(|| {
+                CrosError::not_found(format!(
+                    "component {name:?} has no version {v:?} (found {})",
+                    found
+                        .iter()
+                        .map(|c| c.version.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?,
+            // scan() sorts newest first.
+            None => &found[0],
+        };
+        Err(CrosError::unsupported(format!(
+            "found component {name} {} at {}, but this build cannot verify components yet \
+             (manifest checking comes with the termina component), so it will not load it",
+            chosen.version, chosen.path
+        )))
+    }
+}
+
+/// Names of the subdirectories of `dir`, skipping hidden ones; a missing `dir` is empty.
+fn list_dirs(dir: &Path) -> Result<Vec<String>, CrosError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(CrosError::internal(format!(
+                "cannot read {}: {e}",
+                dir.display()
+            )));
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry
+            .map_err(|e| CrosError::internal(format!("cannot read {}: {e}", dir.display())))?;
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if let Some(name) = entry.file_name().to_str()
+            && is_dir
+            && !name.starts_with('.')
+        {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Orders dotted versions numerically where both parts are numbers (`9.0` < `10.0`), else as text.
+fn compare_versions(a: &str, b: &str) -> Ordering {
+    let mut pa = a.split('.');
+    let mut pb = b.split('.');
+    loop {
+        match (pa.next(), pb.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => x.cmp(y),
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+impl Actor for Imageloader {
+    type Context = Context<Self>;
+}
+
+impl Handler<Deliver> for Imageloader {
+    type Result = MessageResult<Deliver>;
+
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(match msg.env.body {
+            Body::Imageloader(req) => match self.handle_request(req) {
+                Ok(reply) => Body::ImageloaderReply(reply),
+                Err(e) => Body::Error(e),
+            },
+            other => not_mine("imageloader", &other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cros_messages::ErrorKind;
+
+    fn loader(state: &Path) -> Imageloader {
+        Imageloader::new(HostConfig {
+            state_dir: state.to_path_buf(),
+            run_dir: state.join("run"),
+        })
+    }
+
+    #[test]
+    fn lists_component_directories_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for v in ["9.0", "10.0"] {
+            std::fs::create_dir_all(dir.path().join("components/cros-termina").join(v)).unwrap();
+        }
+        // A stray file is not a version.
+        std::fs::write(dir.path().join("components/cros-termina/notes"), "x").unwrap();
+        let reply = loader(dir.path())
+            .handle_request(ImageloaderRequest::ListComponents {})
+            .unwrap();
+        let ImageloaderReply::Components { components } = reply else {
+            panic!("unexpected {reply:?}")
+        };
+        let versions: Vec<_> = components.iter().map(|c| c.version.as_str()).collect();
+        assert_eq!(versions, ["10.0", "9.0"]);
+        assert!(components[0].path.ends_with("components/cros-termina/10.0"));
+    }
+
+    #[test]
+    fn empty_state_lists_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let reply = loader(dir.path())
+            .handle_request(ImageloaderRequest::ListComponents {})
+            .unwrap();
+        assert_eq!(reply, ImageloaderReply::Components { components: vec![] });
+    }
+
+    #[test]
+    fn load_of_absent_component_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = loader(dir.path())
+            .handle_request(ImageloaderRequest::LoadComponent {
+                name: "cros-termina".into(),
+                version: None,
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert!(err.message.contains("cros-termina"), "{err}");
+    }
+
+    #[test]
+    fn load_of_absent_version_names_the_versions_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("components/cros-termina/1.0")).unwrap();
+        let err = loader(dir.path())
+            .handle_request(ImageloaderRequest::LoadComponent {
+                name: "cros-termina".into(),
+                version: Some("2.0".into()),
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        assert!(
+            err.message.contains("2.0") && err.message.contains("1.0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_refuses_unverifiable_component_and_bad_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("components/cros-termina/1.0")).unwrap();
+        let l = loader(dir.path());
+        let err = l
+            .handle_request(ImageloaderRequest::LoadComponent {
+                name: "cros-termina".into(),
+                version: None,
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Unsupported);
+        let err = l
+            .handle_request(ImageloaderRequest::LoadComponent {
+                name: "../etc".into(),
+                version: None,
+            })
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument);
+    }
+}
