@@ -37,10 +37,10 @@ pub enum VhostUserVsockError {
     Device(#[from] VsockError),
     #[error("vhost-user socket path {path}: {reason}")]
     SocketPath { path: PathBuf, reason: String },
-    #[error("cannot listen on vhost-user socket {path}: {source}")]
+    #[error("cannot listen on vhost-user socket {path}: {reason}")]
     Listen {
         path: PathBuf,
-        source: VhostUserError,
+        reason: VhostUserError,
     },
     #[error("vhost-user daemon: {0}")]
     Daemon(String),
@@ -225,9 +225,9 @@ pub fn serve(
         .host_events_fd();
 
     let mut listener =
-        Listener::new(socket, true).map_err(|source| VhostUserVsockError::Listen {
+        Listener::new(socket, true).map_err(|reason| VhostUserVsockError::Listen {
             path: socket.to_path_buf(),
-            source,
+            reason,
         })?;
     let mut daemon = VhostUserDaemon::new(
         "vhost-user-vsock".to_string(),

@@ -32,14 +32,14 @@ pub enum PacketError {
 pub enum VsockError {
     #[error("guest cid {0} is reserved (cids 0-2 and u32::MAX are not guest cids)")]
     InvalidGuestCid(u64),
-    #[error("cannot listen on host socket {path}: {source}")]
-    BindUds { path: PathBuf, source: io::Error },
+    #[error("cannot listen on host socket {path}: {reason}")]
+    BindUds { path: PathBuf, reason: io::Error },
     #[error("epoll: {0}")]
     Epoll(io::Error),
     #[error("eventfd: {0}")]
     EventFd(io::Error),
-    #[error("accepting a host connection on {path}: {source}")]
-    Accept { path: PathBuf, source: io::Error },
+    #[error("accepting a host connection on {path}: {reason}")]
+    Accept { path: PathBuf, reason: io::Error },
     #[error("queue: {0}")]
     Queue(virtio_queue::Error),
     #[error("signalling the guest: {0}")]

@@ -77,9 +77,9 @@ impl Muxer {
         if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
             return Err(VsockError::InvalidGuestCid(guest_cid));
         }
-        let bind_err = |source| VsockError::BindUds {
+        let bind_err = |reason| VsockError::BindUds {
             path: uds_path.to_path_buf(),
-            source,
+            reason,
         };
         remove_stale_socket(uds_path).map_err(bind_err)?;
         let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
@@ -392,10 +392,10 @@ impl Muxer {
                     warn!("vsock: accept on {}: {e}", self.uds_path.display());
                     return Ok(());
                 }
-                Err(source) => {
+                Err(reason) => {
                     return Err(VsockError::Accept {
                         path: self.uds_path.clone(),
-                        source,
+                        reason,
                     });
                 }
             };

@@ -1,0 +1,88 @@
+//! `crosvm`: the crosd virtual machine monitor process and its device backends.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cros_vmm::devices::vsock::VsockConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "crosvm",
+    version,
+    about = "crosd's virtual machine monitor and its device backends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a virtio-vsock device to a vhost-user frontend (QEMU's vhost-user-vsock-device),
+    /// with a hybrid (Unix socket) host side.
+    ///
+    /// Host → guest: connect to UDS, write `CONNECT <port>\n`, read `OK <hostport>\n`, then the
+    /// stream reaches the guest listener on <port> (no guest listener: the socket is closed).
+    /// Guest → host: a guest connect to cid 2 port P reaches the Unix socket `UDS_P`.
+    /// Prints `listening on VHOST_USER_SOCK` once QEMU can connect; exits 0 when QEMU
+    /// disconnects.
+    VhostUserVsock {
+        /// vhost-user socket this backend listens on (QEMU: `-chardev socket,path=...`).
+        /// A stale socket file is replaced; any other existing file is an error.
+        #[arg(long, value_name = "VHOST_USER_SOCK")]
+        socket: PathBuf,
+        /// Host side of the vsock device: the Unix socket host clients connect to, and the
+        /// prefix of `UDS_<port>` sockets that guest connections reach.
+        #[arg(long, value_name = "UDS")]
+        uds_path: PathBuf,
+        /// Context id of the guest (3 or more; 2 is the host).
+        #[arg(long, value_name = "CID", value_parser = clap::value_parser!(u64).range(3..u64::from(u32::MAX)))]
+        guest_cid: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crosvm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::VhostUserVsock {
+            socket,
+            uds_path,
+            guest_cid,
+        } => {
+            let config = VsockConfig {
+                guest_cid,
+                uds_path: uds_path.clone(),
+            };
+            cros_vmm::vhost_user::vsock::serve(&socket, &config, || {
+                println!("listening on {}", socket.display());
+                let _ = std::io::stdout().flush();
+            })
+            .with_context(|| {
+                format!(
+                    "vhost-user-vsock (socket {}, uds {}, cid {guest_cid})",
+                    socket.display(),
+                    uds_path.display()
+                )
+            })
+        }
+    }
+}
