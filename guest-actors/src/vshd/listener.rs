@@ -123,10 +123,10 @@ impl FromStr for ConnectAddr {
 /// Binds a Unix listener, replacing a stale socket file left by an earlier vshd (but never
 /// anything that is not a socket).
 pub fn bind_unix(path: &std::path::Path) -> io::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        }
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
     }
     UnixListener::bind(path)
 }

@@ -486,13 +486,13 @@ impl<S: Read + Write + AsFd> Relay<S> {
                         "window size {rows}x{cols} outside 1..={MAX_WINDOW_DIM}"
                     )));
                 }
-                if let Some(master) = &self.master {
-                    if let Err(e) = pty::set_window_size(master, rows, cols) {
-                        log(
-                            &self.tag,
-                            format_args!("resize to {rows}x{cols} failed: {e}"),
-                        );
-                    }
+                if let Some(master) = &self.master
+                    && let Err(e) = pty::set_window_size(master, rows, cols)
+                {
+                    log(
+                        &self.tag,
+                        format_args!("resize to {rows}x{cols} failed: {e}"),
+                    );
                 }
             }
             HostMessage::Signal(sig) => self.signal(sig),

@@ -1,0 +1,105 @@
+//! vsh: a shell (or one command) in a VM, over vsock to its vshd. Exits with the remote
+//! command's exit code (123 when none came).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cros_messages::ports;
+use cros_messages::vsh::NO_EXIT_STATUS;
+use cros_tools::vsh_client::{self, DEFAULT_SETUP_TIMEOUT, Endpoint, ShellRequest};
+
+/// Opens a shell, or runs one command, in a crosd VM.
+///
+/// With a terminal on stdin the session gets a pty (raw local terminal, window size and
+/// signals forwarded); otherwise stdin, stdout and stderr are plain pipes.
+#[derive(Parser, Debug)]
+#[command(name = "vsh", version)]
+struct Args {
+    /// The VM to reach (resolved through crosd's concierge unless --socket is given).
+    #[arg(long = "vm_name")]
+    vm_name: String,
+    /// Owner of the VM (crosd's per-user namespace); empty for the default owner.
+    #[arg(long = "owner_id", default_value = "")]
+    owner_id: String,
+    /// Open the shell in this container of the VM instead of the VM itself.
+    #[arg(long = "target_container", default_value = "")]
+    target_container: String,
+    /// User to run as (default: vshd's default, root in the VM).
+    #[arg(long, default_value = "")]
+    user: String,
+    /// Working directory for the command (default: the user's home).
+    #[arg(long, default_value = "")]
+    cwd: String,
+    /// Reach vshd directly: a VM's hybrid-vsock socket path (joined to guest port --port with
+    /// CONNECT), or `unix:PATH` for a vshd listening on a Unix socket.
+    #[arg(long, visible_alias = "uds", value_name = "UDS")]
+    socket: Option<String>,
+    /// Guest vsock port of vshd (with a hybrid-vsock --socket).
+    #[arg(long, default_value_t = ports::VSHD)]
+    port: u32,
+    /// Force a pty even when stdin is not a terminal.
+    #[arg(short = 't', long, conflicts_with = "no_pty")]
+    pty: bool,
+    /// Never allocate a pty: plain pipes, stdout and stderr kept apart.
+    #[arg(short = 'T', long = "no-pty")]
+    no_pty: bool,
+    /// The command and its arguments; a login shell when empty.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    if !args.target_container.is_empty() {
+        bail!(
+            "shells in containers (--target_container {}) need cicerone's LaunchVshd, which \
+             this build does not have yet",
+            args.target_container
+        );
+    }
+    let Some(socket) = &args.socket else {
+        bail!(
+            "resolving VM '{}'{} by name needs crosd's concierge (GetVmInfo), which this vsh \
+             cannot reach yet; pass --socket PATH (the VM's hybrid-vsock socket) or \
+             --socket unix:PATH (a vshd's own socket)",
+            args.vm_name,
+            if args.owner_id.is_empty() {
+                String::new()
+            } else {
+                format!(" of owner '{}'", args.owner_id)
+            }
+        );
+    };
+    let endpoint = Endpoint::parse(socket, args.port);
+    let stream = endpoint
+        .connect(DEFAULT_SETUP_TIMEOUT)
+        .with_context(|| format!("cannot reach vshd of VM '{}'", args.vm_name))?;
+    let shell = ShellRequest {
+        target_container: String::new(),
+        user: args.user,
+        cwd: args.cwd,
+        argv: args.command,
+        pty: match (args.pty, args.no_pty) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+    };
+    let exit = vsh_client::run_on_local_terminal(stream, &shell)?;
+    if !exit.reported {
+        eprintln!("vsh: the connection ended without an exit status");
+    }
+    Ok(exit.code)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        // Exit codes outside 0..=255 cannot be a process status; clamp to 255 like a shell.
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("vsh: {e:#}");
+            ExitCode::from(NO_EXIT_STATUS as u8)
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The vsh client library and the `vsh` binary against a real vshd server (cros-guest's vshd,
+//! serving on a Unix socket in a temp dir from a thread of this test process): real sockets,
+//! real ptys, real child processes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use cros_guest::vshd::{self, ServerConfig};
+use cros_messages::vsh::{SetupConnectionRequest, VM_SHELL, VshSignal};
+use cros_tools::vsh_client::{
+    self, DEFAULT_SETUP_TIMEOUT, Endpoint, SessionExit, VshError, VshSession,
+};
+
+struct Server {
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+}
+
+/// Starts a vshd on a Unix socket; it serves until the test process exits.
+fn start_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vshd.sock");
+    let listener = vshd::listener::bind_unix(&sock).unwrap();
+    std::thread::spawn(move || vshd::serve(listener, Arc::new(ServerConfig::default())));
+    Server { dir, sock }
+}
+
+impl Server {
+    fn spec(&self) -> String {
+        format!("unix:{}", self.sock.display())
+    }
+
+    fn vsh(&self, cmd: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vsh"));
+        c.args(["--vm_name", "termina", "--socket", &self.spec(), "--"])
+            .args(cmd);
+        c
+    }
+
+    fn session(&self, argv: &[&str], nopty: bool) -> VshSession {
+        let stream = Endpoint::parse(&self.spec(), 0)
+            .connect(DEFAULT_SETUP_TIMEOUT)
+            .unwrap();
+        VshSession::start(stream, &request(argv, nopty), DEFAULT_SETUP_TIMEOUT).unwrap()
+    }
+}
+
+fn request(argv: &[&str], nopty: bool) -> SetupConnectionRequest {
+    SetupConnectionRequest {
+        target: VM_SHELL.to_string(),
+        user: String::new(),
+        env: vec![("TERM".to_string(), "dumb".to_string())],
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        cwd: String::new(),
+        window_rows: 24,
+        window_cols: 80,
+        nopty,
+    }
+}
+
+fn run_collect(session: VshSession) -> (Vec<u8>, Vec<u8>, SessionExit) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = session.relay_output(&mut out, &mut err).unwrap();
+    (out, err, exit)
+}
+
+#[test]
+fn vsh_uname_matches_the_host() {
+    let server = start_server();
+    let out = server
+        .vsh(&["uname", "-r"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let host = Command::new("uname").arg("-r").output().unwrap().stdout;
+    assert_eq!(out.stdout, host, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn vsh_exits_with_the_remote_code() {
+    let server = start_server();
+    let status = server
+        .vsh(&["sh", "-c", "exit 7"])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(7));
+}
+
+#[test]
+fn vsh_pipes_stdin_and_keeps_stderr_apart() {
+    let server = start_server();
+    let mut child = server
+        .vsh(&["sh", "-c", "cat; echo done >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: Vec<u8> = (0..50_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let sent = input.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.stdout == input,
+        "stdout differs ({} bytes)",
+        out.stdout.len()
+    );
+    assert_eq!(out.stderr, b"done\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn vsh_forced_pty_gets_a_terminal() {
+    let server = start_server();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
+        .args([
+            "-t",
+            "--vm_name",
+            "termina",
+            "--socket",
+            &server.spec(),
+            "--",
+            "tty",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("/dev/pts/"), "{text}");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// SIGINT and SIGTERM sent to the local vsh reach the remote command, which dies of them.
+#[test]
+fn vsh_forwards_signals_to_the_remote_command() {
+    let server = start_server();
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let mut child = server
+            .vsh(&["sh", "-c", "echo ready; exec sleep 100"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+        assert_eq!(child.wait().unwrap().code(), Some(code), "signal {sig}");
+    }
+}
+
+#[test]
+fn vsh_without_socket_explains_that_it_needs_crosd() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
+        .args(["--vm_name", "termina", "--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("termina") && err.contains("crosd"), "{err}");
+    assert_eq!(out.status.code(), Some(123));
+}
+
+#[test]
+fn vsh_reports_setup_failure_with_the_user() {
+    let server = start_server();
+    let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
+        .args([
+            "--vm_name",
+            "t",
+            "--user",
+            "mallory",
+            "--socket",
+            &server.spec(),
+        ])
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mallory"), "{err}");
+    assert_eq!(out.status.code(), Some(123));
+}
+
+#[test]
+fn library_separates_streams_and_returns_the_code() {
+    let server = start_server();
+    let session = server.session(&["sh", "-c", "echo out; echo err >&2; exit 9"], true);
+    let (out, err, exit) = run_collect(session);
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+    assert_eq!(
+        exit,
+        SessionExit {
+            code: 9,
+            reported: true
+        }
+    );
+}
+
+#[test]
+fn library_stdin_forwarding_reaches_cat() {
+    let server = start_server();
+    let session = server.session(&["cat"], true);
+    let input = b"line one\nline two\n".repeat(1000);
+    session
+        .sender()
+        .forward_stdin(std::io::Cursor::new(input.clone()));
+    let (out, _, exit) = run_collect(session);
+    assert!(out == input);
+    assert_eq!(exit.code, 0);
+}
+
+#[test]
+fn library_pty_resize_and_tty() {
+    let server = start_server();
+    let session = server.session(&["sh", "-c", "tty; read x; stty size"], false);
+    let sender = session.sender();
+    // Resize first, then release the `read`: stty must see the new size.
+    sender.resize(50, 140).unwrap();
+    sender.stdin(b"\n").unwrap();
+    let (out, _, exit) = run_collect(session);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert!(text.contains("50 140"), "{text}");
+    assert_eq!(exit.code, 0);
+}
+
+#[test]
+fn library_signal_ends_sleep() {
+    let server = start_server();
+    let session = server.session(&["sleep", "100"], false);
+    session.sender().signal(VshSignal::Term).unwrap();
+    let (_, _, exit) = run_collect(session);
+    assert_eq!(exit.code, 143);
+}
+
+#[test]
+fn library_setup_failure_names_the_user() {
+    let server = start_server();
+    let stream = UnixStream::connect(&server.sock).unwrap();
+    let mut req = request(&["true"], true);
+    req.user = "mallory".to_string();
+    match VshSession::start(stream, &req, DEFAULT_SETUP_TIMEOUT) {
+        Err(VshError::SetupFailed(d)) => assert!(d.contains("mallory"), "{d}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("session for an unknown user started"),
+    }
+}
+
+/// A stand-in for a VM's hybrid-vsock socket: this test runs no VM, so the host side of the
+/// vsock device is faked by a Unix listener that speaks the `CONNECT <port>` / `OK <n>` line
+/// protocol and then splices the stream to the real vshd's socket when the port is `accept`.
+fn fake_hybrid_vsock(dir: &Path, vshd_sock: PathBuf, accept: u32, reply: &'static str) -> PathBuf {
+    let path = dir.join("vsock.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let vshd_sock = vshd_sock.clone();
+            std::thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while conn.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                if line != format!("CONNECT {accept}").as_bytes() {
+                    let _ = conn.write_all(reply.as_bytes());
+                    return;
+                }
+                let guest = UnixStream::connect(&vshd_sock).unwrap();
+                conn.write_all(b"OK 1073741824\n").unwrap();
+                let (mut c2, mut g2) = (conn.try_clone().unwrap(), guest.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut g2);
+                    let _ = g2.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut g, mut c) = (guest, conn);
+                let _ = std::io::copy(&mut g, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Both);
+                let _ = up.join();
+            });
+        }
+    });
+    path
+}
+
+#[test]
+fn hybrid_vsock_connector_joins_the_guest_port() {
+    let server = start_server();
+    let uds = fake_hybrid_vsock(server.dir.path(), server.sock.clone(), 9001, "");
+    // Through the library.
+    let stream = vsh_client::connect_hybrid_vsock(&uds, 9001, DEFAULT_SETUP_TIMEOUT).unwrap();
+    let session = VshSession::start(
+        stream,
+        &request(&["echo", "via vsock"], true),
+        DEFAULT_SETUP_TIMEOUT,
+    )
+    .unwrap();
+    let (out, _, exit) = run_collect(session);
+    assert_eq!(out, b"via vsock\n");
+    assert_eq!(exit.code, 0);
+    // And through the binary, with a plain socket path (the hybrid-vsock form).
+    let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
+        .args([
+            "--vm_name",
+            "t",
+            "--socket",
+            uds.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "exit 4",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn hybrid_vsock_refusal_is_a_clear_error() {
+    let server = start_server();
+    let uds = fake_hybrid_vsock(server.dir.path(), server.sock.clone(), 9001, "NO\n");
+    match vsh_client::connect_hybrid_vsock(&uds, 7000, DEFAULT_SETUP_TIMEOUT) {
+        Err(e @ VshError::VsockRefused { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("7000") && msg.contains("\"NO\""), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("refused port connected"),
+    }
+    let missing = server.dir.path().join("missing.sock");
+    let err = vsh_client::connect_hybrid_vsock(&missing, 9001, DEFAULT_SETUP_TIMEOUT)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("missing.sock"), "{err}");
+}
