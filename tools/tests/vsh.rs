@@ -351,3 +351,143 @@ fn hybrid_vsock_refusal_is_a_clear_error() {
         .to_string();
     assert!(err.contains("missing.sock"), "{err}");
 }
+
+/// A local terminal for the `vsh` binary: a pty whose slave is vsh's stdin/stdout/stderr and
+/// controlling terminal, so vsh runs interactive exactly as it would in a real terminal.
+struct LocalTerminal {
+    master: std::fs::File,
+    slave: std::fs::File,
+}
+
+impl LocalTerminal {
+    fn open(rows: u16, cols: u16) -> Self {
+        let ws = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+        let master = std::fs::File::from(pty.master);
+        let slave = std::fs::File::from(pty.slave);
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&master);
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        Self { master, slave }
+    }
+
+    fn spawn_vsh(&self, server: &Server, cmd: &[&str]) -> std::process::Child {
+        let mut c = server.vsh(cmd);
+        c.stdin(self.slave.try_clone().unwrap())
+            .stdout(self.slave.try_clone().unwrap())
+            .stderr(self.slave.try_clone().unwrap());
+        // SAFETY: only system calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.spawn().unwrap()
+    }
+
+    fn termios(&self) -> nix::sys::termios::Termios {
+        nix::sys::termios::tcgetattr(&self.slave).unwrap()
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).unwrap();
+    }
+
+    /// Reads from the terminal until `needle` shows up; `poke` runs between reads that found
+    /// nothing new (to re-trigger output that depends on an asynchronous event).
+    fn read_until(&mut self, needle: &str, mut poke: impl FnMut(&mut Self)) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            match self.master.read(&mut buf) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "terminal never showed {needle:?}: {}",
+                        String::from_utf8_lossy(&seen)
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    poke(self);
+                }
+            }
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+        }
+    }
+}
+
+fn raw(t: &nix::sys::termios::Termios) -> bool {
+    use nix::sys::termios::LocalFlags;
+    !t.local_flags.contains(LocalFlags::ICANON) && !t.local_flags.contains(LocalFlags::ISIG)
+}
+
+/// Interactive vsh: the local terminal goes raw for the session and comes back afterwards,
+/// the remote pty starts with the local window size, and a local resize (SIGWINCH) reaches it.
+#[test]
+fn vsh_interactive_raw_mode_and_window_resize() {
+    let server = start_server();
+    let mut term = LocalTerminal::open(30, 100);
+    assert!(!raw(&term.termios()));
+    let mut child = term.spawn_vsh(&server, &["sh", "-c", "while read x; do stty size; done"]);
+    term.write(b"\n");
+    term.read_until("30 100", |t| t.write(b"\n"));
+    assert!(
+        raw(&term.termios()),
+        "local terminal not raw during the session"
+    );
+
+    let ws = libc::winsize {
+        ws_row: 45,
+        ws_col: 150,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct we own; the kernel SIGWINCHes vsh.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&term.master),
+            libc::TIOCSWINSZ,
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0);
+    // The resize travels on its own (signal thread); ask again until the new size shows.
+    term.read_until("45 150", |t| t.write(b"\n"));
+
+    // ^D at the start of a line: the remote `read` sees EOF and the loop ends.
+    term.write(b"\x04");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!raw(&term.termios()), "local terminal left raw");
+}
+
+/// ^C typed in an interactive session is a byte for the remote terminal, which interrupts the
+/// remote command (not vsh).
+#[test]
+fn vsh_interactive_ctrl_c_interrupts_the_remote_command() {
+    let server = start_server();
+    let mut term = LocalTerminal::open(24, 80);
+    let mut child = term.spawn_vsh(&server, &["sh", "-c", "echo ready; exec sleep 100"]);
+    term.read_until("ready", |_| {});
+    // Wait for raw mode so the byte is not turned into a local SIGINT.
+    while !raw(&term.termios()) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    term.write(b"\x03");
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(!raw(&term.termios()), "local terminal left raw");
+}
