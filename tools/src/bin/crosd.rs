@@ -1,0 +1,93 @@
+//! crosd: the host daemon. Runs the actor bus and the host actors behind a Unix control socket.
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use cros_tools::daemon::{
+    DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME, termination_signal,
+};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The crosd host daemon: the actor bus and the host actors (imageloader, concierge, cicerone,
+/// seneschal, vmlog_forwarder) behind a Unix control socket that crosmsg, vmc and vsh use.
+///
+/// Logging follows RUST_LOG (default: info), e.g. RUST_LOG=debug or RUST_LOG=cros_actors=debug.
+/// SIGTERM or SIGINT stops it gracefully: no new connections, in-flight requests finish, the
+/// socket is removed.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Persistent state: components, disks, logs.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Runtime state: the control socket and per-VM runtime directories.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Control socket path [default: RUN_DIR/crosd.sock]. Refuses to start when another crosd
+    /// answers there; a stale socket file is replaced.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Let members of GROUP use the socket (mode 0660, group GROUP); without it the socket is
+    /// 0600 and only root and crosd's own user may connect.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Record every routed envelope to FILE (created or truncated); read it with
+    /// `crosmsg trace show|stats|replay FILE`.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Log line format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    // A panicking actor is restarted by the supervisor; route the panic report through the log
+    // instead of a bare stderr line.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(target: "panic", "{info}");
+    }));
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let config = DaemonConfig {
+        socket: args
+            .socket
+            .clone()
+            .unwrap_or_else(|| args.run_dir.join(SOCKET_NAME)),
+        state_dir: args.state_dir,
+        run_dir: args.run_dir,
+        socket_group: args.socket_group,
+        trace: args.trace,
+    };
+    let system = actix::System::new();
+    let result = system.block_on(async {
+        let stop = termination_signal().context("cannot install signal handlers")?;
+        let daemon = Daemon::start(&config).await?;
+        daemon.run_until(stop).await;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The blocking client of crosd's control socket, used by every CLI (crosmsg, vmc, vsh).
+//!
+//! A connection opens with the Hello handshake, then carries framed [`Envelope`]s: requests
+//! out, replies and (after [`Client::subscribe`]) events in. Events that arrive while waiting
+//! for a reply are queued for [`Client::next_event`].
+
+use cros_messages::bus::{ActorInfo, BusReply, BusRequest};
+use cros_messages::framing::{self, MAX_CONTROL_FRAME};
+use cros_messages::{Addr, Body, BodyKind, CrosError, Envelope, FrameError};
+use std::collections::VecDeque;
+use std::io::{self, BufReader};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where crosd listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/crosd/crosd.sock";
+/// Environment variable naming the socket when no `--socket` is given.
+pub const SOCKET_ENV: &str = "CROSD_SOCKET";
+/// How long connecting and the handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default wait for a reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The socket to use: `flag` (`--socket`), else `$CROSD_SOCKET`, else [`DEFAULT_SOCKET`].
+pub fn socket_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(SOCKET_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_SOCKET),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No socket, or nobody accepts on it.
+    #[error("crosd is not running (no socket at {})", .0.display())]
+    NotRunning(PathBuf),
+    #[error("cannot connect to crosd at {}: {source}", path.display())]
+    Connect { path: PathBuf, source: io::Error },
+    /// crosd refused the connection (peer credentials) or the whole connection failed.
+    #[error("crosd refused the connection: {0}")]
+    Refused(CrosError),
+    #[error("no reply from {to} to {request} within {}s", timeout.as_secs_f64())]
+    Timeout {
+        to: Addr,
+        request: String,
+        timeout: Duration,
+    },
+    #[error("protocol error talking to crosd: {0}")]
+    Protocol(#[from] FrameError),
+    /// An earlier timeout left a reply half-read on the stream.
+    #[error("connection unusable after an earlier timeout; reconnect")]
+    Desynchronized,
+    /// The request failed (error reply); from [`Client::call`].
+    #[error("{0}")]
+    Remote(CrosError),
+    #[error("unexpected reply from {from}: {got}")]
+    UnexpectedReply { from: Addr, got: String },
+}
+
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+    events: VecDeque<Envelope>,
+    read_timeout: Option<Duration>,
+    broken: bool,
+    /// Our name in the Hello and in envelopes; crosd replaces `from` with the connection's address.
+    me: Addr,
+}
+
+impl Client {
+    /// Connects to the socket chosen by [`socket_path`].
+    pub fn connect_default(flag: Option<&Path>) -> Result<Self, ClientError> {
+        Self::connect(&socket_path(flag))
+    }
+
+    /// Connects to crosd at `path` and does the handshake.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(path.to_path_buf())
+            }
+            _ => ClientError::Connect {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        })?;
+        let writer = stream.try_clone().map_err(|e| ClientError::Connect {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let mut client = Self {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 1,
+            events: VecDeque::new(),
+            read_timeout: None,
+            broken: false,
+            me: Addr::host(client_name()),
+        };
+        client.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+        let hello = cros_messages::Hello::new(client.me.clone());
+        framing::write_message(&mut client.writer, &hello, MAX_CONTROL_FRAME)?;
+        let peer: cros_messages::Hello =
+            framing::read_message(&mut client.reader, MAX_CONTROL_FRAME).map_err(|e| match e {
+                FrameError::Closed => ClientError::Refused(CrosError::new(
+                    cros_messages::ErrorKind::PermissionDenied,
+                    "crosd closed the connection during the handshake",
+                )),
+                other => ClientError::Protocol(other),
+            })?;
+        framing::check_hello(&peer)?;
+        Ok(client)
+    }
+
+    /// Sends `body` to actor `to` and waits up to `timeout` for its reply. An error reply is
+    /// `Ok(Body::Error(..))`; use [`Client::call`] to get it as an `Err`.
+    pub fn request(
+        &mut self,
+        to: &Addr,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Body, ClientError> {
+        if self.broken {
+            return Err(ClientError::Desynchronized);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = body.type_name();
+        let env = Envelope::new(id, id, self.me.clone(), to.clone(), body);
+        framing::write_message(&mut self.writer, &env, MAX_CONTROL_FRAME)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let env = self.read_until(deadline).map_err(|e| match e {
+                ClientError::Timeout { .. } => ClientError::Timeout {
+                    to: to.clone(),
+                    request: request.clone(),
+                    timeout,
+                },
+                other => other,
+            })?;
+            match env.reply_to {
+                Some(r) if r == id => return Ok(env.body),
+                // A late reply to a request we gave up on.
+                Some(_) => continue,
+                None => match env.body {
+                    Body::Error(e) => return Err(ClientError::Refused(e)),
+                    _ if env.body.kind() == BodyKind::Event => self.events.push_back(env),
+                    _ => continue,
+                },
+            }
+        }
+    }
+
+    /// Like [`Client::request`], with an error reply as `Err(ClientError::Remote)`.
+    pub fn call(&mut self, to: &Addr, body: Body, timeout: Duration) -> Result<Body, ClientError> {
+        match self.request(to, body, timeout)? {
+            Body::Error(e) => Err(ClientError::Remote(e)),
+            other => Ok(other),
+        }
+    }
+
+    /// The registered actors.
+    pub fn list_actors(&mut self, timeout: Duration) -> Result<Vec<ActorInfo>, ClientError> {
+        let bus = Addr::host("bus");
+        match self.call(&bus, Body::Bus(BusRequest::ListActors {}), timeout)? {
+            Body::BusReply(BusReply::Actors { actors }) => Ok(actors),
+            other => Err(ClientError::UnexpectedReply {
+                from: bus,
+                got: other.type_name(),
+            }),
+        }
+    }
+
+    /// Asks crosd to forward events whose type name starts with one of `prefixes` (all when
+    /// empty) to this connection; read them with [`Client::next_event`].
+    pub fn subscribe(
+        &mut self,
+        prefixes: Vec<String>,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let bus = Addr::host("bus");
+        match self.call(&bus, Body::Bus(BusRequest::Subscribe { prefixes }), timeout)? {
+            Body::BusReply(BusReply::Subscribed {}) => Ok(()),
+            other => Err(ClientError::UnexpectedReply {
+                from: bus,
+                got: other.type_name(),
+            }),
+        }
+    }
+
+    /// The next event, waiting up to `timeout` (`Ok(None)` when none came).
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        if self.broken {
+            return Err(ClientError::Desynchronized);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.read_until(deadline) {
+                Ok(env) if env.body.kind() == BodyKind::Event => return Ok(Some(env)),
+                Ok(_) => continue,
+                Err(ClientError::Timeout { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_until(&mut self, deadline: Instant) -> Result<Envelope, ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.timed_out());
+        }
+        self.set_read_timeout(Some(left))?;
+        match framing::read_message::<Envelope>(&mut self.reader, MAX_CONTROL_FRAME) {
+            Ok(env) => Ok(env),
+            Err(FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Part of a frame may have been consumed: this stream can no longer be trusted.
+                self.broken = true;
+                Err(self.timed_out())
+            }
+            Err(e) => Err(ClientError::Protocol(e)),
+        }
+    }
+
+    fn timed_out(&self) -> ClientError {
+        ClientError::Timeout {
+            to: Addr::host("bus"),
+            request: String::new(),
+            timeout: Duration::ZERO,
+        }
+    }
+
+    fn set_read_timeout(&mut self, t: Option<Duration>) -> Result<(), ClientError> {
+        // Round up to whole milliseconds so that the setsockopt is skipped for similar timeouts.
+        let t = t.map(|d| Duration::from_millis(d.as_millis().max(1) as u64));
+        if t != self.read_timeout {
+            self.reader
+                .get_ref()
+                .set_read_timeout(t)
+                .map_err(FrameError::Io)?;
+            self.read_timeout = t;
+        }
+        Ok(())
+    }
+}
+
+/// The program name, as the client's name in its Hello (`crosmsg`, `vmc`, …).
+fn client_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(str::to_string)
+        })
+        .filter(|n| cros_messages::addr::valid_name(n))
+        .unwrap_or_else(|| "client".to_string())
+}
