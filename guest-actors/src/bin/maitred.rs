@@ -1,0 +1,160 @@
+//! maitred: the termina VM's init. See `cros_guest::maitred`.
+//!
+//! As `/init` of the initramfs it runs stage 1 (modules, root switch); as `/sbin/maitred
+//! --stage2` it runs the VM. `maitred --listen unix:PATH` serves requests without being init
+//! (for tests on the host).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use cros_guest::cmdline::CrosdParams;
+use cros_guest::maitred::handlers::Maitred;
+use cros_guest::maitred::reaper::Reaper;
+use cros_guest::maitred::services::Services;
+use cros_guest::maitred::{
+    CONSOLE_PREFIX, INITRAMFS_MARKER, TOOLS_MOUNT, TOOLS_SERIAL, disks, init, server, stage1,
+};
+use cros_guest::pid1;
+use cros_messages::{Addr, ports};
+
+fn say(msg: &str) {
+    pid1::console_line(CONSOLE_PREFIX, msg);
+}
+
+fn fatal(msg: &str) -> ! {
+    say(&format!("fatal: {msg}; powering off"));
+    pid1::power_off()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "maitred: the crosd guest init.\n\n  as /init in the initramfs: load modules, mount the root disk (serial crosd-rootfs), switch root\n  --stage2                   run the VM: mounts, vm_syslog, vshd, VmReady to host port 7777, serve vsock port 8888\n  --listen unix:PATH         serve requests on a Unix socket without being init (tests)"
+        );
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--listen") {
+        let Some(path) = args.get(i + 1).and_then(|a| a.strip_prefix("unix:")) else {
+            eprintln!("maitred: --listen needs unix:PATH");
+            std::process::exit(2);
+        };
+        serve_for_tests(path);
+        return;
+    }
+    if std::process::id() == 1 && std::path::Path::new(INITRAMFS_MARKER).exists() {
+        match stage1::run() {
+            Ok(never) => match never {},
+            Err(e) => fatal(&format!("stage 1: {e}")),
+        }
+    }
+    stage2();
+}
+
+fn maitred_state(reaper: Arc<Reaper>) -> Arc<Maitred> {
+    Arc::new(Maitred {
+        services: Services::new(reaper),
+        sys_block: "/sys/block".into(),
+        timezone: Default::default(),
+        shutdown_requested: AtomicBool::new(false),
+    })
+}
+
+fn serve_for_tests(path: &str) {
+    let listener = match cros_guest::vshd::listener::bind_unix(std::path::Path::new(path)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("maitred: cannot listen on {path}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let maitred = maitred_state(Reaper::start());
+    // Not init: Shutdown only ends this process.
+    let err = server::serve(listener, Addr::host("maitred"), maitred, |_| {
+        std::process::exit(0)
+    });
+    eprintln!("maitred: listener failed: {err}");
+    std::process::exit(1);
+}
+
+fn stage2() {
+    if let Err(e) = init::mount_early() {
+        fatal(&e.to_string());
+    }
+    pid1::attach_console();
+    let params = CrosdParams::from_proc().unwrap_or_default();
+    let vm = params.get("vm").unwrap_or("termina").to_string();
+    init::set_hostname(&vm);
+    let me = Addr::in_vm("maitred", vm.as_str());
+    let reaper = Reaper::start();
+    let maitred = maitred_state(reaper);
+
+    // The tools image (vshd for containers, garcon) is optional for the VM shell itself.
+    if let Some(dev) = disks::find_by_serial(std::path::Path::new("/sys/block"), TOOLS_SERIAL) {
+        let ro = nix::mount::MsFlags::MS_RDONLY
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOSUID;
+        match disks::probe(&dev) {
+            Ok(Some(fs)) => {
+                if let Err(e) = nix::mount::mount(
+                    Some(&dev),
+                    TOOLS_MOUNT,
+                    Some(fs.mount_type()),
+                    ro,
+                    None::<&str>,
+                ) {
+                    say(&format!("cannot mount tools image {}: {e}", dev.display()));
+                }
+            }
+            other => say(&format!(
+                "tools image {} holds no known filesystem ({other:?})",
+                dev.display()
+            )),
+        }
+    }
+
+    for (name, argv) in [
+        ("vm_syslog", vec!["/sbin/vm_syslog".to_string()]),
+        (
+            "vshd",
+            vec![
+                "/sbin/vshd".into(),
+                "--listen".into(),
+                format!("vsock:{}", ports::VSHD),
+            ],
+        ),
+    ] {
+        if let Err(e) = maitred.services.start(
+            name,
+            argv,
+            vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
+        ) {
+            say(&format!("cannot start {name}: {e}"));
+        }
+    }
+
+    let listener =
+        match vsock::VsockListener::bind_with_cid_port(vsock::VMADDR_CID_ANY, ports::MAITRED) {
+            Ok(l) => l,
+            Err(e) => fatal(&format!(
+                "cannot listen on vsock port {}: {e}",
+                ports::MAITRED
+            )),
+        };
+    let ready = server::announce_ready(
+        || {
+            vsock::VsockStream::connect_with_cid_port(
+                vsock::VMADDR_CID_HOST,
+                ports::CONCIERGE_STARTUP,
+            )
+        },
+        &me,
+        50,
+    );
+    match ready {
+        Ok(()) => say("VmReady sent"),
+        Err(e) => say(&e),
+    }
+    let err = server::serve(listener, me, maitred, |m| m.power_off());
+    fatal(&format!("vsock listener failed: {err}"));
+}

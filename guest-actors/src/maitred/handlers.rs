@@ -1,0 +1,434 @@
+//! What maitred does for each request. Every field comes from the host and is validated here.
+
+use std::path::{Component, Path};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cros_messages::maitred::{MaitredReply, MaitredRequest};
+use cros_messages::{CrosError, ErrorKind};
+use nix::mount::{MsFlags, mount};
+
+use super::disks;
+use super::services::{ServiceError, Services};
+use super::{STATEFUL_MOUNT, STATEFUL_SERIAL};
+
+/// mkfs.btrfs on a large sparse disk, and mounting it, can take a while under emulation.
+const MKFS_TIMEOUT: Duration = Duration::from_secs(120);
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(600);
+/// Mount flags the host may pass (no remount/bind/move tricks).
+const ALLOWED_MOUNT_FLAGS: u64 =
+    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME;
+
+/// State shared by all connections.
+pub struct Maitred {
+    pub services: Arc<Services>,
+    pub sys_block: String,
+    pub timezone: Mutex<Option<String>>,
+    /// Set by Shutdown; the server then powers off once the reply is sent.
+    pub shutdown_requested: std::sync::atomic::AtomicBool,
+}
+
+/// The outcome of one request.
+pub type Outcome = Result<MaitredReply, CrosError>;
+
+fn invalid(msg: impl Into<String>) -> CrosError {
+    CrosError::invalid(msg)
+}
+
+/// An absolute path with no `..` and no NUL.
+fn check_abs_path(what: &str, p: &str) -> Result<(), CrosError> {
+    let path = Path::new(p);
+    if p.is_empty()
+        || !path.is_absolute()
+        || p.contains('\0')
+        || path.components().any(|c| c == Component::ParentDir)
+    {
+        return Err(invalid(format!(
+            "{what} {p:?} must be an absolute path without '..'"
+        )));
+    }
+    if p.len() > 4096 {
+        return Err(invalid(format!("{what} is longer than 4096 bytes")));
+    }
+    Ok(())
+}
+
+fn service_error(e: ServiceError) -> CrosError {
+    match e {
+        ServiceError::Spawn { .. } => CrosError::new(ErrorKind::NotFound, e.to_string()),
+        ServiceError::Timeout { .. } => CrosError::timeout(e.to_string()),
+        _ => CrosError::internal(e.to_string()),
+    }
+}
+
+fn statvfs_free(path: &str) -> Result<(u64, u64), CrosError> {
+    let st = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| CrosError::internal(format!("statvfs {path}: {e}")))?;
+    let frsize = st.fragment_size() as u64;
+    Ok((
+        st.blocks_available() as u64 * frsize,
+        st.blocks() as u64 * frsize,
+    ))
+}
+
+impl Maitred {
+    pub fn handle(&self, req: MaitredRequest) -> Outcome {
+        match req {
+            MaitredRequest::GetKernelVersion {} => {
+                let u = nix::sys::utsname::uname()
+                    .map_err(|e| CrosError::internal(format!("uname: {e}")))?;
+                Ok(MaitredReply::KernelVersion {
+                    release: u.release().to_string_lossy().into_owned(),
+                    version: u.version().to_string_lossy().into_owned(),
+                })
+            }
+            MaitredRequest::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                options,
+                create_target,
+                mkfs_if_needed,
+            } => self.mount(
+                &source,
+                &target,
+                &fstype,
+                flags,
+                &options,
+                create_target,
+                mkfs_if_needed,
+            ),
+            MaitredRequest::StartTermina {
+                stateful_device,
+                start_tremplin,
+            } => self.start_termina(&stateful_device, start_tremplin),
+            MaitredRequest::LaunchProcess {
+                argv,
+                env,
+                respawn,
+                wait_for_exit,
+            } => self.launch(argv, env, respawn, wait_for_exit),
+            MaitredRequest::SetTime { secs, nanos } => {
+                if nanos >= 1_000_000_000 || secs > i64::MAX as u64 {
+                    return Err(invalid(format!("time {secs}.{nanos:09} is out of range")));
+                }
+                let ts = nix::sys::time::TimeSpec::new(secs as i64, nanos as i64);
+                nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
+                    .map_err(|e| CrosError::internal(format!("clock_settime: {e}")))?;
+                Ok(MaitredReply::Ack {})
+            }
+            MaitredRequest::SetTimezone { name } => {
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && !name.split('/').any(|p| p.is_empty() || p == "..")
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b));
+                if !ok {
+                    return Err(invalid(format!(
+                        "timezone {name:?} is not a zoneinfo name like Europe/Paris"
+                    )));
+                }
+                // Processes maitred launches from now on get TZ; the root image is read-only.
+                if let Ok(mut tz) = self.timezone.lock() {
+                    *tz = Some(name);
+                }
+                Ok(MaitredReply::Ack {})
+            }
+            MaitredRequest::Shutdown {} => {
+                self.shutdown_requested
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(MaitredReply::Ack {})
+            }
+            MaitredRequest::ResizeFilesystem { size } => {
+                let arg = if size == 0 {
+                    "max".to_string()
+                } else {
+                    size.to_string()
+                };
+                self.services
+                    .run(
+                        &["btrfs", "filesystem", "resize", &arg, STATEFUL_MOUNT],
+                        MKFS_TIMEOUT,
+                    )
+                    .map_err(service_error)?;
+                Ok(MaitredReply::Ack {})
+            }
+            MaitredRequest::GetResizeStatus {} => {
+                let (_, total) = statvfs_free(STATEFUL_MOUNT)?;
+                Ok(MaitredReply::ResizeStatus {
+                    resizing: false,
+                    current_size: total,
+                    target_size: total,
+                })
+            }
+            MaitredRequest::GetAvailableSpace {} => Ok(MaitredReply::AvailableSpace {
+                bytes: statvfs_free(STATEFUL_MOUNT)?.0,
+            }),
+            MaitredRequest::ConfigureNetwork { .. } => Err(CrosError::unsupported(
+                "ConfigureNetwork: this VM has no network device yet",
+            )),
+            MaitredRequest::Mount9P { .. } => Err(CrosError::unsupported(
+                "Mount9P: 9P sharing (seneschal) is not built yet",
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mount(
+        &self,
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: u64,
+        options: &str,
+        create_target: bool,
+        mkfs_if_needed: bool,
+    ) -> Outcome {
+        check_abs_path("target", target)?;
+        if flags & !ALLOWED_MOUNT_FLAGS != 0 {
+            return Err(invalid(format!(
+                "mount flags {flags:#x} include flags other than ro/nosuid/nodev/noexec/noatime"
+            )));
+        }
+        if !fstype.bytes().all(|b| b.is_ascii_alphanumeric())
+            || fstype.is_empty()
+            || fstype.len() > 16
+        {
+            return Err(invalid(format!(
+                "filesystem type {fstype:?} is not a plain name"
+            )));
+        }
+        if options.contains('\0') || options.len() > 1024 {
+            return Err(invalid(
+                "mount options must be under 1024 bytes without NUL",
+            ));
+        }
+        if source.starts_with('/') {
+            check_abs_path("source", source)?;
+        }
+        if create_target {
+            std::fs::create_dir_all(target)
+                .map_err(|e| CrosError::internal(format!("create {target}: {e}")))?;
+        }
+        if mkfs_if_needed && source.starts_with("/dev/") {
+            self.mkfs_if_blank(source, fstype)?;
+        }
+        let data = (!options.is_empty()).then_some(options);
+        mount(
+            Some(source),
+            target,
+            Some(fstype),
+            MsFlags::from_bits_truncate(flags as _),
+            data,
+        )
+        .map_err(|e| CrosError::internal(format!("mount {source} ({fstype}) on {target}: {e}")))?;
+        Ok(MaitredReply::Ack {})
+    }
+
+    fn mkfs_if_blank(&self, dev: &str, fstype: &str) -> Result<bool, CrosError> {
+        let found = disks::probe(Path::new(dev))
+            .map_err(|e| CrosError::internal(format!("read {dev}: {e}")))?;
+        if found.is_some() {
+            return Ok(false);
+        }
+        let mkfs = format!("mkfs.{fstype}");
+        let args: Vec<&str> = match fstype {
+            "btrfs" => vec![&mkfs, "-q", dev],
+            "ext4" => vec![&mkfs, "-q", "-F", dev],
+            _ => {
+                return Err(invalid(format!(
+                    "mkfs_if_needed is supported for btrfs and ext4, not {fstype}"
+                )));
+            }
+        };
+        self.services
+            .run(&args, MKFS_TIMEOUT)
+            .map_err(service_error)?;
+        Ok(true)
+    }
+
+    fn start_termina(&self, stateful_device: &str, start_tremplin: bool) -> Outcome {
+        let dev = if stateful_device.is_empty() {
+            disks::find_by_serial(Path::new(&self.sys_block), STATEFUL_SERIAL)
+                .ok_or_else(|| {
+                    CrosError::not_found(format!(
+                        "no disk with serial {STATEFUL_SERIAL} is attached"
+                    ))
+                })?
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            check_abs_path("stateful_device", stateful_device)?;
+            stateful_device.to_string()
+        };
+        if !is_mounted(STATEFUL_MOUNT) {
+            self.mkfs_if_blank(&dev, "btrfs")?;
+            std::fs::create_dir_all(STATEFUL_MOUNT)
+                .map_err(|e| CrosError::internal(format!("create {STATEFUL_MOUNT}: {e}")))?;
+            let mut partial_data_loss = false;
+            let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+            if let Err(first) = mount(
+                Some(dev.as_str()),
+                STATEFUL_MOUNT,
+                Some("btrfs"),
+                flags,
+                Some("user_subvol_rm_allowed"),
+            ) {
+                // A damaged tree: try the backup roots, as Crostini does, and say so.
+                mount(
+                    Some(dev.as_str()),
+                    STATEFUL_MOUNT,
+                    Some("btrfs"),
+                    flags,
+                    Some("user_subvol_rm_allowed,rescue=usebackuproot"),
+                )
+                .map_err(|e| {
+                    CrosError::internal(format!(
+                        "mount {dev} on {STATEFUL_MOUNT}: {first}; with usebackuproot: {e}"
+                    ))
+                })?;
+                partial_data_loss = true;
+            }
+            // Grow the filesystem to the disk (the host may have grown the file).
+            if let Err(e) = self.services.run(
+                &["btrfs", "filesystem", "resize", "max", STATEFUL_MOUNT],
+                MKFS_TIMEOUT,
+            ) {
+                eprintln!("maitred: growing {STATEFUL_MOUNT}: {e}");
+            }
+            if start_tremplin {
+                self.start_tremplin()?;
+            }
+            let (free, _) = statvfs_free(STATEFUL_MOUNT)?;
+            return Ok(MaitredReply::TerminaStarted {
+                partial_data_loss,
+                free_bytes: free,
+            });
+        }
+        let (free, _) = statvfs_free(STATEFUL_MOUNT)?;
+        Ok(MaitredReply::TerminaStarted {
+            partial_data_loss: false,
+            free_bytes: free,
+        })
+    }
+
+    fn start_tremplin(&self) -> Result<(), CrosError> {
+        let tremplin = "/usr/bin/tremplin";
+        if !Path::new(tremplin).exists() {
+            return Err(CrosError::unsupported(
+                "start_tremplin: tremplin is not part of this termina image yet",
+            ));
+        }
+        self.services
+            .start("tremplin", vec![tremplin.into()], vec![])
+            .map_err(service_error)?;
+        Ok(())
+    }
+
+    fn launch(
+        &self,
+        argv: Vec<String>,
+        mut env: Vec<(String, String)>,
+        respawn: bool,
+        wait_for_exit: bool,
+    ) -> Outcome {
+        let Some(program) = argv.first() else {
+            return Err(invalid("argv is empty"));
+        };
+        if argv.len() > 1024
+            || argv
+                .iter()
+                .chain(env.iter().flat_map(|(k, v)| [k, v]))
+                .any(|s| s.contains('\0') || s.len() > 65536)
+        {
+            return Err(invalid(
+                "argv/env must be at most 1024 entries of at most 64 KiB without NUL",
+            ));
+        }
+        if env.iter().any(|(k, _)| k.is_empty() || k.contains('=')) {
+            return Err(invalid(
+                "environment names must be non-empty and contain no '='",
+            ));
+        }
+        if respawn && wait_for_exit {
+            return Err(invalid("respawn and wait_for_exit exclude each other"));
+        }
+        if let Some(tz) = self.timezone.lock().ok().and_then(|t| t.clone()) {
+            env.push(("TZ".into(), tz));
+        }
+        if respawn {
+            let pid = self
+                .services
+                .start(program, argv.clone(), env)
+                .map_err(service_error)?;
+            return Ok(MaitredReply::ProcessLaunched {
+                pid: pid as u32,
+                exit_code: None,
+            });
+        }
+        let child = std::process::Command::new(program)
+            .args(&argv[1..])
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| CrosError::not_found(format!("cannot start {program}: {e}")))?;
+        let pid = child.id();
+        let exit_code = if wait_for_exit {
+            let code = self.services.reaper().wait_for(pid as i32, PROCESS_TIMEOUT);
+            Some(code.ok_or_else(|| {
+                CrosError::timeout(format!(
+                    "{program} (pid {pid}) still running after {} s",
+                    PROCESS_TIMEOUT.as_secs()
+                ))
+            })?)
+        } else {
+            None
+        };
+        Ok(MaitredReply::ProcessLaunched { pid, exit_code })
+    }
+
+    /// Stops services, syncs, unmounts the stateful disk (so btrfs is clean), powers off.
+    pub fn power_off(&self) -> ! {
+        self.services.stop_all(Duration::from_secs(3));
+        nix::unistd::sync();
+        if is_mounted(STATEFUL_MOUNT)
+            && let Err(e) = nix::mount::umount(STATEFUL_MOUNT)
+        {
+            eprintln!("maitred: unmount {STATEFUL_MOUNT}: {e}; remounting read-only");
+            let _ = mount(
+                None::<&str>,
+                STATEFUL_MOUNT,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+        }
+        crate::pid1::power_off()
+    }
+}
+
+/// Whether something is mounted exactly at `target` (per /proc/self/mounts).
+pub fn is_mounted(target: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(target))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_validated() {
+        assert!(check_abs_path("t", "/mnt/stateful").is_ok());
+        for bad in ["", "relative", "/mnt/../etc", "/a\0b"] {
+            let e = check_abs_path("target", bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument, "{bad:?}");
+        }
+    }
+}
