@@ -1,0 +1,595 @@
+//! End-to-end: the real `crosd` and `crosmsg` binaries, temporary state and run directories,
+//! a real Unix control socket.
+//!
+//! Build the binaries first: `cargo build -p cros-tools --bins`.
+
+use cros_e2e::bin;
+use cros_messages::framing::{self, MAX_CONTROL_FRAME};
+use cros_messages::trace::TraceReader;
+use cros_messages::{Addr, Body, Envelope, ErrorKind, Hello};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for crosd to come up or go down; a hang fails the test instead of blocking CI.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+const HOST_ACTORS: [&str; 5] = [
+    "imageloader",
+    "concierge",
+    "cicerone",
+    "seneschal",
+    "vmlog_forwarder",
+];
+
+struct Crosd {
+    child: Option<Child>,
+    socket: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Crosd {
+    /// Starts crosd with its state and run directories under `dir` and waits until it accepts.
+    fn start(dir: &Path, extra: &[&str]) -> Crosd {
+        Self::start_with(dir, &dir.join("state"), extra)
+    }
+
+    fn start_with(dir: &Path, state: &Path, extra: &[&str]) -> Crosd {
+        let run = dir.join("run");
+        let socket = run.join("crosd.sock");
+        let log = dir.join(format!("crosd-{}.log", now_ns()));
+        let child = Command::new(bin("crosd"))
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--run-dir")
+            .arg(&run)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .env_remove("CROSD_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn crosd");
+        let mut d = Crosd {
+            child: Some(child),
+            socket,
+            state: state.to_path_buf(),
+            log,
+        };
+        let start = Instant::now();
+        while UnixStream::connect(&d.socket).is_err() {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("crosd exited early ({status}): {}", d.log_text());
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "crosd never listened: {}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn crosmsg(&self, args: &[&str]) -> Output {
+        crosmsg(&self.socket, args)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "crosd exited with {status}: {}",
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "crosd ignored SIGTERM: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Crosd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn crosmsg(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("crosmsg"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("CROSD_SOCKET")
+        .output()
+        .expect("run crosmsg")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn crosmsg_list_shows_the_host_actors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let out = d.crosmsg(&["list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    for actor in HOST_ACTORS {
+        assert!(
+            lines.iter().any(|l| l == actor),
+            "{actor} missing: {lines:?}"
+        );
+    }
+    assert!(lines.iter().any(|l| l == "bus"), "{lines:?}");
+}
+
+#[test]
+fn send_prints_the_reply_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let out = d.crosmsg(&["send", "concierge", r#"{"ListVms":{}}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json, serde_json::json!({"Vms": {"vms": []}}));
+}
+
+#[test]
+fn imageloader_lists_component_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("components/cros-termina/16000.0.0")).unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let out = d.crosmsg(&["send", "imageloader", r#"{"ListComponents":{}}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let comps = &json["Components"]["components"];
+    assert_eq!(comps[0]["name"], "cros-termina");
+    assert_eq!(comps[0]["version"], "16000.0.0");
+}
+
+#[test]
+fn errors_exit_non_zero_with_their_own_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Crosd::start(dir.path(), &[]);
+
+    let out = d.crosmsg(&["send", "concierge", r#"{"GetVmInfo":{"name":"termina"}}"#]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    assert!(
+        stderr(&out).contains("NotFound") && stderr(&out).contains("termina"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = d.crosmsg(&["send", "concierge", r#"{"ListVms":"#]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad JSON"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("EOF while parsing"),
+        "serde's message: {}",
+        stderr(&out)
+    );
+
+    let out = d.crosmsg(&["send", "concierge", r#"{"Reboot":{}}"#]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown variant `Reboot`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = d.crosmsg(&["send", "nosuchactor", "{}"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown actor \"nosuchactor\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // A known kind of actor that is not registered: the daemon says so.
+    let out = d.crosmsg(&["send", "maitred@termina", r#"{"GetKernelVersion":{}}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no actor maitred@termina is registered"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A request concierge cannot do yet says so instead of pretending.
+    let out = d.crosmsg(&["send", "concierge", r#"{"StartVm":{"name":"termina"}}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Unsupported"), "{}", stderr(&out));
+
+    d.terminate();
+    let out = d.crosmsg(&["list"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains(&format!(
+            "crosd is not running (no socket at {})",
+            d.socket.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn socket_is_0600_and_removed_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Crosd::start(dir.path(), &[]);
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    d.terminate();
+    assert!(!d.socket.exists(), "socket left behind");
+    assert!(
+        d.log_text().contains("SIGTERM received"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn second_crosd_on_the_same_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let out = Command::new(bin("crosd"))
+        .arg("--state-dir")
+        .arg(&d.state)
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("--run-dir")
+        .arg(dir.path().join("run2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another crosd is already serving"),
+        "{}",
+        stderr(&out)
+    );
+    // The first one is unharmed.
+    assert!(d.crosmsg(&["list"]).status.success());
+}
+
+#[test]
+fn stale_socket_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    // A socket nobody listens on any more, as a killed crosd leaves it.
+    drop(std::os::unix::net::UnixListener::bind(run.join("crosd.sock")).unwrap());
+    let d = Crosd::start(dir.path(), &[]);
+    assert!(d.crosmsg(&["list"]).status.success());
+    assert!(
+        d.log_text().contains("removing stale socket"),
+        "{}",
+        d.log_text()
+    );
+}
+
+fn raw_connection(socket: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let peer = framing::handshake(&mut s, &Addr::host("e2e")).unwrap();
+    assert_eq!(peer.actor, Addr::host("bus"));
+    s
+}
+
+#[test]
+fn malformed_frames_get_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let mut s = raw_connection(&d.socket);
+    // A frame whose payload is not an envelope: an error reply, and the connection goes on.
+    s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+    let reply: Envelope = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+    let Body::Error(e) = reply.body else {
+        panic!("expected an error, got {reply:?}")
+    };
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("malformed envelope"), "{e}");
+    let req = Envelope::new(
+        9,
+        9,
+        Addr::host("e2e"),
+        Addr::host("bus"),
+        Body::Bus(cros_messages::bus::BusRequest::Ping { seq: 42 }),
+    );
+    framing::write_message(&mut s, &req, MAX_CONTROL_FRAME).unwrap();
+    let reply: Envelope = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+    assert_eq!(reply.reply_to, Some(9));
+    assert_eq!(
+        reply.body,
+        Body::BusReply(cros_messages::bus::BusReply::Pong { seq: 42 })
+    );
+    // An oversized frame: an error naming the limit, then the connection is closed.
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let reply: Envelope = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+    assert!(
+        matches!(&reply.body, Body::Error(e) if e.message.contains("exceeds")),
+        "{reply:?}"
+    );
+    assert!(matches!(
+        framing::read_message::<Envelope>(&mut s, MAX_CONTROL_FRAME),
+        Err(cros_messages::FrameError::Closed)
+    ));
+    // A peer that speaks another protocol version is refused at the handshake.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let old = Hello {
+        version: cros_messages::PROTOCOL_VERSION + 1,
+        actor: Addr::host("e2e"),
+    };
+    framing::write_message(&mut s, &old, MAX_CONTROL_FRAME).unwrap();
+    let _ours: Hello = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+    // The daemon survived all of it.
+    assert!(d.crosmsg(&["list"]).status.success(), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("malformed envelope"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn subscribe_is_acknowledged_over_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let out = d.crosmsg(&[
+        "send",
+        "bus",
+        r#"{"Subscribe":{"prefixes":["ConciergeEvent"]}}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json, serde_json::json!({"Subscribed": {}}));
+}
+
+/// Records a session with `--trace`, returns the trace path (crosd stopped, trace flushed).
+fn record_session(dir: &Path) -> PathBuf {
+    let trace = dir.join("session.trace");
+    let state = dir.join("state");
+    std::fs::create_dir_all(state.join("components/cros-termina/1.0")).unwrap();
+    let mut d = Crosd::start(dir, &["--trace", trace.to_str().unwrap()]);
+    for (actor, json, ok) in [
+        ("bus", r#"{"ListActors":{}}"#, true),
+        ("concierge", r#"{"ListVms":{}}"#, true),
+        ("concierge", r#"{"ListVms":{}}"#, true),
+        ("concierge", r#"{"GetVmInfo":{"name":"termina"}}"#, false),
+        ("imageloader", r#"{"ListComponents":{}}"#, true),
+        (
+            "imageloader",
+            r#"{"LoadComponent":{"name":"absent"}}"#,
+            false,
+        ),
+        (
+            "cicerone",
+            r#"{"ListRunningContainers":{"vm":"termina"}}"#,
+            false,
+        ),
+        // Refused, and the refusal names this connection (client-N): replay must not trip on it.
+        (
+            "cicerone",
+            r#"{"NotifyVmStarted":{"vm":"t","cid":3,"token":"x","pid":1}}"#,
+            false,
+        ),
+        ("seneschal", r#"{"ListServers":{}}"#, true),
+        (
+            "vmlog_forwarder",
+            r#"{"GetLogPath":{"vm":"termina"}}"#,
+            false,
+        ),
+    ] {
+        let out = d.crosmsg(&["send", actor, json]);
+        assert_eq!(out.status.success(), ok, "{actor} {json}: {}", stderr(&out));
+    }
+    d.terminate();
+    trace
+}
+
+#[test]
+fn trace_show_stats_and_replay_reproduce_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = record_session(dir.path());
+    let socket = dir.path().join("run/crosd.sock");
+
+    let out = crosmsg(&socket, &["trace", "show", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 20, "10 requests and 10 replies: {lines:#?}");
+    assert!(
+        lines[2].contains("-> concierge Concierge::ListVms id=1"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].contains("concierge -> client-") && lines[3].contains("reply_to=1"),
+        "{}",
+        lines[3]
+    );
+
+    let out = crosmsg(
+        &socket,
+        &["trace", "show", "--json", trace.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "Bus::ListActors");
+    assert_eq!(first["envelope"]["to"]["actor"], "bus");
+
+    let out = crosmsg(&socket, &["trace", "stats", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let count_line = text
+        .lines()
+        .find(|l| l.starts_with("Concierge::ListVms "))
+        .unwrap();
+    assert!(count_line.split_whitespace().nth(1) == Some("2"), "{text}");
+    assert!(text.contains("REQUEST -> REPLY"), "{text}");
+    let lat_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("Concierge::ListVms "))
+        .collect();
+    assert_eq!(
+        lat_lines.len(),
+        2,
+        "a count line and a latency line: {text}"
+    );
+    assert_eq!(lat_lines[1].split_whitespace().count(), 5, "{text}");
+
+    // Replay against a fresh crosd over the same state: no divergence.
+    let d = Crosd::start(dir.path(), &[]);
+    let out = d.crosmsg(&["trace", "replay", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("replayed 10 request(s): 0 divergence(s)"),
+        "{}",
+        stdout(&out)
+    );
+    drop(d);
+
+    // Isolated replay of each actor the session talked to: no crosd needed.
+    let state = dir.path().join("state");
+    for actor in ["concierge", "cicerone", "seneschal", "vmlog_forwarder"] {
+        let out = crosmsg(
+            &socket,
+            &["trace", "replay", trace.to_str().unwrap(), "--actor", actor],
+        );
+        assert!(
+            out.status.success(),
+            "{actor}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains(" 0 divergence(s)"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let out = crosmsg(
+        &socket,
+        &[
+            "trace",
+            "replay",
+            trace.to_str().unwrap(),
+            "--actor",
+            "imageloader",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("replayed 2 request(s): 0 divergence(s)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Against a different state (no components) the replay notices ListComponents differs.
+    let out = crosmsg(
+        &socket,
+        &[
+            "trace",
+            "replay",
+            trace.to_str().unwrap(),
+            "--actor",
+            "imageloader",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("DIVERGENCE") && stdout(&out).contains("Imageloader::ListComponents"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn replay_reports_a_changed_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = record_session(dir.path());
+    // The component the session listed is gone: ListComponents answers differently now.
+    std::fs::remove_dir_all(dir.path().join("state/components/cros-termina")).unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let out = d.crosmsg(&["trace", "replay", trace.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("DIVERGENCE")).count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains("Imageloader::ListComponents"), "{text}");
+    assert!(text.contains("1 divergence(s)"), "{text}");
+}
+
+#[test]
+fn truncated_trace_names_the_offset_and_keeps_what_precedes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = record_session(dir.path());
+    let bytes = std::fs::read(&trace).unwrap();
+    let offsets: Vec<u64> = TraceReader::new(&bytes[..])
+        .unwrap()
+        .map(|r| r.unwrap().0)
+        .collect();
+    let last = *offsets.last().unwrap();
+    let cut = dir.path().join("cut.trace");
+    std::fs::write(&cut, &bytes[..bytes.len() - 3]).unwrap();
+    let socket = dir.path().join("run/crosd.sock");
+    for sub in ["show", "stats"] {
+        let out = crosmsg(&socket, &["trace", sub, cut.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        assert!(
+            stderr(&out).contains(&format!("byte offset {last}")),
+            "{sub}: {}",
+            stderr(&out)
+        );
+    }
+    let out = crosmsg(&socket, &["trace", "show", cut.to_str().unwrap()]);
+    assert_eq!(stdout(&out).lines().count(), offsets.len() - 1);
+    // Not a trace at all: a clear error.
+    let junk = dir.path().join("junk.trace");
+    std::fs::write(&junk, b"hello world, not a trace").unwrap();
+    let out = crosmsg(&socket, &["trace", "show", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a crosd trace file"),
+        "{}",
+        stderr(&out)
+    );
+}
