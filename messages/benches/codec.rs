@@ -41,6 +41,7 @@ fn vm_info() -> Envelope {
                 seneschal_handle: 1,
                 status: VmStatus::Running,
                 hypervisor: "qemu".into(),
+                vsock_socket: "/run/crosd/vm.3/vsock.sock".into(),
             },
         }),
     )

@@ -109,6 +109,10 @@ pub struct VmInfo {
     pub status: VmStatus,
     /// Which backend runs it: `crosvm` or `qemu`.
     pub hypervisor: String,
+    /// Host side of the VM's hybrid-vsock device: the Unix socket where `CONNECT <port>\n`
+    /// reaches a guest listener (vsh dials vshd on 9001 through it). Empty when unknown.
+    #[serde(default)]
+    pub vsock_socket: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

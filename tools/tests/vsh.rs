@@ -159,14 +159,52 @@ fn vsh_forwards_signals_to_the_remote_command() {
     }
 }
 
+/// Without --socket, vsh asks crosd's concierge for the VM: no crosd is a clear error naming
+/// the socket, and a real crosd that has no such VM says so by name.
 #[test]
-fn vsh_without_socket_explains_that_it_needs_crosd() {
+fn vsh_resolves_the_vm_through_crosd() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-crosd.sock");
     let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
         .args(["--vm_name", "termina", "--", "true"])
+        .env("CROSD_SOCKET", &missing)
+        .stdin(Stdio::null())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("termina") && err.contains("crosd"), "{err}");
+    assert!(
+        err.contains("termina") && err.contains("crosd is not running"),
+        "{err}"
+    );
+    assert!(err.contains("no-crosd.sock"), "{err}");
+    assert_eq!(out.status.code(), Some(123));
+
+    let run_dir = dir.path().join("run");
+    let mut crosd = Command::new(env!("CARGO_BIN_EXE_crosd"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = run_dir.join("crosd.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(std::time::Instant::now() < deadline, "crosd never listened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
+        .args(["--vm_name", "termina", "--crosd-socket"])
+        .arg(&sock)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = crosd.kill();
+    let _ = crosd.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no VM named \"termina\""), "{err}");
     assert_eq!(out.status.code(), Some(123));
 }
 

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use cros_messages::ports;
+use cros_messages::concierge::{ConciergeReply, ConciergeRequest, VmStatus};
 use cros_messages::vsh::NO_EXIT_STATUS;
+use cros_messages::{Addr, Body, ports};
+use cros_tools::client;
 use cros_tools::vsh_client::{self, DEFAULT_SETUP_TIMEOUT, Endpoint, ShellRequest};
 
 /// Opens a shell, or runs one command, in a crosd VM.
@@ -16,7 +18,8 @@ use cros_tools::vsh_client::{self, DEFAULT_SETUP_TIMEOUT, Endpoint, ShellRequest
 #[derive(Parser, Debug)]
 #[command(name = "vsh", version)]
 struct Args {
-    /// The VM to reach (resolved through crosd's concierge unless --socket is given).
+    /// The VM to reach: crosd's concierge says where its vsock is (GetVmInfo), unless --socket
+    /// names the socket directly.
     #[arg(long = "vm_name")]
     vm_name: String,
     /// Owner of the VM (crosd's per-user namespace); empty for the default owner.
@@ -35,6 +38,10 @@ struct Args {
     /// CONNECT), or `unix:PATH` for a vshd listening on a Unix socket.
     #[arg(long, visible_alias = "uds", value_name = "UDS")]
     socket: Option<String>,
+    /// crosd's control socket, for resolving --vm_name [default: $CROSD_SOCKET, else
+    /// /run/crosd/crosd.sock].
+    #[arg(long = "crosd-socket", value_name = "PATH")]
+    crosd_socket: Option<std::path::PathBuf>,
     /// Guest vsock port of vshd (with a hybrid-vsock --socket).
     #[arg(long, default_value_t = ports::VSHD)]
     port: u32,
@@ -57,20 +64,10 @@ fn run(args: Args) -> anyhow::Result<i32> {
             args.target_container
         );
     }
-    let Some(socket) = &args.socket else {
-        bail!(
-            "resolving VM '{}'{} by name needs crosd's concierge (GetVmInfo), which this vsh \
-             cannot reach yet; pass --socket PATH (the VM's hybrid-vsock socket) or \
-             --socket unix:PATH (a vshd's own socket)",
-            args.vm_name,
-            if args.owner_id.is_empty() {
-                String::new()
-            } else {
-                format!(" of owner '{}'", args.owner_id)
-            }
-        );
+    let endpoint = match &args.socket {
+        Some(socket) => Endpoint::parse(socket, args.port),
+        None => resolve_vm(&args)?,
     };
-    let endpoint = Endpoint::parse(socket, args.port);
     let stream = endpoint
         .connect(DEFAULT_SETUP_TIMEOUT)
         .with_context(|| format!("cannot reach vshd of VM '{}'", args.vm_name))?;
@@ -90,6 +87,48 @@ fn run(args: Args) -> anyhow::Result<i32> {
         eprintln!("vsh: the connection ended without an exit status");
     }
     Ok(exit.code)
+}
+
+/// Asks crosd's concierge where the VM's vsock lives (GetVmInfo), as Crostini's vsh asks
+/// concierge for the VM's cid.
+fn resolve_vm(args: &Args) -> anyhow::Result<Endpoint> {
+    let owner = if args.owner_id.is_empty() {
+        String::new()
+    } else {
+        format!(" of owner '{}'", args.owner_id)
+    };
+    let mut crosd = client::Client::connect_default(args.crosd_socket.as_deref())
+        .with_context(|| format!("cannot look up VM '{}'{owner}", args.vm_name))?;
+    let concierge = Addr::host("concierge");
+    let request = Body::Concierge(ConciergeRequest::GetVmInfo {
+        name: args.vm_name.clone(),
+        owner_id: args.owner_id.clone(),
+    });
+    let vm = match crosd
+        .call(&concierge, request, client::DEFAULT_TIMEOUT)
+        .with_context(|| format!("cannot look up VM '{}'{owner}", args.vm_name))?
+    {
+        Body::ConciergeReply(ConciergeReply::VmInfo { vm_info }) => vm_info,
+        other => bail!(
+            "concierge answered GetVmInfo for '{}' with {}",
+            args.vm_name,
+            other.type_name()
+        ),
+    };
+    if vm.status != VmStatus::Running {
+        bail!("VM '{}'{owner} is {:?}, not running", vm.name, vm.status);
+    }
+    if vm.vsock_socket.is_empty() {
+        bail!(
+            "crosd knows VM '{}' (cid {}) but reports no vsock socket for it; pass --socket",
+            vm.name,
+            vm.cid
+        );
+    }
+    Ok(Endpoint::HybridVsock {
+        path: vm.vsock_socket.into(),
+        port: args.port,
+    })
 }
 
 fn main() -> ExitCode {
