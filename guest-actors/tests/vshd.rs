@@ -511,3 +511,59 @@ fn concurrent_sessions_keep_their_own_streams() {
         h.join().unwrap();
     }
 }
+
+/// `--connect`: vshd dials the client (as garcon's vshd dials the host's waiting vsh), serves
+/// that one session and exits.
+#[test]
+fn connect_mode_serves_one_dialled_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut vshd = Command::new(env!("CARGO_BIN_EXE_vshd"))
+        .arg("--connect")
+        .arg(format!("unix:{}", path.display()))
+        .arg("--target")
+        .arg("penguin")
+        .spawn()
+        .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut req = request(&["sh", "-c", "echo in-container; exit 6"], true);
+    req.target = "penguin".to_string();
+    write_message(&mut s, &req, MAX_VSH_FRAME).unwrap();
+    let resp: SetupConnectionResponse = read_message(&mut s, MAX_VSH_FRAME).unwrap();
+    assert_eq!(resp.status, ConnectionStatus::Ready, "{}", resp.description);
+    let c = collect(&mut s);
+    assert_eq!(c.stdout, b"in-container\n");
+    assert_eq!(c.exit, Some(6));
+    assert_eq!(vshd.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn bad_command_line_is_refused_with_the_bad_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vshd"))
+        .args(["--listen", "tcp:9001"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tcp:9001") && err.contains("vsock:PORT"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(env!("CARGO_BIN_EXE_vshd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--connect",
+        "--target",
+        "--default-user",
+        "--passwd",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert_eq!(out.status.code(), Some(0));
+}
