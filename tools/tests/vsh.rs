@@ -529,3 +529,69 @@ fn vsh_interactive_ctrl_c_interrupts_the_remote_command() {
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert!(!raw(&term.termios()), "local terminal left raw");
 }
+
+/// A hostile or broken guest, played by a scripted server (a real vshd never misbehaves this
+/// way, and the guest is untrusted): it answers READY, then sends `then` and hangs up.
+fn scripted_guest(dir: &Path, then: Vec<cros_messages::vsh::GuestMessage>) -> PathBuf {
+    use cros_messages::framing::{read_message, write_message};
+    use cros_messages::vsh::{
+        ConnectionStatus, MAX_VSH_FRAME, SetupConnectionRequest, SetupConnectionResponse,
+    };
+    let path = dir.join("scripted.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let _: SetupConnectionRequest = read_message(&mut s, MAX_VSH_FRAME).unwrap();
+        let ready = SetupConnectionResponse {
+            status: ConnectionStatus::Ready,
+            description: String::new(),
+            pid: 1,
+        };
+        write_message(&mut s, &ready, MAX_VSH_FRAME).unwrap();
+        for msg in then {
+            // The frame limit is the server's own check; bypass it to send what a hostile
+            // guest could.
+            write_message(&mut s, &msg, usize::MAX).unwrap();
+        }
+    });
+    path
+}
+
+#[test]
+fn oversized_guest_data_is_an_error_not_output() {
+    use cros_messages::vsh::{GuestMessage, MAX_DATA};
+    let dir = tempfile::tempdir().unwrap();
+    let path = scripted_guest(
+        dir.path(),
+        vec![
+            GuestMessage::Stdout(b"fine\n".to_vec()),
+            GuestMessage::Stdout(vec![b'x'; MAX_DATA + 1]),
+        ],
+    );
+    let stream = UnixStream::connect(&path).unwrap();
+    let session = VshSession::start(stream, &request(&["x"], true), DEFAULT_SETUP_TIMEOUT).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    match session.relay_output(&mut out, &mut err) {
+        Err(VshError::OversizedData { len }) => assert_eq!(len, MAX_DATA + 1),
+        other => panic!("expected OversizedData, got {other:?}"),
+    }
+    assert_eq!(out, b"fine\n");
+}
+
+#[test]
+fn guest_hanging_up_without_status_gives_123() {
+    use cros_messages::vsh::GuestMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = scripted_guest(dir.path(), vec![GuestMessage::Stdout(b"partial".to_vec())]);
+    let out = Command::new(env!("CARGO_BIN_EXE_vsh"))
+        .args(["--vm_name", "t", "--socket"])
+        .arg(format!("unix:{}", path.display()))
+        .args(["--", "anything"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"partial");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without an exit status"), "{err}");
+    assert_eq!(out.status.code(), Some(123));
+}
