@@ -4,6 +4,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use nix::sys::signal::{SigHandler, Signal, signal};
+
 use cros_guest::vshd::{self, AccountFiles, ConnectAddr, ListenAddr, ServerConfig};
 
 const USAGE: &str = "\
@@ -72,6 +74,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Whoever started us (maitred, garcon) may have left SIGCHLD ignored, which would make
+    // the kernel reap session children before their exit status can be read.
+    // SAFETY: restoring a default disposition installs no handler code.
+    if let Err(e) = unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) } {
+        eprintln!("vshd: cannot restore SIGCHLD: {e}");
+    }
     let config = Arc::new(config);
     let err = match mode {
         Mode::Listen(ListenAddr::Vsock { port }) => {

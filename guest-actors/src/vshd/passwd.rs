@@ -60,8 +60,24 @@ fn read(path: &Path) -> Result<String, LookupError> {
 
 impl AccountFiles {
     /// Finds `name` in the passwd file and collects its groups.
+    ///
+    /// Root is uid 0 on every Linux system, so when the passwd file cannot be read at all (a
+    /// minimal guest rootfs without one) root still gets a session, with `/` as home.
     pub fn lookup(&self, name: &str) -> Result<Account, LookupError> {
-        let passwd = read(&self.passwd)?;
+        let passwd = match read(&self.passwd) {
+            Ok(p) => p,
+            Err(LookupError::Read { .. }) if name == "root" => {
+                return Ok(Account {
+                    name: "root".to_string(),
+                    uid: 0,
+                    gid: 0,
+                    home: "/".to_string(),
+                    shell: DEFAULT_SHELL.to_string(),
+                    groups: vec![0],
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let malformed = || LookupError::Malformed {
             user: name.to_string(),
             path: self.passwd.display().to_string(),
@@ -148,5 +164,21 @@ mod tests {
             f.lookup("short"),
             Err(LookupError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn root_survives_a_missing_passwd_file_but_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = AccountFiles {
+            passwd: dir.path().join("missing"),
+            group: dir.path().join("missing-group"),
+        };
+        let root = f.lookup("root").unwrap();
+        assert_eq!(
+            (root.uid, root.gid, root.shell.as_str()),
+            (0, 0, DEFAULT_SHELL)
+        );
+        let e = f.lookup("alice").unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
     }
 }
