@@ -5,6 +5,7 @@
 //! sends straight into that actor's mailbox, so a request costs one mailbox hop each way. Every
 //! routed envelope is handed to the trace recorder when one is configured.
 
+mod deadline;
 mod events;
 mod recorder;
 mod registry;
@@ -247,13 +248,13 @@ impl BusHandle {
         };
         let (family, variant) = (env.body.family(), env.body.variant());
         let to = env.to.clone();
-        match tokio::time::timeout(deadline, recipient.send(Deliver { env })).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(MailboxError::Closed)) => CrosError::unavailable(format!(
+        match deadline::with_deadline(recipient.send(Deliver { env }), deadline).await {
+            Some(Ok(body)) => body,
+            Some(Err(MailboxError::Closed)) => CrosError::unavailable(format!(
                 "{to} stopped while handling {family}::{variant} (crashed?); the supervisor restarts it"
             ))
             .into(),
-            Ok(Err(MailboxError::Timeout)) | Err(_) => CrosError::timeout(format!(
+            Some(Err(MailboxError::Timeout)) | None => CrosError::timeout(format!(
                 "{to} did not answer {family}::{variant} within {deadline:?}"
             ))
             .into(),
