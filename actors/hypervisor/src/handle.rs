@@ -92,6 +92,17 @@ impl VmHandle {
         Ok(self.exit)
     }
 
+    /// The first helper process (e.g. the vsock backend) that has exited while the VM runs: its
+    /// name, status and log. A VM whose device backend died is broken even if the VMM runs on.
+    pub fn exited_helper(&mut self) -> Option<(&'static str, ExitStatus, PathBuf)> {
+        self.helpers
+            .iter_mut()
+            .find_map(|h| match h.child.try_wait() {
+                Ok(Some(status)) => Some((h.what, status, h.log.clone())),
+                _ => None,
+            })
+    }
+
     /// Waits for the VMM to exit (the guest powered off or crashed), then stops the helpers.
     pub fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.exit {

@@ -74,6 +74,12 @@ pub struct QemuBackend {
     /// tests, so a killed test run leaves no QEMU behind; a daemon that starts VMs from
     /// short-lived threads must leave it off.
     pub kill_with_parent_thread: bool,
+    /// Passed to a TCG guest as `tsc_early_khz=`. Under TCG the guest's TSC is the host's, and
+    /// the kernel's own TSC calibration against the emulated PIT fails when the host is busy,
+    /// after which the 6.1 kernel hangs early in boot with no further console output (seen
+    /// here on loaded hosts: "tsc: Unable to calibrate against PIT", then nothing). `new()`
+    /// measures the host's TSC rate; `None` leaves calibration to the kernel.
+    pub tcg_tsc_khz: Option<u64>,
 }
 
 impl QemuBackend {
@@ -88,7 +94,22 @@ impl QemuBackend {
             start_attempts: 2,
             backend_listen_timeout: Duration::from_secs(10),
             kill_with_parent_thread: false,
+            tcg_tsc_khz: host_tsc_khz(),
         }
+    }
+
+    /// The kernel command line QEMU is given: the spec's, plus the TSC rate under TCG.
+    pub fn kernel_cmdline(&self, spec: &VmSpec) -> String {
+        let mut cmdline = spec.cmdline.clone();
+        if self.accel == Accel::Tcg
+            && let Some(khz) = self.tcg_tsc_khz
+            && !cmdline
+                .split_whitespace()
+                .any(|w| w.starts_with("tsc_early_khz="))
+        {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        cmdline
     }
 
     /// The QEMU arguments for `spec`; `vhost_socket` is the vsock backend's socket when the
@@ -136,7 +157,7 @@ impl QemuBackend {
             a.push(initrd.clone().into());
         }
         a.push("-append".into());
-        a.push(spec.cmdline.clone().into());
+        a.push(self.kernel_cmdline(spec).into());
         for (i, disk) in spec.disks.iter().enumerate() {
             let mut drive = OsString::from(format!("if=none,id=disk{i},format=raw,file="));
             drive.push(qemu_escape_commas(&disk.path));
@@ -405,6 +426,35 @@ fn remove_stale_socket(path: &Path) -> Result<(), HypervisorError> {
     }
 }
 
+/// The host's TSC rate in kHz, measured once per process against CLOCK_MONOTONIC (median of
+/// three 20 ms windows, so one descheduling between the paired reads does not skew it).
+#[cfg(target_arch = "x86_64")]
+fn host_tsc_khz() -> Option<u64> {
+    use std::sync::OnceLock;
+    static KHZ: OnceLock<Option<u64>> = OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let sample = || {
+            // SAFETY: rdtsc has no memory effects; every x86_64 CPU has it.
+            let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+            let (c0, t0) = (tsc(), Instant::now());
+            std::thread::sleep(Duration::from_millis(20));
+            let (c1, t1) = (tsc(), Instant::now());
+            let ns = t1.duration_since(t0).as_nanos() as u64;
+            (ns > 0).then(|| c1.wrapping_sub(c0).saturating_mul(1_000_000) / ns)
+        };
+        let mut khz: Vec<u64> = (0..3).filter_map(|_| sample()).collect();
+        khz.sort_unstable();
+        khz.get(khz.len() / 2)
+            .copied()
+            .filter(|k| (100_000..20_000_000).contains(k))
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_tsc_khz() -> Option<u64> {
+    None
+}
+
 /// QEMU option values separate with commas; a literal comma is written twice.
 fn qemu_escape_commas(path: &Path) -> OsString {
     path.to_string_lossy().replace(',', ",,").into()
@@ -455,9 +505,9 @@ mod tests {
             path: "/d/a,b.img".into(),
             read_only: true,
         }];
-        let args = strings(
-            &QemuBackend::new("crosvm").qemu_args(&spec, Some(Path::new("/run/vm/vu.sock"))),
-        );
+        let mut backend = QemuBackend::new("crosvm");
+        backend.tcg_tsc_khz = Some(2_596_136);
+        let args = strings(&backend.qemu_args(&spec, Some(Path::new("/run/vm/vu.sock"))));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,accel=tcg,memory-backend=mem"]
@@ -477,7 +527,7 @@ mod tests {
         assert_eq!(value_after(&args, "-initrd"), ["/k/initrd"]);
         assert_eq!(
             value_after(&args, "-append"),
-            ["console=ttyS0 crosd.echo_port=5000"]
+            ["console=ttyS0 crosd.echo_port=5000 tsc_early_khz=2596136"]
         );
         assert_eq!(
             value_after(&args, "-chardev"),
@@ -514,6 +564,21 @@ mod tests {
         assert_eq!(value_after(&args, "-cpu"), ["host"]);
         assert!(value_after(&args, "-device").is_empty());
         assert!(value_after(&args, "-initrd").is_empty());
+        // KVM guests calibrate against a real TSC: no override.
+        assert_eq!(value_after(&args, "-append"), ["console=ttyS0"]);
+    }
+
+    #[test]
+    fn measured_host_tsc_rate_is_plausible_and_not_duplicated() {
+        let khz = host_tsc_khz().expect("x86_64 host TSC rate");
+        assert!((100_000..20_000_000).contains(&khz), "{khz} kHz");
+        let mut spec = VmSpec::new("t", "/k", "/r");
+        spec.cmdline = "console=ttyS0 tsc_early_khz=1000000".into();
+        let backend = QemuBackend::new("crosvm");
+        assert_eq!(
+            backend.kernel_cmdline(&spec),
+            "console=ttyS0 tsc_early_khz=1000000"
+        );
     }
 
     #[test]
