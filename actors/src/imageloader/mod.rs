@@ -4,6 +4,8 @@
 //! component; until then LoadComponent finds the component and says it cannot verify it, rather
 //! than hand out unverified paths.
 
+pub mod manifest;
+
 use crate::bus::Deliver;
 use crate::host::{HostConfig, not_mine};
 use actix::{Actor, Context, Handler, MessageResult};

@@ -1,0 +1,111 @@
+//! crosimg: builds and verifies crosd's VM components.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cros_tools::crosimg::{kernel, termina};
+
+#[derive(Parser)]
+#[command(
+    name = "crosimg",
+    about = "Build and verify crosd's VM components (the termina VM image)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the termina component: OUT/cros-termina/VERSION/ with vm_kernel, vm_rootfs.img,
+    /// vm_tools.img, initramfs.img and manifest.json (SHA-256 of each file).
+    BuildTermina {
+        /// Guest kernel (a bzImage). Default: Debian's generic linux-image-6.1.*-amd64, fetched with
+        /// apt-get download into ~/.cache/crosd/kernel.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// With --kernel: a flat directory of .ko files plus a `load-order` file for the initramfs.
+        #[arg(long, requires = "kernel")]
+        modules_dir: Option<PathBuf>,
+        /// Components directory to build into (crosd reads STATE_DIR/components).
+        #[arg(long, default_value = "/var/lib/crosd/components")]
+        out: PathBuf,
+        /// Component version (the directory name under cros-termina/).
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        version: String,
+        /// Directory holding the static guest programs (maitred, vshd, vm_syslog). Default:
+        /// target/x86_64-unknown-linux-gnu/<profile>/ beside this program.
+        #[arg(long)]
+        guest_bin_dir: Option<PathBuf>,
+        /// Static busybox that provides the VM's shell utilities.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// Replace an existing component of the same version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verify a component directory against its manifest.json: every file's size and SHA-256.
+    Verify {
+        /// The component directory (…/cros-termina/VERSION).
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crosimg: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::BuildTermina {
+            kernel: kernel_path,
+            modules_dir,
+            out,
+            version,
+            guest_bin_dir,
+            busybox,
+            force,
+        } => {
+            let kernel = match kernel_path {
+                Some(k) => kernel::given_kernel(&k, modules_dir.as_deref())?,
+                None => {
+                    eprintln!(
+                        "crosimg: fetching Debian's guest kernel (cached under ~/.cache/crosd)"
+                    );
+                    kernel::fetch_debian_kernel(kernel::TERMINA_MODULES)?
+                }
+            };
+            let guest_bin_dir = guest_bin_dir.or_else(termina::default_guest_bin_dir).ok_or_else(|| {
+                anyhow::anyhow!("no static guest programs found: build them with RUSTFLAGS='-C target-feature=+crt-static' cargo build -p cros-guest --bins --target x86_64-unknown-linux-gnu, or pass --guest-bin-dir")
+            })?;
+            let dir = termina::build(&termina::BuildOptions {
+                out,
+                version,
+                kernel,
+                guest_bin_dir,
+                busybox,
+                force,
+            })?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Cmd::Verify { dir } => {
+            let m = cros_actors::imageloader::manifest::verify_component(&dir)?;
+            println!(
+                "{} {} (kernel {}): {} files verified",
+                m.name,
+                m.version,
+                m.kernel_release,
+                m.files.len()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! `crosimg build-termina`: the termina component directory `cros-termina/<version>/` with
+//! vm_kernel, vm_rootfs.img, vm_tools.img, initramfs.img and manifest.json.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cros_actors::imageloader::manifest::{Manifest, verify_component};
+use cros_hypervisor::initramfs::Initramfs;
+
+use super::kernel::GuestKernel;
+use super::staging::Staging;
+use super::{ImageError, elf, io_err, run_tool};
+
+pub const COMPONENT_NAME: &str = "cros-termina";
+pub const KERNEL_FILE: &str = "vm_kernel";
+pub const ROOTFS_FILE: &str = "vm_rootfs.img";
+pub const TOOLS_FILE: &str = "vm_tools.img";
+pub const INITRD_FILE: &str = "initramfs.img";
+
+/// Static guest programs and where they go in the root image.
+const GUEST_PROGRAMS: [(&str, &str); 3] = [
+    ("maitred", "sbin/maitred"),
+    ("vshd", "sbin/vshd"),
+    ("vm_syslog", "sbin/vm_syslog"),
+];
+/// Host programs (dynamically linked) copied with their libraries: maitred formats and grows
+/// the stateful disk with them.
+const HOST_PROGRAMS: [(&str, &str); 2] = [
+    ("mkfs.btrfs", "usr/bin/mkfs.btrfs"),
+    ("btrfs", "usr/bin/btrfs"),
+];
+/// Mount points maitred needs on the read-only root.
+const ROOT_DIRS: [&str; 18] = [
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "var",
+    "root",
+    "home",
+    "etc",
+    "newroot",
+    "mnt/stateful",
+    "mnt/shared",
+    "mnt/external",
+    "mnt/chromeos",
+    "opt/google/cros-containers",
+    "usr/bin",
+    "usr/sbin",
+    "lib/modules",
+];
+
+pub struct BuildOptions {
+    pub out: PathBuf,
+    pub version: String,
+    pub kernel: GuestKernel,
+    pub guest_bin_dir: PathBuf,
+    pub busybox: PathBuf,
+    pub force: bool,
+}
+
+fn progress(msg: &str) {
+    eprintln!("crosimg: {msg}");
+}
+
+fn which(program: &str) -> Result<PathBuf, ImageError> {
+    let out = run_tool(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {program}")),
+    )
+    .map_err(|_| {
+        ImageError::Invalid(format!(
+            "{program} not found on this host (apt-get install btrfs-progs)"
+        ))
+    })?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn guest_program(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
+    let p = dir.join(name);
+    if !p.exists() {
+        return Err(ImageError::Invalid(format!(
+            "guest program {} is missing: build it with RUSTFLAGS='-C target-feature=+crt-static' cargo build -p cros-guest --bins --target x86_64-unknown-linux-gnu",
+            p.display()
+        )));
+    }
+    match elf::is_static(&p) {
+        Ok(true) => Ok(p),
+        Ok(false) => Err(ImageError::Invalid(format!(
+            "guest program {} is dynamically linked; the guest has no libraries for it (build with +crt-static)",
+            p.display()
+        ))),
+        Err(e) => Err(ImageError::Invalid(e)),
+    }
+}
+
+fn root_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
+    for d in ROOT_DIRS {
+        st.dir(d)?;
+    }
+    for (name, dest) in GUEST_PROGRAMS {
+        st.copy(&guest_program(&opts.guest_bin_dir, name)?, dest)?;
+        st.strip(dest)?;
+    }
+    if elf::is_static(&opts.busybox) != Ok(true) {
+        return Err(ImageError::Invalid(format!(
+            "{} is not a static busybox (apt-get install busybox-static)",
+            opts.busybox.display()
+        )));
+    }
+    st.copy(&opts.busybox, "bin/busybox")?;
+    let applets = run_tool(Command::new(&opts.busybox).arg("--list"))?;
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+    {
+        if applet != "busybox" {
+            st.symlink(&format!("bin/{applet}"), "busybox")?;
+        }
+    }
+    for (program, dest) in HOST_PROGRAMS {
+        st.copy_with_libraries(&which(program)?, dest)?;
+    }
+    st.file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nchronos:x:1000:1000:chronos:/home/chronos:/bin/sh\n",
+        0o644,
+    )?;
+    st.file("etc/group", b"root:x:0:\ntty:x:5:\nsudo:x:27:chronos\naudio:x:29:chronos\nvideo:x:44:chronos\nchronos:x:1000:\n", 0o644)?;
+    st.file("etc/shells", b"/bin/sh\n", 0o644)?;
+    st.file(
+        "etc/os-release",
+        format!("NAME=termina\nID=termina\nVERSION_ID={}\n", opts.version).as_bytes(),
+        0o644,
+    )?;
+    st.dir("home/chronos")?;
+    Ok(())
+}
+
+fn tools_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
+    // What containers get bind-mounted at /opt/google/cros-containers: the shell server now,
+    // garcon when it exists.
+    st.copy(&guest_program(&opts.guest_bin_dir, "vshd")?, "bin/vshd")?;
+    st.strip("bin/vshd")
+}
+
+fn initramfs(opts: &BuildOptions, maitred: &Path, out: &Path) -> Result<(), ImageError> {
+    let mut fs = Initramfs::with_base_layout()?;
+    let stripped = out.with_extension("init");
+    std::fs::copy(maitred, &stripped).map_err(io_err(maitred))?;
+    run_tool(Command::new("strip").arg("--strip-debug").arg(&stripped))?;
+    fs.add_file_from("init", 0o755, &stripped)?;
+    std::fs::remove_file(&stripped).map_err(io_err(&stripped))?;
+    fs.add_file(
+        cros_guest::maitred::INITRAMFS_MARKER.trim_start_matches('/'),
+        0o644,
+        Vec::new(),
+    )?;
+    fs.add_dir("newroot", 0o755)?;
+    if let Some(dir) = &opts.kernel.modules_dir {
+        fs.add_dir_files_from(
+            cros_guest::maitred::INITRAMFS_MODULES.trim_start_matches('/'),
+            dir,
+        )?;
+    }
+    fs.write_to(out)?;
+    Ok(())
+}
+
+/// Builds the component; returns its directory. Building happens in a hidden sibling
+/// directory that is verified and then renamed into place, so a failed or interrupted build
+/// never leaves a half-made component where imageloader looks.
+pub fn build(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
+    if !cros_messages::addr::valid_name(&opts.version) {
+        return Err(ImageError::Invalid(format!(
+            "bad version {:?}: use 1-64 characters of [A-Za-z0-9._-]",
+            opts.version
+        )));
+    }
+    let parent = opts.out.join(COMPONENT_NAME);
+    let dest = parent.join(&opts.version);
+    if dest.exists() && !opts.force {
+        return Err(ImageError::Invalid(format!(
+            "{} already exists (use --force to replace it)",
+            dest.display()
+        )));
+    }
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let work = parent.join(format!(".{}.partial-{}", opts.version, std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let result = build_into(opts, &work);
+    let result = result.and_then(|()| {
+        if dest.exists() {
+            let old = parent.join(format!(".{}.old-{}", opts.version, std::process::id()));
+            std::fs::rename(&dest, &old).map_err(io_err(&dest))?;
+            std::fs::rename(&work, &dest).map_err(io_err(&work))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&work, &dest).map_err(io_err(&work))?;
+        }
+        Ok(dest.clone())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    result
+}
+
+fn build_into(opts: &BuildOptions, work: &Path) -> Result<(), ImageError> {
+    std::fs::create_dir_all(work).map_err(io_err(work))?;
+    let scratch = work.join(".staging");
+
+    progress(&format!(
+        "kernel {} from {}",
+        opts.kernel.release,
+        opts.kernel.kernel.display()
+    ));
+    std::fs::copy(&opts.kernel.kernel, work.join(KERNEL_FILE))
+        .map_err(io_err(&opts.kernel.kernel))?;
+
+    progress("staging the root filesystem (static guest programs, busybox, btrfs-progs)");
+    let root = Staging::new(scratch.join("rootfs"))?;
+    root_tree(&root, opts)?;
+    let size = root.make_ext4(&work.join(ROOTFS_FILE), "vm_rootfs")?;
+    progress(&format!("{ROOTFS_FILE}: {} MiB", size >> 20));
+
+    let tools = Staging::new(scratch.join("tools"))?;
+    tools_tree(&tools, opts)?;
+    let size = tools.make_ext4(&work.join(TOOLS_FILE), "vm_tools")?;
+    progress(&format!("{TOOLS_FILE}: {} MiB", size >> 20));
+
+    progress("initramfs (maitred stage 1 and the kernel modules)");
+    initramfs(
+        opts,
+        &guest_program(&opts.guest_bin_dir, "maitred")?,
+        &work.join(INITRD_FILE),
+    )?;
+    std::fs::remove_dir_all(&scratch).map_err(io_err(&scratch))?;
+
+    progress("hashing files into manifest.json");
+    let manifest = Manifest::build(
+        work,
+        COMPONENT_NAME,
+        &opts.version,
+        &opts.kernel.release,
+        &[KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE, INITRD_FILE],
+    )?;
+    manifest.write(work)?;
+    verify_component(work)?;
+    Ok(())
+}
+
+/// The default place for static guest programs: the x86_64-unknown-linux-gnu target directory
+/// beside the directory this program runs from (target/<profile>/crosimg →
+/// target/x86_64-unknown-linux-gnu/<profile>/), falling back to the other profile.
+pub fn default_guest_bin_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?;
+    let target = profile_dir.parent()?;
+    let profile = profile_dir.file_name()?.to_string_lossy().into_owned();
+    [profile.as_str(), "release", "debug"]
+        .iter()
+        .map(|p| target.join("x86_64-unknown-linux-gnu").join(p))
+        .find(|d| d.join("maitred").exists())
+}
