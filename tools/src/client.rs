@@ -134,6 +134,9 @@ impl Client {
         let env = Envelope::new(id, id, self.me.clone(), to.clone(), body);
         framing::write_message(&mut self.writer, &env, MAX_CONTROL_FRAME)?;
         let deadline = Instant::now() + timeout;
+        // The whole timeout for the first read: repeated requests with the same timeout then
+        // need no setsockopt each.
+        self.set_read_timeout(Some(timeout))?;
         loop {
             let env = self.read_until(deadline).map_err(|e| match e {
                 ClientError::Timeout { .. } => ClientError::Timeout {
@@ -217,7 +220,11 @@ impl Client {
         if left.is_zero() {
             return Err(self.timed_out());
         }
-        self.set_read_timeout(Some(left))?;
+        // A read may overshoot the deadline by the slack; that saves a setsockopt per request.
+        let slack = left / 10 + Duration::from_millis(5);
+        if self.read_timeout.is_none_or(|t| t > left + slack) {
+            self.set_read_timeout(Some(left))?;
+        }
         match framing::read_message::<Envelope>(&mut self.reader, MAX_CONTROL_FRAME) {
             Ok(env) => Ok(env),
             Err(FrameError::Io(e))
@@ -243,7 +250,7 @@ impl Client {
     }
 
     fn set_read_timeout(&mut self, t: Option<Duration>) -> Result<(), ClientError> {
-        // Round up to whole milliseconds so that the setsockopt is skipped for similar timeouts.
+        // Whole milliseconds, at least one (zero would mean "no timeout").
         let t = t.map(|d| Duration::from_millis(d.as_millis().max(1) as u64));
         if t != self.read_timeout {
             self.reader

@@ -70,6 +70,20 @@ pub enum BusError {
     Recorder(#[from] RecorderError),
 }
 
+/// What [`BusHandle::route_now`] did.
+pub enum RouteNow {
+    /// The reply, made without an actor.
+    Replied(Envelope),
+    /// The request, untouched: route it with [`BusHandle::route`].
+    NeedsActor(Envelope),
+}
+
+enum Dispatch {
+    /// Answered without an actor.
+    Answer(Body),
+    Deliver(Arc<Recipient<Deliver>>),
+}
+
 /// The cheap, clonable handle every actor, connection and test uses to reach the bus.
 #[derive(Clone)]
 pub struct BusHandle {
@@ -219,32 +233,63 @@ impl BusHandle {
         }
     }
 
-    async fn deliver(&self, env: Envelope, deadline: Duration) -> Body {
+    /// Answers what needs no actor (requests to the bus, malformed or misaddressed requests),
+    /// or finds the mailbox to deliver to.
+    fn dispatch(&self, env: &Envelope) -> Dispatch {
         if env.body.kind() != BodyKind::Request {
-            return CrosError::invalid(format!(
-                "only requests are routed; {} is a {}",
-                env.body.type_name(),
-                env.body.kind()
-            ))
-            .into();
+            return Dispatch::Answer(
+                CrosError::invalid(format!(
+                    "only requests are routed; {} is a {}",
+                    env.body.type_name(),
+                    env.body.kind()
+                ))
+                .into(),
+            );
         }
         if env.to == self.inner.me {
-            return self.handle_bus_request(&env.body);
+            return Dispatch::Answer(self.handle_bus_request(&env.body));
         }
         if let Some(kind) = env.to.kind()
             && env.body.request_target() != Some(kind)
         {
-            return CrosError::invalid(format!(
-                "{} does not handle {}: {} expects {} requests",
-                env.to,
-                env.body.type_name(),
-                env.to,
-                family_of(kind)
-            ))
-            .into();
+            return Dispatch::Answer(
+                CrosError::invalid(format!(
+                    "{} does not handle {}: {} expects {} requests",
+                    env.to,
+                    env.body.type_name(),
+                    env.to,
+                    family_of(kind)
+                ))
+                .into(),
+            );
         }
-        let Some(recipient) = self.inner.registry.get(&env.to) else {
-            return CrosError::not_found(format!("no actor {} is registered", env.to)).into();
+        match self.inner.registry.get(&env.to) {
+            Some(recipient) => Dispatch::Deliver(recipient),
+            None => Dispatch::Answer(
+                CrosError::not_found(format!("no actor {} is registered", env.to)).into(),
+            ),
+        }
+    }
+
+    /// Routes `env` at once when no actor is needed (requests to the bus, misaddressed ones),
+    /// recording both like [`BusHandle::route`]; otherwise hands `env` back for
+    /// [`BusHandle::route`]. Lets a connection answer such requests without spawning a task.
+    pub fn route_now(&self, env: Envelope) -> RouteNow {
+        match self.dispatch(&env) {
+            Dispatch::Deliver(_) => RouteNow::NeedsActor(env),
+            Dispatch::Answer(body) => {
+                self.record(&env);
+                let reply = env.reply(self.next_id(), body);
+                self.record(&reply);
+                RouteNow::Replied(reply)
+            }
+        }
+    }
+
+    async fn deliver(&self, env: Envelope, deadline: Duration) -> Body {
+        let recipient = match self.dispatch(&env) {
+            Dispatch::Deliver(r) => r,
+            Dispatch::Answer(answer) => return answer,
         };
         let (family, variant) = (env.body.family(), env.body.variant());
         let to = env.to.clone();

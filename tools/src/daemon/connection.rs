@@ -7,7 +7,7 @@
 
 use super::socket::AccessPolicy;
 use cros_actors::BusHandle;
-use cros_actors::bus::channel_sink;
+use cros_actors::bus::{RouteNow, channel_sink};
 use cros_messages::bus::BusRequest;
 use cros_messages::framing::{self, MAX_CONTROL_FRAME, tokio_io};
 use cros_messages::{Addr, Body, CrosError, Envelope, ErrorKind, FrameError, PROTOCOL_VERSION};
@@ -121,10 +121,18 @@ pub async fn serve(
             let _ = tx.send(bus.subscribe_request(&env, channel_sink(tx.clone())));
             continue;
         }
-        let (bus, tx) = (bus.clone(), tx.clone());
-        actix::spawn(async move {
-            let _ = tx.send(bus.route(env).await);
-        });
+        // Requests the bus answers itself need no task.
+        match bus.route_now(env) {
+            RouteNow::Replied(reply) => {
+                let _ = tx.send(reply);
+            }
+            RouteNow::NeedsActor(env) => {
+                let (bus, tx) = (bus.clone(), tx.clone());
+                actix::spawn(async move {
+                    let _ = tx.send(bus.route(env).await);
+                });
+            }
+        }
     }
     bus.unsubscribe(&client);
     drop(tx);
