@@ -166,8 +166,13 @@ impl QemuBackend {
             }
             a.push("-drive".into());
             a.push(drive);
+            let mut device = format!("virtio-blk-device,drive=disk{i}");
+            if let Some(serial) = &disk.serial {
+                // QEMU option values escape commas by doubling them.
+                device.push_str(&format!(",serial={}", serial.replace(',', ",,")));
+            }
             a.push("-device".into());
-            a.push(format!("virtio-blk-device,drive=disk{i}").into());
+            a.push(device.into());
         }
         if let Some(socket) = vhost_socket {
             let mut chardev = OsString::from("socket,id=vsock,path=");
@@ -504,6 +509,7 @@ mod tests {
         spec.disks = vec![DiskSpec {
             path: "/d/a,b.img".into(),
             read_only: true,
+            serial: Some("crosd-rootfs".into()),
         }];
         let mut backend = QemuBackend::new("crosvm");
         backend.tcg_tsc_khz = Some(2_596_136);
@@ -544,7 +550,7 @@ mod tests {
         assert_eq!(
             value_after(&args, "-device"),
             [
-                "virtio-blk-device,drive=disk0",
+                "virtio-blk-device,drive=disk0,serial=crosd-rootfs",
                 "vhost-user-vsock-device,chardev=vsock"
             ]
         );

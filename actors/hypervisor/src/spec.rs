@@ -8,6 +8,9 @@ use std::time::Duration;
 pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
+    /// virtio-blk serial (the device's get-id), which the guest finds the disk by: device order
+    /// on virtio-mmio is not guaranteed.
+    pub serial: Option<String>,
 }
 
 /// The VM's hybrid vsock device (Firecracker convention): the host reaches guest port P by
