@@ -1,16 +1,23 @@
 //! imageloader: finds VM components under `STATE/components/<name>/<version>/`.
 //!
-//! Verifying a component (the manifest's SHA-256 of every file) comes with the termina
-//! component; until then LoadComponent finds the component and says it cannot verify it, rather
-//! than hand out unverified paths.
+//! LoadComponent verifies every file against the component's manifest.json (size and SHA-256)
+//! before it hands out paths; a tampered or truncated file is refused with its name.
 
 pub mod manifest;
+
+/// File names inside a termina component directory.
+pub const KERNEL_FILE: &str = "vm_kernel";
+pub const ROOTFS_FILE: &str = "vm_rootfs.img";
+pub const TOOLS_FILE: &str = "vm_tools.img";
+pub const INITRD_FILE: &str = "initramfs.img";
 
 use crate::bus::Deliver;
 use crate::host::{HostConfig, not_mine};
 use actix::{Actor, Context, Handler, MessageResult};
 use cros_messages::addr::valid_name;
-use cros_messages::imageloader::{ComponentInfo, ImageloaderReply, ImageloaderRequest};
+use cros_messages::imageloader::{
+    ComponentInfo, ImageloaderReply, ImageloaderRequest, LoadedComponent,
+};
 use cros_messages::{Body, CrosError};
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
@@ -97,12 +104,47 @@ impl Imageloader {
             // scan() sorts newest first.
             None => &found[0],
         };
-        Err(CrosError::unsupported(format!(
-            "found component {name} {} at {}, but this build cannot verify components yet \
-             (manifest checking comes with the termina component), so it will not load it",
-            chosen.version, chosen.path
-        )))
+        load_verified(name, chosen)
     }
+}
+
+/// Verifies every file of `chosen` against its manifest and returns the paths of its parts.
+fn load_verified(name: &str, chosen: &ComponentInfo) -> Result<ImageloaderReply, CrosError> {
+    let dir = Path::new(&chosen.path);
+    let m = manifest::verify_component(dir).map_err(|e| {
+        CrosError::precondition(format!(
+            "refusing component {name} {} at {}: {e}",
+            chosen.version, chosen.path
+        ))
+    })?;
+    if m.name != name || m.version != chosen.version {
+        return Err(CrosError::precondition(format!(
+            "refusing component at {}: its manifest names {} {}",
+            chosen.path, m.name, m.version
+        )));
+    }
+    let part = |file: &str| -> Result<String, CrosError> {
+        if m.has_file(file) {
+            Ok(dir.join(file).display().to_string())
+        } else {
+            Err(CrosError::precondition(format!(
+                "component {name} {} has no {file}",
+                chosen.version
+            )))
+        }
+    };
+    Ok(ImageloaderReply::Loaded {
+        component: LoadedComponent {
+            name: name.to_string(),
+            version: chosen.version.clone(),
+            kernel: part(KERNEL_FILE)?,
+            rootfs: part(ROOTFS_FILE)?,
+            tools: part(TOOLS_FILE)?,
+            initrd: m
+                .has_file(INITRD_FILE)
+                .then(|| dir.join(INITRD_FILE).display().to_string()),
+        },
+    })
 }
 
 /// Names of the subdirectories of `dir`, skipping hidden ones; a missing `dir` is empty.
@@ -243,6 +285,46 @@ mod tests {
     }
 
     #[test]
+    fn load_verifies_and_names_a_tampered_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let comp = dir.path().join("components/cros-termina/1.0");
+        std::fs::create_dir_all(&comp).unwrap();
+        for f in [KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE, INITRD_FILE] {
+            std::fs::write(comp.join(f), f.as_bytes()).unwrap();
+        }
+        manifest::Manifest::build(
+            &comp,
+            "cros-termina",
+            "1.0",
+            "6.1.0-test",
+            &[KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE, INITRD_FILE],
+        )
+        .unwrap()
+        .write(&comp)
+        .unwrap();
+        let l = loader(dir.path());
+        let req = || ImageloaderRequest::LoadComponent {
+            name: "cros-termina".into(),
+            version: None,
+        };
+        let Ok(ImageloaderReply::Loaded { component }) = l.handle_request(req()) else {
+            panic!("a verified component loads")
+        };
+        assert_eq!(
+            component.kernel,
+            comp.join(KERNEL_FILE).display().to_string()
+        );
+        assert_eq!(
+            component.initrd,
+            Some(comp.join(INITRD_FILE).display().to_string())
+        );
+        std::fs::write(comp.join(KERNEL_FILE), b"vm_kernEL").unwrap();
+        let err = l.handle_request(req()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+        assert!(err.message.contains(KERNEL_FILE), "{err}");
+    }
+
+    #[test]
     fn load_refuses_unverifiable_component_and_bad_names() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("components/cros-termina/1.0")).unwrap();
@@ -253,7 +335,8 @@ mod tests {
                 version: None,
             })
             .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+        assert!(err.message.contains("manifest.json"), "{err}");
         let err = l
             .handle_request(ImageloaderRequest::LoadComponent {
                 name: "../etc".into(),

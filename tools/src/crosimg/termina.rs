@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cros_actors::imageloader::manifest::{Manifest, verify_component};
+use cros_actors::imageloader::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE};
 use cros_hypervisor::initramfs::Initramfs;
 
 use super::kernel::GuestKernel;
@@ -12,10 +13,6 @@ use super::staging::Staging;
 use super::{ImageError, elf, io_err, run_tool};
 
 pub const COMPONENT_NAME: &str = "cros-termina";
-pub const KERNEL_FILE: &str = "vm_kernel";
-pub const ROOTFS_FILE: &str = "vm_rootfs.img";
-pub const TOOLS_FILE: &str = "vm_tools.img";
-pub const INITRD_FILE: &str = "initramfs.img";
 
 /// Static guest programs and where they go in the root image.
 const GUEST_PROGRAMS: [(&str, &str); 3] = [
