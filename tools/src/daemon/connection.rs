@@ -11,11 +11,15 @@ use cros_actors::bus::{RouteNow, channel_sink};
 use cros_messages::bus::BusRequest;
 use cros_messages::framing::{self, MAX_CONTROL_FRAME, tokio_io};
 use cros_messages::{Addr, Body, CrosError, Envelope, ErrorKind, FrameError, PROTOCOL_VERSION};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// Requests one connection may have in flight at once.
+pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// How long a peer may take to say Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,6 +78,7 @@ pub async fn serve(
     let mut rd = BufReader::new(rd);
     let (tx, rx) = mpsc::unbounded_channel::<Envelope>();
     let writer = actix::spawn(write_loop(wr, rx, client.clone()));
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
 
     loop {
         let frame = tokio::select! {
@@ -127,9 +132,15 @@ pub async fn serve(
                 let _ = tx.send(reply);
             }
             RouteNow::NeedsActor(env) => {
+                // At most MAX_IN_FLIGHT requests per connection: past that, stop reading until
+                // one finishes, so a flooding client is slowed, not buffered without bound.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
                 let (bus, tx) = (bus.clone(), tx.clone());
                 actix::spawn(async move {
                     let _ = tx.send(bus.route(env).await);
+                    drop(permit);
                 });
             }
         }
