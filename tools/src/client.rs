@@ -132,7 +132,9 @@ impl Client {
         self.next_id += 1;
         let request = body.type_name();
         let env = Envelope::new(id, id, self.me.clone(), to.clone(), body);
-        framing::write_message(&mut self.writer, &env, MAX_CONTROL_FRAME)?;
+        if let Err(e) = framing::write_message(&mut self.writer, &env, MAX_CONTROL_FRAME) {
+            return Err(self.why_closed().unwrap_or(ClientError::Protocol(e)));
+        }
         let deadline = Instant::now() + timeout;
         // The whole timeout for the first read: repeated requests with the same timeout then
         // need no setsockopt each.
@@ -238,6 +240,22 @@ impl Client {
                 Err(self.timed_out())
             }
             Err(e) => Err(ClientError::Protocol(e)),
+        }
+    }
+
+    /// After a failed write: the connection-level error crosd sent before closing (a refusal),
+    /// if one is waiting to be read.
+    fn why_closed(&mut self) -> Option<ClientError> {
+        self.set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        self.broken = true;
+        match framing::read_message::<Envelope>(&mut self.reader, MAX_CONTROL_FRAME) {
+            Ok(Envelope {
+                reply_to: None,
+                body: Body::Error(e),
+                ..
+            }) => Some(ClientError::Refused(e)),
+            _ => None,
         }
     }
 
