@@ -23,13 +23,15 @@ use vmm_sys_util::event::{
 };
 
 use crate::devices::vsock::{
-    DeviceEvent, EVENT_QUEUE, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VsockConfig, VsockDevice,
-    VsockError,
+    DeviceEvent, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig, VsockDevice, VsockError,
 };
 
 /// Event id of the muxer's epoll fd on the backend's epoll set (ids 0..=NUM_QUEUES are the
 /// library's: the queues and its exit/vring-enable event).
 const HOST_SOCKETS_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// Largest queue a frontend may set up. QEMU sizes vhost-user-vsock queues at 1024 whatever
+/// our own VMM offers.
+const MAX_QUEUE_SIZE: usize = 1024;
 
 #[derive(Debug, Error)]
 pub enum VhostUserVsockError {
@@ -142,7 +144,7 @@ impl VhostUserBackendMut for VhostUserVsockBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(QUEUE_SIZE)
+        MAX_QUEUE_SIZE
     }
 
     fn features(&self) -> u64 {
@@ -194,6 +196,7 @@ impl VhostUserBackendMut for VhostUserVsockBackend {
         if !evset.contains(EventSet::IN) {
             return Ok(());
         }
+        tracing::trace!(device_event, "vhost-user event");
         let event = match device_event {
             e if usize::from(e) == RX_QUEUE => DeviceEvent::RxKick,
             e if usize::from(e) == TX_QUEUE => DeviceEvent::TxKick,

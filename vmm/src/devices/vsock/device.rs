@@ -113,8 +113,10 @@ impl VsockDevice {
         self.muxer.has_pending_rx()
     }
 
-    /// Runs everything one event calls for. Tx work can owe the guest replies, so rx is filled
-    /// after every event.
+    /// Runs everything one event calls for. The tx queue is drained on every event, not only on
+    /// tx kicks: with VIRTIO_RING_F_EVENT_IDX the guest may add packets without a kick while we
+    /// are busy, and a guest whose tx replies pile up stops reading its rx queue. Tx work can
+    /// owe the guest replies, so rx is filled last.
     pub fn handle_event<M: GuestMemory>(
         &mut self,
         event: DeviceEvent,
@@ -123,11 +125,10 @@ impl VsockDevice {
         txq: &mut Queue,
     ) -> Result<UsedQueues, VsockError> {
         let mut used = UsedQueues::default();
-        match event {
-            DeviceEvent::TxKick => used.tx = self.process_tx(mem, txq)?,
-            DeviceEvent::HostSockets => self.process_host_events()?,
-            DeviceEvent::RxKick | DeviceEvent::EventKick => {}
+        if event == DeviceEvent::HostSockets {
+            self.process_host_events()?;
         }
+        used.tx = self.process_tx(mem, txq)?;
         used.rx = self.process_rx(mem, rxq)?;
         Ok(used)
     }

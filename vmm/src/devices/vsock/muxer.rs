@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-use tracing::{debug, error, warn};
+use tracing::{debug, error, trace, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -178,6 +178,15 @@ impl Muxer {
             };
             let written = match self.next_rx_packet(mem, &buf) {
                 Some(h) => {
+                    trace!(
+                        op = h.op,
+                        src = h.src_port,
+                        dst = h.dst_port,
+                        len = h.len,
+                        flags = h.flags,
+                        fwd_cnt = h.fwd_cnt,
+                        "device → guest"
+                    );
                     match packet::write_bytes_to_guest(mem, &buf.ranges, 0, &h.to_bytes()) {
                         Ok(_) => (HEADER_SIZE + h.len as usize) as u32,
                         Err(e) => {
@@ -281,6 +290,16 @@ impl Muxer {
 
     fn handle_guest_packet<M: GuestMemory>(&mut self, mem: &M, pkt: &TxPacket) {
         let h = &pkt.header;
+        trace!(
+            op = h.op,
+            src = h.src_port,
+            dst = h.dst_port,
+            len = h.len,
+            flags = h.flags,
+            buf_alloc = h.buf_alloc,
+            fwd_cnt = h.fwd_cnt,
+            "guest → device"
+        );
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
             warn!(
                 src_cid = h.src_cid,
