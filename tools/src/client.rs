@@ -8,7 +8,7 @@ use cros_messages::bus::{ActorInfo, BusReply, BusRequest};
 use cros_messages::framing::{self, MAX_CONTROL_FRAME};
 use cros_messages::{Addr, Body, BodyKind, CrosError, Envelope, FrameError};
 use std::collections::VecDeque;
-use std::io::{self, BufReader};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -226,6 +226,23 @@ impl Client {
         let slack = left / 10 + Duration::from_millis(5);
         if self.read_timeout.is_none_or(|t| t > left + slack) {
             self.set_read_timeout(Some(left))?;
+        }
+        // Wait for the first byte without consuming anything: a timeout here leaves the stream
+        // in step (no frame was started), so the connection stays usable.
+        if self.reader.buffer().is_empty() {
+            match self.reader.fill_buf() {
+                Ok([]) => return Err(ClientError::Protocol(FrameError::Closed)),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(self.timed_out());
+                }
+                Err(e) => return Err(ClientError::Protocol(FrameError::Io(e))),
+            }
         }
         match framing::read_message::<Envelope>(&mut self.reader, MAX_CONTROL_FRAME) {
             Ok(env) => Ok(env),

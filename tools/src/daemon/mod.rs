@@ -9,6 +9,7 @@ pub mod connection;
 pub mod socket;
 
 use cros_actors::bus::BusError;
+use cros_actors::host::HypervisorConfig;
 use cros_actors::host::SpawnError;
 use cros_actors::{BusConfig, BusHandle, HostConfig, start_host_actors};
 use socket::{AccessPolicy, SocketError, SocketGroup, bind_control_socket};
@@ -34,6 +35,7 @@ pub struct DaemonConfig {
     pub socket_group: Option<String>,
     /// Record every routed envelope to this file.
     pub trace: Option<PathBuf>,
+    pub hypervisor: HypervisorConfig,
 }
 
 impl DaemonConfig {
@@ -46,6 +48,7 @@ impl DaemonConfig {
             socket,
             socket_group: None,
             trace: None,
+            hypervisor: HypervisorConfig::default(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl Daemon {
             let host = HostConfig {
                 state_dir: config.state_dir.clone(),
                 run_dir: config.run_dir.clone(),
+                hypervisor: config.hypervisor.clone(),
             };
             if let Err(e) = start_host_actors(&bus, &host).await {
                 bus.shutdown();
@@ -212,4 +216,68 @@ pub fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use cros_messages::cicerone::CiceroneEvent;
+    use cros_messages::concierge::ConciergeEvent;
+    use cros_messages::{Addr, Body};
+
+    /// The real daemon on its own thread; the test drives it with the real client.
+    #[test]
+    fn subscribed_connection_gets_matching_events_and_shutdown_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DaemonConfig::new(dir.path().join("state"), dir.path().join("run"));
+        let socket = config.socket.clone();
+        let (bus_tx, bus_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let d = Daemon::start(&config).await.unwrap();
+                bus_tx.send(d.bus().clone()).unwrap();
+                d.run_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            })
+        });
+        let bus = bus_rx.recv().unwrap();
+        let timeout = Duration::from_secs(10);
+        let mut client = Client::connect(&socket).unwrap();
+        client
+            .subscribe(vec!["ConciergeEvent".into()], timeout)
+            .unwrap();
+        let wanted = Body::ConciergeEvent(ConciergeEvent::VmStartingUp {
+            name: "termina".into(),
+        });
+        bus.publish(
+            &Addr::host("cicerone"),
+            Body::CiceroneEvent(CiceroneEvent::TremplinStarted {
+                vm: "termina".into(),
+            }),
+        );
+        bus.publish(&Addr::host("concierge"), wanted.clone());
+        // A request in between: its reply is matched, the event waits in the queue.
+        let actors = client.list_actors(timeout).unwrap();
+        assert_eq!(actors.len(), 6);
+        let event = client.next_event(timeout).unwrap().expect("an event");
+        assert_eq!(event.body, wanted);
+        assert_eq!(event.from, Addr::host("concierge"));
+        // The cicerone event did not match the subscription.
+        assert!(
+            client
+                .next_event(Duration::from_millis(200))
+                .unwrap()
+                .is_none()
+        );
+        // That wait timed out between frames: the connection is still usable.
+        assert_eq!(client.list_actors(timeout).unwrap().len(), 6);
+        drop(client);
+        stop_tx.send(()).unwrap();
+        daemon.join().unwrap();
+        assert!(!socket.exists());
+    }
 }
