@@ -228,8 +228,8 @@ fn errors_exit_non_zero_with_their_own_message() {
         stderr(&out)
     );
 
-    // A request concierge cannot do yet says so instead of pretending.
-    let out = d.crosmsg(&["send", "concierge", r#"{"StartVm":{"name":"termina"}}"#]);
+    // A request an actor cannot do yet says so instead of pretending.
+    let out = d.crosmsg(&["send", "seneschal", r#"{"StartServer":{"accept_cid":3}}"#]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("Unsupported"), "{}", stderr(&out));
 
