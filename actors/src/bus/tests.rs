@@ -214,10 +214,7 @@ async fn events_reach_matching_subscribers_only() {
 async fn host_actors_answer_through_the_bus() {
     let dir = tempfile::tempdir().unwrap();
     let bus = BusHandle::new(BusConfig::default()).unwrap();
-    let config = HostConfig {
-        state_dir: dir.path().join("state"),
-        run_dir: dir.path().join("run"),
-    };
+    let config = HostConfig::new(dir.path().join("state"), dir.path().join("run"));
     start_host_actors(&bus, &config).await.unwrap();
     let names: Vec<String> = bus.actors().iter().map(|a| a.addr.to_string()).collect();
     assert_eq!(

@@ -220,10 +220,7 @@ mod tests {
     use cros_messages::ErrorKind;
 
     fn loader(state: &Path) -> Imageloader {
-        Imageloader::new(HostConfig {
-            state_dir: state.to_path_buf(),
-            run_dir: state.join("run"),
-        })
+        Imageloader::new(HostConfig::new(state, state.join("run")))
     }
 
     #[test]

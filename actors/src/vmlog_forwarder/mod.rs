@@ -1,19 +1,22 @@
 //! vmlog_forwarder: writes the logs vm_syslog ships from each VM (host port 9999).
 //!
-//! Logs exist only for VMs that connected; none can yet (guest bridges come later), so the table
-//! of log files is empty. Records are accepted only from an address inside a VM.
+//! Records arrive through concierge's guest bridge, which addresses them from `vm_syslog@<vm>`;
+//! they are appended to STATE/logs/<vm>.log, rotated to <vm>.log.1 past [`MAX_LOG_BYTES`].
+//! Records are accepted only from an address inside a VM.
 
 use crate::bus::Deliver;
 use crate::host::{HostConfig, not_mine};
 use actix::{Actor, Context, Handler, MessageResult};
 use cros_messages::addr::valid_name;
-use cros_messages::vmlog::{VmlogReply, VmlogRequest};
+use cros_messages::vmlog::{LogRecord, VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body, CrosError, ErrorKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// A VM's log is rotated once it grows past this.
+pub const MAX_LOG_BYTES: u64 = 4 << 20;
+
 pub struct VmlogForwarder {
-    #[allow(dead_code)] // Log files go under STATE/logs once VMs connect.
     config: HostConfig,
     /// Log file of each VM that has connected.
     logs: BTreeMap<String, PathBuf>,
@@ -43,16 +46,58 @@ impl VmlogForwarder {
                     path: path.display().to_string(),
                 })
             }
-            VmlogRequest::Records { .. } => match &from.vm {
-                None => Err(CrosError::new(
+            VmlogRequest::Records { records } => match &from.vm {
+                Some(vm) if from.actor == "vm_syslog" && valid_name(vm) => {
+                    let count = records.len() as u32;
+                    self.write(vm, &records)?;
+                    Ok(VmlogReply::Written { count })
+                }
+                _ => Err(CrosError::new(
                     ErrorKind::PermissionDenied,
                     format!("log records are accepted only from a VM's vm_syslog, not from {from}"),
                 )),
-                Some(vm) => Err(CrosError::unsupported(format!(
-                    "cannot write log records of VM {vm:?}: guest log forwarding is not implemented yet"
-                ))),
             },
         }
+    }
+}
+
+impl VmlogForwarder {
+    fn write(&mut self, vm: &str, records: &[LogRecord]) -> Result<(), CrosError> {
+        let dir = self.config.state_dir.join("logs");
+        let path = dir.join(format!("{vm}.log"));
+        let io = |e: std::io::Error| {
+            CrosError::internal(format!("cannot write {}: {e}", path.display()))
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+            std::fs::rename(&path, dir.join(format!("{vm}.log.1"))).map_err(io)?;
+        }
+        let mut text = String::new();
+        for r in records {
+            // Guest text is untrusted: one record stays one line.
+            let message: String = r
+                .message
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            let source: String = r.source.chars().filter(|c| !c.is_control()).collect();
+            text.push_str(&format!(
+                "{}.{:09} {} {}: {}\n",
+                r.time_ns / 1_000_000_000,
+                r.time_ns % 1_000_000_000,
+                r.severity,
+                source,
+                message
+            ));
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
+        self.logs.insert(vm.to_string(), path.clone());
+        Ok(())
     }
 }
 
@@ -81,10 +126,40 @@ mod tests {
 
     fn forwarder() -> VmlogForwarder {
         let dir = std::env::temp_dir();
-        VmlogForwarder::new(HostConfig {
-            state_dir: dir.clone(),
-            run_dir: dir,
-        })
+        VmlogForwarder::new(HostConfig::new(dir.clone(), dir))
+    }
+
+    #[test]
+    fn records_are_written_one_line_each_and_found_by_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = VmlogForwarder::new(HostConfig::new(dir.path(), dir.path().join("run")));
+        let rec = |m: &str| LogRecord {
+            time_ns: 1_500_000_000,
+            severity: cros_messages::vmlog::Severity::Info,
+            source: "kernel".into(),
+            message: m.into(),
+        };
+        let from = Addr::in_vm("vm_syslog", "termina");
+        let reply = f.handle_request(
+            &from,
+            VmlogRequest::Records {
+                records: vec![rec("hello"), rec("two\nlines")],
+            },
+        );
+        assert_eq!(reply, Ok(VmlogReply::Written { count: 2 }));
+        let Ok(VmlogReply::LogPath { path }) = f.handle_request(
+            &Addr::client(1),
+            VmlogRequest::GetLogPath {
+                vm: "termina".into(),
+            },
+        ) else {
+            panic!("log path")
+        };
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(
+            text,
+            "1.500000000 Info kernel: hello\n1.500000000 Info kernel: two lines\n"
+        );
     }
 
     #[test]
@@ -109,10 +184,10 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::PermissionDenied);
         let err = forwarder()
             .handle_request(
-                &Addr::in_vm("vm_syslog", "termina"),
+                &Addr::in_vm("maitred", "termina"),
                 VmlogRequest::Records { records: vec![] },
             )
             .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert_eq!(err.kind, ErrorKind::PermissionDenied);
     }
 }

@@ -2,12 +2,34 @@
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
+use cros_actors::host::{HypervisorConfig, HypervisorKind};
 use cros_tools::daemon::{
     DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME, termination_signal,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
+
+/// `--hypervisor`: which backend boots VMs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HypervisorArg {
+    /// crosvm where /dev/kvm can boot a stock kernel, else qemu.
+    Auto,
+    /// QEMU microvm (TCG, or KVM where it works) with crosd's vhost-user devices.
+    Qemu,
+    /// crosd's own VMM.
+    Crosvm,
+}
+
+impl From<HypervisorArg> for HypervisorKind {
+    fn from(a: HypervisorArg) -> Self {
+        match a {
+            HypervisorArg::Auto => HypervisorKind::Auto,
+            HypervisorArg::Qemu => HypervisorKind::Qemu,
+            HypervisorArg::Crosvm => HypervisorKind::Crosvm,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -42,6 +64,12 @@ struct Args {
     /// `crosmsg trace show|stats|replay FILE`.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
+    /// Hypervisor backend that boots VMs.
+    #[arg(long, value_enum, default_value_t = HypervisorArg::Auto)]
+    hypervisor: HypervisorArg,
+    /// Directory holding the `crosvm` binary (VMM and vhost-user backends) [default: beside crosd].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -75,6 +103,10 @@ fn main() -> ExitCode {
         run_dir: args.run_dir,
         socket_group: args.socket_group,
         trace: args.trace,
+        hypervisor: HypervisorConfig {
+            kind: args.hypervisor.into(),
+            bin_dir: args.bin_dir,
+        },
     };
     let system = actix::System::new();
     let result = system.block_on(async {

@@ -258,10 +258,7 @@ pub async fn replay_actor(
         responder_addrs.push(responder);
     }
 
-    let host = HostConfig {
-        state_dir: state,
-        run_dir: scratch.path().join("run"),
-    };
+    let host = HostConfig::new(state, scratch.path().join("run"));
     spawn_host_actor(&bus, &host, kind)
         .await
         .map_err(|e| ReplayError::Start {

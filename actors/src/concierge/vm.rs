@@ -1,0 +1,412 @@
+//! One VM's life: boot through a hypervisor backend, wait for maitred's VmReady, StartTermina;
+//! stop through maitred, then the VMM's own stop, SIGTERM and SIGKILL (REFERENCE.md).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cros_hypervisor::{DiskSpec, Hypervisor, VmHandle, VmSpec, VsockSpec};
+use cros_messages::imageloader::{ImageloaderReply, ImageloaderRequest, LoadedComponent};
+use cros_messages::maitred::{MaitredReply, MaitredRequest};
+use cros_messages::vmlog::VmlogRequest;
+use cros_messages::{Addr, Body, CrosError, ErrorKind, ports};
+
+use super::bridge::{listen_guest_port, serve_bridge, wait_for_vm_ready};
+use super::guest::GuestConnection;
+use crate::bus::BusHandle;
+
+/// The component concierge boots.
+pub const TERMINA_COMPONENT: &str = "cros-termina";
+/// virtio-blk serials maitred finds its disks by.
+pub const ROOTFS_SERIAL: &str = "crosd-rootfs";
+pub const TOOLS_SERIAL: &str = "crosd-tools";
+pub const STATEFUL_SERIAL: &str = "crosd-stateful";
+/// How long maitred may take to shut the guest down cleanly, and the VMM to exit afterwards.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const EXIT_AFTER_SHUTDOWN: Duration = Duration::from_secs(10);
+/// SIGTERM → SIGKILL grace for the VMM.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Console lines quoted in boot errors.
+const CONSOLE_TAIL_LINES: usize = 15;
+
+/// What StartVm asked for, checked.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    pub name: String,
+    pub cid: u32,
+    pub run_dir: PathBuf,
+    pub stateful: PathBuf,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub kernel_params: Vec<String>,
+    pub start_termina: bool,
+    pub timeout: Duration,
+    pub component_version: Option<String>,
+}
+
+impl BootPlan {
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.run_dir.join("vsock.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+}
+
+/// Checks user-supplied kernel parameters: words without whitespace or control characters,
+/// not touching the parameters crosd sets itself.
+pub fn check_kernel_params(params: &[String]) -> Result<(), CrosError> {
+    for p in params {
+        if p.is_empty() || p.len() > 256 || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(CrosError::invalid(format!(
+                "kernel parameter {p:?} must be one word of at most 256 characters"
+            )));
+        }
+        if p.starts_with("crosd.") || p.starts_with("console=") || p.starts_with("init=") {
+            return Err(CrosError::invalid(format!(
+                "kernel parameter {p:?} is set by crosd and cannot be overridden"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How a VM's hypervisor ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    pub success: bool,
+    pub detail: String,
+}
+
+/// Owns the VM's processes on a thread of its own (process waits block) and reports the exit.
+pub struct VmWatcher {
+    stop_tx: std::sync::mpsc::Sender<Duration>,
+    exited: tokio::sync::watch::Receiver<Option<VmExit>>,
+    pub pid: u32,
+}
+
+impl VmWatcher {
+    pub fn spawn(
+        mut handle: VmHandle,
+        console: PathBuf,
+        on_exit: impl FnOnce(VmExit) + Send + 'static,
+    ) -> VmWatcher {
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<Duration>();
+        let (exit_tx, exited) = tokio::sync::watch::channel(None);
+        let pid = handle.pid();
+        std::thread::spawn(move || {
+            let status = loop {
+                if let Ok(grace) = stop_rx.try_recv() {
+                    break handle.stop(grace);
+                }
+                match handle.wait_timeout(Duration::from_millis(100)) {
+                    Ok(Some(status)) => break Ok(status),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+                if let Some((what, status, log)) = handle.exited_helper() {
+                    tracing::warn!(pid, what, %status, log = %log.display(), "a device backend of the VM exited; stopping the VM");
+                    break handle.stop(KILL_GRACE);
+                }
+            };
+            let exit = match status {
+                Ok(s) => VmExit {
+                    success: s.success(),
+                    detail: format!("hypervisor {s}"),
+                },
+                Err(e) => VmExit {
+                    success: false,
+                    detail: format!("waiting for the hypervisor: {e}"),
+                },
+            };
+            let exit = if exit.success {
+                exit
+            } else {
+                VmExit {
+                    detail: format!("{}; console:\n{}", exit.detail, console_tail(&console)),
+                    ..exit
+                }
+            };
+            let _ = exit_tx.send(Some(exit.clone()));
+            on_exit(exit);
+        });
+        VmWatcher {
+            stop_tx,
+            exited,
+            pid,
+        }
+    }
+
+    /// Asks the watcher to stop the VMM: SIGTERM, SIGKILL after `grace`.
+    pub fn stop(&self, grace: Duration) {
+        let _ = self.stop_tx.send(grace);
+    }
+
+    /// Like [`VmWatcher::wait_exit`], for callers outside the async runtime (shutdown).
+    pub fn wait_exit_blocking(&self, timeout: Duration) -> Option<VmExit> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.exited.borrow().clone() {
+                return Some(e);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits at most `timeout` for the hypervisor to exit.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<VmExit> {
+        let mut rx = self.exited.clone();
+        let exited = async {
+            loop {
+                if let Some(e) = rx.borrow_and_update().clone() {
+                    return Some(e);
+                }
+                if rx.changed().await.is_err() {
+                    return rx.borrow().clone();
+                }
+            }
+        };
+        tokio::time::timeout(timeout, exited).await.ok().flatten()
+    }
+}
+
+/// The last lines of the console log, for error messages.
+pub fn console_tail(console: &Path) -> String {
+    let text = std::fs::read(console)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+}
+
+async fn load_component(
+    bus: &BusHandle,
+    version: Option<String>,
+) -> Result<LoadedComponent, CrosError> {
+    let req = Body::Imageloader(ImageloaderRequest::LoadComponent {
+        name: TERMINA_COMPONENT.into(),
+        version,
+    });
+    match bus
+        .request(&Addr::host("concierge"), &Addr::host("imageloader"), req)
+        .await?
+    {
+        Body::ImageloaderReply(ImageloaderReply::Loaded { component }) => Ok(component),
+        other => Err(CrosError::internal(format!(
+            "imageloader answered LoadComponent with {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Only log records may come from a guest's vm_syslog.
+fn vm_syslog_allowed(body: &Body) -> bool {
+    matches!(body, Body::VmlogForwarder(VmlogRequest::Records { .. }))
+}
+
+/// Boots the VM of `plan`; on any failure every process started is stopped again.
+pub async fn boot(
+    plan: BootPlan,
+    bus: BusHandle,
+    hypervisor: Arc<dyn Hypervisor>,
+    on_exit: impl FnOnce(VmExit) + Send + 'static,
+) -> Result<VmWatcher, CrosError> {
+    let component = load_component(&bus, plan.component_version.clone()).await?;
+    if !plan.stateful.exists() {
+        return Err(CrosError::not_found(format!(
+            "VM {} has no disk at {}: create it with CreateDiskImage first (vmc start does)",
+            plan.name,
+            plan.stateful.display()
+        )));
+    }
+    std::fs::create_dir_all(&plan.run_dir)
+        .map_err(|e| CrosError::internal(format!("create {}: {e}", plan.run_dir.display())))?;
+    let uds = plan.vsock_uds();
+    // Guest → host listeners exist before the guest can dial them.
+    let ready = listen_guest_port(&uds, ports::CONCIERGE_STARTUP)?;
+    let vmlog = listen_guest_port(&uds, ports::VMLOG_FORWARDER)?;
+    let bridge = tokio::task::spawn_local(serve_bridge(
+        vmlog,
+        bus.clone(),
+        plan.name.clone(),
+        "vm_syslog",
+        Addr::host("vmlog_forwarder"),
+        vm_syslog_allowed,
+    ));
+
+    let mut spec = VmSpec::new(plan.name.clone(), &component.kernel, &plan.run_dir);
+    spec.initrd = component.initrd.as_ref().map(PathBuf::from);
+    spec.cmdline = std::iter::once(format!(
+        "console=ttyS0 panic=-1 quiet crosd.vm={}",
+        plan.name
+    ))
+    .chain(plan.kernel_params.iter().cloned())
+    .collect::<Vec<_>>()
+    .join(" ");
+    spec.mem_mib = plan.memory_mib;
+    spec.cpus = plan.cpus;
+    spec.disks = vec![
+        DiskSpec {
+            path: component.rootfs.clone().into(),
+            read_only: true,
+            serial: Some(ROOTFS_SERIAL.into()),
+        },
+        DiskSpec {
+            path: component.tools.clone().into(),
+            read_only: true,
+            serial: Some(TOOLS_SERIAL.into()),
+        },
+        DiskSpec {
+            path: plan.stateful.clone(),
+            read_only: false,
+            serial: Some(STATEFUL_SERIAL.into()),
+        },
+    ];
+    spec.vsock = Some(VsockSpec {
+        guest_cid: plan.cid,
+        uds_path: uds.clone(),
+    });
+    spec.console_log = plan.console_log();
+
+    let hv = hypervisor.clone();
+    let started = tokio::task::spawn_blocking(move || hv.start(&spec)).await;
+    let handle = match started {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            bridge.abort();
+            return Err(CrosError::unavailable(format!(
+                "cannot start VM {} with {}: {e}",
+                plan.name,
+                hypervisor.name()
+            )));
+        }
+        Err(e) => {
+            bridge.abort();
+            return Err(CrosError::internal(format!(
+                "hypervisor start task failed: {e}"
+            )));
+        }
+    };
+    let console = plan.console_log();
+    let bridge_abort = bridge.abort_handle();
+    let watcher = VmWatcher::spawn(handle, console.clone(), move |exit| {
+        bridge_abort.abort();
+        on_exit(exit);
+    });
+
+    let result = async {
+        tokio::select! {
+            r = tokio::time::timeout(plan.timeout, wait_for_vm_ready(&ready, &plan.name)) => match r {
+                Ok(r) => r?,
+                Err(_) => return Err(CrosError::timeout(format!(
+                    "VM {} sent no VmReady within {:?}; last console lines:\n{}", plan.name, plan.timeout, console_tail(&console)
+                ))),
+            },
+            exit = watcher.wait_exit(plan.timeout + Duration::from_secs(1)) => {
+                let detail = exit.map(|e| e.detail).unwrap_or_else(|| "no exit status".into());
+                return Err(CrosError::unavailable(format!("VM {} stopped before it was ready: {detail}", plan.name)));
+            }
+        }
+        tracing::info!(vm = %plan.name, "VmReady");
+        if plan.start_termina {
+            let mut maitred = GuestConnection::open(&uds, ports::MAITRED, Addr::host("concierge"), "maitred", &plan.name).await?;
+            let req = Body::Maitred(MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: false });
+            match maitred.request(req, plan.timeout).await? {
+                Body::MaitredReply(MaitredReply::TerminaStarted { partial_data_loss, free_bytes }) => {
+                    if partial_data_loss {
+                        tracing::warn!(vm = %plan.name, "stateful disk needed usebackuproot: some data may be lost");
+                    }
+                    tracing::info!(vm = %plan.name, free_bytes, "termina started");
+                }
+                other => return Err(CrosError::internal(format!("maitred answered StartTermina with {}", other.type_name()))),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        watcher.stop(KILL_GRACE);
+        watcher.wait_exit(KILL_GRACE + Duration::from_secs(5)).await;
+        return Err(e);
+    }
+    Ok(watcher)
+}
+
+/// Stops a VM: maitred Shutdown, then the VMM, SIGTERM, SIGKILL. Returns how it ended.
+pub async fn stop(name: &str, uds: &Path, watcher: &VmWatcher) -> VmExit {
+    if let Some(exit) = watcher.wait_exit(Duration::ZERO).await {
+        return exit;
+    }
+    match GuestConnection::open(
+        uds,
+        ports::MAITRED,
+        Addr::host("concierge"),
+        "maitred",
+        name,
+    )
+    .await
+    {
+        Ok(mut maitred) => {
+            if let Err(e) = maitred
+                .request(Body::Maitred(MaitredRequest::Shutdown {}), SHUTDOWN_TIMEOUT)
+                .await
+            {
+                tracing::warn!(vm = name, error = %e, "maitred Shutdown failed; stopping the VMM");
+            }
+        }
+        Err(e) => tracing::warn!(vm = name, error = %e, "cannot reach maitred; stopping the VMM"),
+    }
+    if let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
+        return exit;
+    }
+    tracing::warn!(
+        vm = name,
+        "VM still running {EXIT_AFTER_SHUTDOWN:?} after Shutdown: SIGTERM, then SIGKILL"
+    );
+    watcher.stop(KILL_GRACE);
+    watcher
+        .wait_exit(KILL_GRACE + Duration::from_secs(5))
+        .await
+        .unwrap_or(VmExit {
+            success: false,
+            detail: "the hypervisor did not exit after SIGKILL".into(),
+        })
+}
+
+/// Lowest free context id from 3 up.
+pub fn allocate_cid(used: impl IntoIterator<Item = u32>) -> u32 {
+    let used: std::collections::BTreeSet<u32> = used.into_iter().collect();
+    (ports::FIRST_GUEST_CID..)
+        .find(|c| !used.contains(c))
+        .unwrap_or(ports::FIRST_GUEST_CID)
+}
+
+/// Error for a VM name already in the table.
+pub fn already_running(name: &str) -> CrosError {
+    CrosError::new(
+        ErrorKind::AlreadyExists,
+        format!("VM {name:?} is already running"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cids_are_reused_lowest_first() {
+        assert_eq!(allocate_cid([]), 3);
+        assert_eq!(allocate_cid([3, 4, 6]), 5);
+    }
+
+    #[test]
+    fn kernel_params_are_checked() {
+        assert!(check_kernel_params(&["quiet".into(), "loglevel=7".into()]).is_ok());
+        for bad in ["two words", "", "crosd.vm=x", "init=/bin/sh", "a\nb"] {
+            assert!(check_kernel_params(&[bad.to_string()]).is_err(), "{bad:?}");
+        }
+    }
+}
