@@ -1,4 +1,5 @@
-//! Helpers shared by the end-to-end tests: finding the workspace's built binaries.
+//! Helpers shared by the end-to-end tests: finding the workspace's built binaries, and the
+//! QEMU test guest of the vsock tests ([`vsock_vm`]).
 //!
 //! The tests start real processes, so the binaries must be built first
 //! (`cargo build --workspace --bins`, which the README's test command does).
@@ -25,3 +26,4 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+pub mod vsock_vm;
