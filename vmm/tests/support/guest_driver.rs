@@ -30,6 +30,8 @@ const DATA_BASE: u64 = 0x10_0000;
 /// How long a test waits for the device before calling it a failure (not a performance bound).
 pub const WAIT: Duration = Duration::from_secs(10);
 
+static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// One descriptor the guest puts in a chain.
 #[derive(Clone, Copy, Debug)]
 pub struct Desc {
@@ -174,6 +176,15 @@ impl GuestQueue {
         let chain = std::mem::take(&mut self.chain_of[usize::from(head)]);
         self.free.extend(chain);
         Some((head, len))
+    }
+
+    /// Whether the device returned chains not yet popped.
+    pub fn has_used(&self) -> bool {
+        let used_idx: u16 = self
+            .mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .expect("used idx read");
+        used_idx != self.last_used
     }
 
     /// Number of chains the device has not returned yet.
@@ -347,6 +358,18 @@ impl Guest {
 
     /// Receives the next packet within `timeout`, re-posting its buffer.
     pub fn try_recv(&mut self, timeout: Duration) -> Option<Packet> {
+        self.try_recv_inner(timeout, true)
+    }
+
+    /// Like `recv`, but leaves the payload in guest memory (`data` is empty; `hdr.len` tells the
+    /// size): benchmarks measure the device, not the guest application's copy.
+    pub fn recv_header_only(&mut self) -> PacketHeader {
+        self.try_recv_inner(WAIT, false)
+            .expect("no packet from the device")
+            .hdr
+    }
+
+    fn try_recv_inner(&mut self, timeout: Duration, copy_payload: bool) -> Option<Packet> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((head, len)) = self.rxq.pop_used() {
@@ -363,12 +386,18 @@ impl Guest {
                     HEADER_SIZE + hdr.len as usize,
                     "used length must be header + payload"
                 );
-                let mut data = vec![0u8; hdr.len as usize];
-                self.mem
-                    .read_slice(&mut data, GuestAddress(addr + HEADER_SIZE as u64))
-                    .unwrap();
+                let mut data = Vec::new();
+                if copy_payload {
+                    data.resize(hdr.len as usize, 0);
+                    self.mem
+                        .read_slice(&mut data, GuestAddress(addr + HEADER_SIZE as u64))
+                        .unwrap();
+                }
                 self.post_rx(addr);
-                self.kick_rx();
+                // Like Linux, refill a batch and kick once: only when no more used buffers wait.
+                if !self.rxq.has_used() {
+                    self.kick_rx();
+                }
                 return Some(Packet { hdr, data });
             }
             let now = Instant::now();
@@ -426,6 +455,17 @@ impl Guest {
 
     /// Sends a packet the usual Linux way: a header descriptor, then a payload descriptor.
     pub fn send(&mut self, hdr: PacketHeader, data: &[u8]) {
+        self.send_inner(hdr, data, true)
+    }
+
+    /// Sends a packet whose payload is whatever the tx slot holds (`hdr.len` bytes; the slot is
+    /// not rewritten): benchmarks measure the device, not the guest application's copy.
+    pub fn send_uncopied(&mut self, hdr: PacketHeader) {
+        let len = hdr.len as usize;
+        self.send_inner(hdr, &ZEROES[..len], false)
+    }
+
+    fn send_inner(&mut self, hdr: PacketHeader, data: &[u8], copy_payload: bool) {
         let slot = loop {
             self.reclaim_tx();
             if let Some(s) = self.tx_free_slots.pop() {
@@ -438,9 +478,11 @@ impl Guest {
         self.mem
             .write_slice(&hdr.to_bytes(), GuestAddress(base))
             .unwrap();
-        self.mem
-            .write_slice(data, GuestAddress(base + HEADER_SIZE as u64))
-            .unwrap();
+        if copy_payload {
+            self.mem
+                .write_slice(data, GuestAddress(base + HEADER_SIZE as u64))
+                .unwrap();
+        }
         let mut descs = vec![Desc {
             addr: base,
             len: HEADER_SIZE as u32,
@@ -473,18 +515,38 @@ impl Guest {
         dst: u32,
         data: &[u8],
         chunk: usize,
+        on_other: impl FnMut(&mut Guest, Packet),
+    ) {
+        self.send_stream_inner(src, dst, data.len(), Some(data), chunk, on_other)
+    }
+
+    /// `send_stream` of `len` bytes without writing payloads (see `send_uncopied`).
+    pub fn send_stream_uncopied(&mut self, src: u32, dst: u32, len: usize, chunk: usize) {
+        self.send_stream_inner(src, dst, len, None, chunk, |_, _| {});
+    }
+
+    fn send_stream_inner(
+        &mut self,
+        src: u32,
+        dst: u32,
+        total: usize,
+        data: Option<&[u8]>,
+        chunk: usize,
         mut on_other: impl FnMut(&mut Guest, Packet),
     ) {
         let mut sent = 0usize;
         let mut peer_fwd: u32 = 0;
         let mut peer_buf: u32 = 256 * 1024;
-        while sent < data.len() {
-            let n = chunk.min(data.len() - sent);
+        while sent < total {
+            let n = chunk.min(total - sent);
             let in_flight = (sent as u32).wrapping_sub(peer_fwd);
             if in_flight as usize + n <= peer_buf as usize {
                 let mut h = hdr(op::RW, src, dst, 256 * 1024, 0);
                 h.len = n as u32;
-                self.send(h, &data[sent..sent + n]);
+                match data {
+                    Some(d) => self.send(h, &d[sent..sent + n]),
+                    None => self.send_uncopied(h),
+                }
                 sent += n;
                 continue;
             }
