@@ -347,12 +347,10 @@ pub fn read_pattern(s: &mut impl Read, n: u64, chunk: usize, verify: bool) -> Re
         if got == 0 {
             return Err(format!("EOF after {off} of {n} bytes"));
         }
-        if verify {
-            if buf[..got] != *want.slice(off, got) {
-                return Err(format!(
-                    "payload differs in the {got} bytes at offset {off}"
-                ));
-            }
+        if verify && buf[..got] != *want.slice(off, got) {
+            return Err(format!(
+                "payload differs in the {got} bytes at offset {off}"
+            ));
         }
         off += got as u64;
     }
