@@ -410,77 +410,101 @@ fn guest_rst_closes_the_host_socket() {
 
 /// Every malformed chain is consumed (returned to the guest) and dropped, and the device keeps
 /// serving well-formed traffic afterwards.
+/// Every malformed chain is consumed (returned to the guest) and dropped, and the device keeps
+/// serving well-formed traffic afterwards.
+///
+/// The header the broken chains point at is a valid REQUEST to a port nobody listens on: were a
+/// chain wrongly accepted, the device would answer it with an RST to port 1. After each chain a
+/// well-formed probe (to an unknown connection, so answered with RST to its own port) is sent;
+/// replies come in order, so the first reply must be the probe's.
 #[test]
 fn malformed_tx_chains_are_dropped_without_harm() {
     let (_dir, uds) = setup();
     let listener = UnixListener::bind(port_path(&uds, 7003)).unwrap();
     let mut g = Guest::start(&uds, 64, 4096);
     let base = g.scratch();
-    // Whatever a broken chain still yields as a header comes from a foreign cid, which the device
-    // drops silently: any reply would come from a chain that should have been refused.
-    let mut foreign = hdr(op::REQUEST, 1, 7003, BUF, 0);
-    foreign.src_cid = 99;
-    g.mem
-        .write_slice(&foreign.to_bytes(), vm_memory::GuestAddress(base))
-        .unwrap();
+    let write_header = |g: &mut Guest, len: u32| {
+        let mut h = hdr(op::REQUEST, 1, 7999, BUF, 0);
+        h.len = len;
+        g.mem
+            .write_slice(&h.to_bytes(), vm_memory::GuestAddress(base))
+            .unwrap();
+    };
     let next = VRING_DESC_F_NEXT as u16;
     let write = VRING_DESC_F_WRITE as u16;
     let h = HEADER_SIZE as u32;
     let out_of_range = support::guest_driver::MEM_SIZE as u64 + 0x1000;
-    let cases: Vec<Vec<(u64, u32, u16, u16)>> = vec![
-        // Header shorter than 44 bytes.
-        vec![(base, 20, 0, 0)],
-        // Header in a device-writable descriptor.
-        vec![(base, h, write, 0)],
-        // Header outside guest memory.
-        vec![(out_of_range, h, 0, 0)],
-        // Address + length wrapping the address space.
-        vec![(u64::MAX - 10, h, 0, 0)],
-        // Payload outside guest memory.
-        vec![(base, h, next, 1), (out_of_range, 100, 0, 0)],
-        // `next` pointing past the descriptor table.
-        vec![(base, h, next, 9999)],
-        // Zero-length everything.
-        vec![(base, 0, 0, 0)],
-        // A descriptor that loops to itself.
-        vec![(base, 1, next, 0)],
-    ];
-    for raw in &cases {
-        g.txq.add_raw_chain(raw);
-        g.kick_tx();
-        g.wait_tx_drained();
-    }
-
-    // Header `len` larger than the chain holds; `len` over the 64 KiB packet limit.
-    for len in [100u32, 70_000] {
-        let mut bad = hdr(op::RW, 1, 7003, BUF, 0);
-        bad.src_cid = 99;
-        bad.len = len;
-        g.mem
-            .write_slice(&bad.to_bytes(), vm_memory::GuestAddress(base))
-            .unwrap();
-        g.txq.add_raw_chain(&[(base, h, 0, 0)]);
-        g.kick_tx();
-        g.wait_tx_drained();
-    }
-
-    // A chain longer than the device accepts.
     let n = MAX_CHAIN_DESCRIPTORS + 1;
-    let long: Vec<(u64, u32, u16, u16)> = (0..n)
+    let too_long: Vec<(u64, u32, u16, u16)> = (0..n)
         .map(|i| {
             if i + 1 < n {
-                (base, 1, next, (i + 1) as u16)
+                (base + i as u64, 1, next, (i + 1) as u16)
             } else {
-                (base, 1, 0, 0)
+                (base + i as u64, 1, 0, 0)
             }
         })
         .collect();
-    g.txq.add_raw_chain(&long);
-    g.kick_tx();
-    g.wait_tx_drained();
+    // (header len, chain, what is wrong)
+    let cases: Vec<(u32, Vec<(u64, u32, u16, u16)>, &str)> = vec![
+        (0, vec![(base, 20, 0, 0)], "header shorter than 44 bytes"),
+        (
+            0,
+            vec![(base, h, write, 0)],
+            "header in a device-writable descriptor",
+        ),
+        (
+            0,
+            vec![(out_of_range, h, 0, 0)],
+            "header outside guest memory",
+        ),
+        (0, vec![(u64::MAX - 10, h, 0, 0)], "address + length wraps"),
+        (
+            100,
+            vec![(base, h, next, 1), (out_of_range, 100, 0, 0)],
+            "payload outside guest memory",
+        ),
+        (
+            100,
+            vec![(base, h, next, 1), (base + 0x1000, 100, write, 0)],
+            "payload device-writable",
+        ),
+        (0, vec![(base, 0, 0, 0)], "zero-length descriptor"),
+        (0, vec![(base, 1, next, 0)], "descriptor looping to itself"),
+        (
+            100,
+            vec![(base, h, 0, 0)],
+            "len larger than the chain holds",
+        ),
+        (
+            70_000,
+            vec![(base, h, next, 1), (base + 0x1000, 70_000, 0, 0)],
+            "len over the 64 KiB packet limit",
+        ),
+        (0, too_long, "chain longer than the device accepts"),
+    ];
+    for (i, (len, raw, what)) in cases.iter().enumerate() {
+        write_header(&mut g, *len);
+        g.txq.add_raw_chain(raw);
+        g.kick_tx();
+        g.wait_tx_drained();
+        let probe_port = 100 + i as u32;
+        g.send(hdr(op::CREDIT_REQUEST, probe_port, 7998, BUF, 0), &[]);
+        let r = g.recv();
+        assert_eq!(
+            (r.hdr.op, r.hdr.dst_port),
+            (op::RST, probe_port),
+            "{what}: the chain was not dropped"
+        );
+    }
 
-    // No reply was owed for any of those (they were dropped), and the device still works.
-    assert!(g.try_recv(Duration::from_millis(0)).is_none());
+    // A `next` past the descriptor table ends the chain; what came before it is a whole packet.
+    write_header(&mut g, 0);
+    g.txq.add_raw_chain(&[(base, h, next, 9999)]);
+    g.kick_tx();
+    let r = g.recv();
+    assert_eq!((r.hdr.op, r.hdr.dst_port), (op::RST, 1));
+
+    // The device still works.
     let mut s = establish_guest_to_host(&mut g, &listener, 40010, 7003, BUF);
     let mut p = hdr(op::RW, 40010, 7003, BUF, 0);
     p.len = 2;
@@ -702,4 +726,25 @@ fn stale_uds_file_is_replaced_and_live_one_refused() {
     .err()
     .expect("cid 2 must be refused");
     assert!(err.to_string().contains("cid 2"), "{err}");
+}
+
+#[test]
+fn shutdown_the_guest_never_finishes_is_reset_after_the_timeout() {
+    let (_dir, uds) = setup();
+    let mut g = Guest::start(&uds, 64, 4096);
+    let (s, host_port) = establish_host_to_guest(&mut g, &uds, 8888, BUF);
+    drop(s);
+    let p = g.recv_skip_credit();
+    assert_eq!(p.hdr.op, op::SHUTDOWN);
+    // The guest never answers with RST: the device resets the connection itself.
+    let r = g.recv_skip_credit();
+    assert_eq!(
+        (r.hdr.op, r.hdr.src_port, r.hdr.dst_port),
+        (op::RST, host_port, 8888)
+    );
+    // The connection is gone: data on it now gets an RST as an unknown connection.
+    let mut d = hdr(op::RW, 8888, host_port, BUF, 0);
+    d.len = 1;
+    g.send(d, b"x");
+    assert_eq!(g.recv().hdr.op, op::RST);
 }

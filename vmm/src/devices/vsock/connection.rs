@@ -29,6 +29,10 @@ pub const CONN_BUF_ALLOC: u32 = 256 * 1024;
 /// heard our `fwd_cnt`, so a guest writer never waits on a stale view of our buffer.
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_ALLOC / 4;
 
+/// How long the guest has to answer our full SHUTDOWN with RST before we reset the connection
+/// ourselves (Firecracker and Linux use a few seconds too).
+pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Identifies a connection: the host-side port and the guest-side port.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConnKey {
@@ -93,8 +97,9 @@ pub struct Connection {
     peer_shutdown: u32,
     /// SHUTDOWN flags we sent the guest.
     local_shutdown_sent: u32,
-    /// Host-initiated connections the guest never answered are reset at this time.
-    pub connect_deadline: Option<Instant>,
+    /// The connection is reset at this time: a host-initiated connect the guest never
+    /// answered, or a full SHUTDOWN the guest never finished with RST.
+    pub deadline: Option<Instant>,
 }
 
 impl Connection {
@@ -107,7 +112,7 @@ impl Connection {
     ) -> Self {
         let mut c = Self::new(stream, key, guest_cid, ConnState::LocalInit);
         c.pending.request = true;
-        c.connect_deadline = Some(connect_deadline);
+        c.deadline = Some(connect_deadline);
         c
     }
 
@@ -143,7 +148,7 @@ impl Connection {
             last_fwd_cnt_to_peer: Wrapping(0),
             peer_shutdown: 0,
             local_shutdown_sent: 0,
-            connect_deadline: None,
+            deadline: None,
         }
     }
 
@@ -184,7 +189,7 @@ impl Connection {
             ..Default::default()
         };
         self.tx_buf.clear();
-        self.connect_deadline = None;
+        self.deadline = None;
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
@@ -207,7 +212,7 @@ impl Connection {
         match (h.op, self.state) {
             (op::RESPONSE, ConnState::LocalInit) => {
                 self.state = ConnState::Established;
-                self.connect_deadline = None;
+                self.deadline = None;
                 self.host_preamble = format!("OK {}\n", self.key.local_port).into_bytes();
                 // Whatever the host client wrote after its CONNECT line is waiting for us.
                 self.host_readable = true;
@@ -408,6 +413,10 @@ impl Connection {
             h.flags = self.pending.shutdown;
             self.local_shutdown_sent |= self.pending.shutdown;
             self.pending.shutdown = 0;
+            if self.local_shutdown_sent == SHUTDOWN_RCV | SHUTDOWN_SEND {
+                // The guest owes us an RST now; one that never comes must not hold the slot.
+                self.deadline = Some(Instant::now() + SHUTDOWN_TIMEOUT);
+            }
             h
         } else if self.pending.credit_update {
             self.pending.credit_update = false;

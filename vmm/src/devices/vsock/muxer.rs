@@ -25,7 +25,7 @@ use vm_memory::GuestMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::connection::{ConnAction, ConnKey, Connection};
+use super::connection::{ConnAction, ConnKey, ConnState, Connection};
 use super::error::VsockError;
 use super::handshake::{self, HandshakeProgress};
 use super::packet::{self, HEADER_SIZE, HOST_CID, PacketHeader, TYPE_STREAM, TxPacket, op};
@@ -228,7 +228,11 @@ impl Muxer {
                 Some(h) => Some(h),
                 None => conn.read_data(mem, buf),
             };
+            let deadline_set = h.is_some_and(|h| h.op == op::SHUTDOWN);
             self.after_conn_event(key);
+            if deadline_set {
+                self.arm_timer();
+            }
             if h.is_some() {
                 return h;
             }
@@ -564,15 +568,19 @@ impl Muxer {
         let late_conns: Vec<ConnKey> = self
             .conns
             .values()
-            .filter(|c| c.connect_deadline.is_some_and(|d| d <= now))
+            .filter(|c| c.deadline.is_some_and(|d| d <= now))
             .map(|c| c.key)
             .collect();
         for key in late_conns {
-            warn!(
-                "vsock: guest did not answer a connect to port {} in {CONNECT_TIMEOUT:?}; closing the host client",
-                key.peer_port
-            );
             if let Some(conn) = self.conns.get_mut(&key) {
+                if conn.state() == ConnState::LocalInit {
+                    warn!(
+                        "vsock: guest did not answer a connect to port {} in {CONNECT_TIMEOUT:?}; closing the host client",
+                        key.peer_port
+                    );
+                } else {
+                    debug!(?key, "vsock: guest did not finish a shutdown; resetting");
+                }
                 conn.kill();
             }
             self.after_conn_event(key);
@@ -586,7 +594,7 @@ impl Muxer {
             .pending_hosts
             .values()
             .map(|p| p.deadline)
-            .chain(self.conns.values().filter_map(|c| c.connect_deadline))
+            .chain(self.conns.values().filter_map(|c| c.deadline))
             .min();
         let res = match next {
             Some(deadline) => {
