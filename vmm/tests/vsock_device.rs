@@ -19,6 +19,9 @@ use vm_memory::Bytes;
 
 const BUF: u32 = 256 * 1024;
 
+/// A raw descriptor: (addr, len, flags, next).
+type RawDesc = (u64, u32, u16, u16);
+
 fn setup() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("vsock.sock");
@@ -435,7 +438,7 @@ fn malformed_tx_chains_are_dropped_without_harm() {
     let h = HEADER_SIZE as u32;
     let out_of_range = support::guest_driver::MEM_SIZE as u64 + 0x1000;
     let n = MAX_CHAIN_DESCRIPTORS + 1;
-    let too_long: Vec<(u64, u32, u16, u16)> = (0..n)
+    let too_long: Vec<RawDesc> = (0..n)
         .map(|i| {
             if i + 1 < n {
                 (base + i as u64, 1, next, (i + 1) as u16)
@@ -445,7 +448,7 @@ fn malformed_tx_chains_are_dropped_without_harm() {
         })
         .collect();
     // (header len, chain, what is wrong)
-    let cases: Vec<(u32, Vec<(u64, u32, u16, u16)>, &str)> = vec![
+    let cases: Vec<(u32, Vec<RawDesc>, &str)> = vec![
         (0, vec![(base, 20, 0, 0)], "header shorter than 44 bytes"),
         (
             0,
