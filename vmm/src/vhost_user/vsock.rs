@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
@@ -207,7 +207,12 @@ impl VhostUserBackendMut for VhostUserVsockBackend {
                 return Ok(());
             }
         };
-        self.run_device(event, vrings).map_err(io::Error::other)
+        // An error here would end the library's worker thread and leave the guest with a dead
+        // device while QEMU stays connected: log it and keep serving.
+        if let Err(e) = self.run_device(event, vrings) {
+            error!("vhost-user-vsock: {e}");
+        }
+        Ok(())
     }
 }
 
