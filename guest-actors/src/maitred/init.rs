@@ -70,6 +70,10 @@ pub fn mount_early() -> Result<(), Pid1Error> {
                 source,
             })?;
         }
+        // /proc, /sys and /dev come moved from the initramfs; mounting them again would stack.
+        if super::handlers::is_mounted(m.target) {
+            continue;
+        }
         match mount(Some(m.fstype), m.target, Some(m.fstype), m.flags, m.data) {
             Ok(()) | Err(nix::Error::EBUSY) => {}
             Err(source) => {
