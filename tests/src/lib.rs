@@ -27,3 +27,4 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 pub mod vsock_vm;
+pub mod vsh_vm;

@@ -82,10 +82,19 @@ pub fn guest_kernel() -> GuestKernel {
 /// Writes an initramfs with `init_binary` as /init and the kernel's vsock modules under
 /// /lib/modules/crosd (where the test guest loads them from).
 pub fn build_probe_initramfs(init_binary: &Path, kernel: &GuestKernel, out: &Path) {
+    build_initramfs(init_binary, Some(&kernel.modules_dir), out);
+}
+
+/// Writes an initramfs with `init_binary` as /init and, when given, the files of `modules_dir`
+/// under /lib/modules/crosd.
+pub fn build_initramfs(init_binary: &Path, modules_dir: Option<&Path>, out: &Path) {
     let mut fs = Initramfs::with_base_layout().expect("base layout");
     fs.add_file_from("init", 0o755, init_binary)
-        .and_then(|fs| fs.add_dir_files_from("lib/modules/crosd", &kernel.modules_dir))
         .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    if let Some(dir) = modules_dir {
+        fs.add_dir_files_from("lib/modules/crosd", dir)
+            .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    }
     fs.write_to(out)
         .unwrap_or_else(|e| panic!("writing the initramfs: {e}"));
 }
@@ -119,6 +128,13 @@ pub struct ProbeVm {
 impl ProbeVm {
     /// Boots the VM and waits for the guest's `ready` line (its listeners are bound).
     pub fn start(opts: ProbeVmOptions<'_>) -> Result<ProbeVm, String> {
+        let mut vm = Self::boot(opts)?;
+        vm.wait_console("ready ", Duration::from_secs(120))?;
+        Ok(vm)
+    }
+
+    /// Boots the VM; returns once the guest has written to its console.
+    pub fn boot(opts: ProbeVmOptions<'_>) -> Result<ProbeVm, String> {
         let uds = opts.run_dir.join("vsock.sock");
         let mut spec = VmSpec::new(opts.name, &opts.kernel.kernel, opts.run_dir);
         spec.initrd = Some(opts.initrd.to_path_buf());
@@ -147,13 +163,11 @@ impl ProbeVm {
                 handle.start_attempts()
             );
         }
-        let mut vm = ProbeVm {
+        Ok(ProbeVm {
             handle,
             uds,
             console_log: spec.console_log.clone(),
-        };
-        vm.wait_console("ready ", Duration::from_secs(120))?;
-        Ok(vm)
+        })
     }
 
     /// The guest console so far.

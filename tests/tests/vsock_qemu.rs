@@ -196,3 +196,148 @@ fn vsock_both_ways_through_qemu_tcg_with_our_vhost_user_backend() {
         );
     }
 }
+
+/// Boots the test guest in a temporary run directory (kept if the test fails), with or without
+/// the vsock modules in its initramfs.
+fn boot_probe(
+    name: &str,
+    with_modules: bool,
+    guest_timeout_s: u32,
+) -> Result<(ProbeVm, KeepOnPanic), String> {
+    let kernel = vsock_vm::guest_kernel();
+    let init = vsock_vm::guest_bin("vsock_echo");
+    let keep = KeepOnPanic(Some(
+        tempfile::Builder::new()
+            .prefix("crosd-vsock-qemu-")
+            .tempdir()
+            .unwrap(),
+    ));
+    let dir = keep.0.as_ref().unwrap().path().to_path_buf();
+    let initrd = dir.join("initrd.cpio");
+    let modules = with_modules.then_some(kernel.modules_dir.as_path());
+    vsock_vm::build_initramfs(&init, modules, &initrd);
+    let run_dir = dir.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let vm = ProbeVm::boot(ProbeVmOptions {
+        name,
+        kernel: &kernel,
+        initrd: &initrd,
+        run_dir: &run_dir,
+        vsock_backend: VhostUserVsockBackend::Crosvm {
+            binary: cros_e2e::bin("crosvm"),
+        },
+        dial_port: None,
+        guest_timeout_s,
+    })?;
+    Ok((vm, keep))
+}
+
+/// The guest never outlives its timeout: with nobody sending `quit`, it powers the VM off.
+#[test]
+fn guest_powers_off_by_itself_after_its_timeout() {
+    let (mut vm, _keep) = boot_probe("vsock-timeout", true, 20).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_console("ready ", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let exited = vm.handle.wait_timeout(Duration::from_secs(180)).unwrap();
+    assert!(
+        exited.is_some(),
+        "QEMU still running long after the guest's 20 s timeout; console:\n{}",
+        vsock_vm::tail(&vm.console())
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("CROSD-GUEST: error: timeout: no quit within 20 s; powering off"),
+        "{}",
+        vsock_vm::tail(&console)
+    );
+}
+
+/// A broken guest image (no modules) is reported on the console by name, and the VM ends.
+#[test]
+fn guest_without_its_modules_reports_the_error_and_powers_off() {
+    let (mut vm, _keep) =
+        boot_probe("vsock-no-modules", false, 300).unwrap_or_else(|e| panic!("{e}"));
+    let exited = vm.handle.wait_timeout(Duration::from_secs(180)).unwrap();
+    let console = vm.console();
+    assert!(
+        exited.is_some(),
+        "QEMU still running; console:\n{}",
+        vsock_vm::tail(&console)
+    );
+    assert!(
+        console.contains(
+            "CROSD-GUEST: error: cannot read the module load order '/lib/modules/crosd/load-order'"
+        ),
+        "{}",
+        vsock_vm::tail(&console)
+    );
+    assert!(
+        !console.contains("CROSD-GUEST: ready"),
+        "{}",
+        vsock_vm::tail(&console)
+    );
+}
+
+/// tools/scripts/guest-kernel.sh: a second run is served from the cache, and the modules come
+/// out decompressed in dependency order.
+#[test]
+fn guest_kernel_script_is_cached_and_orders_the_vsock_modules() {
+    let script = vsock_vm::repo_root().join("tools/scripts/guest-kernel.sh");
+    let run = || {
+        let out = std::process::Command::new(&script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (first, _) = run();
+    let (second, log) = run();
+    assert_eq!(first, second, "the two runs disagree on the paths");
+    assert!(log.contains("using cached"), "{log}");
+    assert!(
+        !log.contains("downloading"),
+        "second run downloaded again: {log}"
+    );
+    let var = |name: &str| {
+        second
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {second}"))
+            .to_string()
+    };
+    let kernel = std::fs::read(var("KERNEL")).unwrap();
+    // bzImage: "HdrS" setup header magic at 0x202.
+    assert_eq!(
+        kernel.get(0x202..0x206),
+        Some(&b"HdrS"[..]),
+        "KERNEL is not a bzImage"
+    );
+    assert!(var("KERNEL_RELEASE").starts_with("6.1."), "{second}");
+    let modules = std::path::PathBuf::from(var("MODULES_DIR"));
+    let order = std::fs::read_to_string(modules.join("load-order")).unwrap();
+    let order: Vec<&str> = order.lines().collect();
+    assert_eq!(
+        order,
+        [
+            "virtio_ring.ko",
+            "virtio.ko",
+            "virtio_mmio.ko",
+            "vsock.ko",
+            "vmw_vsock_virtio_transport_common.ko",
+            "vmw_vsock_virtio_transport.ko"
+        ]
+    );
+    for m in order {
+        let bytes = std::fs::read(modules.join(m)).unwrap();
+        assert_eq!(
+            &bytes[..4],
+            b"\x7fELF",
+            "{m} is not an uncompressed ELF module"
+        );
+    }
+}
