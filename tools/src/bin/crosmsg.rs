@@ -71,18 +71,23 @@ enum Command {
 enum TraceCommand {
     /// Print one line per envelope: time, from -> to, type, ids.
     Show {
+        /// The trace file.
         file: PathBuf,
         /// One JSON object per line instead, with the whole envelope.
         #[arg(long)]
         json: bool,
     },
     /// Counts per message type and request -> reply latency (p50, p99, max) per request type.
-    Stats { file: PathBuf },
+    Stats {
+        /// The trace file.
+        file: PathBuf,
+    },
     /// Re-send the recorded client requests to a running crosd and report every reply that
     /// differs from the recorded one (ids and times ignored). With --actor, replay one host
     /// actor in isolation instead: a fresh instance gets its recorded inbox in order and its
     /// own requests are answered from the trace; no crosd needed.
     Replay {
+        /// The trace file.
         file: PathBuf,
         /// Replay this host actor in isolation (e.g. concierge).
         #[arg(long, value_name = "NAME")]
