@@ -33,3 +33,46 @@ build_guest_binaries() {
         cargo build --quiet -p cros-guest --bins --target x86_64-unknown-linux-gnu) \
         || die "building the guest binaries failed"
 }
+
+# Builds crosd (release), the static guest programs (release) and the termina component under
+# STATE/components/cros-termina/local, rebuilding the component when it fails verification or a
+# guest program is newer. Sets BIN (host binaries) and GUEST_BIN.
+build_release_and_component() {
+    local state="$1"
+    log "building crosd (release)"
+    (cd "$REPO_ROOT" && cargo build --quiet --release --bins) || die "building crosd failed"
+    log "building the static guest programs (release)"
+    (cd "$REPO_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release \
+        -p cros-guest --bins --target x86_64-unknown-linux-gnu) || die "building the guest programs failed"
+    BIN="$REPO_ROOT/target/release"
+    GUEST_BIN="$REPO_ROOT/target/x86_64-unknown-linux-gnu/release"
+    local component="$state/components/cros-termina/local"
+    mkdir -p "$state/components"
+    if ! "$BIN/crosimg" verify "$component" >/dev/null 2>&1 \
+        || [ -n "$(find "$GUEST_BIN"/{maitred,vshd,vm_syslog} -newer "$component/manifest.json" 2>/dev/null)" ]; then
+        log "building the termina component (kernel from Debian, cached in $CROSD_CACHE)"
+        "$BIN/crosimg" build-termina --force --version local --out "$state/components" --guest-bin-dir "$GUEST_BIN" \
+            || die "crosimg build-termina failed"
+    fi
+}
+
+# Starts crosd on $CROSD_SOCKET with STATE and RUN unless one already answers there; sets
+# CROSD_PID when it started one. Extra arguments go to crosd.
+start_crosd() {
+    local state="$1" run="$2"
+    shift 2
+    CROSD_PID=""
+    if [ -S "$CROSD_SOCKET" ] && "$BIN/crosmsg" list >/dev/null 2>&1; then
+        log "crosd already runs on $CROSD_SOCKET"
+        return 0
+    fi
+    log "starting crosd (socket $CROSD_SOCKET, log $run/crosd.log)"
+    "$BIN/crosd" --state-dir "$state" --run-dir "$run" --socket "$CROSD_SOCKET" "$@" >"$run/crosd.log" 2>&1 &
+    CROSD_PID=$!
+    for _ in $(seq 100); do
+        [ -S "$CROSD_SOCKET" ] && return 0
+        kill -0 "$CROSD_PID" 2>/dev/null || { cat "$run/crosd.log" >&2; die "crosd exited during start-up"; }
+        sleep 0.1
+    done
+    die "crosd did not create $CROSD_SOCKET within 10 s (log: $run/crosd.log)"
+}

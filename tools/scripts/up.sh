@@ -26,41 +26,14 @@ while [ $# -gt 0 ]; do
 done
 
 ensure_host_packages
-log "building crosd (release)"
-cargo build --quiet --release --bins
-log "building the static guest programs (release)"
-(RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release -p cros-guest --bins \
-    --target x86_64-unknown-linux-gnu) || die "building the guest programs failed"
-bin="$REPO_ROOT/target/release"
-guest_bin="$REPO_ROOT/target/x86_64-unknown-linux-gnu/release"
-
 state="${CROSD_STATE_DIR:-$CROSD_CACHE/up/state}"
 run="${CROSD_RUN_DIR:-$CROSD_CACHE/up/run}"
-mkdir -p "$state/components" "$run"
+mkdir -p "$state" "$run"
 export CROSD_SOCKET="$run/crosd.sock"
-
-# The termina component: rebuilt when it fails verification or a guest program changed.
-component="$state/components/cros-termina/local"
-if ! "$bin/crosimg" verify "$component" >/dev/null 2>&1 \
-    || [ -n "$(find "$guest_bin"/{maitred,vshd,vm_syslog} -newer "$component/manifest.json" 2>/dev/null)" ]; then
-    log "building the termina component (kernel from Debian, cached in $CROSD_CACHE)"
-    "$bin/crosimg" build-termina --force --version local --out "$state/components" --guest-bin-dir "$guest_bin"
-fi
-
-crosd_pid=""
-if [ -S "$CROSD_SOCKET" ] && "$bin/crosmsg" list >/dev/null 2>&1; then
-    log "crosd already runs on $CROSD_SOCKET"
-else
-    log "starting crosd (socket $CROSD_SOCKET, log $run/crosd.log)"
-    "$bin/crosd" --state-dir "$state" --run-dir "$run" --socket "$CROSD_SOCKET" >"$run/crosd.log" 2>&1 &
-    crosd_pid=$!
-    for _ in $(seq 100); do
-        [ -S "$CROSD_SOCKET" ] && break
-        kill -0 "$crosd_pid" 2>/dev/null || { cat "$run/crosd.log" >&2; die "crosd exited during start-up"; }
-        sleep 0.1
-    done
-    [ -S "$CROSD_SOCKET" ] || die "crosd did not create $CROSD_SOCKET within 10 s (log: $run/crosd.log)"
-fi
+build_release_and_component "$state"
+bin="$BIN"
+start_crosd "$state" "$run"
+crosd_pid="$CROSD_PID"
 cleanup() {
     "$bin/vmc" stop termina >/dev/null 2>&1 || true
     if [ -n "$crosd_pid" ]; then kill -TERM "$crosd_pid" 2>/dev/null && wait "$crosd_pid" 2>/dev/null || true; fi

@@ -1,0 +1,334 @@
+//! The core flow end to end: a real crosd, real QEMU with TCG, the real termina component built
+//! by `crosimg build-termina` (Debian's kernel, our static maitred/vshd/vm_syslog), driven by
+//! the real `vmc` and `vsh` binaries.
+//!
+//! Needs what tools/scripts/test.sh prepares: qemu-system-x86, btrfs-progs, busybox-static, the
+//! host binaries and the static guest binaries. Missing pieces fail the tests with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cros_e2e::bin;
+use cros_e2e::vsock_vm::guest_bin;
+
+const VERSION: &str = "e2e";
+
+/// Builds the termina component once per test run, under target/e2e/components.
+fn component() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = cros_e2e::bin_dir().join("e2e/components");
+        let guest_dir = guest_bin("maitred")
+            .parent()
+            .expect("guest bin dir")
+            .to_path_buf();
+        let status = Command::new(bin("crosimg"))
+            .args(["build-termina", "--force", "--version", VERSION, "--out"])
+            .arg(&out)
+            .arg("--guest-bin-dir")
+            .arg(&guest_dir)
+            .status()
+            .expect("run crosimg");
+        assert!(status.success(), "crosimg build-termina failed");
+        out.join("cros-termina").join(VERSION)
+    })
+}
+
+fn kernel_release() -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(component().join("manifest.json")).unwrap())
+            .unwrap();
+    m["kernel_release"].as_str().unwrap().to_string()
+}
+
+struct Crosd {
+    child: Child,
+    socket: PathBuf,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Crosd {
+    /// Starts crosd with the component installed; `tamper` may change the installed copy.
+    fn start(tamper: impl FnOnce(&Path)) -> Crosd {
+        let scratch = cros_e2e::bin_dir().join("e2e/tmp");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let dir = tempfile::tempdir_in(scratch).unwrap();
+        let state = dir.path().join("state");
+        let installed = state.join("components/cros-termina").join(VERSION);
+        std::fs::create_dir_all(&installed).unwrap();
+        for e in std::fs::read_dir(component()).unwrap() {
+            let e = e.unwrap();
+            // Hard links: cheap, and a tamperer replaces (not edits) the file it changes.
+            std::fs::hard_link(e.path(), installed.join(e.file_name())).unwrap();
+        }
+        tamper(&installed);
+        let run = dir.path().join("run");
+        let socket = run.join("crosd.sock");
+        let log = std::fs::File::create(dir.path().join("crosd.log")).unwrap();
+        let child = Command::new(bin("crosd"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--run-dir")
+            .arg(&run)
+            .args(["--hypervisor", "qemu"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "crosd did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Crosd {
+            child,
+            socket,
+            state,
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(bin(program))
+            .args(args)
+            .env("CROSD_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    fn vsh(&self, cmd: &[&str]) -> Output {
+        let mut args = vec!["--vm_name", "termina", "--"];
+        args.extend_from_slice(cmd);
+        self.run("vsh", &args)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("crosd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Crosd {
+    fn drop(&mut self) {
+        // SIGTERM: crosd stops its VMs on the way out.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn qemu_pid(crosd: &Crosd) -> u32 {
+    let o = crosd.run("vmc", &["list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vms: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    vms[0]["pid"].as_u64().expect("a running VM has a pid") as u32
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state field says Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
+    let crosd = Crosd::start(|_| {});
+    // A boot that misses its deadline is an error quoting the console, and leaves nothing behind.
+    let o = crosd.run("vmc", &["start", "--no-shell", "--timeout", "1", "termina"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no VmReady within 1s") && err.contains("console lines"),
+        "{}",
+        text(&o)
+    );
+    let o = crosd.run("vmc", &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
+        "{}",
+        text(&o)
+    );
+
+    let o = crosd.run(
+        "vmc",
+        &["start", "--no-shell", "--timeout", "300", "termina"],
+    );
+    assert!(
+        o.status.success(),
+        "vmc start failed: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("termina is running"), "{stderr}");
+
+    // The guest's kernel answers, not the host's.
+    let o = crosd.vsh(&["uname", "-r"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let guest = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert_eq!(guest, kernel_release());
+    let host = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert_ne!(guest, host, "vsh must run in the guest");
+
+    let o = crosd.vsh(&["sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+
+    let o = crosd.vsh(&[
+        "sh",
+        "-c",
+        "echo persisted-$((6*7)) > /mnt/stateful/e2e && sync",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // Clear errors: already running, unknown VM.
+    let o = crosd.run("vmc", &["start", "--no-shell", "termina"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already running"),
+        "{}",
+        text(&o)
+    );
+    let o = crosd.run("vmc", &["stop", "nosuch"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no VM named \"nosuch\""),
+        "{}",
+        text(&o)
+    );
+
+    // Stop leaves no hypervisor process.
+    let pid = qemu_pid(&crosd);
+    assert!(alive(pid));
+    let o = crosd.run("vmc", &["stop", "termina"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!alive(pid), "QEMU (pid {pid}) still runs after vmc stop");
+    let o = crosd.run("vmc", &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
+        "{}",
+        text(&o)
+    );
+
+    // The stateful disk keeps the file across stop and start.
+    let o = crosd.run(
+        "vmc",
+        &["start", "--no-shell", "--timeout", "300", "termina"],
+    );
+    assert!(
+        o.status.success(),
+        "second start: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    let o = crosd.vsh(&["cat", "/mnt/stateful/e2e"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "persisted-42",
+        "{}",
+        text(&o)
+    );
+
+    // vm_syslog shipped the guest kernel's log to the host.
+    let o = crosd.run("vmc", &["logs", "termina"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("kernel: "),
+        "{}",
+        text(&o)
+    );
+
+    // A hypervisor that dies is noticed: the VM is reported stopped and its resources freed.
+    let pid = qemu_pid(&crosd);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let o = crosd.run("vmc", &["list"]);
+        if String::from_utf8_lossy(&o.stdout).contains("no VMs are running") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a killed VM is still listed: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        crosd.log().contains("HypervisorExited"),
+        "crosd log says why:\n{}",
+        crosd.log()
+    );
+    assert!(
+        crosd.state.join("logs/termina.console.log").exists(),
+        "the console log is kept after the VM ends"
+    );
+}
+
+#[test]
+fn a_corrupted_kernel_is_refused_by_name() {
+    let crosd = Crosd::start(|dir| {
+        let k = dir.join("vm_kernel");
+        let mut bytes = std::fs::read(&k).unwrap();
+        bytes[4096] ^= 0xff;
+        std::fs::remove_file(&k).unwrap(); // break the hard link before writing
+        std::fs::write(&k, bytes).unwrap();
+    });
+    let o = crosd.run("vmc", &["start", "--no-shell", "termina"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("vm_kernel") && err.contains("SHA-256"),
+        "{}",
+        text(&o)
+    );
+    let o = crosd.run("vmc", &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn vmc_says_when_crosd_is_not_running() {
+    let o = Command::new(bin("vmc"))
+        .args(["--socket", "/nonexistent/crosd.sock", "list"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("crosd is not running"),
+        "{}",
+        text(&o)
+    );
+}
