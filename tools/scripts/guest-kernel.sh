@@ -40,6 +40,10 @@ done
 
 CACHE="${CROSD_CACHE:-$HOME/.cache/crosd}/kernel"
 mkdir -p "$CACHE" || die "cannot create cache directory $CACHE"
+# Parallel callers (test binaries run concurrently on a fresh cache) take turns: one downloads
+# and extracts, the others then find it cached.
+exec 9>"$CACHE/.lock" || die "cannot open the lock file $CACHE/.lock"
+flock 9 || die "cannot lock $CACHE/.lock"
 
 need_tool() { # tool debian-package
     command -v "$1" >/dev/null 2>&1 && return 0
