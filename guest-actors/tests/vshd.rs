@@ -567,3 +567,49 @@ fn bad_command_line_is_refused_with_the_bad_value() {
     }
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A client that stops in the middle of a frame (or never sends its setup) is closed once the
+/// frame timeout passes, and its child is hung up. Uses the library server (in this process)
+/// with a short timeout instead of the binary's default.
+#[test]
+fn stalled_client_is_closed_after_the_frame_timeout() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vshd.sock");
+    let listener = cros_guest::vshd::listener::bind_unix(&sock).unwrap();
+    let config = cros_guest::vshd::ServerConfig {
+        frame_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    std::thread::spawn(move || cros_guest::vshd::serve(listener, Arc::new(config)));
+
+    let connect = || {
+        let s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    };
+    // Half a length prefix, then nothing.
+    let mut s = connect();
+    write_message(&mut s, &request(&["sleep", "100"], true), MAX_VSH_FRAME).unwrap();
+    let resp: SetupConnectionResponse = read_message(&mut s, MAX_VSH_FRAME).unwrap();
+    assert_eq!(resp.status, ConnectionStatus::Ready, "{}", resp.description);
+    s.write_all(&[7, 0]).unwrap();
+    assert_closed(&mut s);
+    wait_gone(resp.pid);
+
+    // Connected, never sends a setup request.
+    let mut idle = connect();
+    let mut buf = [0u8; 8];
+    assert_eq!(idle.read(&mut buf).unwrap(), 0);
+
+    // A client that keeps its frames whole is unaffected by the timeout between frames.
+    let mut ok = connect();
+    write_message(&mut ok, &request(&["cat"], true), MAX_VSH_FRAME).unwrap();
+    let _: SetupConnectionResponse = read_message(&mut ok, MAX_VSH_FRAME).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    send(&mut ok, HostMessage::Stdin(b"still here".to_vec()));
+    send(&mut ok, HostMessage::Stdin(Vec::new()));
+    let c = collect(&mut ok);
+    assert_eq!(c.stdout, b"still here");
+    assert_eq!(c.exit, Some(0));
+}

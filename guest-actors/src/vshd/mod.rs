@@ -30,7 +30,13 @@ pub struct ServerConfig {
     /// User for requests that name none.
     pub default_user: String,
     pub accounts: AccountFiles,
+    /// How long a client may take to send the setup request, and to finish a frame it has
+    /// started; a client stalled longer is closed, so a session never hangs on half a frame.
+    pub frame_timeout: Duration,
 }
+
+/// Default [`ServerConfig::frame_timeout`].
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -38,6 +44,7 @@ impl Default for ServerConfig {
             target: cros_messages::vsh::VM_SHELL.to_string(),
             default_user: "root".to_string(),
             accounts: AccountFiles::default(),
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
         }
     }
 }

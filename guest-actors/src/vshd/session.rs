@@ -51,7 +51,8 @@ fn log(tag: &SessionTag, msg: impl std::fmt::Display) {
 
 /// Runs one session on a connected stream to the end. Never panics on anything the peer sends.
 pub fn run<S: Read + Write + AsFd>(mut stream: S, config: &ServerConfig, tag: &SessionTag) {
-    let req: SetupConnectionRequest = match read_message(&mut stream, MAX_VSH_FRAME) {
+    let mut reader = DeadlineReader::new(&mut stream, config.frame_timeout);
+    let req: SetupConnectionRequest = match read_message(&mut reader, MAX_VSH_FRAME) {
         Ok(req) => req,
         Err(e) => {
             log(tag, format_args!("bad setup request, closing: {e}"));
@@ -95,7 +96,7 @@ pub fn run<S: Read + Write + AsFd>(mut stream: S, config: &ServerConfig, tag: &S
         description,
         pid,
     };
-    let mut relay = match Relay::new(stream, spawned, tag.clone()) {
+    let mut relay = match Relay::new(stream, spawned, tag.clone(), config.frame_timeout) {
         Ok(r) => r,
         Err((mut child, e)) => {
             log(tag, format_args!("cannot set up relay: {e}"));
@@ -216,6 +217,53 @@ struct Relay<S> {
     /// The pty master, for resizes, the EOF character and the foreground process group.
     master: Option<OwnedFd>,
     tag: SessionTag,
+    frame_timeout: Duration,
+}
+
+/// Reads from a blocking stream, failing with `TimedOut` once `deadline` passes: each read
+/// first polls the fd for what time is left.
+struct DeadlineReader<'a, S> {
+    inner: &'a mut S,
+    deadline: Instant,
+}
+
+impl<'a, S: Read + AsFd> DeadlineReader<'a, S> {
+    fn new(inner: &'a mut S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Instant::now() + timeout,
+        }
+    }
+}
+
+impl<S: Read + AsFd> Read for DeadlineReader<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.inner.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd for the duration of the call.
+            match unsafe { libc::poll(&mut pfd, 1, ms) } {
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client stalled in the middle of a frame",
+                    ));
+                }
+                n if n < 0 => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+                _ => return self.inner.read(buf),
+            }
+        }
+    }
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -237,7 +285,12 @@ fn exit_code(status: ExitStatus) -> i32 {
 }
 
 impl<S: Read + Write + AsFd> Relay<S> {
-    fn new(stream: S, spawned: Spawned, tag: SessionTag) -> Result<Self, (Child, io::Error)> {
+    fn new(
+        stream: S,
+        spawned: Spawned,
+        tag: SessionTag,
+        frame_timeout: Duration,
+    ) -> Result<Self, (Child, io::Error)> {
         let Spawned { child, io } = spawned;
         let pidfd = pidfd_open(child.id());
         let built = match io {
@@ -288,6 +341,7 @@ impl<S: Read + Write + AsFd> Relay<S> {
             outputs,
             master,
             tag,
+            frame_timeout,
         })
     }
 
@@ -453,7 +507,9 @@ impl<S: Read + Write + AsFd> Relay<S> {
     }
 
     fn handle_client(&mut self) -> Result<(), Abort> {
-        let msg: HostMessage = match read_message(&mut self.stream, MAX_VSH_FRAME) {
+        // The frame has started (poll said readable); the rest must follow promptly.
+        let mut reader = DeadlineReader::new(&mut self.stream, self.frame_timeout);
+        let msg: HostMessage = match read_message(&mut reader, MAX_VSH_FRAME) {
             Ok(m) => m,
             Err(FrameError::Closed) => return Err(Abort::ClientGone),
             Err(e) => return Err(Abort::BadFrame(e.to_string())),
