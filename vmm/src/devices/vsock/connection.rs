@@ -12,9 +12,11 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::num::Wrapping;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tracing::debug;
 use vm_memory::GuestMemory;
 
@@ -352,6 +354,11 @@ impl Connection {
         }
         if hup {
             self.host_hup = true;
+            if self.host_eof {
+                // We saw end of stream before learning the peer closed both ways: now tell the
+                // guest it will not be read either.
+                self.pending.shutdown |= (SHUTDOWN_SEND | SHUTDOWN_RCV) & !self.local_shutdown_sent;
+            }
         }
         if readable || hup {
             self.host_readable = true;
@@ -448,6 +455,8 @@ impl Connection {
         {
             Ok(0) => {
                 self.host_eof = true;
+                // The hang-up event may still be queued behind this read: ask the socket.
+                self.host_hup |= peer_closed(&self.stream);
                 let flags = if self.host_hup {
                     SHUTDOWN_SEND | SHUTDOWN_RCV
                 } else {
@@ -475,4 +484,13 @@ impl Connection {
             }
         }
     }
+}
+
+/// Whether the peer of `stream` closed both directions (POLLHUP), without blocking.
+fn peer_closed(stream: &UnixStream) -> bool {
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
