@@ -1,8 +1,8 @@
 //! Guest agents: maitred, vshd, tremplin, garcon and test payloads. Built as static binaries.
-pub mod vshd;
 pub mod cmdline;
 pub mod kmod;
 pub mod maitred;
 pub mod pid1;
 pub mod vm_syslog;
+pub mod vshd;
 pub mod vsock_probe;

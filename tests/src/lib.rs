@@ -26,5 +26,5 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
-pub mod vsock_vm;
 pub mod vsh_vm;
+pub mod vsock_vm;

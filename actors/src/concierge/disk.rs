@@ -51,7 +51,7 @@ pub fn create(state_dir: &Path, name: &str, size: u64) -> Result<ConciergeReply,
     let size = if size == 0 {
         let (free, used) = fs_space(&dir)?;
         auto_size(free, used)
-    } else if size < MIN_AUTO_SIZE || size % BLOCK != 0 {
+    } else if size < MIN_AUTO_SIZE || !size.is_multiple_of(BLOCK) {
         return Err(CrosError::invalid(format!(
             "disk size {size} must be a multiple of 4096 and at least 1 GiB"
         )));

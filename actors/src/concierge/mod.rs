@@ -381,10 +381,10 @@ impl Concierge {
     /// Forgets a VM that is gone: keeps its console log under STATE/logs, removes its runtime
     /// directory, and says so. Does nothing for an entry of another generation.
     fn finish(&mut self, name: &str, generation: u64, reason: StopReason, detail: String) {
-        if !self
+        if self
             .vms
             .get(name)
-            .is_some_and(|e| e.generation == generation)
+            .is_none_or(|e| e.generation != generation)
         {
             return;
         }
