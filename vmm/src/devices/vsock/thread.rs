@@ -50,8 +50,8 @@ impl DeviceThread {
     where
         M: GuestAddressSpace + Send + 'static,
     {
+        // `exit` outlives the thread: `stop` (or drop) joins before it is closed.
         let exit = EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?;
-        let exit_for_thread = exit.try_clone().map_err(VsockError::EventFd)?;
         let epoll = Epoll::new().map_err(VsockError::Epoll)?;
         let add = |fd, token| {
             epoll
@@ -72,7 +72,6 @@ impl DeviceThread {
             .name(format!("vsock-cid{}", device.guest_cid()))
             .spawn(move || {
                 let result = run_loop(&mut device, &mem, &mut queues, &kicks, &epoll, &*interrupt);
-                drop(exit_for_thread);
                 if let Err(e) = &result {
                     error!("vsock device thread stopped: {e}");
                 }
