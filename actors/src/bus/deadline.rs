@@ -7,8 +7,8 @@
 //! task per thread wakes, every [`TICK`] while anything is pending, the requests whose deadline
 //! has passed. A request that completes in time costs a table insert and remove, no timer.
 //!
-//! Outside an actix arbiter (no thread-local task set to run the ticker on) it falls back to
-//! `tokio::time::timeout`.
+//! Outside an actix arbiter (no thread-local task set to run the ticker on) it falls back to a
+//! tokio timer.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -20,16 +20,18 @@ use std::time::{Duration, Instant};
 pub const TICK: Duration = Duration::from_millis(10);
 
 /// Runs `fut` until it completes (`Some`) or `deadline` passes (`None`).
-pub async fn with_deadline<F: Future>(fut: F, deadline: Duration) -> Option<F::Output> {
-    if !on_arbiter() {
-        return tokio::time::timeout(deadline, fut).await.ok();
-    }
+pub fn with_deadline<F: Future>(fut: F, deadline: Duration) -> Deadline<F> {
+    let fallback = if on_arbiter() {
+        None
+    } else {
+        Some(Box::pin(tokio::time::sleep(deadline)))
+    };
     Deadline {
         fut,
         at: Instant::now() + deadline,
         reg: None,
+        fallback,
     }
-    .await
 }
 
 struct Entry {
@@ -128,11 +130,14 @@ struct Registration {
 }
 
 pin_project_lite::pin_project! {
-    struct Deadline<F> {
+    /// The future [`with_deadline`] returns.
+    pub struct Deadline<F> {
         #[pin]
         fut: F,
         at: Instant,
         reg: Option<Registration>,
+        // A tokio timer, off an arbiter only.
+        fallback: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 
     impl<F> PinnedDrop for Deadline<F> {
@@ -160,6 +165,12 @@ impl<F: Future> Future for Deadline<F> {
         if let Poll::Ready(v) = this.fut.poll(cx) {
             deregister(this.reg);
             return Poll::Ready(Some(v));
+        }
+        if let Some(sleep) = this.fallback {
+            return match sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
         match this.reg {
             None => {
