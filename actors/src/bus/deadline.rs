@@ -20,17 +20,13 @@ use std::time::{Duration, Instant};
 pub const TICK: Duration = Duration::from_millis(10);
 
 /// Runs `fut` until it completes (`Some`) or `deadline` passes (`None`).
+/// Nothing is registered until the future is first polled and pending.
 pub fn with_deadline<F: Future>(fut: F, deadline: Duration) -> Deadline<F> {
-    let fallback = if on_arbiter() {
-        None
-    } else {
-        Some(Box::pin(tokio::time::sleep(deadline)))
-    };
     Deadline {
         fut,
         at: Instant::now() + deadline,
         reg: None,
-        fallback,
+        fallback: None,
     }
 }
 
@@ -166,6 +162,9 @@ impl<F: Future> Future for Deadline<F> {
             deregister(this.reg);
             return Poll::Ready(Some(v));
         }
+        if this.fallback.is_none() && this.reg.is_none() && !on_arbiter() {
+            *this.fallback = Some(Box::pin(tokio::time::sleep_until((*this.at).into())));
+        }
         if let Some(sleep) = this.fallback {
             return match sleep.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(None),
@@ -224,5 +223,48 @@ async fn ticker() {
         if idle {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live_entries() -> usize {
+        TABLE.with(|t| t.borrow().live)
+    }
+
+    #[actix::test]
+    async fn on_an_arbiter_the_table_times_out_a_pending_future() {
+        let start = Instant::now();
+        let got = with_deadline(std::future::pending::<()>(), Duration::from_millis(30)).await;
+        assert_eq!(got, None);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+        assert_eq!(live_entries(), 0);
+    }
+
+    #[actix::test]
+    async fn completed_futures_leave_no_entries() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let waiting = actix::spawn(with_deadline(rx, Duration::from_secs(60)));
+        tokio::task::yield_now().await;
+        assert_eq!(live_entries(), 1, "a pending future is registered");
+        tx.send(7).unwrap();
+        assert_eq!(waiting.await.unwrap(), Some(Ok(7)));
+        assert_eq!(live_entries(), 0);
+    }
+
+    #[test]
+    fn off_an_arbiter_a_tokio_timer_is_used() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let got = rt.block_on(with_deadline(
+            std::future::pending::<()>(),
+            Duration::from_millis(20),
+        ));
+        assert_eq!(got, None);
+        assert_eq!(live_entries(), 0, "the table is not used off an arbiter");
     }
 }
