@@ -2,3 +2,5 @@
 
 pub mod devices;
 pub mod vhost_user;
+pub mod arch;
+pub mod memory;

@@ -58,7 +58,7 @@ pub enum MemoryError {
     Mmap {
         size: u64,
         #[source]
-        source: vm_memory::GuestRegionCollectionError,
+        source: vm_memory::mmap::FromRangesError,
     },
 }
 
@@ -169,9 +169,21 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-                E820Entry { addr: EBDA_START, size: HIMEM_START - EBDA_START, kind: E820_RESERVED },
-                E820Entry { addr: HIMEM_START, size: (128 << 20) - HIMEM_START, kind: E820_RAM },
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: EBDA_START,
+                    size: HIMEM_START - EBDA_START,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: HIMEM_START,
+                    size: (128 << 20) - HIMEM_START,
+                    kind: E820_RAM
+                },
             ]
         );
     }
@@ -181,13 +193,34 @@ mod tests {
         let mem = 5u64 << 30;
         let map = e820_map(mem).unwrap();
         assert_eq!(map.len(), 4);
-        assert_eq!(map[2], E820Entry { addr: HIMEM_START, size: MMIO_HOLE_START - HIMEM_START, kind: E820_RAM });
-        assert_eq!(map[3], E820Entry { addr: HIGH_RAM_START, size: mem - MMIO_HOLE_START, kind: E820_RAM });
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: HIMEM_START,
+                size: MMIO_HOLE_START - HIMEM_START,
+                kind: E820_RAM
+            }
+        );
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: HIGH_RAM_START,
+                size: mem - MMIO_HOLE_START,
+                kind: E820_RAM
+            }
+        );
         // No RAM entry overlaps the MMIO hole.
         for e in &map {
-            assert!(e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END, "{e:?}");
+            assert!(
+                e.addr + e.size <= MMIO_HOLE_START || e.addr >= MMIO_HOLE_END,
+                "{e:?}"
+            );
         }
-        let ram: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         // All RAM except the reserved legacy area.
         assert_eq!(ram, mem - (HIMEM_START - EBDA_START));
     }

@@ -1,0 +1,111 @@
+//! Virtio devices behind our own virtio-mmio transport: the device trait the transport drives,
+//! and the interrupt a device raises when it used buffers.
+
+pub mod mmio;
+pub mod rng;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Virtio device ids (virtio 1.2, section 5).
+pub const DEVICE_ID_BLOCK: u32 = 2;
+pub const DEVICE_ID_RNG: u32 = 4;
+pub const DEVICE_ID_VSOCK: u32 = 19;
+
+/// VIRTIO_F_VERSION_1: the device is a modern (virtio 1.x) device. Our transport only speaks
+/// the modern interface.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Interrupt status bits shared by the transport and its device.
+pub const INTERRUPT_USED_BUFFER: u32 = 0x1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;
+
+/// Errors activating a device once the driver set DRIVER_OK.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver configured {got} queues, the device needs {want}")]
+    QueueCount { got: usize, want: usize },
+    #[error("queue {0} is not ready or does not fit guest memory")]
+    InvalidQueue(usize),
+    #[error("device activation failed: {0}")]
+    Device(String),
+}
+
+/// The interrupt of one virtio-mmio device: its InterruptStatus register and the irqfd that
+/// raises its line in the in-kernel IOAPIC.
+#[derive(Clone)]
+pub struct VirtioInterrupt {
+    status: Arc<AtomicU32>,
+    irqfd: Arc<EventFd>,
+}
+
+impl VirtioInterrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: Arc::new(AtomicU32::new(0)),
+            irqfd: Arc::new(irqfd),
+        }
+    }
+
+    /// The current InterruptStatus register value.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver acknowledged the `bits` it handled.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Tells the driver the device used buffers.
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.signal(INTERRUPT_USED_BUFFER)
+    }
+
+    /// Tells the driver the configuration space changed.
+    pub fn signal_config_change(&self) -> std::io::Result<()> {
+        self.signal(INTERRUPT_CONFIG_CHANGE)
+    }
+
+    fn signal(&self, bit: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bit, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// The irqfd, for registering with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+/// A virtio device model, driven by a transport. Everything the guest supplies (config
+/// offsets, feature bits, queue contents) is untrusted.
+pub trait VirtioDevice: Send {
+    /// The virtio device id (e.g. [`DEVICE_ID_BLOCK`]).
+    fn device_type(&self) -> u32;
+    /// The largest size of each of the device's queues; its length is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers (the transport adds [`VIRTIO_F_VERSION_1`]).
+    fn avail_features(&self) -> u64;
+    /// Feature bits the driver accepted (a subset of what was offered).
+    fn ack_features(&mut self, features: u64);
+    /// Reads the device configuration space at `offset`; out of range reads give zeros.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space; out of range or read-only writes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver finished setup (DRIVER_OK): the device takes its queues and starts.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: VirtioInterrupt,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
+    /// The driver notified queue `index` that it has new buffers.
+    fn queue_notify(&mut self, index: u32);
+    /// The driver reset the device (status 0): drop queues and go back to the initial state.
+    fn reset(&mut self);
+}
