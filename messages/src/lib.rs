@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod framing;
 pub mod garcon;
+pub mod hybrid_vsock;
 pub mod imageloader;
 pub mod maitred;
 pub mod ports;

@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use cros_messages::framing::MAX_CONTROL_FRAME;
 use cros_messages::framing::tokio_io::{handshake, read_message, write_message};
+use cros_messages::hybrid_vsock::{MAX_REPLY_LINE, connect_request, parse_connect_reply};
 use cros_messages::{Addr, Body, CrosError, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-
-/// Longest `OK <hostport>\n` line accepted.
-const MAX_OK_LINE: usize = 32;
 
 /// Connects to guest vsock `port` through the VM's hybrid vsock socket `uds`.
 pub async fn connect_guest_port(uds: &Path, port: u32) -> Result<UnixStream, CrosError> {
@@ -21,7 +19,7 @@ pub async fn connect_guest_port(uds: &Path, port: u32) -> Result<UnixStream, Cro
             uds.display()
         ))
     })?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
+    s.write_all(connect_request(port).as_bytes())
         .await
         .map_err(|e| CrosError::unavailable(format!("vsock CONNECT {port}: {e}")))?;
     // Read the reply byte by byte: anything after the newline belongs to the guest stream.
@@ -41,16 +39,16 @@ pub async fn connect_guest_port(uds: &Path, port: u32) -> Result<UnixStream, Cro
             break;
         }
         line.push(b[0]);
-        if line.len() > MAX_OK_LINE {
+        if line.len() > MAX_REPLY_LINE {
             return Err(CrosError::unavailable(format!(
                 "vsock CONNECT {port}: reply line too long"
             )));
         }
     }
     let text = String::from_utf8_lossy(&line);
-    match text.strip_prefix("OK ").map(str::parse::<u32>) {
-        Some(Ok(_)) => Ok(s),
-        _ => Err(CrosError::unavailable(format!(
+    match parse_connect_reply(&text) {
+        Some(_) => Ok(s),
+        None => Err(CrosError::unavailable(format!(
             "vsock CONNECT {port}: unexpected reply {text:?}"
         ))),
     }
