@@ -154,6 +154,15 @@ fn crosmsg_list_shows_the_host_actors() {
         );
     }
     assert!(lines.iter().any(|l| l == "bus"), "{lines:?}");
+
+    // Without --socket, CROSD_SOCKET names the socket.
+    let out = Command::new(bin("crosmsg"))
+        .arg("list")
+        .env("CROSD_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), lines.len());
 }
 
 #[test]
