@@ -1,6 +1,10 @@
 //! The virtual machine monitor and its virtio devices.
 
-pub mod devices;
-pub mod vhost_user;
+pub mod acpi;
 pub mod arch;
+pub mod devices;
+pub mod loader;
 pub mod memory;
+pub mod run;
+pub mod vcpu;
+pub mod vhost_user;

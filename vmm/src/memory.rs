@@ -54,7 +54,7 @@ pub enum MemoryError {
     TooSmall(u64),
     #[error("guest memory size {0} bytes does not fit this host's address space")]
     TooLarge(u64),
-    #[error("cannot map {size} bytes of guest memory: {source}")]
+    #[error("cannot map {size} bytes of guest memory")]
     Mmap {
         size: u64,
         #[source]

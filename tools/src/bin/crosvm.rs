@@ -21,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a VM on KVM: load a kernel (ELF or bzImage), describe the devices in ACPI, run the
+    /// vCPUs until the guest resets through the i8042 (Linux `reboot=k`), then exit 0.
+    ///
+    /// Fatal errors (no /dev/kvm, a kernel that cannot be loaded, a guest that KVM cannot run)
+    /// end with a message on stderr and a non-zero status.
+    Run(RunArgs),
     /// Serve a virtio-vsock device to a vhost-user frontend (QEMU's vhost-user-vsock-device),
     /// with a hybrid (Unix socket) host side.
     ///
@@ -44,6 +50,32 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    cpus: u8,
+    /// Guest RAM in MiB (at least 2). RAM beyond 3.25 GiB is placed above 4 GiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    mem: u64,
+    /// Kernel to boot: an ELF (vmlinux or a freestanding payload) entered in 64-bit mode, or a
+    /// bzImage entered at its 64-bit entry point.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk, loaded at the top of RAM below 3.25 GiB.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (for Linux, add `reboot=k` so that reboot/poweroff end the VM).
+    #[arg(long, value_name = "PARAMS", default_value = "")]
+    params: String,
+    /// Append the guest's serial console (COM1) to FILE instead of writing it to stdout.
+    #[arg(long, value_name = "FILE")]
+    serial_log: Option<PathBuf>,
+    /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    virtio_rng: usize,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -63,6 +95,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => {
+            let config = cros_vmm::run::VmConfig {
+                cpus: args.cpus,
+                mem_mib: args.mem,
+                kernel: args.kernel,
+                initrd: args.initrd,
+                params: args.params,
+                serial: args.serial_log.map_or(
+                    cros_vmm::run::SerialOutput::Stdout,
+                    cros_vmm::run::SerialOutput::File,
+                ),
+                virtio_rng: args.virtio_rng,
+            };
+            let exit = cros_vmm::run::run(&config).context("crosvm run")?;
+            tracing::info!("VM ended: {exit:?}");
+            Ok(())
+        }
         Command::VhostUserVsock {
             socket,
             uds_path,

@@ -15,9 +15,9 @@ const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 /// Errors building a vCPU's CPUID.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
-    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    #[error("KVM_GET_SUPPORTED_CPUID failed")]
     Supported(#[source] kvm_ioctls::Error),
-    #[error("KVM_SET_CPUID2 failed: {0}")]
+    #[error("KVM_SET_CPUID2 failed")]
     Set(#[source] kvm_ioctls::Error),
 }
 

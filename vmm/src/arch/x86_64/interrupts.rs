@@ -12,7 +12,7 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 /// Errors programming the local APIC.
 #[derive(Debug, thiserror::Error)]
 pub enum InterruptError {
-    #[error("KVM_{ioctl} failed: {source}")]
+    #[error("KVM_{ioctl} failed")]
     Kvm {
         ioctl: &'static str,
         #[source]

@@ -24,7 +24,7 @@ const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
 pub enum MsrError {
     #[error("cannot build the MSR list: {0:?}")]
     Build(vmm_sys_util::fam::Error),
-    #[error("KVM_SET_MSRS failed: {0}")]
+    #[error("KVM_SET_MSRS failed")]
     Set(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_MSRS set only {set} of {wanted} boot MSRs")]
     Partial { set: usize, wanted: usize },

@@ -26,13 +26,13 @@ const PAGE_SIZE_2M: u64 = 0x80;
 /// Errors setting up a vCPU's registers.
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
-    #[error("cannot write the boot {what} to guest memory: {source}")]
+    #[error("cannot write the boot {what} to guest memory")]
     GuestMemory {
         what: &'static str,
         #[source]
         source: vm_memory::GuestMemoryError,
     },
-    #[error("KVM_{ioctl} failed: {source}")]
+    #[error("KVM_{ioctl} failed")]
     Kvm {
         ioctl: &'static str,
         #[source]
@@ -174,11 +174,7 @@ mod tests {
                 .read_obj(GuestAddress(pd + ((addr >> 21) & 511) * 8))
                 .unwrap();
             assert_eq!(pde & 0x83, 0x83);
-            assert_eq!(
-                (pde & !0x1f_ffff) | (addr & 0x1f_ffff),
-                addr,
-                "{addr:#x}"
-            );
+            assert_eq!((pde & !0x1f_ffff) | (addr & 0x1f_ffff), addr, "{addr:#x}");
         }
     }
 }

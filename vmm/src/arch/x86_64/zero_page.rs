@@ -20,7 +20,7 @@ const E820_MAX_ENTRIES: usize = 128;
 pub enum ZeroPageError {
     #[error("the e820 map has {0} entries; the zero page holds at most {E820_MAX_ENTRIES}")]
     TooManyE820Entries(usize),
-    #[error("cannot write the zero page: {0}")]
+    #[error("cannot write the zero page")]
     Write(#[source] linux_loader::configurator::Error),
 }
 

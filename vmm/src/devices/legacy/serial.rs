@@ -25,6 +25,13 @@ impl SerialDevice {
             serial: Serial::new(interrupt, out),
         }
     }
+
+    /// Flushes guest output that is still buffered (a line without its newline).
+    pub fn flush(&mut self) {
+        if let Err(e) = self.serial.writer_mut().flush() {
+            tracing::warn!("serial: cannot flush guest output: {e}");
+        }
+    }
 }
 
 impl BusDevice for SerialDevice {

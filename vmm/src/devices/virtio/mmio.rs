@@ -313,7 +313,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
-            Ok(bytes) if offset.is_multiple_of(4) => *bytes = self.read_register(offset).to_le_bytes(),
+            Ok(bytes) if offset.is_multiple_of(4) => {
+                *bytes = self.read_register(offset).to_le_bytes()
+            }
             _ => {
                 tracing::debug!(
                     offset,
@@ -333,7 +335,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(bytes) if offset.is_multiple_of(4) => self.write_register(offset, u32::from_le_bytes(bytes)),
+            Ok(bytes) if offset.is_multiple_of(4) => {
+                self.write_register(offset, u32::from_le_bytes(bytes))
+            }
             _ => tracing::debug!(
                 offset,
                 len = data.len(),

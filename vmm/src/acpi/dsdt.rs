@@ -1,0 +1,161 @@
+//! The DSDT: COM1, the i8042, and one `LNRO0005` (virtio-mmio) device per window, under \_SB.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{
+    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope,
+};
+use acpi_tables::sdt::Sdt;
+
+use super::{MmioDeviceInfo, OEM_ID};
+use crate::devices::legacy::i8042::I8042_PORT;
+use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+
+/// The ACPI id Linux's virtio-mmio driver binds to.
+pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+const I8042_IRQ: u32 = 1;
+
+/// AML already serialized, to put beside other objects in a scope.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// A virtio-mmio device: `_HID` "LNRO0005", `_UID` its index, `_CRS` its window and its
+/// edge-triggered, active-high interrupt.
+struct VirtioMmioDevice {
+    index: usize,
+    info: MmioDeviceInfo,
+}
+
+impl Aml for VirtioMmioDevice {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        // Device names are four characters: V000..VFFF covers more windows than fit the hole.
+        let name = format!("V{:03X}", self.index & 0xfff);
+        let memory = Memory32Fixed::new(true, self.info.base as u32, self.info.len as u32);
+        let irq = Interrupt::new(true, true, false, false, self.info.irq);
+        let crs = ResourceTemplate::new(vec![&memory, &irq]);
+        let hid: String = VIRTIO_MMIO_HID.to_string();
+        let uid = self.index as u64;
+        Device::new(
+            Path::new(&name),
+            vec![
+                &Name::new("_HID".into(), &hid),
+                &Name::new("_UID".into(), &uid),
+                &Name::new("_CRS".into(), &crs),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// The DSDT bytes, header and checksum included.
+pub fn build_dsdt(virtio_mmio: &[MmioDeviceInfo]) -> Vec<u8> {
+    let com1_io = IO::new(COM1_PORT as u16, COM1_PORT as u16, 1, COM1_PORT_LEN as u8);
+    let com1_irq = Interrupt::new(true, true, false, false, COM1_IRQ);
+    let com1_crs = ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let mut com1 = RawAml(Vec::new());
+    Device::new(
+        "COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_UID".into(), &0u64),
+            &Name::new("_CRS".into(), &com1_crs),
+        ],
+    )
+    .to_aml_bytes(&mut com1.0);
+    let kbd_data = IO::new(I8042_PORT as u16, I8042_PORT as u16, 1, 1);
+    let kbd_cmd = IO::new(I8042_PORT as u16 + 4, I8042_PORT as u16 + 4, 1, 1);
+    let kbd_irq = Interrupt::new(true, true, false, false, I8042_IRQ);
+    let kbd_crs = ResourceTemplate::new(vec![&kbd_data, &kbd_cmd, &kbd_irq]);
+    let mut ps2 = RawAml(Vec::new());
+    Device::new(
+        "PS2_".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0303")),
+            &Name::new("_CRS".into(), &kbd_crs),
+        ],
+    )
+    .to_aml_bytes(&mut ps2.0);
+    let virtio: Vec<VirtioMmioDevice> = virtio_mmio
+        .iter()
+        .enumerate()
+        .map(|(index, &info)| VirtioMmioDevice { index, info })
+        .collect();
+    let mut children: Vec<&dyn Aml> = vec![&com1, &ps2];
+    children.extend(virtio.iter().map(|d| d as &dyn Aml));
+    let sb = Scope::new("\\_SB_".into(), children);
+
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CROSDSDT", 1);
+    let mut aml = Vec::new();
+    sb.to_aml_bytes(&mut aml);
+    dsdt.append_slice(&aml);
+    dsdt.as_slice().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .filter(|w| *w == needle)
+            .count()
+    }
+
+    /// The bytes of a Memory32Fixed descriptor (ACPI 6.5, 6.4.3.4) for `base`/`len`.
+    fn memory32_fixed(base: u32, len: u32) -> Vec<u8> {
+        let mut v = vec![0x86, 9, 0, 1];
+        v.extend_from_slice(&base.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
+    /// An Extended Interrupt descriptor: consumer, edge, active high, exclusive, one irq.
+    fn ext_irq(irq: u32) -> Vec<u8> {
+        let mut v = vec![0x89, 6, 0, 0x03, 1];
+        v.extend_from_slice(&irq.to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn dsdt_names_each_virtio_window_with_its_range_and_irq() {
+        let devices: Vec<_> = (0..3)
+            .map(|i| MmioDeviceInfo {
+                base: 0xd000_0000 + i * 0x1000,
+                len: 0x1000,
+                irq: 5 + i as u32,
+            })
+            .collect();
+        let dsdt = build_dsdt(&devices);
+        assert_eq!(&dsdt[..4], b"DSDT");
+        assert_eq!(dsdt.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(count(&dsdt, b"LNRO0005\0"), 3);
+        for (i, d) in devices.iter().enumerate() {
+            assert_eq!(count(&dsdt, format!("V{i:03X}").as_bytes()), 1);
+            assert_eq!(
+                count(&dsdt, &memory32_fixed(d.base as u32, 0x1000)),
+                1,
+                "window {i}"
+            );
+            assert_eq!(count(&dsdt, &ext_irq(d.irq)), 1, "irq of window {i}");
+        }
+        // COM1 is there too, with its legacy interrupt.
+        assert_eq!(count(&dsdt, b"COM1"), 1);
+        assert_eq!(count(&dsdt, &ext_irq(COM1_IRQ)), 1);
+    }
+
+    #[test]
+    fn dsdt_without_virtio_devices_is_valid() {
+        let dsdt = build_dsdt(&[]);
+        assert_eq!(dsdt.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(count(&dsdt, b"LNRO0005"), 0);
+        assert_eq!(
+            u32::from_le_bytes(dsdt[4..8].try_into().unwrap()) as usize,
+            dsdt.len()
+        );
+    }
+}

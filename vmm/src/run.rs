@@ -1,0 +1,414 @@
+//! `crosvm run`: builds a VM from a [`VmConfig`] — KVM VM with in-kernel irqchip and PIT,
+//! guest memory, kernel, command line, initrd, legacy devices, virtio-mmio devices, ACPI
+//! tables, zero page, vCPUs — runs it, and returns why it ended.
+
+use std::fs::OpenOptions;
+use std::io::{LineWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiConfig, MmioDeviceInfo};
+use crate::arch::x86_64::{cpuid, interrupts, msr, regs, zero_page};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::EventFdTrigger;
+use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
+use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use crate::loader::{self, LoaderError};
+use crate::memory::{self, MMIO_HOLE_START, MemoryError};
+use crate::vcpu::{self, VcpuBuses, VcpuEvent};
+
+/// KVM's TSS must sit in guest physical space outside RAM and MMIO; Firecracker's address.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// First interrupt line for virtio-mmio devices (below: legacy ISA devices we emulate).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// The IOAPIC has 24 pins.
+const IRQ_MAX: u32 = 23;
+/// Largest vCPU count: APIC ids fit the MADT's 8-bit fields and the boot CPUID.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialOutput {
+    Stdout,
+    File(PathBuf),
+}
+
+/// Everything `crosvm run` needs to start a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub cpus: u8,
+    pub mem_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub params: String,
+    pub serial: SerialOutput,
+    /// Number of virtio-rng devices, each in its own virtio-mmio window.
+    pub virtio_rng: usize,
+}
+
+/// How a VM that ran ended without a VMM error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest asked the i8042 for a CPU reset: Linux's `reboot=k` and our payloads' way
+    /// to power off.
+    GuestReset,
+}
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot open /dev/kvm (is KVM enabled and are you in the kvm group?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("/dev/kvm lacks {0:?}, which this VMM needs")]
+    MissingCapability(Cap),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("KVM {what} failed")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    ZeroPage(#[from] zero_page::ZeroPageError),
+    #[error("cannot set up vCPU {cpu}: {what}")]
+    VcpuSetup {
+        cpu: u8,
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] BusError),
+    #[error("cannot open serial log {path}")]
+    SerialLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vCPU {cpu} triple-faulted (guest CPU reset) at rip {rip}")]
+    TripleFault { cpu: u8, rip: String },
+    #[error("vCPU {cpu} stopped: {reason}")]
+    VcpuFatal { cpu: u8, reason: String },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+impl VmConfig {
+    fn validate(&self) -> Result<(), VmmError> {
+        if self.cpus == 0 || self.cpus > MAX_VCPUS {
+            return Err(VmmError::Config(format!(
+                "--cpus {} is out of range 1..={MAX_VCPUS}",
+                self.cpus
+            )));
+        }
+        let irqs_needed = self.virtio_rng as u32;
+        if VIRTIO_IRQ_BASE + irqs_needed > IRQ_MAX + 1 {
+            return Err(VmmError::Config(format!(
+                "{irqs_needed} virtio devices need more interrupt lines than the IOAPIC has"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn open_kvm() -> Result<Kvm, VmmError> {
+    let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    for cap in [
+        Cap::Irqchip,
+        Cap::Ioeventfd,
+        Cap::Irqfd,
+        Cap::UserMemory,
+        Cap::SetTssAddr,
+        Cap::Pit2,
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmmError::MissingCapability(cap));
+        }
+    }
+    Ok(kvm)
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| {
+                VmmError::Config(format!("guest memory region has no host mapping: {e}"))
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which outlives the VM: `run`
+        // keeps it until every vCPU thread has been joined.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> {
+    Ok(match output {
+        SerialOutput::Stdout => Box::new(LineWriter::new(std::io::stdout())),
+        SerialOutput::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmmError::SerialLog {
+                    path: path.clone(),
+                    source,
+                })?;
+            Box::new(LineWriter::new(file))
+        }
+    })
+}
+
+/// Builds and runs the VM until the guest resets it through the i8042 or something fails.
+pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
+    config.validate()?;
+    let kvm = open_kvm()?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem_size = config
+        .mem_mib
+        .checked_mul(1 << 20)
+        .ok_or_else(|| VmmError::Config(format!("--mem {} MiB is too large", config.mem_mib)))?;
+    let mem = memory::create_guest_memory(mem_size)?;
+    register_memory(&vm, &mem)?;
+
+    let kernel = loader::load_kernel(&mem, &config.kernel)?;
+    let cmdline_len = loader::load_command_line(&mem, &config.params)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(loader::load_initrd(&mem, path, kernel.end)?),
+        None => None,
+    };
+
+    // Legacy devices on the I/O bus.
+    let mut io_bus = Bus::new();
+    let com1_evt = EventFd::new(0).map_err(io_err("cannot create the COM1 eventfd"))?;
+    vm.register_irqfd(&com1_evt, COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        EventFdTrigger(com1_evt),
+        serial_writer(&config.serial)?,
+    )));
+    io_bus.insert(serial.clone(), COM1_PORT, COM1_PORT_LEN)?;
+    let reset_evt = EventFd::new(0).map_err(io_err("cannot create the reset eventfd"))?;
+    let i8042 = I8042::new(EventFdTrigger(
+        reset_evt
+            .try_clone()
+            .map_err(io_err("cannot clone the reset eventfd"))?,
+    ));
+    io_bus.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)?;
+
+    // virtio-mmio devices, one window and one interrupt line each.
+    let mut mmio_bus = Bus::new();
+    let mut windows = Vec::new();
+    let devices: Vec<Box<dyn VirtioDevice>> = (0..config.virtio_rng)
+        .map(|_| Box::new(Rng::new()) as Box<dyn VirtioDevice>)
+        .collect();
+    for (i, device) in devices.into_iter().enumerate() {
+        let info = MmioDeviceInfo {
+            base: MMIO_HOLE_START + i as u64 * MMIO_WINDOW_SIZE,
+            len: MMIO_WINDOW_SIZE,
+            irq: VIRTIO_IRQ_BASE + i as u32,
+        };
+        let irqfd = EventFd::new(0).map_err(io_err("cannot create a virtio irqfd"))?;
+        vm.register_irqfd(&irqfd, info.irq)
+            .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+        let transport = MmioTransport::new(device, mem.clone(), VirtioInterrupt::new(irqfd));
+        mmio_bus.insert(Arc::new(Mutex::new(transport)), info.base, info.len)?;
+        windows.push(info);
+    }
+
+    let rsdp_addr = acpi::create_acpi_tables(
+        &mem,
+        &AcpiConfig {
+            cpus: config.cpus,
+            virtio_mmio: windows,
+        },
+    )?;
+    let params = zero_page::build_boot_params(
+        &zero_page::ZeroPageConfig {
+            setup_header: kernel.setup_header,
+            cmdline_len,
+            initrd,
+            rsdp_addr,
+        },
+        &memory::e820_map(mem_size)?,
+    )?;
+    zero_page::write_zero_page(&mem, &params)?;
+
+    // vCPUs: all get CPUID, MSRs, FPU and LAPIC; only the boot CPU gets the entry state, the
+    // others wait in the in-kernel LAPIC for the guest's INIT/SIPI.
+    let supported = cpuid::supported_cpuid(&kvm).map_err(|e| VmmError::VcpuSetup {
+        cpu: 0,
+        what: "CPUID",
+        source: e.into(),
+    })?;
+    let mut vcpus = Vec::new();
+    for cpu in 0..config.cpus {
+        let setup = |what: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| VmmError::VcpuSetup {
+                cpu,
+                what,
+                source: e,
+            }
+        };
+        let vcpu = vm
+            .create_vcpu(u64::from(cpu))
+            .map_err(|e| setup("KVM_CREATE_VCPU")(e.into()))?;
+        cpuid::setup_cpuid(&vcpu, &supported, cpu, config.cpus)
+            .map_err(|e| setup("CPUID")(e.into()))?;
+        msr::setup_msrs(&vcpu).map_err(|e| setup("MSRs")(e.into()))?;
+        vcpu.set_fpu(&regs::boot_fpu())
+            .map_err(|e| setup("KVM_SET_FPU")(e.into()))?;
+        interrupts::setup_lapic(&vcpu).map_err(|e| setup("LAPIC")(e.into()))?;
+        if cpu == 0 {
+            regs::setup_boot_vcpu(&vcpu, &mem, kernel.entry)
+                .map_err(|e| setup("boot registers")(e.into()))?;
+        }
+        vcpus.push(vcpu);
+    }
+
+    vcpu::install_kick_handler().map_err(io_err("cannot install the vCPU kick signal handler"))?;
+    let buses = VcpuBuses {
+        io: Arc::new(io_bus),
+        mmio: Arc::new(mmio_bus),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (events_tx, events_rx) = mpsc::channel();
+
+    // The i8042 reset arrives on an eventfd; a small thread turns it into a VM event.
+    let reset_waiter = {
+        let events = events_tx.clone();
+        let evt = reset_evt
+            .try_clone()
+            .map_err(io_err("cannot clone the reset eventfd"))?;
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("reset-wait".into())
+            .spawn(move || {
+                if evt.read().is_ok() && !stop.load(Ordering::Acquire) {
+                    let _ = events.send(Event::Reset);
+                }
+            })
+            .map_err(io_err("cannot start the reset thread"))?
+    };
+
+    let mut handles = Vec::new();
+    let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
+    for (cpu, vcpu) in vcpus.into_iter().enumerate() {
+        match vcpu::spawn_vcpu(
+            cpu as u8,
+            vcpu,
+            buses.clone(),
+            stop.clone(),
+            vcpu_tx.clone(),
+        ) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                stop.store(true, Ordering::Release);
+                handles
+                    .into_iter()
+                    .for_each(vcpu::VcpuHandle::stop_and_join);
+                return Err(VmmError::Io {
+                    what: "cannot start a vCPU thread",
+                    source: e,
+                });
+            }
+        }
+    }
+    drop(vcpu_tx);
+    // Forward vCPU events into the one channel the VMM waits on.
+    let forwarder = std::thread::Builder::new()
+        .name("vcpu-events".into())
+        .spawn(move || {
+            for event in vcpu_rx {
+                if events_tx.send(Event::Vcpu(event)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(io_err("cannot start the vCPU event thread"))?;
+    tracing::info!(
+        cpus = config.cpus,
+        mem_mib = config.mem_mib,
+        entry = kernel.entry,
+        "VM started"
+    );
+
+    let outcome = match events_rx.recv() {
+        Ok(Event::Reset) => Ok(VmExit::GuestReset),
+        Ok(Event::Vcpu(VcpuEvent::TripleFault { cpu, rip })) => Err(VmmError::TripleFault {
+            cpu,
+            rip: rip.map_or_else(|| "unknown".into(), |r| format!("{r:#x}")),
+        }),
+        Ok(Event::Vcpu(VcpuEvent::Fatal { cpu, reason })) => {
+            Err(VmmError::VcpuFatal { cpu, reason })
+        }
+        Err(_) => Err(VmmError::VcpuFatal {
+            cpu: 0,
+            reason: "every vCPU thread ended without a reason".into(),
+        }),
+    };
+
+    stop.store(true, Ordering::Release);
+    for handle in handles {
+        handle.stop_and_join();
+    }
+    // Wake the reset thread if the guest never reset.
+    let _ = reset_evt.write(1);
+    let _ = reset_waiter.join();
+    let _ = forwarder.join();
+    serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    drop(mem);
+    outcome
+}
+
+enum Event {
+    Reset,
+    Vcpu(VcpuEvent),
+}

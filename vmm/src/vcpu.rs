@@ -1,0 +1,173 @@
+//! vCPU threads: each runs KVM_RUN in a loop and dispatches port I/O and MMIO exits to the
+//! buses. A guest access nobody claims is logged and ignored; KVM failures and exits that end
+//! the VM go to the VMM as a [`VcpuEvent`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::devices::bus::Bus;
+
+/// Why a vCPU stopped running the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The guest triple-faulted: on a PC that resets the CPU; for us it ends the VM.
+    TripleFault { cpu: u8, rip: Option<u64> },
+    /// KVM could not run or emulate guest code (on a nested /dev/kvm: unsupported instructions).
+    Fatal { cpu: u8, reason: String },
+}
+
+/// The buses a vCPU dispatches its exits to.
+#[derive(Clone)]
+pub struct VcpuBuses {
+    pub io: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+}
+
+/// The signal used to kick a vCPU out of KVM_RUN when the VM stops.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_signal_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler for [`kick_signal`]: its only job is to make KVM_RUN return
+/// EINTR so the vCPU thread sees that the VM is stopping.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), noop_signal_handler)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// A running vCPU thread.
+pub struct VcpuHandle {
+    pub cpu: u8,
+    thread: JoinHandle<()>,
+}
+
+impl VcpuHandle {
+    /// Stops the thread: `stop` must already be set. Signals it until it leaves KVM_RUN (a
+    /// signal sent just before it re-enters KVM_RUN would be lost, so we repeat it).
+    pub fn stop_and_join(self) {
+        while !self.thread.is_finished() {
+            let _ = self.thread.kill(kick_signal());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if self.thread.join().is_err() {
+            tracing::error!(cpu = self.cpu, "vCPU thread panicked");
+        }
+    }
+}
+
+/// Starts the thread of vCPU `cpu`.
+pub fn spawn_vcpu(
+    cpu: u8,
+    mut vcpu: VcpuFd,
+    buses: VcpuBuses,
+    stop: Arc<AtomicBool>,
+    events: Sender<VcpuEvent>,
+) -> std::io::Result<VcpuHandle> {
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{cpu}"))
+        .spawn(move || {
+            if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop) {
+                let _ = events.send(event);
+            }
+        })?;
+    Ok(VcpuHandle { cpu, thread })
+}
+
+fn run_loop(cpu: u8, vcpu: &mut VcpuFd, buses: &VcpuBuses, stop: &AtomicBool) -> Option<VcpuEvent> {
+    while !stop.load(Ordering::Acquire) {
+        match vcpu.run() {
+            Ok(exit) => match handle_exit(cpu, exit, buses) {
+                ExitAction::Continue => {}
+                ExitAction::TripleFault => {
+                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
+                    return Some(VcpuEvent::TripleFault { cpu, rip });
+                }
+                ExitAction::Fatal(reason) => {
+                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
+                    let reason = match rip {
+                        Some(rip) => format!("{reason} (guest rip {rip:#x})"),
+                        None => reason,
+                    };
+                    return Some(VcpuEvent::Fatal { cpu, reason });
+                }
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => {
+                return Some(VcpuEvent::Fatal {
+                    cpu,
+                    reason: format!("KVM_RUN failed: {e}"),
+                });
+            }
+        }
+    }
+    None
+}
+
+enum ExitAction {
+    Continue,
+    TripleFault,
+    Fatal(String),
+}
+
+fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !buses.io.read(u64::from(port), data) {
+                tracing::trace!(cpu, port, len = data.len(), "read from unclaimed I/O port");
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !buses.io.write(u64::from(port), data) {
+                tracing::trace!(cpu, port, len = data.len(), "write to unclaimed I/O port");
+            }
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !buses.mmio.read(addr, data) {
+                tracing::debug!(
+                    cpu,
+                    addr,
+                    len = data.len(),
+                    "read from unclaimed MMIO address"
+                );
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !buses.mmio.write(addr, data) {
+                tracing::debug!(
+                    cpu,
+                    addr,
+                    len = data.len(),
+                    "write to unclaimed MMIO address"
+                );
+            }
+        }
+        // With the in-kernel LAPIC, HLT waits in the kernel; a HLT exit means the vCPU halted
+        // with interrupts it can never get, which we report rather than spin on.
+        VcpuExit::Hlt => return ExitAction::Fatal("guest halted with no way to wake up".into()),
+        VcpuExit::Shutdown => return ExitAction::TripleFault,
+        VcpuExit::FailEntry(reason, _) => {
+            return ExitAction::Fatal(format!(
+                "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
+            ));
+        }
+        VcpuExit::InternalError => {
+            return ExitAction::Fatal(
+                "KVM internal error: it could not emulate a guest instruction (nested /dev/kvm \
+                 cannot run every instruction a stock kernel uses)"
+                    .into(),
+            );
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return ExitAction::Fatal(format!("unexpected KVM system event {kind}"));
+        }
+        other => tracing::debug!(cpu, "ignored vCPU exit {other:?}"),
+    }
+    ExitAction::Continue
+}
