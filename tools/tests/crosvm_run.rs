@@ -1,0 +1,186 @@
+//! `crosvm run` as a process on /dev/kvm with the freestanding payloads of vmm/tests/payloads:
+//! exit status, serial log, error messages, and `--help`. Without /dev/kvm the KVM tests fail
+//! and say why.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CROSVM: &str = env!("CARGO_BIN_EXE_crosvm");
+
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("/dev/kvm cannot be opened ({e}); the crosvm run tests need KVM");
+    }
+}
+
+/// Assembles and links `vmm/tests/payloads/<name>.S` into a static ELF loaded at 2 MiB.
+fn build_payload(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../vmm/tests/payloads/{name}.S"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    let ok = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?} (binutils installed?): {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
+    ok(Command::new("ld")
+        .args([
+            "-N",
+            "-static",
+            "-nostdlib",
+            "-Ttext=0x200000",
+            "-e",
+            "_start",
+        ])
+        .args(["--no-warn-rwx-segments", "-o"])
+        .arg(&elf)
+        .arg(&obj));
+    elf
+}
+
+fn crosvm(args: &[&str]) -> Output {
+    Command::new(CROSVM)
+        .args(args)
+        .output()
+        .expect("cannot start crosvm")
+}
+
+#[test]
+fn run_probe_payload_exits_zero_with_the_serial_log() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = build_payload(dir.path(), "probe");
+    let log = dir.path().join("serial.log");
+    let out = crosvm(&[
+        "run",
+        "--cpus",
+        "2",
+        "--mem",
+        "128",
+        "--kernel",
+        payload.to_str().unwrap(),
+        "--params",
+        "console=ttyS0",
+        "--serial-log",
+        log.to_str().unwrap(),
+        "--virtio-rng",
+        "3",
+    ]);
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "status {:?}\nstderr: {}\nserial: {serial}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        serial.contains("payload: hello from 64-bit mode\n"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("virtio-mmio windows: 0x00000003\n"),
+        "{serial}"
+    );
+    assert!(serial.contains("virtio-rng: request ok\n"), "{serial}");
+    assert!(!serial.contains("BAD"), "{serial}");
+    assert!(
+        serial.ends_with("payload: failures 0x00000000\n"),
+        "{serial}"
+    );
+    // The serial log went to the file, not stdout.
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn run_without_serial_log_prints_the_console_on_stdout() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = build_payload(dir.path(), "probe");
+    let out = crosvm(&["run", "--mem", "32", "--kernel", payload.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("payload: hello from 64-bit mode\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("virtio-mmio windows: 0x00000000\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_triple_fault_exits_non_zero_with_a_clear_message() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = build_payload(dir.path(), "triple_fault");
+    let out = crosvm(&["run", "--kernel", payload.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vCPU 0 triple-faulted"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "payload: about to fault\n"
+    );
+}
+
+#[test]
+fn run_missing_kernel_names_the_path() {
+    let out = crosvm(&["run", "--kernel", "/nonexistent/vmlinux"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Without /dev/kvm the VMM stops earlier, at opening KVM; both name what is wrong.
+    assert!(
+        stderr.contains("cannot open kernel /nonexistent/vmlinux") || stderr.contains("/dev/kvm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_help_documents_every_flag() {
+    let out = crosvm(&["run", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--cpus",
+        "--mem",
+        "--kernel",
+        "--initrd",
+        "--params",
+        "--serial-log",
+        "--virtio-rng",
+    ] {
+        let line = help
+            .lines()
+            .position(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from:\n{help}"));
+        // The line after the flag is its description.
+        let desc = help.lines().nth(line + 1).unwrap_or("").trim();
+        assert!(!desc.is_empty(), "{flag} has no description:\n{help}");
+    }
+}
+
+#[test]
+fn run_rejects_zero_cpus() {
+    let out = crosvm(&["run", "--cpus", "0", "--kernel", "/x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cpus"));
+}

@@ -1,0 +1,194 @@
+//! KVM tests of `crosvm run`'s library entry point with freestanding guest payloads
+//! (vmm/tests/payloads/*.S, assembled here with binutils). They need /dev/kvm: where it cannot
+//! be opened they fail and say why, they never pass without running a guest.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cros_vmm::run::{SerialOutput, VmConfig, VmExit, VmmError, run};
+
+/// Fails the test, with the reason, when /dev/kvm cannot be opened read-write.
+fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("/dev/kvm cannot be opened ({e}); the crosvm payload tests need KVM");
+    }
+}
+
+/// Assembles and links `payloads/<name>.S` into a static ELF loaded at 2 MiB.
+fn build_payload(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/payloads/{name}.S"));
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    let run_tool = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?} (binutils installed?): {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run_tool(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
+    run_tool(
+        Command::new("ld")
+            .args([
+                "-N",
+                "-static",
+                "-nostdlib",
+                "-Ttext=0x200000",
+                "-e",
+                "_start",
+            ])
+            .args(["--no-warn-rwx-segments", "-o"])
+            .arg(&elf)
+            .arg(&obj),
+    );
+    elf
+}
+
+fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
+    VmConfig {
+        cpus: 1,
+        mem_mib: 64,
+        kernel,
+        initrd: None,
+        params: String::new(),
+        serial: SerialOutput::File(serial_log.to_owned()),
+        virtio_rng: 0,
+    }
+}
+
+/// Runs the probe payload with `rng` virtio-rng devices and returns its serial output.
+fn run_probe(cpus: u8, mem_mib: u64, rng: usize) -> String {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    cfg.cpus = cpus;
+    cfg.mem_mib = mem_mib;
+    cfg.virtio_rng = rng;
+    let exit = run(&cfg);
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    match exit {
+        Ok(VmExit::GuestReset) => serial,
+        Err(e) => panic!("VM failed: {e:#?}\nserial output:\n{serial}"),
+    }
+}
+
+fn assert_probe_output(serial: &str, windows: usize) {
+    let lines: Vec<&str> = serial.lines().collect();
+    let has = |want: &str| lines.contains(&want);
+    let starts = |prefix: &str, suffix: &str| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(prefix) && l.ends_with(suffix))
+    };
+    assert!(has("payload: hello from 64-bit mode"), "{serial}");
+    assert!(has("acpi: RSDP at 0x000e0000 ok"), "{serial}");
+    assert!(has("acpi: zero page RSDP address ok"), "{serial}");
+    for table in ["XSDT", "FACP", "APIC", "DSDT"] {
+        assert!(
+            starts(&format!("acpi: {table} len "), " ok"),
+            "{table}: {serial}"
+        );
+    }
+    for i in 0..windows {
+        let want = format!(
+            "virtio-mmio {:#010x} version 0x00000002 device 0x00000004 ok",
+            0xd000_0000u64 + 0x1000 * i as u64
+        );
+        assert!(has(&want), "missing {want:?} in:\n{serial}");
+    }
+    assert!(
+        has(&format!("virtio-mmio windows: {windows:#010x}")),
+        "{serial}"
+    );
+    assert_eq!(
+        has("virtio-rng: request ok"),
+        windows > 0,
+        "rng request result: {serial}"
+    );
+    assert!(!serial.contains("BAD"), "{serial}");
+    assert_eq!(
+        lines.last(),
+        Some(&"payload: failures 0x00000000"),
+        "{serial}"
+    );
+}
+
+#[test]
+fn probe_payload_checks_acpi_and_virtio_windows_then_resets() {
+    let serial = run_probe(1, 64, 2);
+    assert_probe_output(&serial, 2);
+}
+
+#[test]
+fn probe_payload_without_virtio_devices_finds_no_windows() {
+    let serial = run_probe(1, 64, 0);
+    assert_probe_output(&serial, 0);
+}
+
+#[test]
+fn probe_payload_with_two_vcpus_and_ram_above_4gib() {
+    // 4 GiB of RAM: part of it is placed above the MMIO hole (mapped lazily, so cheap).
+    let serial = run_probe(2, 4096, 1);
+    assert_probe_output(&serial, 1);
+}
+
+#[test]
+fn triple_fault_is_a_fatal_error_with_the_guest_rip() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let cfg = config(build_payload(dir.path(), "triple_fault"), &log);
+    match run(&cfg) {
+        Err(VmmError::TripleFault { cpu: 0, rip }) => {
+            assert!(rip.starts_with("0x2000"), "rip {rip}")
+        }
+        other => panic!("expected a triple fault, got {other:?}"),
+    }
+    let serial = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(serial, "payload: about to fault\n");
+}
+
+#[test]
+fn missing_and_invalid_kernels_are_named_in_the_error() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let missing = dir.path().join("no-such-kernel");
+    let err = run(&config(missing.clone(), &log)).unwrap_err();
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, vec![0x5au8; 8192]).unwrap();
+    let err = run(&config(garbage.clone(), &log)).unwrap_err();
+    assert!(
+        matches!(err, VmmError::Loader(_)) && err.to_string().contains("garbage"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_configurations_are_refused_before_the_vm_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let kernel = dir.path().join("unused");
+    let mut cfg = config(kernel.clone(), &log);
+    cfg.cpus = 0;
+    assert!(matches!(run(&cfg), Err(VmmError::Config(_))));
+    let mut cfg = config(kernel.clone(), &log);
+    cfg.virtio_rng = 30;
+    assert!(matches!(run(&cfg), Err(VmmError::Config(_))));
+    require_kvm();
+    let mut cfg = config(kernel, &log);
+    cfg.mem_mib = 1;
+    assert!(matches!(run(&cfg), Err(VmmError::Memory(_))));
+}
