@@ -222,9 +222,81 @@ pub fn termination_signal() -> std::io::Result<impl Future<Output = ()>> {
 mod tests {
     use super::*;
     use crate::client::Client;
+    use cros_messages::bus::{BusReply, BusRequest};
     use cros_messages::cicerone::CiceroneEvent;
     use cros_messages::concierge::ConciergeEvent;
     use cros_messages::{Addr, Body};
+
+    /// A test actor (`slow`) that tells the test when a request reached it, then answers Ping
+    /// after a pause: a request that is in flight when shutdown begins.
+    struct Slow {
+        reached: std::sync::mpsc::Sender<()>,
+    }
+
+    impl actix::Actor for Slow {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<cros_actors::Deliver> for Slow {
+        type Result = actix::ResponseFuture<Body>;
+
+        fn handle(&mut self, msg: cros_actors::Deliver, _: &mut Self::Context) -> Self::Result {
+            let _ = self.reached.send(());
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                match msg.env.body {
+                    Body::Bus(BusRequest::Ping { seq }) => Body::BusReply(BusReply::Pong { seq }),
+                    other => cros_messages::CrosError::invalid(other.type_name()).into(),
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn shutdown_finishes_in_flight_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DaemonConfig::new(dir.path().join("state"), dir.path().join("run"));
+        let socket = config.socket.clone();
+        let (reached_tx, reached_rx) = std::sync::mpsc::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let d = Daemon::start(&config).await.unwrap();
+                cros_actors::spawn_supervised(d.bus(), Addr::host("slow"), move || Slow {
+                    reached: reached_tx.clone(),
+                })
+                .await
+                .unwrap();
+                ready_tx.send(()).unwrap();
+                d.run_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            })
+        });
+        ready_rx.recv().unwrap();
+        let mut client = Client::connect(&socket).unwrap();
+        let asker = std::thread::spawn(move || {
+            client.request(
+                &Addr::host("slow"),
+                Body::Bus(BusRequest::Ping { seq: 9 }),
+                Duration::from_secs(10),
+            )
+        });
+        // The request is with the actor: now shut down.
+        reached_rx.recv().unwrap();
+        stop_tx.send(()).unwrap();
+        let reply = asker.join().unwrap().unwrap();
+        assert_eq!(reply, Body::BusReply(BusReply::Pong { seq: 9 }));
+        daemon.join().unwrap();
+        assert!(!socket.exists());
+        // And nobody can connect any more.
+        assert!(matches!(
+            Client::connect(&socket),
+            Err(crate::client::ClientError::NotRunning(_))
+        ));
+    }
 
     /// The real daemon on its own thread; the test drives it with the real client.
     #[test]
