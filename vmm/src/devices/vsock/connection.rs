@@ -79,7 +79,7 @@ pub struct Connection {
     stream: UnixStream,
     pending: PendingControl,
 
-    /// Host → guest: the host socket may have bytes (edge-triggered: cleared only on EAGAIN).
+    /// Host → guest: the host socket may have bytes (set by EPOLLIN, cleared by a short read).
     host_readable: bool,
     /// The host socket reached end of stream (read returned 0).
     host_eof: bool,
@@ -466,6 +466,12 @@ impl Connection {
                 None
             }
             Ok(n) => {
+                if n < max {
+                    // The socket is empty for now. Data arriving later raises a new EPOLLIN
+                    // (epoll reports every wakeup, edge-triggered or not), so skip the read that
+                    // would only return EAGAIN.
+                    self.host_readable = false;
+                }
                 self.rx_cnt += Wrapping(n as u32);
                 let mut h = self.header(op::RW);
                 h.len = n as u32;
