@@ -2,11 +2,13 @@
 //! arbiter thread) `ListVms` and waits for the reply.
 //!
 //! `sequential`: one request in flight (latency). `pipelined`: many in flight (throughput, the
-//! figure the issue targets: >= 1,000,000 pairs/s). `bus_ping`: the bus answers itself (no actor
-//! hop). Before divan's table, a summary with pairs/s and latency percentiles is printed.
+//! figure the issue targets: >= 1,000,000 pairs/s). `colocated`: concierge on the caller's own
+//! arbiter (no thread hop). `bus_ping`: the bus answers itself (no actor). Before divan's table, a
+//! summary with pairs/s and latency percentiles is printed for both placements.
 
 use actix::System;
-use cros_actors::{BusConfig, BusHandle, HostConfig, start_host_actors};
+use cros_actors::concierge::Concierge;
+use cros_actors::{BusConfig, BusHandle, HostConfig, spawn_supervised_on, start_host_actors};
 use cros_messages::bus::BusRequest;
 use cros_messages::concierge::ConciergeRequest;
 use cros_messages::{Addr, Body};
@@ -38,6 +40,31 @@ fn fixture() -> Fixture {
     let bus = sys.block_on(async {
         let bus = BusHandle::new(BusConfig::default()).expect("bus");
         start_host_actors(&bus, &config).await.expect("host actors");
+        bus
+    });
+    Fixture {
+        sys,
+        bus,
+        _dir: dir,
+    }
+}
+
+/// A bus with only concierge, on the calling thread's own arbiter (no thread hop).
+fn colocated_fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sys = System::new();
+    let config = HostConfig::new(dir.path().join("state"), dir.path().join("run"));
+    let bus = sys.block_on(async {
+        let bus = BusHandle::new(BusConfig::default()).expect("bus");
+        let bus2 = bus.clone();
+        spawn_supervised_on(
+            &bus,
+            Addr::host("concierge"),
+            &actix::Arbiter::current(),
+            move || Concierge::new(bus2.clone(), config.clone()),
+        )
+        .await
+        .expect("concierge");
         bus
     });
     Fixture {
@@ -86,7 +113,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn summary() {
-    let f = fixture();
+    summary_of("concierge on its own arbiter", fixture());
+    summary_of(
+        "concierge on the caller's arbiter (spawn_supervised_on)",
+        colocated_fixture(),
+    );
+}
+
+fn summary_of(placement: &str, f: Fixture) {
+    println!("-- {placement}");
     let (from, concierge) = (Addr::client(1), Addr::host("concierge"));
     f.sys.block_on(async {
         // Warm up, then one large pipelined run for throughput.
@@ -139,6 +174,17 @@ fn sequential(bencher: Bencher) {
 #[divan::bench]
 fn pipelined_concierge(bencher: Bencher) {
     let f = fixture();
+    let (from, to) = (Addr::client(1), Addr::host("concierge"));
+    bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
+        f.sys
+            .block_on(pipelined(&f.bus, &from, &to, BATCH, list_vms))
+    });
+    f.bus.shutdown();
+}
+
+#[divan::bench]
+fn pipelined_concierge_colocated(bencher: Bencher) {
+    let f = colocated_fixture();
     let (from, to) = (Addr::client(1), Addr::host("concierge"));
     bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
         f.sys

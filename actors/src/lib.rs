@@ -15,4 +15,4 @@ pub mod vmlog_forwarder;
 
 pub use bus::{BusConfig, BusHandle, Deliver, EventSink};
 pub use host::{HostConfig, spawn_host_actor, start_host_actors};
-pub use supervisor::spawn_supervised;
+pub use supervisor::{spawn_supervised, spawn_supervised_on};

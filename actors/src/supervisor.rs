@@ -9,7 +9,7 @@
 //! reply from the bus (the dead mailbox drops their reply channel), never a hang.
 
 use crate::bus::{BusHandle, Deliver, RestartCounter, Route};
-use actix::{Actor, Arbiter, AsyncContext, Context, Handler};
+use actix::{Actor, Arbiter, ArbiterHandle, AsyncContext, Context, Handler};
 use cros_messages::Addr;
 use std::any::Any;
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ const CRASH_LOOP_MAX_PAUSE: Duration = Duration::from_secs(5);
 pub enum SupervisorError {
     #[error("cannot start an arbiter thread for {actor}: {source}")]
     Arbiter { actor: Addr, source: std::io::Error },
+    #[error("cannot start {actor}: its arbiter has stopped")]
+    ArbiterStopped { actor: Addr },
     #[error("{actor} failed while starting (its constructor panicked)")]
     DiedAtStart { actor: Addr },
 }
@@ -48,14 +50,34 @@ where
         actor: addr.clone(),
         source,
     })?;
+    let handle = arbiter.handle();
+    bus.adopt_arbiter(arbiter);
+    spawn_supervised_on(bus, addr, &handle, factory).await
+}
+
+/// Like [`spawn_supervised`], on an existing arbiter: for actors light enough to share a thread
+/// (with each other, or with their callers, which saves a thread hop per message). A panic still
+/// only ends the actor's own task; a blocking handler stalls everything on that arbiter.
+pub async fn spawn_supervised_on<A, F>(
+    bus: &BusHandle,
+    addr: Addr,
+    arbiter: &ArbiterHandle,
+    factory: F,
+) -> Result<(), SupervisorError>
+where
+    A: Actor<Context = Context<A>> + Handler<Deliver>,
+    F: Fn() -> A + Send + 'static,
+{
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (bus2, addr2) = (bus.clone(), addr.clone());
     // The supervisor future holds the actor's context, which is not Send: build it on the
     // arbiter's thread and run it there as a local task.
-    arbiter.spawn_fn(move || {
+    let sent = arbiter.spawn_fn(move || {
         actix::spawn(supervise(bus2, addr2, factory, ready_tx));
     });
-    bus.adopt_arbiter(arbiter);
+    if !sent {
+        return Err(SupervisorError::ArbiterStopped { actor: addr });
+    }
     ready_rx
         .await
         .map_err(|_| SupervisorError::DiedAtStart { actor: addr })

@@ -285,3 +285,28 @@ async fn trace_records_requests_and_replies() {
     assert_eq!(reply.to, me());
     assert!(records[1].mono_ns >= records[0].mono_ns);
 }
+
+#[actix::test]
+async fn colocated_actor_panics_without_taking_its_thread_down() {
+    let bus = BusHandle::new(BusConfig::default()).unwrap();
+    let echo = Addr::host("echo");
+    crate::supervisor::spawn_supervised_on(&bus, echo.clone(), &actix::Arbiter::current(), || Echo)
+        .await
+        .unwrap();
+    assert!(bus.request(&me(), &echo, ping(1)).await.is_ok());
+    let err = bus.request(&me(), &echo, ping(666)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unavailable);
+    // This test runs on the same thread as echo: reaching here means the panic stayed in
+    // echo's task. Wait (bounded) for the restart.
+    let mut restarted = false;
+    for _ in 0..200 {
+        if bus.request(&me(), &echo, ping(2)).await.is_ok() {
+            restarted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(restarted);
+    let info = bus.actors().into_iter().find(|a| a.addr == echo).unwrap();
+    assert_eq!(info.restarts, 1);
+}
