@@ -20,6 +20,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -43,6 +44,42 @@ pub enum SerialOutput {
     File(PathBuf),
 }
 
+/// A `--block PATH[,ro=true]` disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for BlockConfig {
+    type Err = String;
+
+    /// Parses `PATH[,ro=true|false]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("block device {s:?} has no path (expected PATH[,ro=true])"))?;
+        let mut read_only = false;
+        for opt in parts {
+            read_only = match opt {
+                "ro=true" | "ro" => true,
+                "ro=false" => false,
+                other => {
+                    return Err(format!(
+                        "block device option {other:?} in {s:?} is not one of ro=true, ro=false"
+                    ));
+                }
+            };
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
 /// Everything `crosvm run` needs to start a VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -52,6 +89,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub params: String,
     pub serial: SerialOutput,
+    /// virtio-blk disks, in window order (before the virtio-rng devices).
+    pub block: Vec<BlockConfig>,
     /// Number of virtio-rng devices, each in its own virtio-mmio window.
     pub virtio_rng: usize,
 }
@@ -85,6 +124,8 @@ pub enum VmmError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
     #[error(transparent)]
     ZeroPage(#[from] zero_page::ZeroPageError),
     #[error("cannot set up vCPU {cpu}: {what}")]
@@ -130,7 +171,7 @@ impl VmConfig {
                 self.cpus
             )));
         }
-        let irqs_needed = self.virtio_rng as u32;
+        let irqs_needed = (self.block.len() + self.virtio_rng) as u32;
         if VIRTIO_IRQ_BASE + irqs_needed > IRQ_MAX + 1 {
             return Err(VmmError::Config(format!(
                 "{irqs_needed} virtio devices need more interrupt lines than the IOAPIC has"
@@ -246,9 +287,11 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     // virtio-mmio devices, one window and one interrupt line each.
     let mut mmio_bus = Bus::new();
     let mut windows = Vec::new();
-    let devices: Vec<Box<dyn VirtioDevice>> = (0..config.virtio_rng)
-        .map(|_| Box::new(Rng::new()) as Box<dyn VirtioDevice>)
-        .collect();
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.block {
+        devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+    }
+    devices.extend((0..config.virtio_rng).map(|_| Box::new(Rng::new()) as Box<dyn VirtioDevice>));
     for (i, device) in devices.into_iter().enumerate() {
         let info = MmioDeviceInfo {
             base: MMIO_HOLE_START + i as u64 * MMIO_WINDOW_SIZE,
@@ -411,4 +454,29 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
 enum Event {
     Reset,
     Vcpu(VcpuEvent),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_option_parsing() {
+        let b: BlockConfig = "/tmp/disk.img".parse().unwrap();
+        assert_eq!(
+            b,
+            BlockConfig {
+                path: "/tmp/disk.img".into(),
+                read_only: false
+            }
+        );
+        let b: BlockConfig = "/tmp/disk.img,ro=true".parse().unwrap();
+        assert!(b.read_only);
+        let b: BlockConfig = "d,ro=true,ro=false".parse().unwrap();
+        assert!(!b.read_only);
+        assert!("".parse::<BlockConfig>().is_err());
+        assert!(",ro=true".parse::<BlockConfig>().is_err());
+        let e = "d,rw".parse::<BlockConfig>().unwrap_err();
+        assert!(e.contains("\"rw\""), "{e}");
+    }
 }

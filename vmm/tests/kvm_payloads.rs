@@ -59,6 +59,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         initrd: None,
         params: String::new(),
         serial: SerialOutput::File(serial_log.to_owned()),
+        block: Vec::new(),
         virtio_rng: 0,
     }
 }
@@ -191,4 +192,93 @@ fn bad_configurations_are_refused_before_the_vm_starts() {
     let mut cfg = config(kernel, &log);
     cfg.mem_mib = 1;
     assert!(matches!(run(&cfg), Err(VmmError::Memory(_))));
+}
+
+/// A disk whose sector 0 starts with a line the payload prints, the rest filled with 0x11.
+fn make_disk(dir: &Path) -> PathBuf {
+    let path = dir.join("disk.img");
+    let mut bytes = b"hello from the host disk\n".to_vec();
+    bytes.resize(512, 0);
+    bytes.resize(4 * 512, 0x11);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn run_blk(read_only: bool) -> (String, Vec<u8>, PathBuf, tempfile::TempDir) {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let disk = make_disk(dir.path());
+    let mut cfg = config(build_payload(dir.path(), "blk"), &log);
+    cfg.block = vec![cros_vmm::run::BlockConfig {
+        path: disk.clone(),
+        read_only,
+    }];
+    // An rng after the disk: the payload must pick the block device by its id.
+    cfg.virtio_rng = 1;
+    let exit = run(&cfg);
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        matches!(exit, Ok(VmExit::GuestReset)),
+        "{exit:?}\nserial:\n{serial}"
+    );
+    let bytes = std::fs::read(&disk).unwrap();
+    (serial, bytes, disk, dir)
+}
+
+#[test]
+fn blk_payload_reads_and_writes_the_host_file() {
+    use std::os::unix::fs::MetadataExt;
+    let (serial, bytes, disk, _dir) = run_blk(false);
+    let lines: Vec<&str> = serial.lines().collect();
+    let meta = std::fs::metadata(&disk).unwrap();
+    let id = format!("virtio-blk: id {}:{}", meta.dev(), meta.ino());
+    for want in [
+        "virtio-blk: device at 0xd0000000",
+        "virtio-blk: get-id status 0x00000000",
+        id.as_str(),
+        "virtio-blk: read status 0x00000000",
+        "virtio-blk: sector 0: hello from the host disk",
+        "virtio-blk: write status 0x00000000",
+        "virtio-blk: flush status 0x00000000",
+        "payload: done",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in:\n{serial}");
+    }
+    let mut want_sector1 = b"written by the guest\n".to_vec();
+    want_sector1.resize(512, 0);
+    assert_eq!(&bytes[512..1024], &want_sector1[..]);
+    // Only sector 1 changed.
+    assert!(bytes.starts_with(b"hello from the host disk\n"));
+    assert!(bytes[1024..].iter().all(|&b| b == 0x11));
+}
+
+#[test]
+fn blk_payload_cannot_write_a_read_only_disk() {
+    let (serial, bytes, _disk, _dir) = run_blk(true);
+    assert!(
+        serial.contains("virtio-blk: read status 0x00000000\n"),
+        "{serial}"
+    );
+    assert!(
+        serial.contains("virtio-blk: write status 0x00000001\n"),
+        "write must fail with IOERR: {serial}"
+    );
+    assert!(bytes[512..].iter().all(|&b| b == 0x11), "disk was modified");
+}
+
+#[test]
+fn missing_disk_image_is_named_in_the_error() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    let missing = dir.path().join("no-such-disk.img");
+    cfg.block = vec![cros_vmm::run::BlockConfig {
+        path: missing.clone(),
+        read_only: false,
+    }];
+    let err = run(&cfg).unwrap_err();
+    let chain = format!("{err}");
+    assert!(chain.contains(&missing.display().to_string()), "{chain}");
 }

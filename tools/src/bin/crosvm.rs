@@ -71,6 +71,11 @@ struct RunArgs {
     /// Append the guest's serial console (COM1) to FILE instead of writing it to stdout.
     #[arg(long, value_name = "FILE")]
     serial_log: Option<PathBuf>,
+    /// Add a virtio-blk disk backed by the raw image PATH; `,ro=true` makes it read-only
+    /// (writes fail with an I/O error). Repeat for more disks; they get the first virtio-mmio
+    /// windows, in order (the first is /dev/vda in Linux).
+    #[arg(long, value_name = "PATH[,ro=true]")]
+    block: Vec<cros_vmm::run::BlockConfig>,
     /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
     #[arg(long, value_name = "N", default_value_t = 0)]
     virtio_rng: usize,
@@ -106,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     cros_vmm::run::SerialOutput::Stdout,
                     cros_vmm::run::SerialOutput::File,
                 ),
+                block: args.block,
                 virtio_rng: args.virtio_rng,
             };
             let exit = cros_vmm::run::run(&config).context("crosvm run")?;

@@ -1,6 +1,7 @@
 //! Virtio devices behind our own virtio-mmio transport: the device trait the transport drives,
 //! and the interrupt a device raises when it used buffers.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 

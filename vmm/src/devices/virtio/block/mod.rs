@@ -1,0 +1,433 @@
+//! virtio-blk (virtio 1.2, section 5.2) over a raw image file: read, write, flush and get-id;
+//! a read-only disk offers VIRTIO_BLK_F_RO and fails writes with IOERR whatever the driver
+//! negotiated.
+
+pub mod request;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{ActivateError, DEVICE_ID_BLOCK, VirtioDevice, VirtioInterrupt};
+use request::{Disk, ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_IOERR};
+
+const QUEUE_SIZE: u16 = 256;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Configuration space: capacity (u64) at 0, size_max (u32) at 8, seg_max (u32) at 12.
+const CONFIG_LEN: usize = 16;
+
+/// Errors opening a disk image.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk image {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Disk,
+    acked_features: u64,
+    active: Option<Active>,
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: VirtioInterrupt,
+    queue: Queue,
+}
+
+impl Block {
+    /// Opens `path` (read-write unless `read_only`). The size is rounded down to whole
+    /// sectors; the id is the file's device and inode, as Firecracker derives it.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file: File = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let mut id = [0u8; ID_BYTES];
+        let text = format!("{}:{}", meta.dev(), meta.ino());
+        let n = text.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(Self {
+            disk: Disk {
+                file,
+                capacity_bytes: meta.len() / SECTOR_SIZE * SECTOR_SIZE,
+                read_only,
+                id,
+            },
+            acked_features: 0,
+            active: None,
+        })
+    }
+
+    fn config(&self) -> [u8; CONFIG_LEN] {
+        let mut c = [0u8; CONFIG_LEN];
+        c[..8].copy_from_slice(&(self.disk.capacity_bytes / SECTOR_SIZE).to_le_bytes());
+        // One descriptor each for header and status; the rest may carry data.
+        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        c
+    }
+}
+
+impl Active {
+    fn process_queue(&mut self, disk: &Disk) -> bool {
+        let mut used_any = false;
+        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            let head = chain.head_index();
+            let descs: Vec<_> = chain.take(MAX_DESCRIPTORS).collect();
+            let used_len = match request::parse(&self.mem, &descs) {
+                Ok(req) => {
+                    let (status, written) = request::execute(&self.mem, disk, &req);
+                    written + u32::from(self.write_status(req.status_addr, status))
+                }
+                Err(ParseError::BadHeader(status_addr)) => {
+                    tracing::debug!(head, "virtio-blk: malformed request header");
+                    u32::from(self.write_status(status_addr, VIRTIO_BLK_S_IOERR))
+                }
+                Err(ParseError::NoStatus) => {
+                    tracing::debug!(head, "virtio-blk: request without a status byte dropped");
+                    0
+                }
+            };
+            if let Err(e) = self.queue.add_used(&self.mem, head, used_len) {
+                tracing::warn!("virtio-blk: cannot return request {head}: {e}");
+                break;
+            }
+            used_any = true;
+        }
+        used_any && self.queue.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    fn write_status(&self, addr: vm_memory::GuestAddress, status: u8) -> bool {
+        self.mem.write_obj(status, addr).is_ok()
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn avail_features(&self) -> u64 {
+        let ro = if self.disk.read_only {
+            VIRTIO_BLK_F_RO
+        } else {
+            0
+        };
+        VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config();
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Nothing we offer (no writeback toggle) is writable.
+        tracing::debug!(offset, len = data.len(), "virtio-blk: ignored config write");
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: VirtioInterrupt,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        let got = queues.len();
+        let queue = queues
+            .into_iter()
+            .next()
+            .filter(|_| got == 1)
+            .ok_or(ActivateError::QueueCount { got, want: 1 })?;
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queue,
+        });
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u32) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if index == 0
+            && active.process_queue(&self.disk)
+            && let Err(e) = active.interrupt.signal_used_queue()
+        {
+            tracing::warn!("virtio-blk: cannot raise the interrupt: {e}");
+        }
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request::*;
+    use super::*;
+    use crate::memory::create_guest_memory;
+    use std::io::{Read, Seek, Write};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+
+    /// A device on a temp file of `sectors` sectors, sector i filled with byte i, with its
+    /// queue set up as a driver would (descriptors written by hand, as the guest would).
+    struct Harness {
+        dev: Block,
+        mem: GuestMemoryMmap,
+        file: tempfile::NamedTempFile,
+        irqfd: EventFd,
+        avail_idx: u16,
+    }
+
+    fn harness(sectors: u8, read_only: bool) -> Harness {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for i in 0..sectors {
+            file.write_all(&[i; SECTOR_SIZE as usize]).unwrap();
+        }
+        let mut dev = Block::open(file.path(), read_only).unwrap();
+        let mem = create_guest_memory(4 << 20).unwrap();
+        let mut q = Queue::new(16).unwrap();
+        q.set_size(16);
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+        dev.activate(
+            mem.clone(),
+            VirtioInterrupt::new(irqfd.try_clone().unwrap()),
+            vec![q],
+        )
+        .unwrap();
+        Harness {
+            dev,
+            mem,
+            file,
+            irqfd,
+            avail_idx: 0,
+        }
+    }
+
+    impl Harness {
+        /// Puts a chain of (addr, len, flags) at descriptor 0.. and notifies; returns the used
+        /// length.
+        fn submit(&mut self, descs: &[(u64, u32, u16)]) -> u32 {
+            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+                let base = GuestAddress(DESC + 16 * i as u64);
+                let next = if i + 1 < descs.len() { F_NEXT } else { 0 };
+                self.mem.write_obj(addr, base).unwrap();
+                self.mem.write_obj(len, GuestAddress(base.0 + 8)).unwrap();
+                self.mem
+                    .write_obj(flags | next, GuestAddress(base.0 + 12))
+                    .unwrap();
+                self.mem
+                    .write_obj(i as u16 + 1, GuestAddress(base.0 + 14))
+                    .unwrap();
+            }
+            let slot = u64::from(self.avail_idx % 16);
+            self.mem
+                .write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * slot))
+                .unwrap();
+            self.avail_idx += 1;
+            self.mem
+                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+                .unwrap();
+            self.dev.queue_notify(0);
+            let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
+            assert_eq!(used_idx, self.avail_idx, "request was not returned");
+            self.mem
+                .read_obj(GuestAddress(USED + 4 + 8 * slot + 4))
+                .unwrap()
+        }
+
+        fn header(&self, kind: u32, sector: u64) {
+            self.mem.write_obj(kind, GuestAddress(0x10000)).unwrap();
+            self.mem.write_obj(0u32, GuestAddress(0x10004)).unwrap();
+            self.mem.write_obj(sector, GuestAddress(0x10008)).unwrap();
+        }
+
+        fn status(&self) -> u8 {
+            self.mem.read_obj(GuestAddress(0x30000)).unwrap()
+        }
+
+        fn file_bytes(&mut self) -> Vec<u8> {
+            let mut v = Vec::new();
+            let f = self.file.as_file_mut();
+            f.rewind().unwrap();
+            f.read_to_end(&mut v).unwrap();
+            v
+        }
+    }
+
+    const HDR: (u64, u32, u16) = (0x10000, 16, 0);
+    const STATUS: (u64, u32, u16) = (0x30000, 1, F_WRITE);
+
+    #[test]
+    fn config_reports_capacity_and_features() {
+        let h = harness(8, false);
+        let mut cap = [0u8; 8];
+        h.dev.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut past_end = [0xffu8; 4];
+        h.dev.read_config(1 << 40, &mut past_end);
+        assert_eq!(past_end, [0; 4]);
+        assert_eq!(h.dev.avail_features() & VIRTIO_BLK_F_RO, 0);
+        assert_ne!(harness(1, true).dev.avail_features() & VIRTIO_BLK_F_RO, 0);
+    }
+
+    #[test]
+    fn read_two_sectors_into_two_buffers() {
+        let mut h = harness(8, false);
+        h.header(VIRTIO_BLK_T_IN, 2);
+        let used = h.submit(&[
+            HDR,
+            (0x20000, 512, F_WRITE),
+            (0x21000, 512, F_WRITE),
+            STATUS,
+        ]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+        assert_eq!(used, 1025);
+        let mut a = [0u8; 512];
+        h.mem.read_slice(&mut a, GuestAddress(0x20000)).unwrap();
+        assert_eq!(a, [2u8; 512]);
+        h.mem.read_slice(&mut a, GuestAddress(0x21000)).unwrap();
+        assert_eq!(a, [3u8; 512]);
+        assert_eq!(h.irqfd.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn write_then_flush_reach_the_file() {
+        let mut h = harness(4, false);
+        h.mem
+            .write_slice(&[0xabu8; 512], GuestAddress(0x20000))
+            .unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 1);
+        let used = h.submit(&[HDR, (0x20000, 512, 0), STATUS]);
+        assert_eq!((h.status(), used), (VIRTIO_BLK_S_OK, 1));
+        h.header(VIRTIO_BLK_T_FLUSH, 0);
+        h.submit(&[HDR, STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+        let bytes = h.file_bytes();
+        assert_eq!(&bytes[512..1024], &[0xab; 512][..]);
+        assert_eq!(&bytes[..512], &[0u8; 512][..]);
+        assert_eq!(&bytes[1024..1536], &[2u8; 512][..]);
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes_and_keeps_the_file() {
+        let mut h = harness(4, true);
+        h.mem
+            .write_slice(&[0xabu8; 512], GuestAddress(0x20000))
+            .unwrap();
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        h.submit(&[HDR, (0x20000, 512, 0), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        assert_eq!(&h.file_bytes()[..512], &[0u8; 512][..]);
+    }
+
+    #[test]
+    fn get_id_returns_the_id_bytes() {
+        let mut h = harness(1, false);
+        h.header(VIRTIO_BLK_T_GET_ID, 0);
+        let used = h.submit(&[HDR, (0x20000, 20, F_WRITE), STATUS]);
+        assert_eq!((h.status(), used), (VIRTIO_BLK_S_OK, 21));
+        let mut id = [0u8; 20];
+        h.mem.read_slice(&mut id, GuestAddress(0x20000)).unwrap();
+        let meta = h.file.as_file().metadata().unwrap();
+        let want = format!("{}:{}", meta.dev(), meta.ino());
+        assert_eq!(
+            &id[..want.len().min(20)],
+            &want.as_bytes()[..want.len().min(20)]
+        );
+    }
+
+    #[test]
+    fn out_of_range_partial_and_wrong_direction_requests_fail_with_ioerr() {
+        let mut h = harness(4, false);
+        // Past the end.
+        h.header(VIRTIO_BLK_T_IN, 4);
+        h.submit(&[HDR, (0x20000, 512, F_WRITE), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        // Sector number that overflows when turned into bytes.
+        h.header(VIRTIO_BLK_T_IN, u64::MAX);
+        h.submit(&[HDR, (0x20000, 512, F_WRITE), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        // Not a whole sector.
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.submit(&[HDR, (0x20000, 100, F_WRITE), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        // A read into a device-readable buffer.
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.submit(&[HDR, (0x20000, 512, 0), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        // A buffer outside guest memory.
+        h.header(VIRTIO_BLK_T_IN, 0);
+        h.submit(&[HDR, (1 << 40, 512, F_WRITE), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        // Unknown request type.
+        h.header(99, 0);
+        h.submit(&[HDR, STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn malformed_chains_are_returned_without_touching_the_disk() {
+        let mut h = harness(2, false);
+        h.mem
+            .write_slice(&[0xcdu8; 512], GuestAddress(0x20000))
+            .unwrap();
+        // Status not device-writable: dropped with used length 0.
+        h.header(VIRTIO_BLK_T_OUT, 0);
+        let used = h.submit(&[HDR, (0x20000, 512, 0), (0x30000, 1, 0)]);
+        assert_eq!(used, 0);
+        // Short header: IOERR in the status byte.
+        h.mem.write_obj(0xffu8, GuestAddress(0x30000)).unwrap();
+        let used = h.submit(&[(0x10000, 8, 0), (0x20000, 512, 0), STATUS]);
+        assert_eq!((h.status(), used), (VIRTIO_BLK_S_IOERR, 1));
+        // A lone descriptor.
+        assert_eq!(h.submit(&[STATUS]), 1);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        assert_eq!(&h.file_bytes()[..512], &[0u8; 512][..]);
+    }
+}

@@ -1,0 +1,195 @@
+//! Parsing and executing one virtio-blk request (virtio 1.2, section 5.2.6): a device-readable
+//! header, data buffers, and a one-byte device-writable status at the end. Everything in the
+//! chain is guest-controlled: a request that does not follow the layout gets IOERR, or is
+//! dropped when it has nowhere to put a status.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+pub const SECTOR_SHIFT: u32 = 9;
+pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
+/// Length of the GET_ID answer (VIRTIO_BLK_ID_BYTES).
+pub const ID_BYTES: usize = 20;
+
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+const HEADER_LEN: u32 = 16;
+/// The bounce buffer between the file and guest memory: a guest-chosen buffer length never
+/// becomes a host allocation.
+const CHUNK: usize = 64 * 1024;
+/// Longest chain we accept; virtio-queue already stops at the queue size and on loops.
+pub const MAX_DESCRIPTORS: usize = 1024;
+
+/// The backing file as the device sees it.
+pub struct Disk {
+    pub file: File,
+    pub capacity_bytes: u64,
+    pub read_only: bool,
+    pub id: [u8; ID_BYTES],
+}
+
+/// The parts of a chain, checked for shape but not yet executed.
+#[derive(Debug)]
+pub struct Request {
+    pub kind: u32,
+    pub sector: u64,
+    pub data: Vec<Descriptor>,
+    pub status_addr: GuestAddress,
+}
+
+/// Why a chain is not a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// No device-writable status byte at the end: nothing can be reported.
+    NoStatus,
+    /// The header is missing, short, device-writable or unreadable; IOERR goes to the status.
+    BadHeader(GuestAddress),
+}
+
+/// Splits `descs` (the chain in order) into header, data and status.
+pub fn parse(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> Result<Request, ParseError> {
+    let Some((status, rest)) = descs.split_last() else {
+        return Err(ParseError::NoStatus);
+    };
+    if !status.is_write_only() || status.len() < 1 {
+        return Err(ParseError::NoStatus);
+    }
+    let status_addr = status.addr();
+    let Some((header, data)) = rest.split_first() else {
+        return Err(ParseError::BadHeader(status_addr));
+    };
+    if header.is_write_only() || header.len() < HEADER_LEN {
+        return Err(ParseError::BadHeader(status_addr));
+    }
+    let kind: u32 = mem
+        .read_obj(header.addr())
+        .map_err(|_| ParseError::BadHeader(status_addr))?;
+    let sector: u64 = header
+        .addr()
+        .checked_add(8)
+        .and_then(|a| mem.read_obj(a).ok())
+        .ok_or(ParseError::BadHeader(status_addr))?;
+    Ok(Request {
+        kind,
+        sector,
+        data: data.to_vec(),
+        status_addr,
+    })
+}
+
+/// Executes `req` against `disk`; returns the status and the bytes written into guest buffers
+/// (not counting the status byte).
+pub fn execute(mem: &GuestMemoryMmap, disk: &Disk, req: &Request) -> (u8, u32) {
+    match req.kind {
+        VIRTIO_BLK_T_IN => transfer(mem, disk, req, Direction::Read),
+        VIRTIO_BLK_T_OUT if disk.read_only => (VIRTIO_BLK_S_IOERR, 0),
+        VIRTIO_BLK_T_OUT => transfer(mem, disk, req, Direction::Write),
+        VIRTIO_BLK_T_FLUSH if disk.read_only => (VIRTIO_BLK_S_OK, 0),
+        VIRTIO_BLK_T_FLUSH => match disk.file.sync_data() {
+            Ok(()) => (VIRTIO_BLK_S_OK, 0),
+            Err(e) => {
+                tracing::warn!("virtio-blk: flush failed: {e}");
+                (VIRTIO_BLK_S_IOERR, 0)
+            }
+        },
+        VIRTIO_BLK_T_GET_ID => get_id(mem, disk, req),
+        other => {
+            tracing::debug!(kind = other, "virtio-blk: unsupported request type");
+            (VIRTIO_BLK_S_UNSUPP, 0)
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+fn transfer(mem: &GuestMemoryMmap, disk: &Disk, req: &Request, dir: Direction) -> (u8, u32) {
+    // Shape first: every data buffer in the right direction, a whole number of sectors,
+    // and the whole range inside the disk. Nothing is touched unless all of it is valid.
+    let mut total: u64 = 0;
+    for d in &req.data {
+        let writable = d.is_write_only();
+        if (dir == Direction::Read) != writable {
+            return (VIRTIO_BLK_S_IOERR, 0);
+        }
+        total += u64::from(d.len());
+    }
+    if !total.is_multiple_of(SECTOR_SIZE) {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    }
+    let Some(start) = req.sector.checked_mul(SECTOR_SIZE) else {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    };
+    if start
+        .checked_add(total)
+        .is_none_or(|end| end > disk.capacity_bytes)
+    {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    }
+    let mut offset = start;
+    let mut written_to_guest: u32 = 0;
+    let mut buf = vec![0u8; CHUNK];
+    for d in &req.data {
+        let mut done: u64 = 0;
+        let len = u64::from(d.len());
+        while done < len {
+            let n = (len - done).min(CHUNK as u64) as usize;
+            let Some(addr) = d.addr().checked_add(done) else {
+                return (VIRTIO_BLK_S_IOERR, written_to_guest);
+            };
+            let chunk = &mut buf[..n];
+            let ok = match dir {
+                Direction::Read => {
+                    disk.file
+                        .read_exact_at(chunk, offset)
+                        .map_err(|e| tracing::warn!("virtio-blk: read at {offset}: {e}"))
+                        .is_ok()
+                        && mem.write_slice(chunk, addr).is_ok()
+                }
+                Direction::Write => {
+                    mem.read_slice(chunk, addr).is_ok()
+                        && disk
+                            .file
+                            .write_all_at(chunk, offset)
+                            .map_err(|e| tracing::warn!("virtio-blk: write at {offset}: {e}"))
+                            .is_ok()
+                }
+            };
+            if !ok {
+                return (VIRTIO_BLK_S_IOERR, written_to_guest);
+            }
+            if dir == Direction::Read {
+                written_to_guest += n as u32;
+            }
+            done += n as u64;
+            offset += n as u64;
+        }
+    }
+    (VIRTIO_BLK_S_OK, written_to_guest)
+}
+
+fn get_id(mem: &GuestMemoryMmap, disk: &Disk, req: &Request) -> (u8, u32) {
+    match req.data.as_slice() {
+        [d] if d.is_write_only() => {
+            let n = (d.len() as usize).min(ID_BYTES);
+            match mem.write_slice(&disk.id[..n], d.addr()) {
+                Ok(()) => (VIRTIO_BLK_S_OK, n as u32),
+                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+            }
+        }
+        _ => (VIRTIO_BLK_S_IOERR, 0),
+    }
+}
