@@ -282,12 +282,10 @@ pub fn connect_guest(uds: &Path, port: u32) -> Result<UnixStream, String> {
     let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {}: {e}", uds.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
+    s.write_all(cros_messages::hybrid_vsock::connect_request(port).as_bytes())
         .map_err(|e| format!("CONNECT {port}: {e}"))?;
     let reply = read_line(&mut s).map_err(|e| format!("CONNECT {port}: {e}"))?;
-    let ok = reply
-        .strip_prefix("OK ")
-        .is_some_and(|p| p.parse::<u32>().is_ok());
+    let ok = cros_messages::hybrid_vsock::parse_connect_reply(&reply).is_some();
     if !ok {
         return Err(format!(
             "CONNECT {port} answered {reply:?}, expected \"OK <port>\""

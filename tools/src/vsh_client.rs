@@ -27,8 +27,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 
 /// How long connecting and the setup handshake may take before it is a timeout, not a hang.
 pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest `OK <hostport>\n` reply accepted from a hybrid-vsock socket.
-const MAX_HANDSHAKE_LINE: usize = 32;
+use cros_messages::hybrid_vsock::{MAX_REPLY_LINE, connect_request, parse_connect_reply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VshError {
@@ -120,9 +119,9 @@ pub fn connect_hybrid_vsock(
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(handshake_err)?;
     stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .write_all(connect_request(port).as_bytes())
         .map_err(handshake_err)?;
-    let mut line = Vec::with_capacity(MAX_HANDSHAKE_LINE);
+    let mut line = Vec::with_capacity(MAX_REPLY_LINE);
     let mut byte = [0u8; 1];
     loop {
         match stream.read(&mut byte) {
@@ -130,7 +129,7 @@ pub fn connect_hybrid_vsock(
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) => {
                 line.push(byte[0]);
-                if line.len() > MAX_HANDSHAKE_LINE {
+                if line.len() > MAX_REPLY_LINE {
                     break;
                 }
             }
@@ -141,10 +140,7 @@ pub fn connect_hybrid_vsock(
         }
     }
     let reply = String::from_utf8_lossy(&line).into_owned();
-    let ok = reply
-        .strip_prefix("OK ")
-        .is_some_and(|p| p.parse::<u32>().is_ok());
-    if !ok {
+    if parse_connect_reply(&reply).is_none() {
         return Err(VshError::VsockRefused {
             path: path.to_path_buf(),
             port,
