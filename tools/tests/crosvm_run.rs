@@ -184,3 +184,20 @@ fn run_rejects_zero_cpus() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cpus"));
 }
+
+#[test]
+fn probe_says_whether_a_stock_kernel_can_boot() {
+    require_kvm();
+    let out = crosvm(&["probe"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        assert!(stdout.starts_with("ok: "), "{stdout}");
+    } else {
+        // The nested /dev/kvm of the build machines: the reason names the instruction.
+        assert!(
+            stderr.contains("cannot run") && stderr.contains("stock Linux kernel"),
+            "{stderr}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ pub mod arch;
 pub mod devices;
 pub mod loader;
 pub mod memory;
+pub mod probe;
 pub mod run;
 pub mod vcpu;
 pub mod vhost_user;

@@ -38,10 +38,29 @@ const IRQ_MAX: u32 = 23;
 pub const MAX_VCPUS: u8 = 254;
 
 /// Where the guest's serial console goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SerialOutput {
     Stdout,
     File(PathBuf),
+    /// Kept in memory, for callers that read what the guest printed (the KVM probe).
+    Capture(Arc<Mutex<Vec<u8>>>),
+}
+
+/// A serial sink appending to a shared buffer.
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A `--block PATH[,ro=true]` disk.
@@ -234,6 +253,7 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmErro
                 })?;
             Box::new(LineWriter::new(file))
         }
+        SerialOutput::Capture(buffer) => Box::new(CaptureWriter(buffer.clone())),
     })
 }
 

@@ -89,6 +89,15 @@ fn run_loop(cpu: u8, vcpu: &mut VcpuFd, buses: &VcpuBuses, stop: &AtomicBool) ->
                     let rip = vcpu.get_regs().ok().map(|r| r.rip);
                     return Some(VcpuEvent::TripleFault { cpu, rip });
                 }
+                ExitAction::InternalError => {
+                    let reason = internal_error_reason(vcpu);
+                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
+                    let reason = match rip {
+                        Some(rip) => format!("{reason} (guest rip {rip:#x})"),
+                        None => reason,
+                    };
+                    return Some(VcpuEvent::Fatal { cpu, reason });
+                }
                 ExitAction::Fatal(reason) => {
                     let rip = vcpu.get_regs().ok().map(|r| r.rip);
                     let reason = match rip {
@@ -113,7 +122,44 @@ fn run_loop(cpu: u8, vcpu: &mut VcpuFd, buses: &VcpuBuses, stop: &AtomicBool) ->
 enum ExitAction {
     Continue,
     TripleFault,
+    /// KVM_EXIT_INTERNAL_ERROR: the details are in kvm_run, read once the exit is released.
+    InternalError,
     Fatal(String),
+}
+
+/// Describes KVM_EXIT_INTERNAL_ERROR from the vCPU's kvm_run: the sub-error and, for an
+/// emulation failure, the instruction bytes KVM could not emulate.
+fn internal_error_reason(vcpu: &mut VcpuFd) -> String {
+    use kvm_bindings::{
+        KVM_INTERNAL_ERROR_DELIVERY_EV, KVM_INTERNAL_ERROR_EMULATION,
+        KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, KVM_INTERNAL_ERROR_SIMUL_EX,
+    };
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, for which KVM fills `internal`
+    // (and, for emulation failures, the `emulation_failure` layout over the same bytes).
+    let (suberror, flags, insn) = unsafe {
+        let failure = run.__bindgen_anon_1.emulation_failure;
+        let bytes = failure.__bindgen_anon_1.__bindgen_anon_1;
+        (
+            run.__bindgen_anon_1.internal.suberror,
+            failure.flags,
+            (bytes.insn_size, bytes.insn_bytes),
+        )
+    };
+    match suberror {
+        KVM_INTERNAL_ERROR_EMULATION => {
+            let mut reason = String::from("KVM could not emulate a guest instruction");
+            if flags & u64::from(KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0 {
+                let n = usize::from(insn.0).min(insn.1.len());
+                let hex: Vec<String> = insn.1[..n].iter().map(|b| format!("{b:02x}")).collect();
+                reason.push_str(&format!(" (bytes {})", hex.join(" ")));
+            }
+            reason
+        }
+        KVM_INTERNAL_ERROR_SIMUL_EX => "KVM internal error: exception during exception".into(),
+        KVM_INTERNAL_ERROR_DELIVERY_EV => "KVM internal error: event delivery failed".into(),
+        other => format!("KVM internal error (sub-error {other})"),
+    }
 }
 
 fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
@@ -157,13 +203,7 @@ fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
                 "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
             ));
         }
-        VcpuExit::InternalError => {
-            return ExitAction::Fatal(
-                "KVM internal error: it could not emulate a guest instruction (nested /dev/kvm \
-                 cannot run every instruction a stock kernel uses)"
-                    .into(),
-            );
-        }
+        VcpuExit::InternalError => return ExitAction::InternalError,
         VcpuExit::SystemEvent(kind, _) => {
             return ExitAction::Fatal(format!("unexpected KVM system event {kind}"));
         }

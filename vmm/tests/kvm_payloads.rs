@@ -282,3 +282,20 @@ fn missing_disk_image_is_named_in_the_error() {
     let chain = format!("{err}");
     assert!(chain.contains(&missing.display().to_string()), "{chain}");
 }
+
+#[test]
+fn stock_kernel_probe_runs_and_names_what_fails() {
+    require_kvm();
+    // Both answers are real outcomes (hardware KVM passes; the nested /dev/kvm of the build
+    // machines fails); anything else means the probe itself is broken.
+    match cros_vmm::probe::probe_stock_kernel_boot() {
+        Ok(()) => eprintln!("this /dev/kvm can run a stock kernel's early instructions"),
+        Err(e @ cros_vmm::probe::ProbeError::Instruction { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("stock Linux kernel"), "{text}");
+            assert!(text.contains("guest rip 0x2000"), "{text}");
+            eprintln!("probe: {text}");
+        }
+        Err(e) => panic!("the probe did not run: {e:?}"),
+    }
+}

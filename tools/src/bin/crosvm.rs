@@ -27,6 +27,10 @@ enum Command {
     /// Fatal errors (no /dev/kvm, a kernel that cannot be loaded, a guest that KVM cannot run)
     /// end with a message on stderr and a non-zero status.
     Run(RunArgs),
+    /// Check whether this host's /dev/kvm can boot a stock Linux kernel with `crosvm run`:
+    /// runs the instructions a kernel needs early in boot in a tiny VM. Exits 0 when it can;
+    /// otherwise prints which instruction failed and why, and exits 1.
+    Probe,
     /// Serve a virtio-vsock device to a vhost-user frontend (QEMU's vhost-user-vsock-device),
     /// with a hybrid (Unix socket) host side.
     ///
@@ -100,6 +104,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Probe => {
+            cros_vmm::probe::probe_stock_kernel_boot().context("crosvm probe")?;
+            println!("ok: this host's /dev/kvm can run a stock Linux kernel's early boot code");
+            Ok(())
+        }
         Command::Run(args) => {
             let config = cros_vmm::run::VmConfig {
                 cpus: args.cpus,
