@@ -26,11 +26,61 @@ pub fn bin_dir(config: &HypervisorConfig) -> PathBuf {
 pub fn select(config: &HypervisorConfig) -> Result<Arc<dyn Hypervisor>, CrosError> {
     let crosvm = bin_dir(config).join("crosvm");
     match config.kind {
-        // Our own VMM does not boot a Linux guest yet, so `auto` is QEMU everywhere for now.
+        // concierge has no crosvm backend yet, so `auto` is QEMU everywhere for now.
         HypervisorKind::Auto | HypervisorKind::Qemu => Ok(Arc::new(QemuBackend::new(crosvm))),
-        HypervisorKind::Crosvm => Err(CrosError::unsupported(
-            "the crosvm backend cannot boot a Linux guest yet (crosd's own VMM is not built); \
-             use --hypervisor qemu or auto",
-        )),
+        HypervisorKind::Crosvm => Err(CrosError::unsupported(crosvm_unavailable(&crosvm))),
+    }
+}
+
+/// Why `--hypervisor crosvm` cannot boot VMs here, from `crosvm probe` (which runs a stock
+/// kernel's early-boot instructions on this host's /dev/kvm in a separate process).
+fn crosvm_unavailable(crosvm: &std::path::Path) -> String {
+    let probe = std::process::Command::new(crosvm).arg("probe").output();
+    match probe {
+        Err(e) => format!(
+            "the crosvm backend cannot be checked: cannot run {} probe: {e}; use --hypervisor qemu",
+            crosvm.display()
+        ),
+        Ok(out) if out.status.success() => "this host's /dev/kvm passes `crosvm probe`, but \
+             concierge cannot start VMs with crosvm yet (its control socket and termina device \
+             set are not built); use --hypervisor qemu or auto"
+            .into(),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let reason = stderr
+                .lines()
+                .rev()
+                .find(|l| l.contains("error"))
+                .map(|l| l.trim_start_matches("crosvm: error: crosvm probe: ").trim())
+                .unwrap_or("crosvm probe failed without a reason");
+            format!(
+                "the crosvm backend cannot boot a Linux guest on this host: {reason}; use \
+                 --hypervisor qemu (or auto)"
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cros_messages::ErrorKind;
+
+    #[test]
+    fn crosvm_backend_without_the_binary_names_it() {
+        let config = HypervisorConfig {
+            kind: HypervisorKind::Crosvm,
+            bin_dir: Some("/nonexistent/bin".into()),
+        };
+        let Err(err) = select(&config) else {
+            panic!("the crosvm backend cannot be selected yet");
+        };
+        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert!(
+            err.message
+                .contains("cannot run /nonexistent/bin/crosvm probe"),
+            "{}",
+            err.message
+        );
     }
 }
