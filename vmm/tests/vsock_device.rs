@@ -79,7 +79,7 @@ fn establish_host_to_guest(
     buf_alloc: u32,
 ) -> (UnixStream, u32) {
     let mut s = host_connect(uds, guest_port);
-    let req = g.recv();
+    let req = g.recv_skip_credit();
     assert_eq!(req.hdr.op, op::REQUEST);
     assert_eq!(req.hdr.src_cid, HOST_CID);
     assert_eq!(req.hdr.dst_cid, GUEST_CID);
@@ -750,4 +750,31 @@ fn shutdown_the_guest_never_finishes_is_reset_after_the_timeout() {
     d.len = 1;
     g.send(d, b"x");
     assert_eq!(g.recv().hdr.op, op::RST);
+}
+
+#[test]
+fn host_half_close_after_data_reaches_the_guest_after_the_data() {
+    let (_dir, uds) = setup();
+    let mut g = Guest::start(&uds, 64, 4096);
+    for round in 0..20u32 {
+        let (mut s, host_port) = establish_host_to_guest(&mut g, &uds, 8888 + round, BUF);
+        // Data and end of stream back to back: the device may see both in one wakeup.
+        let msg = pattern(1000 + round as usize, round as u8);
+        s.write_all(&msg).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(recv_data(&mut g, msg.len()), msg);
+        let p = g.recv_skip_credit();
+        assert_eq!(
+            (p.hdr.op, p.hdr.flags & SHUTDOWN_SEND),
+            (op::SHUTDOWN, SHUTDOWN_SEND),
+            "round {round}: {:?}",
+            p.hdr
+        );
+        // The host can still read what the guest sends back.
+        let mut d = hdr(op::RW, 8888 + round, host_port, BUF, msg.len() as u32);
+        d.len = 2;
+        g.send(d, b"ok");
+        assert_eq!(read_exact_n(&mut s, 2), b"ok");
+        g.send(hdr(op::RST, 8888 + round, host_port, 0, 0), &[]);
+    }
 }

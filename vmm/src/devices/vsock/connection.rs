@@ -85,6 +85,8 @@ pub struct Connection {
     host_eof: bool,
     /// The host peer closed both directions (EPOLLHUP).
     host_hup: bool,
+    /// The host peer will send no more (EPOLLRDHUP or EPOLLHUP).
+    host_rdhup: bool,
     rx_cnt: Wrapping<u32>,
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
@@ -141,6 +143,7 @@ impl Connection {
             host_readable: false,
             host_eof: false,
             host_hup: false,
+            host_rdhup: false,
             rx_cnt: Wrapping(0),
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
@@ -348,10 +351,11 @@ impl Connection {
     }
 
     /// Handles readiness of the host socket.
-    pub fn on_host_event(&mut self, readable: bool, writable: bool, hup: bool) {
+    pub fn on_host_event(&mut self, readable: bool, writable: bool, rdhup: bool, hup: bool) {
         if self.state == ConnState::Killed {
             return;
         }
+        self.host_rdhup |= rdhup || hup;
         if hup {
             self.host_hup = true;
             if self.host_eof {
@@ -466,10 +470,11 @@ impl Connection {
                 None
             }
             Ok(n) => {
-                if n < max {
+                if n < max && !self.host_rdhup {
                     // The socket is empty for now. Data arriving later raises a new EPOLLIN
                     // (epoll reports every wakeup, edge-triggered or not), so skip the read that
-                    // would only return EAGAIN.
+                    // would only return EAGAIN. Not after a read hang-up: its end of stream is
+                    // already pending and no new event will announce it.
                     self.host_readable = false;
                 }
                 self.rx_cnt += Wrapping(n as u32);

@@ -464,6 +464,7 @@ impl Muxer {
             conn.on_host_event(
                 set.contains(EventSet::IN) || set.contains(EventSet::READ_HANG_UP),
                 set.contains(EventSet::OUT),
+                set.contains(EventSet::READ_HANG_UP),
                 set.contains(EventSet::HANG_UP) || set.contains(EventSet::ERROR),
             );
         }
