@@ -1,14 +1,16 @@
-//! In-process request/reply through the bus: a client future asks concierge (on its own
-//! arbiter thread) `ListVms` and waits for the reply.
+//! In-process request/reply through the bus: a client future asks concierge `ListVms` and waits
+//! for the reply.
 //!
 //! `sequential`: one request in flight (latency). `pipelined`: many in flight (throughput, the
-//! figure the issue targets: >= 1,000,000 pairs/s). `colocated`: concierge on the caller's own
-//! arbiter (no thread hop). `bus_ping`: the bus answers itself (no actor). Before divan's table, a
-//! summary with pairs/s and latency percentiles is printed for both placements.
+//! figure the issue targets: >= 1,000,000 pairs/s), with the host actors placed as crosd places
+//! them (`start_host_actors`: on the caller's arbiter). `own_thread`: concierge on an arbiter of
+//! its own (a thread hop each way), for comparison. `bus_ping`: the bus answers itself (no actor).
+//! Before divan's table, a summary with pairs/s and latency percentiles is printed for both
+//! placements.
 
 use actix::System;
 use cros_actors::concierge::Concierge;
-use cros_actors::{BusConfig, BusHandle, HostConfig, spawn_supervised_on, start_host_actors};
+use cros_actors::{BusConfig, BusHandle, HostConfig, spawn_supervised, start_host_actors};
 use cros_messages::bus::BusRequest;
 use cros_messages::concierge::ConciergeRequest;
 use cros_messages::{Addr, Body};
@@ -49,20 +51,17 @@ fn fixture() -> Fixture {
     }
 }
 
-/// A bus with only concierge, on the calling thread's own arbiter (no thread hop).
-fn colocated_fixture() -> Fixture {
+/// A bus with only concierge, on an arbiter thread of its own.
+fn own_thread_fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let sys = System::new();
     let config = HostConfig::new(dir.path().join("state"), dir.path().join("run"));
     let bus = sys.block_on(async {
         let bus = BusHandle::new(BusConfig::default()).expect("bus");
         let bus2 = bus.clone();
-        spawn_supervised_on(
-            &bus,
-            Addr::host("concierge"),
-            &actix::Arbiter::current(),
-            move || Concierge::new(bus2.clone(), config.clone()),
-        )
+        spawn_supervised(&bus, Addr::host("concierge"), move || {
+            Concierge::new(bus2.clone(), config.clone())
+        })
         .await
         .expect("concierge");
         bus
@@ -113,10 +112,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn summary() {
-    summary_of("concierge on its own arbiter", fixture());
     summary_of(
-        "concierge on the caller's arbiter (spawn_supervised_on)",
-        colocated_fixture(),
+        "crosd layout: host actors on the caller's arbiter",
+        fixture(),
+    );
+    summary_of(
+        "concierge on an arbiter thread of its own",
+        own_thread_fixture(),
     );
 }
 
@@ -183,8 +185,8 @@ fn pipelined_concierge(bencher: Bencher) {
 }
 
 #[divan::bench]
-fn pipelined_concierge_colocated(bencher: Bencher) {
-    let f = colocated_fixture();
+fn pipelined_concierge_own_thread(bencher: Bencher) {
+    let f = own_thread_fixture();
     let (from, to) = (Addr::client(1), Addr::host("concierge"));
     bencher.counter(ItemsCount::new(BATCH)).bench_local(|| {
         f.sys

@@ -1,8 +1,9 @@
 //! Starting crosd's host actors, and what they share.
 
 use crate::bus::BusHandle;
-use crate::supervisor::{SupervisorError, spawn_supervised};
+use crate::supervisor::{SupervisorError, spawn_supervised_on};
 use crate::{cicerone, concierge, imageloader, seneschal, vmlog_forwarder};
+use actix::Arbiter;
 use cros_messages::{ActorKind, Addr, Body, CrosError};
 use std::path::PathBuf;
 
@@ -56,7 +57,10 @@ fn host_names() -> String {
     ActorKind::HOST.map(ActorKind::name).join(", ")
 }
 
-/// Starts every host actor under the supervisor, each on its own arbiter.
+/// Starts every host actor under the supervisor, on the caller's arbiter (in crosd, the thread
+/// that also serves the control socket): a request then costs no thread switch, which is most of
+/// its price on a small machine. Work that could block that thread runs elsewhere: imageloader
+/// hashes on the blocking pool, concierge's VM processes are watched by their own threads.
 pub async fn start_host_actors(bus: &BusHandle, config: &HostConfig) -> Result<(), SpawnError> {
     for kind in ActorKind::HOST {
         spawn_host_actor(bus, config, kind).await?;
@@ -73,25 +77,31 @@ pub async fn spawn_host_actor(
 ) -> Result<(), SpawnError> {
     let addr = Addr::host(kind.name());
     let (bus2, config) = (bus.clone(), config.clone());
+    let here = Arbiter::current();
     match kind {
         ActorKind::Imageloader => {
-            spawn_supervised(bus, addr, move || {
+            spawn_supervised_on(bus, addr, &here, move || {
                 imageloader::Imageloader::new(config.clone())
             })
             .await?
         }
         ActorKind::Concierge => {
-            spawn_supervised(bus, addr, move || {
+            spawn_supervised_on(bus, addr, &here, move || {
                 concierge::Concierge::new(bus2.clone(), config.clone())
             })
             .await?
         }
         ActorKind::Cicerone => {
-            spawn_supervised(bus, addr, move || cicerone::Cicerone::new(bus2.clone())).await?
+            spawn_supervised_on(bus, addr, &here, move || {
+                cicerone::Cicerone::new(bus2.clone())
+            })
+            .await?
         }
-        ActorKind::Seneschal => spawn_supervised(bus, addr, seneschal::Seneschal::new).await?,
+        ActorKind::Seneschal => {
+            spawn_supervised_on(bus, addr, &here, seneschal::Seneschal::new).await?
+        }
         ActorKind::VmlogForwarder => {
-            spawn_supervised(bus, addr, move || {
+            spawn_supervised_on(bus, addr, &here, move || {
                 vmlog_forwarder::VmlogForwarder::new(config.clone())
             })
             .await?

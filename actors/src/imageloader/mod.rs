@@ -13,7 +13,7 @@ pub const INITRD_FILE: &str = "initramfs.img";
 
 use crate::bus::Deliver;
 use crate::host::{HostConfig, not_mine};
-use actix::{Actor, Context, Handler, MessageResult};
+use actix::{Actor, Context, Handler, ResponseFuture};
 use cros_messages::addr::valid_name;
 use cros_messages::imageloader::{
     ComponentInfo, ImageloaderReply, ImageloaderRequest, LoadedComponent,
@@ -22,6 +22,7 @@ use cros_messages::{Body, CrosError};
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct Imageloader {
     components_dir: PathBuf,
 }
@@ -201,15 +202,24 @@ impl Actor for Imageloader {
 }
 
 impl Handler<Deliver> for Imageloader {
-    type Result = MessageResult<Deliver>;
+    type Result = ResponseFuture<Body>;
 
+    /// Scanning and hashing (hundreds of MiB for a VM image) run on the blocking pool, so the
+    /// thread this actor shares with the control socket keeps serving.
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(match msg.env.body {
-            Body::Imageloader(req) => match self.handle_request(req) {
-                Ok(reply) => Body::ImageloaderReply(reply),
-                Err(e) => Body::Error(e),
-            },
-            other => not_mine("imageloader", &other),
+        let Body::Imageloader(req) = msg.env.body else {
+            let body = not_mine("imageloader", &msg.env.body);
+            return Box::pin(async move { body });
+        };
+        let me = self.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || me.handle_request(req)).await {
+                Ok(Ok(reply)) => Body::ImageloaderReply(reply),
+                Ok(Err(e)) => Body::Error(e),
+                Err(e) => Body::Error(CrosError::internal(format!(
+                    "imageloader worker failed: {e}"
+                ))),
+            }
         })
     }
 }
