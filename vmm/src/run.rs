@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,10 +20,11 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
+use crate::devices::virtio::VirtioInterrupt;
 use crate::devices::virtio::block::{Block, BlockError};
-use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::mmio::{self, MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::worker::{DeviceWorker, SharedVirtioDevice};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, MMIO_HOLE_START, MemoryError};
 use crate::vcpu::{self, VcpuBuses, VcpuEvent};
@@ -307,12 +308,20 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     // virtio-mmio devices, one window and one interrupt line each.
     let mut mmio_bus = Bus::new();
     let mut windows = Vec::new();
-    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    let mut devices: Vec<(&str, SharedVirtioDevice)> = Vec::new();
     for disk in &config.block {
-        devices.push(Box::new(Block::open(&disk.path, disk.read_only)?));
+        devices.push((
+            "blk",
+            Arc::new(Mutex::new(Block::open(&disk.path, disk.read_only)?)),
+        ));
     }
-    devices.extend((0..config.virtio_rng).map(|_| Box::new(Rng::new()) as Box<dyn VirtioDevice>));
-    for (i, device) in devices.into_iter().enumerate() {
+    for _ in 0..config.virtio_rng {
+        devices.push(("rng", Arc::new(Mutex::new(Rng::new()))));
+    }
+    // Each device runs on its own thread; dropping a worker stops it, so an early error
+    // return below leaves no thread behind.
+    let mut workers = Vec::new();
+    for (i, (kind, device)) in devices.into_iter().enumerate() {
         let info = MmioDeviceInfo {
             base: MMIO_HOLE_START + i as u64 * MMIO_WINDOW_SIZE,
             len: MMIO_WINDOW_SIZE,
@@ -321,7 +330,30 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         let irqfd = EventFd::new(0).map_err(io_err("cannot create a virtio irqfd"))?;
         vm.register_irqfd(&irqfd, info.irq)
             .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
-        let transport = MmioTransport::new(device, mem.clone(), VirtioInterrupt::new(irqfd));
+        let transport = MmioTransport::new(device, mem.clone(), VirtioInterrupt::new(irqfd))
+            .map_err(io_err("cannot create virtio queue eventfds"))?;
+        let mut queue_events = Vec::new();
+        for (q, evt) in transport.queue_events().iter().enumerate() {
+            // A 32-bit write of the queue index to QueueNotify signals the eventfd in KVM.
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(info.base + mmio::reg::QUEUE_NOTIFY),
+                q as u32,
+            )
+            .map_err(kvm_err("KVM_IOEVENTFD (virtio QueueNotify)"))?;
+            queue_events.push(
+                evt.try_clone()
+                    .map_err(io_err("cannot clone a queue eventfd"))?,
+            );
+        }
+        workers.push(
+            DeviceWorker::spawn(
+                format!("virtio-{kind}{i}"),
+                transport.device(),
+                queue_events,
+            )
+            .map_err(io_err("cannot start a virtio device thread"))?,
+        );
         mmio_bus.insert(Arc::new(Mutex::new(transport)), info.base, info.len)?;
         windows.push(info);
     }
@@ -466,6 +498,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     let _ = reset_evt.write(1);
     let _ = reset_waiter.join();
     let _ = forwarder.join();
+    workers.into_iter().for_each(DeviceWorker::stop);
     serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
     drop(mem);
     outcome

@@ -197,7 +197,7 @@ submit:
         inc r14d
         mov word ptr [rdi + 2], r14w            # avail idx
         mov dword ptr [rbx + 0x50], 0           # QueueNotify
-        mov ecx, 100000
+        mov ecx, 10000000                       # the device thread is on another host CPU
 3:      cmp word ptr [USED + 2], r14w
         je 4f
         dec ecx

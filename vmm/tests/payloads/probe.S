@@ -178,7 +178,7 @@ rng_request:
         jnz 2f
         mov dword ptr [rbx + 0x50], 0           # QueueNotify
         # Our VMM serves the queue during the notify exit; poll a little anyway.
-        mov ecx, 100000
+        mov ecx, 10000000                       # the device thread is on another host CPU
 1:      mov rdi, 0x302000
         cmp word ptr [rdi + 2], 1               # used idx
         je 3f

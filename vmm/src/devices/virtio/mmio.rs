@@ -4,8 +4,11 @@
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
+use super::VIRTIO_F_VERSION_1;
+use super::VirtioInterrupt;
+use super::worker::{SharedVirtioDevice, lock_device};
 use crate::devices::bus::BusDevice;
 
 /// Size of one device window in the MMIO hole.
@@ -53,9 +56,12 @@ pub mod status {
     pub const FAILED: u32 = 128;
 }
 
-/// One virtio-mmio window: the transport state and the device behind it.
+/// One virtio-mmio window: the transport state and the device behind it. Queue notifications
+/// go to one eventfd per queue, which the device's worker thread waits on; the VMM registers
+/// them with KVM as ioeventfds so that they normally never reach this register file.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
+    device: SharedVirtioDevice,
+    queue_events: Vec<EventFd>,
     mem: GuestMemoryMmap,
     interrupt: VirtioInterrupt,
     queues: Vec<Queue>,
@@ -71,17 +77,22 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// A transport for `device`, whose queues live in `mem` and whose interrupt is `interrupt`.
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        device: SharedVirtioDevice,
         mem: GuestMemoryMmap,
         interrupt: VirtioInterrupt,
-    ) -> Self {
-        let queues = device
+    ) -> std::io::Result<Self> {
+        let queues: Vec<Queue> = lock_device(&device)
             .queue_max_sizes()
             .iter()
             .filter_map(|&max| Queue::new(max).ok())
             .collect();
-        Self {
+        let queue_events = queues
+            .iter()
+            .map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
             device,
+            queue_events,
             mem,
             interrupt,
             queues,
@@ -92,7 +103,17 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
-        }
+        })
+    }
+
+    /// The notification eventfd of each queue, for KVM ioeventfds and the device worker.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    /// The device, for its worker thread.
+    pub fn device(&self) -> SharedVirtioDevice {
+        self.device.clone()
     }
 
     /// The device status register as the driver last set it (or the transport failed it).
@@ -101,7 +122,7 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.avail_features() | VIRTIO_F_VERSION_1
+        lock_device(&self.device).avail_features() | VIRTIO_F_VERSION_1
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -129,7 +150,7 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        self.device.reset();
+        lock_device(&self.device).reset();
         for q in &mut self.queues {
             q.reset();
         }
@@ -165,7 +186,7 @@ impl MmioTransport {
         }
         self.status = new;
         if added & status::FEATURES_OK != 0 {
-            self.device.ack_features(self.driver_features);
+            lock_device(&self.device).ack_features(self.driver_features);
         }
         if added & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 {
             self.activate();
@@ -183,16 +204,14 @@ impl MmioTransport {
             }
         }
         let queues = self.queues.iter().filter_map(copy_queue).collect();
-        match self
-            .device
-            .activate(self.mem.clone(), self.interrupt.clone(), queues)
-        {
+        let mut device = lock_device(&self.device);
+        let result = device.activate(self.mem.clone(), self.interrupt.clone(), queues);
+        let device_type = device.device_type();
+        drop(device);
+        match result {
             Ok(()) => self.activated = true,
             Err(e) => {
-                tracing::warn!(
-                    "virtio-mmio: device {} activation failed: {e}",
-                    self.device.device_type()
-                );
+                tracing::warn!("virtio-mmio: device {device_type} activation failed: {e}");
                 self.status |= status::DEVICE_NEEDS_RESET;
                 let _ = self.interrupt.signal_config_change();
             }
@@ -203,7 +222,7 @@ impl MmioTransport {
         match offset {
             reg::MAGIC_VALUE => MMIO_MAGIC_VALUE,
             reg::VERSION => MMIO_VERSION,
-            reg::DEVICE_ID => self.device.device_type(),
+            reg::DEVICE_ID => lock_device(&self.device).device_type(),
             reg::VENDOR_ID => MMIO_VENDOR_ID,
             reg::DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.offered_features() as u32,
@@ -270,13 +289,19 @@ impl MmioTransport {
                 self.update_queue(|q| q.set_used_ring_address(None, Some(value)))
             }
             reg::QUEUE_NOTIFY => {
-                if self.activated && (value as usize) < self.queues.len() {
-                    self.device.queue_notify(value);
-                } else {
-                    tracing::debug!(
+                // Reached only when KVM did not take the write as an ioeventfd (no KVM, or a
+                // notification of a different width): hand it to the worker the same way.
+                match self.queue_events.get(value as usize) {
+                    Some(evt) if self.activated => {
+                        tracing::trace!(value, "virtio-mmio: QueueNotify without an ioeventfd");
+                        if let Err(e) = evt.write(1) {
+                            tracing::warn!("virtio-mmio: cannot signal queue {value}: {e}");
+                        }
+                    }
+                    _ => tracing::debug!(
                         value,
                         "virtio-mmio: notify of an inactive device or bad queue"
-                    );
+                    ),
                 }
             }
             reg::INTERRUPT_ACK => self.interrupt.ack(value),
@@ -309,7 +334,7 @@ fn copy_queue(q: &Queue) -> Option<Queue> {
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
-            self.device.read_config(offset - reg::CONFIG, data);
+            lock_device(&self.device).read_config(offset - reg::CONFIG, data);
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
@@ -329,7 +354,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
-            self.device.write_config(offset - reg::CONFIG, data);
+            lock_device(&self.device).write_config(offset - reg::CONFIG, data);
             // Tell the driver the config it reads back may have changed.
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
@@ -351,20 +376,35 @@ impl BusDevice for MmioTransport {
 mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
+    use crate::devices::virtio::worker::DeviceWorker;
     use crate::devices::virtio::{DEVICE_ID_RNG, INTERRUPT_USED_BUFFER};
     use crate::memory::create_guest_memory;
+    use std::os::fd::AsRawFd;
+    use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
-    use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     fn transport() -> (MmioTransport, GuestMemoryMmap, EventFd) {
         let mem = create_guest_memory(4 << 20).unwrap();
         let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
         let interrupt = VirtioInterrupt::new(irqfd.try_clone().unwrap());
+        let device: SharedVirtioDevice = Arc::new(Mutex::new(Rng::new()));
         (
-            MmioTransport::new(Box::new(Rng::new()), mem.clone(), interrupt),
+            MmioTransport::new(device, mem.clone(), interrupt).unwrap(),
             mem,
             irqfd,
         )
+    }
+
+    /// Waits up to 10 s for `evt` to become readable (a hang guard, not a performance bound).
+    fn wait_readable(evt: &EventFd) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 10_000) == 1 }
     }
 
     fn r(t: &mut MmioTransport, offset: u64) -> u32 {
@@ -459,6 +499,7 @@ mod tests {
         w(&mut t, 0xfff0, 5);
         w(&mut t, reg::QUEUE_NOTIFY, 0); // not activated: ignored
         w(&mut t, reg::QUEUE_NOTIFY, u32::MAX);
+        assert!(t.queue_events()[0].read().is_err(), "no notification");
         // Clearing bits without a reset is refused.
         w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         w(&mut t, reg::STATUS, status::DRIVER);
@@ -468,6 +509,12 @@ mod tests {
     #[test]
     fn driver_ok_activates_and_notify_fills_the_buffer_and_interrupts() {
         let (mut t, mem, irqfd) = transport();
+        let events = t
+            .queue_events()
+            .iter()
+            .map(|e| e.try_clone().unwrap())
+            .collect();
+        let worker = DeviceWorker::spawn("test-rng".into(), t.device(), events).unwrap();
         negotiate(&mut t);
         assert_eq!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
         // One device-writable descriptor of 32 bytes at 0x4000.
@@ -476,7 +523,10 @@ mod tests {
         mem.write_obj(2u16, GuestAddress(0x100c)).unwrap(); // VIRTQ_DESC_F_WRITE
         mem.write_obj(0u16, GuestAddress(0x2004)).unwrap(); // ring[0] = desc 0
         mem.write_obj(1u16, GuestAddress(0x2002)).unwrap(); // avail idx
+        // No KVM here: the write reaches the register file, which signals the worker.
         w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert!(wait_readable(&irqfd), "the device thread never interrupted");
+        worker.stop();
         let used_idx: u16 = mem.read_obj(GuestAddress(0x3002)).unwrap();
         assert_eq!(used_idx, 1);
         let used_len: u32 = mem.read_obj(GuestAddress(0x3008)).unwrap();
@@ -510,6 +560,7 @@ mod tests {
         w(&mut t, reg::QUEUE_READY, 1);
         w(&mut t, reg::STATUS, s | status::DRIVER_OK);
         assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
-        w(&mut t, reg::QUEUE_NOTIFY, 0); // not active: nothing happens, no panic
+        w(&mut t, reg::QUEUE_NOTIFY, 0); // not active: not signalled, no panic
+        assert!(t.queue_events()[0].read().is_err());
     }
 }

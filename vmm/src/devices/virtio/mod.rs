@@ -4,6 +4,7 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
