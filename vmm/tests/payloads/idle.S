@@ -1,0 +1,34 @@
+# Freestanding guest payload for benchmarks: prints "ready", then stays alive for a while by
+# reading the UART's line status register (each read is a VM exit, so the time it takes
+# scales with exit cost, not guest instruction speed), prints "done" and resets through the
+# i8042. The benchmark samples the VMM's memory while the guest is in the loop.
+        .intel_syntax noprefix
+        .code64
+        .globl _start
+_start:
+        lea rsi, [rip + ready]
+        call puts
+        mov ecx, 20000
+1:      mov dx, 0x3fd
+        in al, dx
+        dec ecx
+        jnz 1b
+        lea rsi, [rip + done]
+        call puts
+        mov al, 0xfe
+        out 0x64, al
+2:      hlt
+        jmp 2b
+
+puts:   mov dx, 0x3f8
+1:      mov al, byte ptr [rsi]
+        test al, al
+        jz 2f
+        out dx, al
+        inc rsi
+        jmp 1b
+2:      ret
+
+        .section .rodata
+ready:  .asciz "ready\n"
+done:   .asciz "done\n"
