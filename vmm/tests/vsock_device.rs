@@ -121,6 +121,27 @@ fn recv_data(g: &mut Guest, n: usize) -> Vec<u8> {
     out
 }
 
+/// Raises this process's open-file soft limit to at least `want` (up to the hard limit).
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            assert!(
+                lim.rlim_max >= want,
+                "this test needs {want} open files; the hard limit is {}",
+                lim.rlim_max
+            );
+            lim.rlim_cur = want;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+}
+
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -597,6 +618,8 @@ fn malformed_rx_buffers_are_returned_unused() {
 
 #[test]
 fn connection_cap_refuses_past_the_limit_with_rst() {
+    // Two fds per connection live in this process (the device's and the accepted one).
+    raise_fd_limit(2 * MAX_CONNECTIONS as u64 + 256);
     let (_dir, uds) = setup();
     let listener = UnixListener::bind(port_path(&uds, 7005)).unwrap();
     let mut g = Guest::start(&uds, 128, 4096);
