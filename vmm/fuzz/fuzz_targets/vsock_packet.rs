@@ -55,7 +55,8 @@ fuzz_target!(|data: &[u8]| {
 
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("memory");
     let n = data.len().min(MEM_SIZE);
-    mem.write_slice(&data[..n], GuestAddress(0)).expect("fill memory");
+    mem.write_slice(&data[..n], GuestAddress(0))
+        .expect("fill memory");
 
     // The parsers on their own, over every chain the avail rings name.
     for layout in [TXQ, RXQ] {
