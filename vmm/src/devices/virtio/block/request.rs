@@ -61,7 +61,9 @@ pub fn parse(mem: &GuestMemoryMmap, descs: &[Descriptor]) -> Result<Request, Par
     let Some((status, rest)) = descs.split_last() else {
         return Err(ParseError::NoStatus);
     };
-    if !status.is_write_only() || status.len() < 1 {
+    // A last descriptor that still points to a next one means the chain was cut short (too
+    // long, or over 4 GiB in total, which virtio-queue stops at): its real end is unknown.
+    if !status.is_write_only() || status.len() < 1 || status.has_next() {
         return Err(ParseError::NoStatus);
     }
     let status_addr = status.addr();
@@ -127,7 +129,8 @@ fn transfer(mem: &GuestMemoryMmap, disk: &Disk, req: &Request, dir: Direction) -
         }
         total += u64::from(d.len());
     }
-    if !total.is_multiple_of(SECTOR_SIZE) {
+    // The used length the device reports is a u32: larger transfers are not a valid request.
+    if !total.is_multiple_of(SECTOR_SIZE) || total >= u64::from(u32::MAX) {
         return (VIRTIO_BLK_S_IOERR, 0);
     }
     let Some(start) = req.sector.checked_mul(SECTOR_SIZE) else {
