@@ -1,6 +1,6 @@
-//! virtio-blk (virtio 1.2, section 5.2) over a raw image file: read, write, flush and get-id;
-//! a read-only disk offers VIRTIO_BLK_F_RO and fails writes with IOERR whatever the driver
-//! negotiated.
+//! virtio-blk (virtio 1.2, section 5.2) over a raw image file: read, write, flush, get-id,
+//! discard and write-zeroes (hole punching, so sparse images stay sparse); a read-only disk
+//! offers VIRTIO_BLK_F_RO and fails every write with IOERR whatever the driver negotiated.
 
 pub mod request;
 
@@ -18,8 +18,12 @@ const QUEUE_SIZE: u16 = 256;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-/// Configuration space: capacity (u64) at 0, size_max (u32) at 8, seg_max (u32) at 12.
-const CONFIG_LEN: usize = 16;
+const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+/// Configuration space (virtio 1.2, 5.2.4): capacity (u64) at 0, size_max at 8, seg_max at 12,
+/// ..., max_discard_sectors at 36, max_discard_seg at 40, discard_sector_alignment at 44,
+/// max_write_zeroes_sectors at 48, max_write_zeroes_seg at 52, write_zeroes_may_unmap at 56.
+const CONFIG_LEN: usize = 60;
 
 /// Errors opening a disk image.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,12 @@ impl Block {
         c[..8].copy_from_slice(&(self.disk.capacity_bytes / SECTOR_SIZE).to_le_bytes());
         // One descriptor each for header and status; the rest may carry data.
         c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
+        c[36..40].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
+        c[40..44].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
+        c[44..48].copy_from_slice(&1u32.to_le_bytes());
+        c[48..52].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
+        c[52..56].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
+        c[56] = 1;
         c
     }
 }
@@ -128,12 +138,12 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        let ro = if self.disk.read_only {
+        let by_mode = if self.disk.read_only {
             VIRTIO_BLK_F_RO
         } else {
-            0
+            VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
         };
-        VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
+        VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | by_mode
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -429,6 +439,75 @@ mod tests {
         assert_eq!(used, 0);
         assert_eq!(h.mem.read_obj::<u8>(GuestAddress(0x20000)).unwrap(), 0xee);
         assert_eq!(h.status(), 0xee);
+    }
+
+    /// Writes discard/write-zeroes segments at 0x20000 and submits them.
+    fn submit_segments(h: &mut Harness, kind: u32, segments: &[(u64, u32, u32)]) -> u8 {
+        for (i, &(sector, num, flags)) in segments.iter().enumerate() {
+            let at = 0x20000 + 16 * i as u64;
+            h.mem.write_obj(sector, GuestAddress(at)).unwrap();
+            h.mem.write_obj(num, GuestAddress(at + 8)).unwrap();
+            h.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        }
+        h.header(kind, 0);
+        h.submit(&[HDR, (0x20000, 16 * segments.len() as u32, 0), STATUS]);
+        h.status()
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_read_back_as_zeros() {
+        let mut h = harness(8, false);
+        let ok = submit_segments(&mut h, VIRTIO_BLK_T_DISCARD, &[(1, 2, 0)]);
+        assert_eq!(ok, VIRTIO_BLK_S_OK);
+        let ok = submit_segments(&mut h, VIRTIO_BLK_T_WRITE_ZEROES, &[(5, 1, 1), (7, 1, 0)]);
+        assert_eq!(ok, VIRTIO_BLK_S_OK);
+        let bytes = h.file_bytes();
+        assert_eq!(bytes.len(), 8 * 512, "size kept");
+        for sector in 0..8u8 {
+            let s = &bytes[sector as usize * 512..(sector as usize + 1) * 512];
+            let zeroed = matches!(sector, 1 | 2 | 5 | 7);
+            let want = if zeroed { 0 } else { sector };
+            assert!(s.iter().all(|&b| b == want), "sector {sector}");
+        }
+    }
+
+    #[test]
+    fn bad_discards_fail_and_read_only_disks_refuse_them() {
+        let mut h = harness(8, false);
+        // Past the end, overflowing, unmap flag on a discard, unknown flag, no segment.
+        assert_eq!(
+            submit_segments(&mut h, VIRTIO_BLK_T_DISCARD, &[(7, 2, 0)]),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            submit_segments(&mut h, VIRTIO_BLK_T_DISCARD, &[(u64::MAX, 1, 0)]),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            submit_segments(&mut h, VIRTIO_BLK_T_DISCARD, &[(0, 1, 1)]),
+            VIRTIO_BLK_S_UNSUPP
+        );
+        assert_eq!(
+            submit_segments(&mut h, VIRTIO_BLK_T_WRITE_ZEROES, &[(0, 1, 2)]),
+            VIRTIO_BLK_S_UNSUPP
+        );
+        assert_eq!(
+            submit_segments(&mut h, VIRTIO_BLK_T_DISCARD, &[]),
+            VIRTIO_BLK_S_IOERR
+        );
+        let mut ro = harness(8, true);
+        assert_eq!(ro.dev.avail_features() & VIRTIO_BLK_F_DISCARD, 0);
+        assert_eq!(
+            submit_segments(&mut ro, VIRTIO_BLK_T_DISCARD, &[(1, 1, 0)]),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert_eq!(
+            submit_segments(&mut ro, VIRTIO_BLK_T_WRITE_ZEROES, &[(1, 1, 0)]),
+            VIRTIO_BLK_S_IOERR
+        );
+        assert!(ro.file_bytes()[512..1024].iter().all(|&b| b == 1));
+        // The unchanged writable disk.
+        assert!(h.file_bytes()[7 * 512..].iter().all(|&b| b == 7));
     }
 
     #[test]

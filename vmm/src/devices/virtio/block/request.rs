@@ -18,6 +18,16 @@ pub const VIRTIO_BLK_T_IN: u32 = 0;
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
 pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
 pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+
+/// Most segments one discard or write-zeroes request may carry (advertised in the config).
+pub const MAX_DISCARD_SEGMENTS: u32 = 32;
+/// Most sectors one segment may cover (advertised in the config): 2 GiB.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+const SEGMENT_LEN: usize = 16;
+/// virtio_blk_discard_write_zeroes.flags: the device may unmap (only for write-zeroes).
+const SEGMENT_FLAG_UNMAP: u32 = 1;
 
 pub const VIRTIO_BLK_S_OK: u8 = 0;
 pub const VIRTIO_BLK_S_IOERR: u8 = 1;
@@ -105,6 +115,10 @@ pub fn execute(mem: &GuestMemoryMmap, disk: &Disk, req: &Request) -> (u8, u32) {
             }
         },
         VIRTIO_BLK_T_GET_ID => get_id(mem, disk, req),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES if disk.read_only => {
+            (VIRTIO_BLK_S_IOERR, 0)
+        }
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => discard_or_zero(mem, disk, req),
         other => {
             tracing::debug!(kind = other, "virtio-blk: unsupported request type");
             (VIRTIO_BLK_S_UNSUPP, 0)
@@ -195,4 +209,122 @@ fn get_id(mem: &GuestMemoryMmap, disk: &Disk, req: &Request) -> (u8, u32) {
         }
         _ => (VIRTIO_BLK_S_IOERR, 0),
     }
+}
+
+/// One discard / write-zeroes segment: `num_sectors` sectors from `sector`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    sector: u64,
+    num_sectors: u32,
+    flags: u32,
+}
+
+/// Reads the request's segments from its device-readable buffers.
+fn read_segments(mem: &GuestMemoryMmap, req: &Request) -> Option<Vec<Segment>> {
+    let mut bytes = Vec::new();
+    let max = MAX_DISCARD_SEGMENTS as usize * SEGMENT_LEN;
+    for d in &req.data {
+        let len = d.len() as usize;
+        if d.is_write_only() || bytes.len() + len > max {
+            return None;
+        }
+        let start = bytes.len();
+        bytes.resize(start + len, 0);
+        mem.read_slice(&mut bytes[start..], d.addr()).ok()?;
+    }
+    if bytes.is_empty() || bytes.len() % SEGMENT_LEN != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(SEGMENT_LEN)
+            .map(|c| {
+                let mut sector = [0u8; 8];
+                sector.copy_from_slice(&c[..8]);
+                let mut num = [0u8; 4];
+                num.copy_from_slice(&c[8..12]);
+                let mut flags = [0u8; 4];
+                flags.copy_from_slice(&c[12..16]);
+                Segment {
+                    sector: u64::from_le_bytes(sector),
+                    num_sectors: u32::from_le_bytes(num),
+                    flags: u32::from_le_bytes(flags),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// DISCARD and WRITE_ZEROES: both punch a hole, so the range reads back as zeros and the
+/// sparse image frees its blocks; where the file system cannot punch holes, write-zeroes
+/// writes zeros and discard (a hint) does nothing.
+fn discard_or_zero(mem: &GuestMemoryMmap, disk: &Disk, req: &Request) -> (u8, u32) {
+    let Some(segments) = read_segments(mem, req) else {
+        return (VIRTIO_BLK_S_IOERR, 0);
+    };
+    let zero = req.kind == VIRTIO_BLK_T_WRITE_ZEROES;
+    for seg in &segments {
+        // Unmap is only defined for write-zeroes; unknown flag bits are unsupported.
+        if seg.flags & !SEGMENT_FLAG_UNMAP != 0 || (!zero && seg.flags != 0) {
+            return (VIRTIO_BLK_S_UNSUPP, 0);
+        }
+        let in_range = seg.num_sectors <= MAX_DISCARD_SECTORS
+            && seg
+                .sector
+                .checked_add(u64::from(seg.num_sectors))
+                .and_then(|end| end.checked_mul(SECTOR_SIZE))
+                .is_some_and(|end| end <= disk.capacity_bytes);
+        if !in_range {
+            return (VIRTIO_BLK_S_IOERR, 0);
+        }
+    }
+    for seg in &segments {
+        let offset = seg.sector * SECTOR_SIZE;
+        let len = u64::from(seg.num_sectors) * SECTOR_SIZE;
+        if let Err(e) = punch_hole(&disk.file, offset, len) {
+            if !zero {
+                tracing::debug!(
+                    "virtio-blk: discard not supported by the image's file system: {e}"
+                );
+                continue;
+            }
+            if let Err(e) = write_zeros(&disk.file, offset, len) {
+                tracing::warn!("virtio-blk: write-zeroes at {offset}: {e}");
+                return (VIRTIO_BLK_S_IOERR, 0);
+            }
+        }
+    }
+    (VIRTIO_BLK_S_OK, 0)
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate on a descriptor we own, with checked arguments.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn write_zeros(file: &File, mut offset: u64, len: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; CHUNK];
+    let end = offset + len;
+    while offset < end {
+        let n = (end - offset).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], offset)?;
+        offset += n as u64;
+    }
+    Ok(())
 }
