@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 
-use cros_vmm::devices::vsock::handshake::parse_connect_line;
+use cros_messages::hybrid_vsock::parse_connect_request;
 use cros_vmm::devices::vsock::packet::{PacketHeader, parse_rx_chain, parse_tx_chain};
 use cros_vmm::devices::vsock::{VsockConfig, VsockDevice};
 use libfuzzer_sys::fuzz_target;
@@ -47,7 +47,7 @@ fn queue(layout: (u64, u64, u64)) -> Queue {
 
 fuzz_target!(|data: &[u8]| {
     if let Some(line) = data.get(..data.len().min(40)) {
-        let _ = parse_connect_line(line);
+        let _ = parse_connect_request(line);
     }
     if let Some(h) = data.get(..44).and_then(|b| <&[u8; 44]>::try_from(b).ok()) {
         assert_eq!(PacketHeader::from_bytes(h).to_bytes(), *h);

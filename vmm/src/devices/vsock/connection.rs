@@ -16,6 +16,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
+use cros_messages::hybrid_vsock::connect_reply;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tracing::debug;
 use vm_memory::GuestMemory;
@@ -218,7 +219,7 @@ impl Connection {
             (op::RESPONSE, ConnState::LocalInit) => {
                 self.state = ConnState::Established;
                 self.deadline = None;
-                self.host_preamble = format!("OK {}\n", self.key.local_port).into_bytes();
+                self.host_preamble = connect_reply(self.key.local_port).into_bytes();
                 // Whatever the host client wrote after its CONNECT line is waiting for us.
                 self.host_readable = true;
                 if let Err(e) = self.flush_to_host() {

@@ -2,7 +2,6 @@
 //!
 //! * `packet`: the header and descriptor-chain parsing (all guest input validated here);
 //! * `connection`: one stream's state machine and credit-based flow control;
-//! * `handshake`: the host's `CONNECT <port>` line;
 //! * `muxer`: guest connections ↔ host Unix sockets, one non-blocking epoll set;
 //! * `device`: queues, features, config space, the event entry point transports call;
 //! * `thread`: the device thread (epoll on queue kicks and host sockets) for our own VMM.
@@ -10,7 +9,6 @@
 pub mod connection;
 pub mod device;
 pub mod error;
-pub mod handshake;
 pub mod muxer;
 pub mod packet;
 pub mod thread;

@@ -18,6 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cros_messages::hybrid_vsock::{ConnectRequest, parse_connect_request};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
 use tracing::{debug, error, trace, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -27,7 +28,6 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnAction, ConnKey, ConnState, Connection};
 use super::error::VsockError;
-use super::handshake::{self, HandshakeProgress};
 use super::packet::{self, HEADER_SIZE, HOST_CID, PacketHeader, TYPE_STREAM, TxPacket, op};
 
 /// Most connections (established, connecting, or host clients still sending their CONNECT line)
@@ -480,31 +480,31 @@ impl Muxer {
         let progress = loop {
             let mut byte = [0u8; 1];
             match pending.stream.read(&mut byte) {
-                Ok(0) => break HandshakeProgress::Invalid("closed before CONNECT line".into()),
+                Ok(0) => break ConnectRequest::Invalid("closed before CONNECT line".into()),
                 Ok(_) => {
                     pending.line.push(byte[0]);
-                    match handshake::parse_connect_line(&pending.line) {
-                        HandshakeProgress::Incomplete => continue,
+                    match parse_connect_request(&pending.line) {
+                        ConnectRequest::Incomplete => continue,
                         other => break other,
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    break HandshakeProgress::Incomplete;
+                    break ConnectRequest::Incomplete;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break HandshakeProgress::Invalid(e.to_string()),
+                Err(e) => break ConnectRequest::Invalid(e.to_string()),
             }
         };
         match progress {
-            HandshakeProgress::Incomplete => {}
-            HandshakeProgress::Invalid(why) => {
+            ConnectRequest::Incomplete => {}
+            ConnectRequest::Invalid(why) => {
                 warn!(
                     "vsock: closing host client on {}: {why}",
                     self.uds_path.display()
                 );
                 self.drop_pending_host(fd);
             }
-            HandshakeProgress::Connect(port) => {
+            ConnectRequest::Port(port) => {
                 let Some(pending) = self.pending_hosts.remove(&fd) else {
                     return;
                 };
