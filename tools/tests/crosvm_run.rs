@@ -167,6 +167,8 @@ fn run_help_documents_every_flag() {
         "--params",
         "--serial-log",
         "--virtio-rng",
+        "--block",
+        "--no-seccomp",
     ] {
         let line = help
             .lines()

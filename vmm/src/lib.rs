@@ -7,5 +7,6 @@ pub mod loader;
 pub mod memory;
 pub mod probe;
 pub mod run;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vhost_user;

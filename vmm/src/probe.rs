@@ -136,6 +136,7 @@ pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
         serial: SerialOutput::Capture(serial.clone()),
         block: Vec::new(),
         virtio_rng: 0,
+        seccomp: true,
     };
     let result = run(&config);
     let output = serial.lock().unwrap_or_else(|p| p.into_inner()).clone();

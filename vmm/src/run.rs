@@ -27,7 +27,9 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::worker::{DeviceWorker, SharedVirtioDevice};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, MMIO_HOLE_START, MemoryError};
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuBuses, VcpuEvent};
+use seccompiler::BpfProgram;
 
 /// KVM's TSS must sit in guest physical space outside RAM and MMIO; Firecracker's address.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
@@ -113,6 +115,8 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     /// Number of virtio-rng devices, each in its own virtio-mmio window.
     pub virtio_rng: usize,
+    /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
+    pub seccomp: bool,
 }
 
 /// How a VM that ran ended without a VMM error.
@@ -146,6 +150,8 @@ pub enum VmmError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     ZeroPage(#[from] zero_page::ZeroPageError),
     #[error("cannot set up vCPU {cpu}: {what}")]
@@ -262,6 +268,15 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmErro
 pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     config.validate()?;
     let kvm = open_kvm()?;
+    // Built up front, so no thread starts before every filter is known to compile.
+    let mut filters = std::collections::HashMap::new();
+    if config.seccomp {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::Helper] {
+            filters.insert(kind, seccomp::filter_for(kind)?);
+        }
+        seccomp::install_sigsys_handler()?;
+    }
+    let filter = |kind| -> Option<BpfProgram> { filters.get(&kind).cloned() };
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -351,6 +366,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
                 format!("virtio-{kind}{i}"),
                 transport.device(),
                 queue_events,
+                filter(ThreadKind::Device),
             )
             .map_err(io_err("cannot start a virtio device thread"))?,
         );
@@ -423,9 +439,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             .try_clone()
             .map_err(io_err("cannot clone the reset eventfd"))?;
         let stop = stop.clone();
+        let helper_filter = filter(ThreadKind::Helper);
         std::thread::Builder::new()
             .name("reset-wait".into())
             .spawn(move || {
+                if let Some(f) = &helper_filter
+                    && let Err(e) = seccomp::install(ThreadKind::Helper, f)
+                {
+                    tracing::error!("reset thread: {e}");
+                    return;
+                }
                 if evt.read().is_ok() && !stop.load(Ordering::Acquire) {
                     let _ = events.send(Event::Reset);
                 }
@@ -442,6 +465,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             buses.clone(),
             stop.clone(),
             vcpu_tx.clone(),
+            filter(ThreadKind::Vcpu),
         ) {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -458,9 +482,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     }
     drop(vcpu_tx);
     // Forward vCPU events into the one channel the VMM waits on.
+    let forwarder_filter = filter(ThreadKind::Helper);
     let forwarder = std::thread::Builder::new()
         .name("vcpu-events".into())
         .spawn(move || {
+            if let Some(f) = &forwarder_filter
+                && let Err(e) = seccomp::install(ThreadKind::Helper, f)
+            {
+                tracing::error!("vCPU event thread: {e}");
+                return;
+            }
             for event in vcpu_rx {
                 if events_tx.send(Event::Vcpu(event)).is_err() {
                     break;

@@ -11,6 +11,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::devices::bus::Bus;
+use crate::seccomp::{self, ThreadKind};
+use seccompiler::BpfProgram;
 
 /// Why a vCPU stopped running the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,10 +71,18 @@ pub fn spawn_vcpu(
     buses: VcpuBuses,
     stop: Arc<AtomicBool>,
     events: Sender<VcpuEvent>,
+    seccomp: Option<BpfProgram>,
 ) -> std::io::Result<VcpuHandle> {
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{cpu}"))
         .spawn(move || {
+            if let Some(filter) = &seccomp
+                && let Err(e) = seccomp::install(ThreadKind::Vcpu, filter)
+            {
+                let reason = format!("{e}: {:?}", std::error::Error::source(&e));
+                let _ = events.send(VcpuEvent::Fatal { cpu, reason });
+                return;
+            }
             if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop) {
                 let _ = events.send(event);
             }

@@ -61,6 +61,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         serial: SerialOutput::File(serial_log.to_owned()),
         block: Vec::new(),
         virtio_rng: 0,
+        seccomp: true,
     }
 }
 
@@ -132,6 +133,18 @@ fn probe_payload_checks_acpi_and_virtio_windows_then_resets() {
 fn probe_payload_without_virtio_devices_finds_no_windows() {
     let serial = run_probe(1, 64, 0);
     assert_probe_output(&serial, 0);
+}
+
+#[test]
+fn probe_payload_runs_without_seccomp_too() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    cfg.virtio_rng = 1;
+    cfg.seccomp = false;
+    assert_eq!(run(&cfg).unwrap(), VmExit::GuestReset);
+    assert_probe_output(&std::fs::read_to_string(&log).unwrap(), 1);
 }
 
 #[test]

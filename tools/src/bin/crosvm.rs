@@ -83,6 +83,10 @@ struct RunArgs {
     /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
     #[arg(long, value_name = "N", default_value_t = 0)]
     virtio_rng: usize,
+    /// Run the vCPU, device and helper threads without their seccomp filters (for debugging
+    /// a VMM stopped with "crosvm: seccomp: ... denied"; exit status 159).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 block: args.block,
                 virtio_rng: args.virtio_rng,
+                seccomp: !args.no_seccomp,
             };
             let exit = cros_vmm::run::run(&config).context("crosvm run")?;
             tracing::info!("VM ended: {exit:?}");

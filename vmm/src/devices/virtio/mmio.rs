@@ -514,7 +514,7 @@ mod tests {
             .iter()
             .map(|e| e.try_clone().unwrap())
             .collect();
-        let worker = DeviceWorker::spawn("test-rng".into(), t.device(), events).unwrap();
+        let worker = DeviceWorker::spawn("test-rng".into(), t.device(), events, None).unwrap();
         negotiate(&mut t);
         assert_eq!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
         // One device-writable descriptor of 32 bytes at 0x4000.

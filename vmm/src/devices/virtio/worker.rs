@@ -11,6 +11,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VirtioDevice;
+use crate::seccomp::{self, ThreadKind};
+use seccompiler::BpfProgram;
 
 /// A device shared by its transport (vCPU threads) and its worker thread.
 pub type SharedVirtioDevice = Arc<Mutex<dyn VirtioDevice>>;
@@ -36,6 +38,7 @@ impl DeviceWorker {
         name: String,
         device: SharedVirtioDevice,
         queue_events: Vec<EventFd>,
+        seccomp: Option<BpfProgram>,
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(0)?;
         let epoll = Epoll::new()?;
@@ -52,9 +55,20 @@ impl DeviceWorker {
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, stop_token),
         )?;
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || event_loop(&epoll, &device, &queue_events, stop_token))?;
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(filter) = &seccomp
+                && let Err(e) = seccomp::install(ThreadKind::Device, filter)
+            {
+                // Serving the guest unfiltered is not an option; the device stays silent
+                // and the error says why.
+                tracing::error!(
+                    "virtio device thread not started: {e}: {:?}",
+                    std::error::Error::source(&e)
+                );
+                return;
+            }
+            event_loop(&epoll, &device, &queue_events, stop_token)
+        })?;
         Ok(Self {
             stop,
             thread: Some(thread),
