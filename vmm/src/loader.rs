@@ -65,6 +65,12 @@ fn open(what: &'static str, path: &Path) -> Result<File, LoaderError> {
     })
 }
 
+/// Whether `path` is an ELF file (as opposed to a bzImage).
+pub fn is_elf(path: &Path) -> Result<bool, LoaderError> {
+    let mut magic = [0u8; 4];
+    Ok(open("kernel", path)?.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
+}
+
 /// Loads `path`, an ELF (vmlinux, or a freestanding payload) or a bzImage, above 1 MiB.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
     let mut file = open("kernel", path)?;

@@ -267,6 +267,16 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmErro
 /// Builds and runs the VM until the guest resets it through the i8042 or something fails.
 pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     config.validate()?;
+    if !loader::is_elf(&config.kernel)? {
+        // A bzImage is most likely Linux: say up front when this /dev/kvm cannot run it,
+        // rather than leave the user watching a VM that makes no progress.
+        if let Err(e) = crate::probe::probe_stock_kernel_boot() {
+            tracing::warn!(
+                "{e}: a Linux kernel will probably not boot here (expect an emulation error, \
+                 or no progress); QEMU with TCG can run it"
+            );
+        }
+    }
     let kvm = open_kvm()?;
     // Built up front, so no thread starts before every filter is known to compile.
     let mut filters = std::collections::HashMap::new();

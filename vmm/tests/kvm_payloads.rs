@@ -312,3 +312,62 @@ fn stock_kernel_probe_runs_and_names_what_fails() {
         Err(e) => panic!("the probe did not run: {e:?}"),
     }
 }
+
+/// A minimal bzImage around the probe payload: a setup part of 5 sectors whose header
+/// (boot protocol 2.15, loaded high at 1 MiB) the loader checks and copies into the zero
+/// page, then the protected-mode part whose 64-bit entry point (offset 0x200) is the payload.
+fn build_bzimage(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads/probe.S");
+    let obj = dir.join("probe-bz.o");
+    let flat = dir.join("probe-bz.bin");
+    for cmd in [
+        Command::new("as")
+            .arg("--64")
+            .arg("-o")
+            .arg(&obj)
+            .arg(&src)
+            .status(),
+        Command::new("ld")
+            .args([
+                "-N",
+                "-static",
+                "-nostdlib",
+                "-Ttext=0x100200",
+                "-e",
+                "_start",
+            ])
+            .args(["--oformat", "binary", "-o"])
+            .arg(&flat)
+            .arg(&obj)
+            .status(),
+    ] {
+        assert!(cmd.expect("binutils (as, ld)").success());
+    }
+    let setup_sects = 4u8;
+    let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+    image[0x1f1] = setup_sects;
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    image.extend_from_slice(&[0xf4; 0x200]); // the 32-bit entry we do not use: hlt
+    image.extend_from_slice(&std::fs::read(&flat).unwrap());
+    let path = dir.join("bzImage");
+    std::fs::write(&path, image).unwrap();
+    path
+}
+
+#[test]
+fn bzimage_is_entered_at_its_64_bit_entry_point() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let mut cfg = config(build_bzimage(dir.path()), &log);
+    cfg.virtio_rng = 1;
+    cfg.params = "console=ttyS0".into();
+    let exit = run(&cfg);
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(matches!(exit, Ok(VmExit::GuestReset)), "{exit:?}\n{serial}");
+    assert_probe_output(&serial, 1);
+}
