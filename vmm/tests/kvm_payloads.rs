@@ -202,9 +202,10 @@ fn bad_configurations_are_refused_before_the_vm_starts() {
     cfg.virtio_rng = 30;
     assert!(matches!(run(&cfg), Err(VmmError::Config(_))));
     require_kvm();
-    let mut cfg = config(kernel, &log);
+    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
     cfg.mem_mib = 1;
-    assert!(matches!(run(&cfg), Err(VmmError::Memory(_))));
+    let result = run(&cfg);
+    assert!(matches!(result, Err(VmmError::Memory(_))), "{result:?}");
 }
 
 /// A disk whose sector 0 starts with a line the payload prints, the rest filled with 0x11.
