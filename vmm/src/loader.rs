@@ -151,3 +151,51 @@ pub fn load_initrd(
         })?;
     Ok((addr, size32))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+
+    #[test]
+    fn initrd_goes_to_the_top_of_low_ram_page_aligned() {
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd");
+        std::fs::write(&path, vec![0x5a; 10_000]).unwrap();
+        let (addr, size) = load_initrd(&mem, &path, 0x20_0000).unwrap();
+        assert_eq!(size, 10_000);
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + 10_000 <= 16 << 20 && addr + 10_000 + 4096 > 16 << 20);
+        let mut back = vec![0u8; 10_000];
+        mem.read_slice(&mut back, GuestAddress(addr)).unwrap();
+        assert!(back.iter().all(|&b| b == 0x5a));
+    }
+
+    #[test]
+    fn initrd_that_would_overlap_the_kernel_is_refused() {
+        let mem = create_guest_memory(4 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("initrd");
+        std::fs::write(&path, vec![0; 3 << 20]).unwrap();
+        let err = load_initrd(&mem, &path, 0x20_0000).unwrap_err();
+        assert!(matches!(err, LoaderError::InitrdTooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("initrd"));
+    }
+
+    #[test]
+    fn command_line_is_written_nul_terminated() {
+        let mem = create_guest_memory(4 << 20).unwrap();
+        let len = load_command_line(&mem, "console=ttyS0 reboot=k").unwrap();
+        assert_eq!(len, 22);
+        let mut back = [0u8; 23];
+        mem.read_slice(&mut back, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&back, b"console=ttyS0 reboot=k\0");
+        let long = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            load_command_line(&mem, &long),
+            Err(LoaderError::Cmdline { .. })
+        ));
+    }
+}
