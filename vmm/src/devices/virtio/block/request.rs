@@ -4,10 +4,11 @@
 //! dropped when it has nowhere to put a status.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub const SECTOR_SHIFT: u32 = 9;
 pub const SECTOR_SIZE: u64 = 1 << SECTOR_SHIFT;
@@ -34,8 +35,7 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 const HEADER_LEN: u32 = 16;
-/// The bounce buffer between the file and guest memory: a guest-chosen buffer length never
-/// becomes a host allocation.
+/// The buffer of zeros written where write-zeroes cannot punch a hole.
 const CHUNK: usize = 64 * 1024;
 /// Longest chain we accept; virtio-queue already stops at the queue size and on loops.
 pub const MAX_DESCRIPTORS: usize = 1024;
@@ -158,44 +158,114 @@ fn transfer(mem: &GuestMemoryMmap, disk: &Disk, req: &Request, dir: Direction) -
     }
     let mut offset = start;
     let mut written_to_guest: u32 = 0;
-    let mut buf = vec![0u8; CHUNK];
     for d in &req.data {
-        let mut done: u64 = 0;
-        let len = u64::from(d.len());
-        while done < len {
-            let n = (len - done).min(CHUNK as u64) as usize;
-            let Some(addr) = d.addr().checked_add(done) else {
-                return (VIRTIO_BLK_S_IOERR, written_to_guest);
-            };
-            let chunk = &mut buf[..n];
-            let ok = match dir {
-                Direction::Read => {
-                    disk.file
-                        .read_exact_at(chunk, offset)
-                        .map_err(|e| tracing::warn!("virtio-blk: read at {offset}: {e}"))
-                        .is_ok()
-                        && mem.write_slice(chunk, addr).is_ok()
-                }
-                Direction::Write => {
-                    mem.read_slice(chunk, addr).is_ok()
-                        && disk
-                            .file
-                            .write_all_at(chunk, offset)
-                            .map_err(|e| tracing::warn!("virtio-blk: write at {offset}: {e}"))
-                            .is_ok()
-                }
-            };
-            if !ok {
-                return (VIRTIO_BLK_S_IOERR, written_to_guest);
-            }
-            if dir == Direction::Read {
-                written_to_guest += n as u32;
-            }
-            done += n as u64;
-            offset += n as u64;
+        let len = d.len() as usize;
+        let result = match dir {
+            Direction::Read => file_to_guest(&disk.file, mem, d.addr(), len, offset),
+            Direction::Write => guest_to_file(&disk.file, mem, d.addr(), len, offset),
+        };
+        if let Err(e) = result {
+            tracing::debug!(
+                offset,
+                len,
+                addr = d.addr().0,
+                "virtio-blk: transfer failed: {e}"
+            );
+            return (VIRTIO_BLK_S_IOERR, written_to_guest);
         }
+        if dir == Direction::Read {
+            written_to_guest += len as u32;
+        }
+        offset += len as u64;
     }
     (VIRTIO_BLK_S_OK, written_to_guest)
+}
+
+/// The host address of `len` bytes of guest memory at `addr`, all in one region (a buffer
+/// that runs off guest RAM, or across the MMIO hole, is refused).
+fn guest_buffer(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+) -> std::io::Result<vm_memory::volatile_memory::PtrGuardMut> {
+    let slice = mem
+        .get_slice(addr, len)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    Ok(slice.ptr_guard_mut())
+}
+
+/// Reads the file at `offset` straight into guest memory: no bounce buffer, no allocation
+/// sized by the guest.
+fn file_to_guest(
+    file: &File,
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    offset: u64,
+) -> std::io::Result<()> {
+    let buf = guest_buffer(mem, addr, len)?;
+    let mut done = 0;
+    while done < len {
+        let at = libc::off64_t::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: `buf` covers `len` mapped bytes of guest memory for as long as it lives. The
+        // guest may write them concurrently; that only changes what it reads back.
+        let n = unsafe {
+            libc::pread64(
+                file.as_raw_fd(),
+                buf.as_ptr().add(done).cast(),
+                len - done,
+                at,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes guest memory straight to the file at `offset`.
+fn guest_to_file(
+    file: &File,
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    offset: u64,
+) -> std::io::Result<()> {
+    let buf = guest_buffer(mem, addr, len)?;
+    let mut done = 0;
+    while done < len {
+        let at = libc::off64_t::try_from(offset + done as u64)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: as in `file_to_guest`; here the kernel only reads the buffer.
+        let n = unsafe {
+            libc::pwrite64(
+                file.as_raw_fd(),
+                buf.as_ptr().add(done).cast(),
+                len - done,
+                at,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn get_id(mem: &GuestMemoryMmap, disk: &Disk, req: &Request) -> (u8, u32) {
