@@ -152,6 +152,30 @@ fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+fn assert_no_vms(crosd: &Crosd) {
+    let o = crosd.run("vmc", &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// `vmc start --no-shell termina`, which must succeed (`what` names the attempt on failure).
+fn start_termina(crosd: &Crosd, what: &str) -> Output {
+    let o = crosd.run(
+        "vmc",
+        &["start", "--no-shell", "--timeout", "300", "termina"],
+    );
+    assert!(
+        o.status.success(),
+        "{what}: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    o
+}
+
 #[test]
 fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
     let crosd = Crosd::start(|_| {});
@@ -164,23 +188,9 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
         "{}",
         text(&o)
     );
-    let o = crosd.run("vmc", &["list"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
-        "{}",
-        text(&o)
-    );
+    assert_no_vms(&crosd);
 
-    let o = crosd.run(
-        "vmc",
-        &["start", "--no-shell", "--timeout", "300", "termina"],
-    );
-    assert!(
-        o.status.success(),
-        "vmc start failed: {}\ncrosd log:\n{}",
-        text(&o),
-        crosd.log()
-    );
+    let o = start_termina(&crosd, "vmc start failed");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("termina is running"), "{stderr}");
 
@@ -228,24 +238,10 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
     let o = crosd.run("vmc", &["stop", "termina"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!alive(pid), "QEMU (pid {pid}) still runs after vmc stop");
-    let o = crosd.run("vmc", &["list"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
-        "{}",
-        text(&o)
-    );
+    assert_no_vms(&crosd);
 
     // The stateful disk keeps the file across stop and start.
-    let o = crosd.run(
-        "vmc",
-        &["start", "--no-shell", "--timeout", "300", "termina"],
-    );
-    assert!(
-        o.status.success(),
-        "second start: {}\ncrosd log:\n{}",
-        text(&o),
-        crosd.log()
-    );
+    start_termina(&crosd, "second start");
     let o = crosd.vsh(&["cat", "/mnt/stateful/e2e"]);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
@@ -311,12 +307,7 @@ fn a_corrupted_kernel_is_refused_by_name() {
         "{}",
         text(&o)
     );
-    let o = crosd.run("vmc", &["list"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
-        "{}",
-        text(&o)
-    );
+    assert_no_vms(&crosd);
 }
 
 #[test]
