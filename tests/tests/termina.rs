@@ -288,6 +288,12 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
         crosd.state.join("logs/termina.console.log").exists(),
         "the console log is kept after the VM ends"
     );
+
+    // crosd going away takes its VMs with it.
+    start_termina(&crosd, "third start");
+    let pid = qemu_pid(&crosd);
+    drop(crosd);
+    assert!(!alive(pid), "QEMU (pid {pid}) outlived crosd's SIGTERM");
 }
 
 #[test]
