@@ -168,6 +168,7 @@ fn run_help_documents_every_flag() {
         "--serial-log",
         "--virtio-rng",
         "--block",
+        "--socket",
         "--no-seccomp",
     ] {
         let line = help
@@ -202,4 +203,51 @@ fn probe_says_whether_a_stock_kernel_can_boot() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn status_and_stop_through_the_control_socket() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = build_payload(dir.path(), "spin");
+    let ctrl = dir.path().join("ctrl.sock");
+    let log = dir.path().join("serial.log");
+    let mut vm = Command::new(CROSVM)
+        .args(["run", "--mem", "32", "--kernel"])
+        .arg(&payload)
+        .arg("--socket")
+        .arg(&ctrl)
+        .arg("--serial-log")
+        .arg(&log)
+        .spawn()
+        .expect("cannot start crosvm run");
+    // A hang guard, not a timing assertion.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !(ctrl.exists() && std::fs::read_to_string(&log).is_ok_and(|s| s == "ready\n")) {
+        assert!(std::time::Instant::now() < deadline, "VM never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ctrl = ctrl.to_str().unwrap();
+    let out = crosvm(&["status", ctrl]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "Running");
+    assert_eq!(status["pid"], vm.id());
+    assert_eq!(status["vcpus"], 1);
+    assert_eq!(status["memory_mib"], 32);
+    let out = crosvm(&["stop", ctrl]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm.wait().unwrap().success());
+    // Nothing listens any more: a clear error naming the socket.
+    let out = crosvm(&["status", ctrl]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(ctrl));
 }

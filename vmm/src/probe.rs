@@ -137,6 +137,7 @@ pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
         block: Vec::new(),
         virtio_rng: 0,
         seccomp: true,
+        control_socket: None,
     };
     let result = run(&config);
     let output = serial.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig, MmioDeviceInfo};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs, zero_page};
+use crate::control::{ControlError, ControlRequest, ControlServer};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
@@ -29,6 +30,8 @@ use crate::loader::{self, LoaderError};
 use crate::memory::{self, MMIO_HOLE_START, MemoryError};
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuBuses, VcpuEvent};
+use cros_messages::CrosError;
+use cros_messages::crosvm::{CrosvmReply, CrosvmRequest, VmRunState};
 use seccompiler::BpfProgram;
 
 /// KVM's TSS must sit in guest physical space outside RAM and MMIO; Firecracker's address.
@@ -117,6 +120,8 @@ pub struct VmConfig {
     pub virtio_rng: usize,
     /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
     pub seccomp: bool,
+    /// Where to listen for control requests (`crosvm stop|pause|resume|status`).
+    pub control_socket: Option<PathBuf>,
 }
 
 /// How a VM that ran ended without a VMM error.
@@ -125,6 +130,8 @@ pub enum VmExit {
     /// The guest asked the i8042 for a CPU reset: Linux's `reboot=k` and our payloads' way
     /// to power off.
     GuestReset,
+    /// A Stop request on the control socket ended the VM.
+    Stopped,
 }
 
 /// Errors building or running a VM.
@@ -152,6 +159,8 @@ pub enum VmmError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error(transparent)]
     ZeroPage(#[from] zero_page::ZeroPageError),
     #[error("cannot set up vCPU {cpu}: {what}")]
@@ -281,7 +290,12 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     // Built up front, so no thread starts before every filter is known to compile.
     let mut filters = std::collections::HashMap::new();
     if config.seccomp {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::Helper] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Device,
+            ThreadKind::Helper,
+            ThreadKind::Control,
+        ] {
             filters.insert(kind, seccomp::filter_for(kind)?);
         }
         seccomp::install_sigsys_handler()?;
@@ -440,7 +454,9 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         mmio: Arc::new(mmio_bus),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let pause = Arc::new(vcpu::PauseControl::default());
     let (events_tx, events_rx) = mpsc::channel();
+    let control_events_tx = events_tx.clone();
 
     // The i8042 reset arrives on an eventfd; a small thread turns it into a VM event.
     let reset_waiter = {
@@ -474,6 +490,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             vcpu,
             buses.clone(),
             stop.clone(),
+            pause.clone(),
             vcpu_tx.clone(),
             filter(ThreadKind::Vcpu),
         ) {
@@ -516,21 +533,94 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         "VM started"
     );
 
-    let outcome = match events_rx.recv() {
-        Ok(Event::Reset) => Ok(VmExit::GuestReset),
-        Ok(Event::Vcpu(VcpuEvent::TripleFault { cpu, rip })) => Err(VmmError::TripleFault {
-            cpu,
-            rip: rip.map_or_else(|| "unknown".into(), |r| format!("{r:#x}")),
-        }),
-        Ok(Event::Vcpu(VcpuEvent::Fatal { cpu, reason })) => {
-            Err(VmmError::VcpuFatal { cpu, reason })
+    // The control socket forwards its requests into the same event channel.
+    let control = match &config.control_socket {
+        Some(path) => {
+            let (control_tx, control_rx) = mpsc::channel::<ControlRequest>();
+            let events = control_events_tx;
+            let forward = std::thread::Builder::new()
+                .name("control-events".into())
+                .spawn(move || {
+                    for request in control_rx {
+                        if events.send(Event::Control(request)).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(io_err("cannot start the control event thread"))?;
+            let server = ControlServer::start(path, control_tx, filter(ThreadKind::Control))?;
+            Some((server, forward))
         }
-        Err(_) => Err(VmmError::VcpuFatal {
-            cpu: 0,
-            reason: "every vCPU thread ended without a reason".into(),
-        }),
+        None => {
+            drop(control_events_tx);
+            None
+        }
     };
 
+    let status = |state| CrosvmReply::Status {
+        state,
+        pid: std::process::id(),
+        vcpus: u32::from(config.cpus),
+        memory_mib: u32::try_from(config.mem_mib).unwrap_or(u32::MAX),
+    };
+    let outcome = loop {
+        match events_rx.recv() {
+            Ok(Event::Reset) => break Ok(VmExit::GuestReset),
+            Ok(Event::Vcpu(VcpuEvent::TripleFault { cpu, rip })) => {
+                break Err(VmmError::TripleFault {
+                    cpu,
+                    rip: rip.map_or_else(|| "unknown".into(), |r| format!("{r:#x}")),
+                });
+            }
+            Ok(Event::Vcpu(VcpuEvent::Fatal { cpu, reason })) => {
+                break Err(VmmError::VcpuFatal { cpu, reason });
+            }
+            Ok(Event::Control(ControlRequest { request, reply })) => {
+                let answer = match request {
+                    CrosvmRequest::Status {} => {
+                        let state = if pause.is_paused() {
+                            VmRunState::Paused
+                        } else {
+                            VmRunState::Running
+                        };
+                        Ok(status(state))
+                    }
+                    CrosvmRequest::Pause {} => {
+                        pause.request_pause();
+                        // Kick until every running vCPU has parked (a kick that lands just
+                        // before KVM_RUN is lost, so it is repeated).
+                        while pause.parked() < handles.iter().filter(|h| !h.is_finished()).count() {
+                            handles.iter().for_each(vcpu::VcpuHandle::kick);
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        Ok(CrosvmReply::Ack {})
+                    }
+                    CrosvmRequest::Resume {} => {
+                        pause.resume();
+                        Ok(CrosvmReply::Ack {})
+                    }
+                    CrosvmRequest::Stop {} => {
+                        // No ACPI power button yet: the stop is immediate.
+                        let _ = reply.send(Ok(CrosvmReply::Ack {}));
+                        break Ok(VmExit::Stopped);
+                    }
+                    CrosvmRequest::ResizeDisk { .. } => {
+                        Err(CrosError::unsupported("crosvm cannot resize disks yet"))
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+            Err(_) => {
+                break Err(VmmError::VcpuFatal {
+                    cpu: 0,
+                    reason: "every vCPU thread ended without a reason".into(),
+                });
+            }
+        }
+    };
+
+    // Parked vCPUs must wake to see the stop.
+    pause.resume();
     stop.store(true, Ordering::Release);
     for handle in handles {
         handle.stop_and_join();
@@ -539,6 +629,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     let _ = reset_evt.write(1);
     let _ = reset_waiter.join();
     let _ = forwarder.join();
+    if let Some((server, forward)) = control {
+        drop(server);
+        let _ = forward.join();
+    }
     workers.into_iter().for_each(DeviceWorker::stop);
     serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
     drop(mem);
@@ -548,6 +642,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
 enum Event {
     Reset,
     Vcpu(VcpuEvent),
+    Control(ControlRequest),
 }
 
 #[cfg(test)]

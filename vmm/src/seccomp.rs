@@ -27,6 +27,8 @@ pub enum ThreadKind {
     Device,
     /// Small helper threads that only wait on eventfds and channels.
     Helper,
+    /// The control socket's thread: accepts clients and talks to them.
+    Control,
 }
 
 /// Errors building or installing a filter.
@@ -84,6 +86,15 @@ const DEVICE: &[i64] = &[
     libc::SYS_fallocate,
 ];
 
+/// The control thread also accepts and serves socket clients.
+const CONTROL: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+];
+
 /// The BPF program for `kind`.
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let build =
@@ -130,6 +141,9 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             rules.extend(DEVICE.iter().map(|&nr| (nr, Vec::new())));
         }
         ThreadKind::Helper => {}
+        ThreadKind::Control => {
+            rules.extend(CONTROL.iter().map(|&nr| (nr, Vec::new())));
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -194,7 +208,12 @@ mod tests {
 
     #[test]
     fn every_filter_builds() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::Helper] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Device,
+            ThreadKind::Helper,
+            ThreadKind::Control,
+        ] {
             assert!(!filter_for(kind).unwrap().is_empty());
         }
     }

@@ -2,9 +2,9 @@
 //! buses. A guest access nobody claims is logged and ignored; KVM failures and exits that end
 //! the VM go to the VMM as a [`VcpuEvent`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -44,6 +44,61 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
+/// Pausing the vCPUs: the VMM sets `requested` and kicks every vCPU out of KVM_RUN; each
+/// parks here until resumed or stopped, and the VMM waits until all have parked.
+#[derive(Default)]
+pub struct PauseControl {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    parked: usize,
+}
+
+impl PauseControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the vCPUs to park (they do at their next exit or kick).
+    pub fn request_pause(&self) {
+        self.lock().requested = true;
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        self.lock().requested = false;
+        self.changed.notify_all();
+    }
+
+    /// Whether a pause is requested.
+    pub fn is_paused(&self) -> bool {
+        self.lock().requested
+    }
+
+    /// How many vCPUs are parked now.
+    pub fn parked(&self) -> usize {
+        self.lock().parked
+    }
+
+    /// Called by a vCPU thread between KVM_RUN calls: parks while a pause is requested.
+    fn park_if_requested(&self, stop: &AtomicBool) {
+        let mut state = self.lock();
+        if !state.requested {
+            return;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.requested && !stop.load(Ordering::Acquire) {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.parked -= 1;
+    }
+}
+
 /// A running vCPU thread.
 pub struct VcpuHandle {
     pub cpu: u8,
@@ -51,6 +106,16 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// Sends the kick signal once (KVM_RUN returns EINTR).
+    pub fn kick(&self) {
+        let _ = self.thread.kill(kick_signal());
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Stops the thread: `stop` must already be set. Signals it until it leaves KVM_RUN (a
     /// signal sent just before it re-enters KVM_RUN would be lost, so we repeat it).
     pub fn stop_and_join(self) {
@@ -70,6 +135,7 @@ pub fn spawn_vcpu(
     mut vcpu: VcpuFd,
     buses: VcpuBuses,
     stop: Arc<AtomicBool>,
+    pause: Arc<PauseControl>,
     events: Sender<VcpuEvent>,
     seccomp: Option<BpfProgram>,
 ) -> std::io::Result<VcpuHandle> {
@@ -83,15 +149,25 @@ pub fn spawn_vcpu(
                 let _ = events.send(VcpuEvent::Fatal { cpu, reason });
                 return;
             }
-            if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop) {
+            if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop, &pause) {
                 let _ = events.send(event);
             }
         })?;
     Ok(VcpuHandle { cpu, thread })
 }
 
-fn run_loop(cpu: u8, vcpu: &mut VcpuFd, buses: &VcpuBuses, stop: &AtomicBool) -> Option<VcpuEvent> {
+fn run_loop(
+    cpu: u8,
+    vcpu: &mut VcpuFd,
+    buses: &VcpuBuses,
+    stop: &AtomicBool,
+    pause: &PauseControl,
+) -> Option<VcpuEvent> {
     while !stop.load(Ordering::Acquire) {
+        pause.park_if_requested(stop);
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
         match vcpu.run() {
             Ok(exit) => match handle_exit(cpu, exit, buses) {
                 ExitAction::Continue => {}

@@ -62,6 +62,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         block: Vec::new(),
         virtio_rng: 0,
         seccomp: true,
+        control_socket: None,
     }
 }
 
@@ -78,7 +79,7 @@ fn run_probe(cpus: u8, mem_mib: u64, rng: usize) -> String {
     let serial = std::fs::read_to_string(&log).unwrap_or_default();
     match exit {
         Ok(VmExit::GuestReset) => serial,
-        Err(e) => panic!("VM failed: {e:#?}\nserial output:\n{serial}"),
+        other => panic!("VM did not reset: {other:#?}\nserial output:\n{serial}"),
     }
 }
 
@@ -371,4 +372,95 @@ fn bzimage_is_entered_at_its_64_bit_entry_point() {
     let serial = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(matches!(exit, Ok(VmExit::GuestReset)), "{exit:?}\n{serial}");
     assert_probe_output(&serial, 1);
+}
+
+/// Waits (up to 20 s, a hang guard) until `cond` holds.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn control_socket_status_pause_resume_stop() {
+    use cros_messages::crosvm::{CrosvmReply, CrosvmRequest, VmRunState};
+    use cros_vmm::control::{ControlError, send_request};
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let ctrl = dir.path().join("ctrl.sock");
+    let mut cfg = config(build_payload(dir.path(), "spin"), &log);
+    cfg.cpus = 2;
+    cfg.control_socket = Some(ctrl.clone());
+    let vm = std::thread::spawn(move || run(&cfg));
+    wait_until("the guest to print ready", || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s == "ready\n")
+    });
+    wait_until("the control socket", || ctrl.exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&ctrl).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let state = |ctrl: &Path| match send_request(ctrl, CrosvmRequest::Status {}).unwrap() {
+        CrosvmReply::Status {
+            state,
+            pid,
+            vcpus,
+            memory_mib,
+        } => {
+            assert_eq!((pid, vcpus, memory_mib), (std::process::id(), 2, 64));
+            state
+        }
+        other => panic!("status answered {other:?}"),
+    };
+    assert_eq!(state(&ctrl), VmRunState::Running);
+    assert_eq!(
+        send_request(&ctrl, CrosvmRequest::Pause {}).unwrap(),
+        CrosvmReply::Ack {}
+    );
+    assert_eq!(state(&ctrl), VmRunState::Paused);
+    assert_eq!(
+        send_request(&ctrl, CrosvmRequest::Resume {}).unwrap(),
+        CrosvmReply::Ack {}
+    );
+    assert_eq!(state(&ctrl), VmRunState::Running);
+    match send_request(
+        &ctrl,
+        CrosvmRequest::ResizeDisk {
+            index: 0,
+            size: 1 << 30,
+        },
+    ) {
+        Err(ControlError::Refused(e)) => {
+            assert_eq!(e.kind, cros_messages::ErrorKind::Unsupported)
+        }
+        other => panic!("resize answered {other:?}"),
+    }
+    // Pause, then stop: parked vCPUs must still see the stop.
+    send_request(&ctrl, CrosvmRequest::Pause {}).unwrap();
+    assert_eq!(
+        send_request(&ctrl, CrosvmRequest::Stop {}).unwrap(),
+        CrosvmReply::Ack {}
+    );
+    assert_eq!(vm.join().unwrap().unwrap(), VmExit::Stopped);
+    assert!(!ctrl.exists(), "the socket is removed when the VM ends");
+}
+
+#[test]
+fn control_socket_path_that_is_a_file_is_refused() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let ctrl = dir.path().join("not-a-socket");
+    std::fs::write(&ctrl, "keep me").unwrap();
+    let mut cfg = config(build_payload(dir.path(), "spin"), &log);
+    cfg.control_socket = Some(ctrl.clone());
+    let err = run(&cfg).unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&ctrl).unwrap(), "keep me");
 }

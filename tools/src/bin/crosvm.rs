@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
 use cros_vmm::devices::vsock::VsockConfig;
 
 #[derive(Parser)]
@@ -31,6 +32,27 @@ enum Command {
     /// runs the instructions a kernel needs early in boot in a tiny VM. Exits 0 when it can;
     /// otherwise prints which instruction failed and why, and exits 1.
     Probe,
+    /// Stop the VM served on the control socket CTRL (`crosvm run --socket CTRL`); the VMM
+    /// exits 0.
+    Stop {
+        #[arg(value_name = "CTRL")]
+        socket: PathBuf,
+    },
+    /// Pause the VM's vCPUs (returns once all are parked).
+    Pause {
+        #[arg(value_name = "CTRL")]
+        socket: PathBuf,
+    },
+    /// Let a paused VM run again.
+    Resume {
+        #[arg(value_name = "CTRL")]
+        socket: PathBuf,
+    },
+    /// Print the VM's state (running or paused), the VMM's pid, vCPUs and memory, as JSON.
+    Status {
+        #[arg(value_name = "CTRL")]
+        socket: PathBuf,
+    },
     /// Serve a virtio-vsock device to a vhost-user frontend (QEMU's vhost-user-vsock-device),
     /// with a hybrid (Unix socket) host side.
     ///
@@ -83,10 +105,34 @@ struct RunArgs {
     /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
     #[arg(long, value_name = "N", default_value_t = 0)]
     virtio_rng: usize,
+    /// Listen for control requests on the Unix socket CTRL (mode 0600; `crosvm stop|pause|
+    /// resume|status CTRL`). A stale socket file there is replaced.
+    #[arg(long, value_name = "CTRL")]
+    socket: Option<PathBuf>,
     /// Run the vCPU, device and helper threads without their seccomp filters (for debugging
     /// a VMM stopped with "crosvm: seccomp: ... denied"; exit status 159).
     #[arg(long)]
     no_seccomp: bool,
+}
+
+/// Sends one control request and prints the reply (JSON for a status).
+fn control(socket: &std::path::Path, request: CrosvmRequest) -> anyhow::Result<()> {
+    let what: &'static str = (&request).into();
+    let reply = cros_vmm::control::send_request(socket, request)
+        .with_context(|| format!("crosvm {} {}", what.to_lowercase(), socket.display()))?;
+    match reply {
+        CrosvmReply::Status {
+            state,
+            pid,
+            vcpus,
+            memory_mib,
+        } => println!(
+            "{}",
+            serde_json::json!({"state": state.to_string(), "pid": pid, "vcpus": vcpus, "memory_mib": memory_mib})
+        ),
+        CrosvmReply::Ack {} => {}
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -108,6 +154,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Stop { socket } => control(&socket, CrosvmRequest::Stop {}),
+        Command::Pause { socket } => control(&socket, CrosvmRequest::Pause {}),
+        Command::Resume { socket } => control(&socket, CrosvmRequest::Resume {}),
+        Command::Status { socket } => control(&socket, CrosvmRequest::Status {}),
         Command::Probe => {
             cros_vmm::probe::probe_stock_kernel_boot().context("crosvm probe")?;
             println!("ok: this host's /dev/kvm can run a stock Linux kernel's early boot code");
@@ -127,6 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 block: args.block,
                 virtio_rng: args.virtio_rng,
                 seccomp: !args.no_seccomp,
+                control_socket: args.socket,
             };
             let exit = cros_vmm::run::run(&config).context("crosvm run")?;
             tracing::info!("VM ended: {exit:?}");

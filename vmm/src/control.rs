@@ -1,0 +1,220 @@
+//! The VMM's control socket (`crosvm run --socket CTRL`): a Unix socket (mode 0600) speaking
+//! crosd's framing (Hello handshake, then [`Envelope`]s with [`CrosvmRequest`] bodies), so
+//! `crosvm stop|pause|resume|status CTRL`, concierge and `crosmsg` drive the VMM the same way.
+//! The server thread only parses and forwards: the VMM's main thread carries each request out
+//! and answers through a channel.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+
+use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
+use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
+use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
+use seccompiler::BpfProgram;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::seccomp::{self, ThreadKind};
+
+/// The VMM's address on the control socket.
+pub fn vmm_addr() -> Addr {
+    Addr::host("crosvm")
+}
+
+/// A request from the control socket, with where its answer goes.
+pub struct ControlRequest {
+    pub request: CrosvmRequest,
+    pub reply: Sender<Result<CrosvmReply, CrosError>>,
+}
+
+/// Errors of the control socket, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket path {0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    #[error("cannot listen on control socket {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to control socket {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket protocol error")]
+    Frame(#[from] FrameError),
+    #[error("the VMM answered: {0}")]
+    Refused(CrosError),
+    #[error("the VMM answered with an unexpected message: {0}")]
+    Unexpected(String),
+    #[error("control socket")]
+    Io(#[from] std::io::Error),
+}
+
+/// The listening control socket and its thread.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Listens on `path` (a stale socket there is replaced; any other file is an error) and
+    /// forwards each request to `requests`.
+    pub fn start(
+        path: &Path,
+        requests: Sender<ControlRequest>,
+        filter: Option<BpfProgram>,
+    ) -> Result<Self, ControlError> {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(ControlError::NotASocket(path.to_owned()));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let bind = |source| ControlError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(bind)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        let stop = EventFd::new(0).map_err(bind)?;
+        let stop_evt = stop.try_clone().map_err(bind)?;
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Some(f) = &filter
+                    && let Err(e) = seccomp::install(ThreadKind::Control, f)
+                {
+                    tracing::error!("control socket not served: {e}");
+                    return;
+                }
+                serve(&listener, &stop_evt, &requests);
+            })
+            .map_err(bind)?;
+        Ok(Self {
+            path: path.to_owned(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Waits for a connection or the stop event; true when a connection is ready.
+fn wait_for_client(listener: &UnixListener, stop: &EventFd) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        return fds[1].revents == 0 && fds[0].revents & libc::POLLIN != 0;
+    }
+}
+
+fn serve(listener: &UnixListener, stop: &EventFd, requests: &Sender<ControlRequest>) {
+    while wait_for_client(listener, stop) {
+        let Ok((mut stream, _)) = listener.accept() else {
+            continue;
+        };
+        // One client at a time: requests are short, and the VMM carries them out in order.
+        if let Err(e) = serve_client(&mut stream, requests) {
+            tracing::debug!("control client: {e}");
+        }
+    }
+}
+
+fn serve_client(
+    stream: &mut UnixStream,
+    requests: &Sender<ControlRequest>,
+) -> Result<(), ControlError> {
+    handshake(stream, &vmm_addr())?;
+    let mut next_id = 1;
+    loop {
+        let envelope: Envelope = match read_message(stream, MAX_CONTROL_FRAME) {
+            Ok(e) => e,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let body = match &envelope.body {
+            Body::Crosvm(request) => {
+                let (tx, rx) = mpsc::channel();
+                let sent = requests.send(ControlRequest {
+                    request: request.clone(),
+                    reply: tx,
+                });
+                match sent.ok().and_then(|()| rx.recv().ok()) {
+                    Some(Ok(reply)) => Body::CrosvmReply(reply),
+                    Some(Err(e)) => Body::Error(e),
+                    None => Body::Error(CrosError::internal("the VMM is shutting down")),
+                }
+            }
+            other => Body::Error(CrosError::invalid(format!(
+                "the VMM's control socket takes Crosvm requests, not {}",
+                other.type_name()
+            ))),
+        };
+        write_message(stream, &envelope.reply(next_id, body), MAX_CONTROL_FRAME)?;
+        stream.flush()?;
+        next_id += 1;
+    }
+}
+
+/// Sends one request to the VMM listening on `path` and returns its reply.
+pub fn send_request(path: &Path, request: CrosvmRequest) -> Result<CrosvmReply, ControlError> {
+    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    let me = Addr::client(u64::from(std::process::id()));
+    handshake(&mut stream, &me)?;
+    let envelope = Envelope::new(
+        1,
+        u64::from(std::process::id()),
+        me,
+        vmm_addr(),
+        Body::Crosvm(request),
+    );
+    write_message(&mut stream, &envelope, MAX_CONTROL_FRAME)?;
+    stream.flush()?;
+    let reply: Envelope = read_message(&mut stream, MAX_CONTROL_FRAME)?;
+    match reply.body {
+        Body::CrosvmReply(r) => Ok(r),
+        Body::Error(e) => Err(ControlError::Refused(e)),
+        other => Err(ControlError::Unexpected(other.type_name())),
+    }
+}
