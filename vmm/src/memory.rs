@@ -26,13 +26,14 @@ pub const BOOT_IDT_START: u64 = 0x520;
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer of the boot vCPU.
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
-/// Identity page tables: PML4, one PDPT, and four page directories of 2 MiB pages.
+/// Identity page tables: PML4, one PDPT, and one page directory of 2 MiB pages per GiB.
 pub const PML4_START: u64 = 0x9000;
 pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
-/// How much the boot page tables identity-map: the low 4 GiB, so that a payload can reach the
-/// MMIO hole before it builds its own tables.
-pub const IDENTITY_MAPPED_GIB: u64 = 4;
+/// How much the boot page tables identity-map: the low 8 GiB, so that a payload can reach the
+/// MMIO hole and the first pmem regions above 4 GiB before it builds its own tables. The
+/// page directories take 0xb000-0x12fff.
+pub const IDENTITY_MAPPED_GIB: u64 = 8;
 /// The kernel command line.
 pub const CMDLINE_START: u64 = 0x2_0000;
 pub const CMDLINE_MAX_SIZE: usize = 4096;

@@ -135,6 +135,7 @@ pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
         params: String::new(),
         serial: SerialOutput::Capture(serial.clone()),
         block: Vec::new(),
+        pmem: Vec::new(),
         virtio_rng: 0,
         seccomp: true,
         control_socket: None,

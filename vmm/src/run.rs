@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,6 +26,7 @@ use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialD
 use crate::devices::virtio::VirtioInterrupt;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{self, MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem, PmemError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::worker::{DeviceWorker, SharedVirtioDevice};
 use crate::loader::{self, LoaderError};
@@ -116,6 +119,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// virtio-blk disks, in window order (before the virtio-rng devices).
     pub block: Vec<BlockConfig>,
+    /// virtio-pmem images, after the disks in window order, mapped above RAM.
+    pub pmem: Vec<BlockConfig>,
     /// Number of virtio-rng devices, each in its own virtio-mmio window.
     pub virtio_rng: usize,
     /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
@@ -157,6 +162,8 @@ pub enum VmmError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Pmem(#[from] PmemError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
@@ -206,7 +213,7 @@ impl VmConfig {
                 self.cpus
             )));
         }
-        let irqs_needed = (self.block.len() + self.virtio_rng) as u32;
+        let irqs_needed = (self.block.len() + self.pmem.len() + self.virtio_rng) as u32;
         if VIRTIO_IRQ_BASE + irqs_needed > IRQ_MAX + 1 {
             return Err(VmmError::Config(format!(
                 "{irqs_needed} virtio devices need more interrupt lines than the IOAPIC has"
@@ -353,6 +360,28 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             "blk",
             Arc::new(Mutex::new(Block::open(&disk.path, disk.read_only)?)),
         ));
+    }
+    // pmem images go above RAM (and above 4 GiB), each in its own KVM memory slot.
+    let mut pmem_maps = Vec::new();
+    let ram_top = mem.last_addr().0 + 1;
+    let mut pmem_addr = ram_top
+        .max(memory::HIGH_RAM_START)
+        .next_multiple_of(PMEM_ALIGNMENT);
+    for (i, image) in config.pmem.iter().enumerate() {
+        let (device, map) = Pmem::open(&image.path, image.read_only, pmem_addr)?;
+        let region = kvm_userspace_memory_region {
+            slot: (mem.num_regions() + i) as u32,
+            guest_phys_addr: pmem_addr,
+            memory_size: map.size,
+            userspace_addr: map.host_addr,
+            flags: if map.read_only { KVM_MEM_READONLY } else { 0 },
+        };
+        // SAFETY: the mapping lives in `pmem_maps` until every vCPU thread has been joined.
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (pmem)"))?;
+        pmem_addr += map.size;
+        pmem_maps.push(map);
+        devices.push(("pmem", Arc::new(Mutex::new(device))));
     }
     for _ in 0..config.virtio_rng {
         devices.push(("rng", Arc::new(Mutex::new(Rng::new()))));
@@ -636,6 +665,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     workers.into_iter().for_each(DeviceWorker::stop);
     serial.lock().unwrap_or_else(|p| p.into_inner()).flush();
     drop(mem);
+    drop(pmem_maps);
     outcome
 }
 

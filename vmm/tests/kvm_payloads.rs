@@ -60,6 +60,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         params: String::new(),
         serial: SerialOutput::File(serial_log.to_owned()),
         block: Vec::new(),
+        pmem: Vec::new(),
         virtio_rng: 0,
         seccomp: true,
         control_socket: None,
@@ -463,4 +464,65 @@ fn control_socket_path_that_is_a_file_is_refused() {
     let err = run(&cfg).unwrap_err();
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&ctrl).unwrap(), "keep me");
+}
+
+fn run_pmem(read_only: bool) -> (String, Vec<u8>, tempfile::TempDir) {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let image = dir.path().join("pmem.img");
+    let mut bytes = b"hello from the pmem image\n".to_vec();
+    bytes.resize(2 << 20, 0);
+    std::fs::write(&image, bytes).unwrap();
+    let mut cfg = config(build_payload(dir.path(), "pmem"), &log);
+    // A disk first: the payload must find the pmem device by its id.
+    let disk = make_disk(dir.path());
+    cfg.block = vec![cros_vmm::run::BlockConfig {
+        path: disk,
+        read_only: true,
+    }];
+    cfg.pmem = vec![cros_vmm::run::BlockConfig {
+        path: image.clone(),
+        read_only,
+    }];
+    let exit = run(&cfg);
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        matches!(exit, Ok(VmExit::GuestReset)),
+        "{exit:?}\nserial:\n{serial}"
+    );
+    let bytes = std::fs::read(&image).unwrap();
+    (serial, bytes, dir)
+}
+
+#[test]
+fn pmem_payload_reads_and_writes_the_mapped_image_and_flushes() {
+    let (serial, bytes, _dir) = run_pmem(false);
+    for want in [
+        // 64 MiB of RAM: the region starts at 4 GiB.
+        "virtio-pmem: region 0x000000010x00000000 size 0x00200000",
+        "virtio-pmem: first line: hello from the pmem image",
+        "virtio-pmem: flush response 0x00000000",
+        "payload: done",
+    ] {
+        assert!(
+            serial.lines().any(|l| l == want),
+            "missing {want:?} in:\n{serial}"
+        );
+    }
+    assert_eq!(&bytes[4096..4096 + 21], b"written by the guest\n");
+    assert_eq!(bytes.len(), 2 << 20);
+}
+
+#[test]
+fn read_only_pmem_keeps_the_image() {
+    let (serial, bytes, _dir) = run_pmem(true);
+    assert!(
+        serial.contains("virtio-pmem: first line: hello from the pmem image\n"),
+        "{serial}"
+    );
+    assert!(
+        bytes[4096..8192].iter().all(|&b| b == 0),
+        "the image was modified"
+    );
 }

@@ -159,11 +159,19 @@ mod tests {
     }
 
     #[test]
-    fn page_tables_identity_map_low_4gib() {
+    fn page_tables_identity_map_low_8gib() {
         let mem_ = create_guest_memory(16 << 20).unwrap();
         write_identity_page_tables(&mem_).unwrap();
         // Walk the tables for a few addresses, including one in the MMIO hole.
-        for addr in [0u64, 0x20_0000, 0x1234_5678, 0xd000_0000, 0xffff_ffff] {
+        for addr in [
+            0u64,
+            0x20_0000,
+            0x1234_5678,
+            0xd000_0000,
+            0xffff_ffff,
+            0x1_2345_6789,
+            0x1_ffff_ffff,
+        ] {
             let pml4e: u64 = mem_.read_obj(GuestAddress(PML4_START)).unwrap();
             let pdpt = pml4e & !0xfff;
             let pdpte: u64 = mem_

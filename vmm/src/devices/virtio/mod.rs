@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod pmem;
 pub mod rng;
 pub mod worker;
 
