@@ -102,6 +102,11 @@ struct RunArgs {
     /// windows, in order (the first is /dev/vda in Linux).
     #[arg(long, value_name = "PATH[,ro=true]")]
     block: Vec<cros_vmm::run::BlockConfig>,
+    /// Add a virtio-pmem device backed by the raw image PATH (size a multiple of 2 MiB), mapped
+    /// into guest memory above RAM; `,ro=true` maps it read-only (guest writes are dropped).
+    /// Repeat for more; their windows follow the disks'.
+    #[arg(long, value_name = "PATH[,ro=true]")]
+    pmem: Vec<cros_vmm::run::BlockConfig>,
     /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
     #[arg(long, value_name = "N", default_value_t = 0)]
     virtio_rng: usize,
@@ -175,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     cros_vmm::run::SerialOutput::File,
                 ),
                 block: args.block,
+                pmem: args.pmem,
                 virtio_rng: args.virtio_rng,
                 seccomp: !args.no_seccomp,
                 control_socket: args.socket,
