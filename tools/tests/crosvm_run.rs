@@ -168,6 +168,7 @@ fn run_help_documents_every_flag() {
         "--serial-log",
         "--virtio-rng",
         "--block",
+        "--pmem",
         "--socket",
         "--no-seccomp",
     ] {
