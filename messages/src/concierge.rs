@@ -76,6 +76,35 @@ pub enum ConciergeRequest {
         owner_id: String,
     },
     ListVmDisks {},
+    /// Writes the VM's disk as a zstd stream to `path` (a path on the host running crosd);
+    /// refused while the VM runs unless `force`. Replies `DiskImageOperation` at once.
+    ExportDiskImage {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+        path: String,
+        /// Also write the SHA-256 of the exported file here (`sha256sum` format).
+        #[serde(default)]
+        digest_path: Option<String>,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Replaces the VM's disk with the zstd stream at `path` once the whole stream (and the
+    /// digest, when given) checked out; refused while the VM runs. Replies `DiskImageOperation`.
+    ImportDiskImage {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+        path: String,
+        #[serde(default)]
+        digest_path: Option<String>,
+    },
+    DiskImageStatus {
+        uuid: String,
+    },
+    CancelDiskImageOperation {
+        uuid: String,
+    },
 }
 
 /// A disk to attach to a VM.
@@ -165,6 +194,49 @@ pub enum ConciergeReply {
     Disks {
         disks: Vec<VmDiskInfo>,
     },
+    /// A long disk operation started; follow it with `DiskImageStatus` or
+    /// `DiskImageProgress` events.
+    DiskImageOperation {
+        uuid: String,
+    },
+    DiskOperation {
+        op: DiskOpInfo,
+    },
+}
+
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+pub enum DiskOpKind {
+    Export,
+    Import,
+}
+
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+pub enum DiskOpState {
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+/// A disk export or import, as `DiskImageStatus` reports it.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskOpInfo {
+    pub uuid: String,
+    pub kind: DiskOpKind,
+    /// The VM whose disk it reads or replaces.
+    pub name: String,
+    /// The exported or imported file.
+    pub path: String,
+    pub state: DiskOpState,
+    pub percent: u8,
+    /// Bytes of the source handled so far, of `total_bytes`.
+    pub processed_bytes: u64,
+    pub total_bytes: u64,
+    /// Why it failed; empty otherwise.
+    pub message: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

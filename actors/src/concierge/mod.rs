@@ -8,6 +8,7 @@
 mod backend;
 mod bridge;
 mod disk;
+mod disk_op;
 mod guest;
 mod vm;
 
@@ -25,7 +26,8 @@ use actix::{
 use cros_hypervisor::Hypervisor;
 use cros_messages::addr::valid_name;
 use cros_messages::concierge::{
-    ConciergeEvent, ConciergeReply, ConciergeRequest, StopReason, VmInfo, VmStatus,
+    ConciergeEvent, ConciergeReply, ConciergeRequest, DiskOpInfo, DiskOpKind, DiskOpState,
+    StopReason, VmInfo, VmStatus,
 };
 use cros_messages::{Addr, Body, CrosError};
 
@@ -54,6 +56,23 @@ pub struct Concierge {
     hypervisor: Result<Arc<dyn Hypervisor>, CrosError>,
     vms: BTreeMap<String, VmEntry>,
     next_generation: u64,
+    /// Disk exports and imports by uuid: running ones and those of earlier runs.
+    disk_ops: BTreeMap<String, DiskOp>,
+}
+
+enum DiskOp {
+    Live(Arc<disk_op::Operation>),
+    /// Finished before this concierge started (read back from STATE/disk_ops).
+    Past(DiskOpInfo),
+}
+
+impl DiskOp {
+    fn info(&self) -> DiskOpInfo {
+        match self {
+            DiskOp::Live(op) => op.info(),
+            DiskOp::Past(info) => info.clone(),
+        }
+    }
 }
 
 /// Sent by a VM's watcher thread when its hypervisor exits.
@@ -83,12 +102,17 @@ fn reply(r: Result<ConciergeReply, CrosError>) -> Body {
 impl Concierge {
     pub fn new(bus: BusHandle, config: HostConfig) -> Self {
         let hypervisor = backend::select(&config.hypervisor);
+        let disk_ops = disk_op::recover(&config.state_dir)
+            .into_iter()
+            .map(|info| (info.uuid.clone(), DiskOp::Past(info)))
+            .collect();
         Self {
             bus,
             config,
             hypervisor,
             vms: BTreeMap::new(),
             next_generation: 1,
+            disk_ops,
         }
     }
 
@@ -153,12 +177,44 @@ impl Concierge {
                     disk::create(&self.config.state_dir, &name, size)
                 })))
             }
-            ConciergeRequest::DestroyDiskImage { name, .. } => {
-                ready(reply(self.destroy_disk(&name)))
-            }
+            ConciergeRequest::DestroyDiskImage { name, .. } => self.destroy_disk(&name),
             ConciergeRequest::ListVmDisks {} => ready(reply(
                 disk::list(&self.config.state_dir).map(|disks| ConciergeReply::Disks { disks }),
             )),
+            ConciergeRequest::ExportDiskImage {
+                name,
+                path,
+                digest_path,
+                force,
+                ..
+            } => ready(reply(self.export_disk(
+                &name,
+                &path,
+                digest_path.as_deref(),
+                force,
+            ))),
+            ConciergeRequest::ImportDiskImage {
+                name,
+                path,
+                digest_path,
+                ..
+            } => ready(reply(self.import_disk(
+                &name,
+                &path,
+                digest_path.as_deref(),
+            ))),
+            ConciergeRequest::DiskImageStatus { uuid } => ready(reply(
+                self.disk_op(&uuid)
+                    .map(|op| ConciergeReply::DiskOperation { op: op.info() }),
+            )),
+            ConciergeRequest::CancelDiskImageOperation { uuid } => {
+                ready(reply(self.disk_op(&uuid).map(|op| {
+                    if let DiskOp::Live(live) = op {
+                        live.cancel();
+                    }
+                    ConciergeReply::DiskOperation { op: op.info() }
+                })))
+            }
         }
     }
 
@@ -181,6 +237,7 @@ impl Concierge {
         component_version: Option<String>,
     ) -> Result<(BootPlan, Arc<dyn Hypervisor>), CrosError> {
         check_name(name)?;
+        self.check_no_disk_op(name)?;
         if self.vms.contains_key(name) {
             return Err(vm::already_running(name));
         }
@@ -356,11 +413,34 @@ impl Concierge {
         }))
     }
 
-    fn destroy_disk(&mut self, name: &str) -> Result<ConciergeReply, CrosError> {
-        check_name(name)?;
+    /// Stops the VM first when it runs (as StopVm does), then deletes its disk.
+    fn destroy_disk(&mut self, name: &str) -> Reply {
+        if let Err(e) = check_name(name).and_then(|_| self.check_no_disk_op(name)) {
+            return ready(Body::Error(e));
+        }
+        if !self.vms.contains_key(name) {
+            return ready(reply(self.remove_disk(name)));
+        }
+        let name = name.to_string();
+        Box::pin(
+            self.stop_vm(&name)
+                .map(move |stopped, act, _| match stopped {
+                    Body::Error(e) => Body::Error(CrosError::new(
+                        e.kind,
+                        format!(
+                            "cannot destroy the disk of {name:?}: stopping the VM failed: {}",
+                            e.message
+                        ),
+                    )),
+                    _ => reply(act.remove_disk(&name)),
+                }),
+        )
+    }
+
+    fn remove_disk(&mut self, name: &str) -> Result<ConciergeReply, CrosError> {
         if self.vms.contains_key(name) {
             return Err(CrosError::precondition(format!(
-                "VM {name:?} is running: stop it before destroying its disk"
+                "VM {name:?} is running again: its disk was not destroyed"
             )));
         }
         let path = disk::disk_path(&self.config.state_dir, name);
@@ -376,6 +456,152 @@ impl Concierge {
                 path.display()
             ))),
         }
+    }
+
+    fn disk_op(&self, uuid: &str) -> Result<&DiskOp, CrosError> {
+        self.disk_ops
+            .get(uuid)
+            .ok_or_else(|| CrosError::not_found(format!("no disk operation {uuid:?}")))
+    }
+
+    /// Refuses to touch a disk that an export or import is working on.
+    fn check_no_disk_op(&self, name: &str) -> Result<(), CrosError> {
+        let busy = self.disk_ops.values().find_map(|op| match op {
+            DiskOp::Live(live) => {
+                let info = live.info();
+                (info.name == name && info.state == DiskOpState::Running).then_some(info)
+            }
+            DiskOp::Past(_) => None,
+        });
+        match busy {
+            Some(info) => Err(CrosError::precondition(format!(
+                "the disk of {name:?} is busy: {} {} is running",
+                info.kind, info.uuid
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn export_disk(
+        &mut self,
+        name: &str,
+        path: &str,
+        digest_path: Option<&str>,
+        force: bool,
+    ) -> Result<ConciergeReply, CrosError> {
+        check_name(name)?;
+        self.check_no_disk_op(name)?;
+        if self.vms.contains_key(name) && !force {
+            return Err(CrosError::precondition(format!(
+                "VM {name:?} is running: stop it before exporting its disk, or force the export"
+            )));
+        }
+        let disk = disk::disk_path(&self.config.state_dir, name);
+        if !disk.exists() {
+            return Err(CrosError::not_found(format!(
+                "VM {name:?} has no disk image"
+            )));
+        }
+        let dst = absolute(path, "export file")?;
+        let digest = digest_path
+            .map(|d| absolute(d, "digest file"))
+            .transpose()?;
+        if dst == disk || digest.as_ref() == Some(&disk) || digest.as_ref() == Some(&dst) {
+            return Err(CrosError::invalid(format!(
+                "export file {path:?} and digest file must differ from each other and from the disk"
+            )));
+        }
+        let mut partial = vec![disk_op::partial_path(&dst)];
+        partial.extend(digest.as_deref().map(disk_op::partial_path));
+        let op = self.new_disk_op(DiskOpKind::Export, name, &dst, partial)?;
+        let uuid = op.info().uuid;
+        op.spawn(move |op| disk_op::export(&disk, &dst, digest.as_deref(), op))
+            .map_err(|e| CrosError::internal(e.to_string()))?;
+        Ok(ConciergeReply::DiskImageOperation { uuid })
+    }
+
+    fn import_disk(
+        &mut self,
+        name: &str,
+        path: &str,
+        digest_path: Option<&str>,
+    ) -> Result<ConciergeReply, CrosError> {
+        check_name(name)?;
+        self.check_no_disk_op(name)?;
+        if self.vms.contains_key(name) {
+            return Err(CrosError::precondition(format!(
+                "VM {name:?} is running: stop it before importing a disk over it"
+            )));
+        }
+        let src = absolute(path, "import file")?;
+        if !src.is_file() {
+            return Err(CrosError::not_found(format!(
+                "import file {path:?} is not a readable file"
+            )));
+        }
+        let digest = digest_path
+            .map(|d| absolute(d, "digest file"))
+            .transpose()?;
+        let disk = disk::disk_path(&self.config.state_dir, name);
+        let dir = disk::disks_dir(&self.config.state_dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CrosError::internal(format!("create {}: {e}", dir.display())))?;
+        let uuid = disk_op::new_uuid().map_err(|e| CrosError::internal(e.to_string()))?;
+        let tmp = dir.join(format!(".{name}.img.import-{uuid}"));
+        let op = self.new_disk_op_with(
+            uuid.clone(),
+            DiskOpKind::Import,
+            name,
+            &src,
+            vec![tmp.clone()],
+        )?;
+        op.spawn(move |op| disk_op::import(&src, digest.as_deref(), &disk, &tmp, op))
+            .map_err(|e| CrosError::internal(e.to_string()))?;
+        Ok(ConciergeReply::DiskImageOperation { uuid })
+    }
+
+    fn new_disk_op(
+        &mut self,
+        kind: DiskOpKind,
+        name: &str,
+        path: &std::path::Path,
+        partial: Vec<PathBuf>,
+    ) -> Result<Arc<disk_op::Operation>, CrosError> {
+        let uuid = disk_op::new_uuid().map_err(|e| CrosError::internal(e.to_string()))?;
+        self.new_disk_op_with(uuid, kind, name, path, partial)
+    }
+
+    fn new_disk_op_with(
+        &mut self,
+        uuid: String,
+        kind: DiskOpKind,
+        name: &str,
+        path: &std::path::Path,
+        partial: Vec<PathBuf>,
+    ) -> Result<Arc<disk_op::Operation>, CrosError> {
+        let bus = self.bus.clone();
+        let on_progress = Box::new(move |uuid: &str, percent: u8| {
+            bus.publish(
+                &Self::me(),
+                Body::ConciergeEvent(ConciergeEvent::DiskImageProgress {
+                    uuid: uuid.to_string(),
+                    percent,
+                }),
+            )
+        });
+        let op = disk_op::Operation::create(
+            &self.config.state_dir,
+            uuid.clone(),
+            kind,
+            name,
+            path,
+            partial,
+            on_progress,
+        )
+        .map_err(|e| CrosError::internal(e.to_string()))?;
+        tracing::info!(%uuid, %kind, vm = name, path = %path.display(), "disk operation started");
+        self.disk_ops.insert(uuid, DiskOp::Live(op.clone()));
+        Ok(op)
     }
 
     /// Forgets a VM that is gone: keeps its console log under STATE/logs, removes its runtime
@@ -409,6 +635,18 @@ impl Concierge {
             reason,
             detail,
         });
+    }
+}
+
+/// crosd resolves nothing against its own working directory: clients send absolute paths.
+fn absolute(path: &str, what: &str) -> Result<PathBuf, CrosError> {
+    let p = PathBuf::from(path);
+    if p.is_absolute() && p.file_name().is_some() {
+        Ok(p)
+    } else {
+        Err(CrosError::invalid(format!(
+            "{what} {path:?} must be an absolute path to a file"
+        )))
     }
 }
 
@@ -641,5 +879,114 @@ mod tests {
             })
         );
         assert!(!disk::disk_path(dir.path(), "termina").exists());
+    }
+
+    #[actix::test]
+    async fn export_and_import_run_as_operations_by_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = concierge(dir.path()).start();
+        let ask = |r| {
+            c.send(Deliver {
+                env: cros_messages::Envelope::new(
+                    1,
+                    1,
+                    Addr::client(1),
+                    Concierge::me(),
+                    Body::Concierge(r),
+                ),
+            })
+        };
+        let disk = disk::disk_path(dir.path(), "termina");
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(&disk).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"stateful bytes", 1 << 20).unwrap();
+        drop(f);
+        let out = dir.path().join("termina.zst");
+        let export = |path: String| ConciergeRequest::ExportDiskImage {
+            name: "termina".into(),
+            owner_id: String::new(),
+            path,
+            digest_path: None,
+            force: false,
+        };
+        // Bad input is refused with the reason, before any operation starts.
+        for (req, needle) in [
+            (export("relative.zst".into()), "absolute"),
+            (
+                ConciergeRequest::ExportDiskImage {
+                    name: "nodisk".into(),
+                    owner_id: String::new(),
+                    path: out.display().to_string(),
+                    digest_path: None,
+                    force: false,
+                },
+                "no disk image",
+            ),
+            (
+                ConciergeRequest::DiskImageStatus {
+                    uuid: "nope".into(),
+                },
+                "no disk operation",
+            ),
+        ] {
+            let Body::Error(e) = ask(req).await.unwrap() else {
+                panic!("{needle}: must fail")
+            };
+            assert!(e.message.contains(needle), "{e}");
+        }
+
+        let wait = |uuid: String| {
+            let ask = &ask;
+            async move {
+                loop {
+                    let Body::ConciergeReply(ConciergeReply::DiskOperation { op }) =
+                        ask(ConciergeRequest::DiskImageStatus { uuid: uuid.clone() })
+                            .await
+                            .unwrap()
+                    else {
+                        panic!("status must answer")
+                    };
+                    if op.state != DiskOpState::Running {
+                        return op;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
+            ask(export(out.display().to_string())).await.unwrap()
+        else {
+            panic!("export must start")
+        };
+        let op = wait(uuid.clone()).await;
+        assert_eq!(
+            (op.state, op.percent, op.kind),
+            (DiskOpState::Done, 100, DiskOpKind::Export)
+        );
+        assert!(
+            dir.path()
+                .join("disk_ops")
+                .join(format!("{uuid}.json"))
+                .exists()
+        );
+
+        std::fs::write(&disk, b"replaced soon").unwrap();
+        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
+            ask(ConciergeRequest::ImportDiskImage {
+                name: "termina".into(),
+                owner_id: String::new(),
+                path: out.display().to_string(),
+                digest_path: None,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("import must start")
+        };
+        assert_eq!(wait(uuid).await.state, DiskOpState::Done);
+        let back = std::fs::read(&disk).unwrap();
+        assert_eq!(back.len(), 8 << 20);
+        assert_eq!(&back[1 << 20..(1 << 20) + 14], b"stateful bytes");
     }
 }

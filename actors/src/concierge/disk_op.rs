@@ -1,0 +1,780 @@
+//! Long disk operations: export a disk as a zstd stream, import one back.
+//!
+//! Each runs on its own thread in 1 MiB chunks, checks for cancellation between chunks, and is
+//! recorded in STATE/disk_ops/<uuid>.json so that a crosd killed mid-operation can, on its next
+//! start, remove the partial files and report the operation as failed. Nothing is ever written
+//! in place: an export goes to `<FILE>.partial` and an import to a temporary file beside the
+//! disk, renamed over the target only once complete (and, for an import, verified).
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cros_messages::concierge::{DiskOpInfo, DiskOpKind, DiskOpState};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Work unit: progress, cancellation and I/O all go by this much.
+pub const CHUNK: usize = 1 << 20;
+/// zstd level: level 1 is what `zstd -1` does, fast and good on the zero runs of a disk.
+const ZSTD_LEVEL: i32 = 1;
+/// Runs of zeros this long are left as holes when an import writes the disk.
+const HOLE_GRAIN: usize = 64 << 10;
+/// At most one progress event per this long.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+pub const INTERRUPTED: &str = "crosd stopped during the operation";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskOpError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{} is not a valid disk export: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{} does not match its digest {}: expected {expected}, got {actual}", path.display(), digest.display())]
+    DigestMismatch {
+        path: PathBuf,
+        digest: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("bad digest file {}: {reason}", path.display())]
+    BadDigestFile { path: PathBuf, reason: String },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskOpError + use<> {
+    let path = path.to_path_buf();
+    move |source| DiskOpError::Io { what, path, source }
+}
+
+/// What is persisted per operation: its public state and the files to remove if it dies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OpRecord {
+    info: DiskOpInfo,
+    partial_files: Vec<PathBuf>,
+}
+
+/// Operations running in this process: a concierge restarted by its supervisor must not
+/// treat its own live workers as interrupted.
+static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn live() -> MutexGuard<'static, BTreeSet<String>> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn ops_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("disk_ops")
+}
+
+/// `<path>.partial`: where an export writes before renaming.
+pub fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+pub fn new_uuid() -> Result<String, DiskOpError> {
+    let mut bytes = [0u8; 16];
+    let urandom = Path::new("/dev/urandom");
+    File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_err("read", urandom))?;
+    Ok(uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string())
+}
+
+/// Publishes `DiskImageProgress { uuid, percent }`.
+pub type ProgressFn = Box<dyn Fn(&str, u8) + Send + Sync>;
+
+/// One export or import; shared by the worker thread and the concierge.
+pub struct Operation {
+    info: Mutex<DiskOpInfo>,
+    partial_files: Vec<PathBuf>,
+    record_path: PathBuf,
+    cancel: AtomicBool,
+    last_event: Mutex<Option<Instant>>,
+    on_progress: ProgressFn,
+}
+
+impl Operation {
+    /// Records a new RUNNING operation on disk; `partial_files` are removed if it fails.
+    pub fn create(
+        state_dir: &Path,
+        uuid: String,
+        kind: DiskOpKind,
+        name: &str,
+        path: &Path,
+        partial_files: Vec<PathBuf>,
+        on_progress: ProgressFn,
+    ) -> Result<Arc<Self>, DiskOpError> {
+        let dir = ops_dir(state_dir);
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let op = Arc::new(Self {
+            record_path: dir.join(format!("{uuid}.json")),
+            info: Mutex::new(DiskOpInfo {
+                uuid,
+                kind,
+                name: name.to_string(),
+                path: path.display().to_string(),
+                state: DiskOpState::Running,
+                percent: 0,
+                processed_bytes: 0,
+                total_bytes: 0,
+                message: String::new(),
+            }),
+            partial_files,
+            cancel: AtomicBool::new(false),
+            last_event: Mutex::new(None),
+            on_progress,
+        });
+        op.persist()?;
+        Ok(op)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DiskOpInfo> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn info(&self) -> DiskOpInfo {
+        self.lock().clone()
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    fn check_cancelled(&self) -> Result<(), DiskOpError> {
+        if self.cancel.load(Ordering::SeqCst) {
+            Err(DiskOpError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Written atomically (temp file + rename) so a crash never leaves half a record.
+    fn persist(&self) -> Result<(), DiskOpError> {
+        let record = OpRecord {
+            info: self.info(),
+            partial_files: self.partial_files.clone(),
+        };
+        write_record(&self.record_path, &record)
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        let percent = if total == 0 {
+            100
+        } else {
+            (u128::from(done.min(total)) * 100 / u128::from(total)) as u8
+        };
+        let (uuid, changed) = {
+            let mut info = self.lock();
+            let changed = info.percent != percent;
+            info.processed_bytes = done;
+            info.total_bytes = total;
+            info.percent = percent;
+            (info.uuid.clone(), changed)
+        };
+        if !changed {
+            return;
+        }
+        let mut last = self.last_event.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+            *last = Some(Instant::now());
+            (self.on_progress)(&uuid, percent);
+        }
+    }
+
+    /// Runs `work` on a new thread; records how it ended and cleans up after a failure.
+    pub fn spawn(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Operation) -> Result<(), DiskOpError> + Send + 'static,
+    ) -> Result<(), DiskOpError> {
+        let uuid = self.info().uuid;
+        live().insert(uuid.clone());
+        let op = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("disk-op-{}", &uuid[..8.min(uuid.len())]))
+            .spawn(move || {
+                let result = work(&op);
+                op.finish(result);
+                live().remove(&op.info().uuid);
+            });
+        if let Err(e) = spawned {
+            live().remove(&uuid);
+            let reason = e.to_string();
+            self.finish(Err(DiskOpError::Io {
+                what: "start a thread for",
+                path: self.record_path.clone(),
+                source: e,
+            }));
+            return Err(DiskOpError::Io {
+                what: "start a thread for",
+                path: self.record_path.clone(),
+                source: io::Error::other(reason),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn finish(&self, result: Result<(), DiskOpError>) {
+        let (state, message) = match result {
+            Ok(()) => (DiskOpState::Done, String::new()),
+            Err(DiskOpError::Cancelled) => (DiskOpState::Cancelled, "cancelled".to_string()),
+            Err(e) => (DiskOpState::Failed, e.to_string()),
+        };
+        if state != DiskOpState::Done {
+            remove_partials(&self.partial_files);
+        }
+        {
+            let mut info = self.lock();
+            info.state = state;
+            info.message = message.clone();
+            if state == DiskOpState::Done {
+                info.percent = 100;
+                info.processed_bytes = info.total_bytes;
+            }
+        }
+        let info = self.info();
+        tracing::info!(uuid = %info.uuid, kind = %info.kind, vm = %info.name, %state, %message, "disk operation finished");
+        if let Err(e) = self.persist() {
+            tracing::warn!(error = %e, "cannot record the end of a disk operation");
+        }
+        if state == DiskOpState::Done {
+            (self.on_progress)(&info.uuid, 100);
+        }
+    }
+}
+
+fn write_record(path: &Path, record: &OpRecord) -> Result<(), DiskOpError> {
+    let json = serde_json::to_vec_pretty(record).map_err(|e| DiskOpError::Io {
+        what: "encode",
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    let tmp = partial_path(path);
+    std::fs::write(&tmp, json).map_err(io_err("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
+}
+
+fn remove_partials(files: &[PathBuf]) {
+    for f in files {
+        match std::fs::remove_file(f) {
+            Ok(()) => tracing::info!(file = %f.display(), "removed a partial file"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "cannot remove a partial file")
+            }
+        }
+    }
+}
+
+/// Reads every recorded operation. Ones still RUNNING that no thread of this process runs
+/// were interrupted by a crash: their partial files are removed and they become FAILED.
+pub fn recover(state_dir: &Path) -> Vec<DiskOpInfo> {
+    let dir = ops_dir(state_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let live = live().clone();
+    let mut ops = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let record: OpRecord = match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable disk operation record");
+                continue;
+            }
+        };
+        let mut record = record;
+        if record.info.state == DiskOpState::Running && !live.contains(&record.info.uuid) {
+            tracing::warn!(uuid = %record.info.uuid, vm = %record.info.name, "disk operation interrupted by a crosd stop: failed");
+            remove_partials(&record.partial_files);
+            record.info.state = DiskOpState::Failed;
+            record.info.message = INTERRUPTED.to_string();
+            if let Err(e) = write_record(&path, &record) {
+                tracing::warn!(error = %e, "cannot record a disk operation as failed");
+            }
+        }
+        ops.push(record.info);
+    }
+    ops
+}
+
+/// Hashes what passes through it.
+struct Hashing<T> {
+    inner: T,
+    hash: Sha256,
+    count: u64,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            hash: Sha256::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The next data region at or after `pos` as `(start, end)`, by SEEK_DATA/SEEK_HOLE; the whole
+/// rest of the file when the filesystem cannot say.
+fn next_data(file: &File, pos: u64, size: u64) -> (u64, u64) {
+    use nix::unistd::{Whence, lseek};
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let Ok(off) = i64::try_from(pos) else {
+        return (pos, size);
+    };
+    match lseek(fd, off, Whence::SeekData) {
+        Ok(start) => {
+            let start = (start as u64).min(size);
+            let end = lseek(fd, start as i64, Whence::SeekHole)
+                .map(|e| (e as u64).min(size))
+                .unwrap_or(size);
+            (start, end.max(start))
+        }
+        // ENXIO: only a hole is left.
+        Err(nix::errno::Errno::ENXIO) => (size, size),
+        Err(_) => (pos, size),
+    }
+}
+
+static ZEROS: [u8; CHUNK] = [0; CHUNK];
+
+/// Writes disk `src` to `dst` as one zstd frame (with content size and checksum), and the
+/// SHA-256 of `dst` to `digest` in `sha256sum` format. Holes are fed to the compressor as
+/// zeros without reading them.
+pub fn export(
+    src: &Path,
+    dst: &Path,
+    digest: Option<&Path>,
+    op: &Operation,
+) -> Result<(), DiskOpError> {
+    let disk = File::open(src).map_err(io_err("open", src))?;
+    let size = disk.metadata().map_err(io_err("stat", src))?.len();
+    let tmp = partial_path(dst);
+    let out = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut enc = zstd::stream::write::Encoder::new(
+        Hashing::new(BufWriter::with_capacity(CHUNK, out)),
+        ZSTD_LEVEL,
+    )
+    .map_err(io_err("start compressing into", &tmp))?;
+    enc.include_checksum(true)
+        .and_then(|_| enc.include_contentsize(true))
+        .and_then(|_| enc.set_pledged_src_size(Some(size)))
+        .map_err(io_err("set up compression of", &tmp))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    op.progress(0, size);
+    while pos < size {
+        let (data, hole) = next_data(&disk, pos, size);
+        while pos < data {
+            op.check_cancelled()?;
+            let n = (data - pos).min(CHUNK as u64) as usize;
+            enc.write_all(&ZEROS[..n]).map_err(io_err("write", &tmp))?;
+            pos += n as u64;
+            op.progress(pos, size);
+        }
+        while pos < hole {
+            op.check_cancelled()?;
+            let n = (hole - pos).min(CHUNK as u64) as usize;
+            disk.read_exact_at(&mut buf[..n], pos)
+                .map_err(io_err("read", src))?;
+            enc.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
+            pos += n as u64;
+            op.progress(pos, size);
+        }
+    }
+    op.check_cancelled()?;
+    let hashing = enc.finish().map_err(io_err("finish", &tmp))?;
+    let sha = hex(&hashing.hash.finalize());
+    let out = hashing.inner.into_inner().map_err(|e| DiskOpError::Io {
+        what: "flush",
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    out.sync_all().map_err(io_err("sync", &tmp))?;
+    drop(out);
+    if let Some(digest) = digest {
+        let name = dst
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dtmp = partial_path(digest);
+        std::fs::write(&dtmp, format!("{sha}  {name}\n")).map_err(io_err("write", &dtmp))?;
+        std::fs::rename(&dtmp, digest).map_err(io_err("rename", digest))?;
+    }
+    std::fs::rename(&tmp, dst).map_err(io_err("rename", dst))
+}
+
+/// The SHA-256 a `sha256sum`-style file names (its first word, 64 hex digits).
+fn read_digest(path: &Path) -> Result<String, DiskOpError> {
+    let text = std::fs::read_to_string(path).map_err(io_err("read", path))?;
+    let word = text.split_whitespace().next().unwrap_or("").to_lowercase();
+    if word.len() != 64 || !word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(DiskOpError::BadDigestFile {
+            path: path.to_path_buf(),
+            reason: "it does not start with a SHA-256 of 64 hex digits".into(),
+        });
+    }
+    Ok(word)
+}
+
+/// Counts the compressed bytes read, for progress.
+struct Counting<R> {
+    inner: R,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Fills `buf` unless the stream ends first; how much it read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn is_zero(block: &[u8]) -> bool {
+    block.iter().fold(0u8, |acc, &b| acc | b) == 0
+}
+
+/// Decodes the zstd stream `src` into `tmp` (sparse: zero runs stay holes), checks the
+/// stream's own checksum and, when given, the file's SHA-256 against `digest`, and only then
+/// renames `tmp` over `disk`. On any error `disk` is untouched.
+pub fn import(
+    src: &Path,
+    digest: Option<&Path>,
+    disk: &Path,
+    tmp: &Path,
+    op: &Operation,
+) -> Result<(), DiskOpError> {
+    let expected = digest.map(read_digest).transpose()?;
+    let input = File::open(src).map_err(io_err("open", src))?;
+    let total = input.metadata().map_err(io_err("stat", src))?.len();
+    let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = Hashing::new(Counting {
+        inner: input,
+        count: consumed.clone(),
+    });
+    let corrupt = |reason: String| DiskOpError::Corrupt {
+        path: src.to_path_buf(),
+        reason,
+    };
+    let mut dec = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(CHUNK, reader))
+        .map_err(|e| corrupt(e.to_string()))?;
+    let out = File::create(tmp).map_err(io_err("create", tmp))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    op.progress(0, total);
+    loop {
+        op.check_cancelled()?;
+        let n = read_full(&mut dec, &mut buf).map_err(|e| corrupt(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        for (i, block) in buf[..n].chunks(HOLE_GRAIN).enumerate() {
+            if !is_zero(block) {
+                out.write_all_at(block, pos + (i * HOLE_GRAIN) as u64)
+                    .map_err(io_err("write", tmp))?;
+            }
+        }
+        pos += n as u64;
+        op.progress(consumed.load(Ordering::Relaxed), total);
+    }
+    // Whatever the decoder left unread still counts for the digest (and must not exist).
+    let mut rest = dec.finish();
+    let mut trailing = Vec::new();
+    rest.read_to_end(&mut trailing)
+        .map_err(io_err("read", src))?;
+    if !trailing.is_empty() {
+        return Err(corrupt(format!(
+            "{} bytes of trailing data after the stream",
+            trailing.len()
+        )));
+    }
+    if pos == 0 {
+        return Err(corrupt("the stream holds an empty disk".into()));
+    }
+    let hashing = rest.into_inner();
+    if let (Some(expected), Some(digest)) = (expected, digest) {
+        let actual = hex(&hashing.hash.finalize());
+        if actual != expected {
+            return Err(DiskOpError::DigestMismatch {
+                path: src.to_path_buf(),
+                digest: digest.to_path_buf(),
+                expected,
+                actual,
+            });
+        }
+    }
+    out.set_len(pos).map_err(io_err("size", tmp))?;
+    out.sync_all().map_err(io_err("sync", tmp))?;
+    drop(out);
+    op.check_cancelled()?;
+    std::fs::rename(tmp, disk).map_err(io_err("rename", disk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Incompressible bytes without a rand dependency (xorshift64).
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(len + 8);
+        while v.len() < len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            v.extend_from_slice(&seed.to_le_bytes());
+        }
+        v.truncate(len);
+        v
+    }
+
+    /// A 64 MiB sparse disk with random data, text and a partial block here and there.
+    fn sparse_disk(path: &Path) -> Vec<u8> {
+        let f = File::create(path).unwrap();
+        f.set_len(64 * MIB).unwrap();
+        f.write_all_at(&noise(3 * MIB as usize, 7), 5 * MIB)
+            .unwrap();
+        f.write_all_at("hello crosd\n".repeat(50_000).as_bytes(), 20 * MIB + 123)
+            .unwrap();
+        f.write_all_at(b"tail", 64 * MIB - 4).unwrap();
+        drop(f);
+        std::fs::read(path).unwrap()
+    }
+
+    fn op(state: &Path, kind: DiskOpKind, partial: Vec<PathBuf>) -> Arc<Operation> {
+        let uuid = new_uuid().unwrap();
+        Operation::create(
+            state,
+            uuid,
+            kind,
+            "termina",
+            Path::new("/x"),
+            partial,
+            Box::new(|_, _| {}),
+        )
+        .unwrap()
+    }
+
+    fn wait_done(op: &Operation) -> DiskOpInfo {
+        // A bound only against a hung worker, not a performance check.
+        for _ in 0..6000 {
+            let info = op.info();
+            if info.state != DiskOpState::Running {
+                return info;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("operation did not finish: {:?}", op.info())
+    }
+
+    #[test]
+    fn sparse_disk_round_trips_and_stays_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, export_file, digest) = (
+            dir.path().join("disk.img"),
+            dir.path().join("disk.zst"),
+            dir.path().join("disk.zst.sha256"),
+        );
+        let original = sparse_disk(&disk);
+        let ex = op(dir.path(), DiskOpKind::Export, vec![]);
+        export(&disk, &export_file, Some(&digest), &ex).unwrap();
+        assert!(!partial_path(&export_file).exists());
+        let exported = std::fs::read(&export_file).unwrap();
+        // 3 MiB of noise plus well-compressible text and zeros.
+        assert!(exported.len() < 4 * MIB as usize, "{}", exported.len());
+        let want = hex(&Sha256::digest(&exported));
+        assert_eq!(
+            std::fs::read_to_string(&digest).unwrap(),
+            format!("{want}  disk.zst\n")
+        );
+        assert_eq!(ex.info().total_bytes, 64 * MIB);
+
+        let imported = dir.path().join("new.img");
+        let tmp = dir.path().join(".new.img.import");
+        let im = op(dir.path(), DiskOpKind::Import, vec![tmp.clone()]);
+        import(&export_file, Some(&digest), &imported, &tmp, &im).unwrap();
+        assert!(!tmp.exists());
+        assert!(std::fs::read(&imported).unwrap() == original);
+        let meta = std::fs::metadata(&imported).unwrap();
+        assert_eq!(meta.len(), 64 * MIB);
+        assert!(
+            meta.blocks() * 512 < 8 * MIB,
+            "zero runs stay holes: {} bytes allocated",
+            meta.blocks() * 512
+        );
+    }
+
+    #[test]
+    fn corrupted_or_truncated_stream_or_wrong_digest_leaves_the_old_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, export_file, digest) = (
+            dir.path().join("src.img"),
+            dir.path().join("src.zst"),
+            dir.path().join("src.sha256"),
+        );
+        sparse_disk(&src);
+        export(
+            &src,
+            &export_file,
+            Some(&digest),
+            &op(dir.path(), DiskOpKind::Export, vec![]),
+        )
+        .unwrap();
+        let good = std::fs::read(&export_file).unwrap();
+        let old_disk = dir.path().join("termina.img");
+        std::fs::write(&old_disk, b"the old disk").unwrap();
+
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        let truncated = good[..good.len() - 100].to_vec();
+        let cases: [(&str, Vec<u8>, Option<&Path>); 4] = [
+            ("flipped", flipped, None),
+            ("truncated", truncated, None),
+            ("not zstd", b"plain text, not a stream".to_vec(), None),
+            // A valid stream that is not the file the digest was made of.
+            ("digest", good.clone(), Some(&digest)),
+        ];
+        for (what, bytes, dig) in cases {
+            let bad = dir.path().join("bad.zst");
+            std::fs::write(&bad, &bytes).unwrap();
+            if what == "digest" {
+                std::fs::write(&digest, format!("{}  x\n", "0".repeat(64))).unwrap();
+            }
+            let tmp = dir.path().join(".termina.img.import");
+            let im = op(dir.path(), DiskOpKind::Import, vec![tmp.clone()]);
+            let tmp2 = tmp.clone();
+            let (old2, bad2, dig2) = (old_disk.clone(), bad.clone(), dig.map(Path::to_path_buf));
+            im.spawn(move |op| import(&bad2, dig2.as_deref(), &old2, &tmp2, op))
+                .unwrap();
+            let info = wait_done(&im);
+            assert_eq!(info.state, DiskOpState::Failed, "{what}: {info:?}");
+            assert!(
+                info.message.contains("bad.zst"),
+                "{what}: the message names the file: {}",
+                info.message
+            );
+            if what == "digest" {
+                assert!(info.message.contains("digest"), "{}", info.message);
+            }
+            assert_eq!(std::fs::read(&old_disk).unwrap(), b"the old disk", "{what}");
+            assert!(!tmp.exists(), "{what}: the temporary file is removed");
+        }
+    }
+
+    #[test]
+    fn cancelled_export_removes_its_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        sparse_disk(&disk);
+        let dst = dir.path().join("out.zst");
+        let partial = partial_path(&dst);
+        let ex = op(dir.path(), DiskOpKind::Export, vec![partial.clone()]);
+        ex.cancel();
+        let (d, o) = (disk.clone(), dst.clone());
+        ex.spawn(move |op| export(&d, &o, None, op)).unwrap();
+        let info = wait_done(&ex);
+        assert_eq!(info.state, DiskOpState::Cancelled);
+        assert!(!dst.exists() && !partial.exists());
+        // The record on disk says so too.
+        let recovered = recover(dir.path());
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].state, DiskOpState::Cancelled);
+    }
+
+    #[test]
+    fn running_operation_of_a_dead_crosd_becomes_failed_and_loses_its_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("out.zst.partial");
+        std::fs::write(&partial, b"half an export").unwrap();
+        // Recorded RUNNING, and no thread of this process works on it: as after a kill -9.
+        let ex = op(dir.path(), DiskOpKind::Export, vec![partial.clone()]);
+        let uuid = ex.info().uuid;
+        let recovered = recover(dir.path());
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].uuid, uuid);
+        assert_eq!(recovered[0].state, DiskOpState::Failed);
+        assert_eq!(recovered[0].message, INTERRUPTED);
+        assert!(!partial.exists());
+        // Persisted: a second start reads FAILED without redoing anything.
+        let again = recover(dir.path());
+        assert_eq!(again[0].state, DiskOpState::Failed);
+    }
+
+    #[test]
+    fn digest_file_must_hold_a_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        std::fs::write(&d, "xyz  file\n").unwrap();
+        assert!(matches!(
+            read_digest(&d),
+            Err(DiskOpError::BadDigestFile { .. })
+        ));
+        std::fs::write(&d, format!("{}  file\n", "AB".repeat(32))).unwrap();
+        assert_eq!(read_digest(&d).unwrap(), "ab".repeat(32));
+    }
+}
