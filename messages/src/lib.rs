@@ -18,6 +18,7 @@ pub mod imageloader;
 pub mod maitred;
 pub mod ports;
 pub mod seneschal;
+pub mod termina;
 pub mod trace;
 pub mod tremplin;
 pub mod vmlog;

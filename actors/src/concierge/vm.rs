@@ -8,6 +8,7 @@ use std::time::Duration;
 use cros_hypervisor::{DiskSpec, Hypervisor, VmHandle, VmSpec, VsockSpec};
 use cros_messages::imageloader::{ImageloaderReply, ImageloaderRequest, LoadedComponent};
 use cros_messages::maitred::{MaitredReply, MaitredRequest};
+use cros_messages::termina::{ROOTFS_SERIAL, STATEFUL_SERIAL, TOOLS_SERIAL};
 use cros_messages::vmlog::VmlogRequest;
 use cros_messages::{Addr, Body, CrosError, ErrorKind, ports};
 
@@ -17,10 +18,6 @@ use crate::bus::BusHandle;
 
 /// The component concierge boots.
 pub const TERMINA_COMPONENT: &str = "cros-termina";
-/// virtio-blk serials maitred finds its disks by.
-pub const ROOTFS_SERIAL: &str = "crosd-rootfs";
-pub const TOOLS_SERIAL: &str = "crosd-tools";
-pub const STATEFUL_SERIAL: &str = "crosd-stateful";
 /// How long maitred may take to shut the guest down cleanly, and the VMM to exit afterwards.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const EXIT_AFTER_SHUTDOWN: Duration = Duration::from_secs(10);

@@ -14,10 +14,7 @@ pub mod server;
 pub mod services;
 pub mod stage1;
 
-/// virtio-blk serials the host gives each disk (QEMU `serial=`, our VMM's get-id).
-pub const ROOTFS_SERIAL: &str = "crosd-rootfs";
-pub const TOOLS_SERIAL: &str = "crosd-tools";
-pub const STATEFUL_SERIAL: &str = "crosd-stateful";
+pub use cros_messages::termina::{ROOTFS_SERIAL, STATEFUL_SERIAL, TOOLS_SERIAL};
 
 /// Where the stateful disk is mounted.
 pub const STATEFUL_MOUNT: &str = "/mnt/stateful";
