@@ -169,12 +169,15 @@ fn run_help_documents_every_flag() {
         "--virtio-rng",
         "--block",
         "--pmem",
+        "--cid",
+        "--vsock-uds",
         "--socket",
         "--no-seccomp",
     ] {
         let line = help
             .lines()
-            .position(|l| l.trim_start().starts_with(flag))
+            // Option lines are indented 6 spaces, their descriptions 10.
+            .position(|l| l.starts_with(&format!("      {flag}")))
             .unwrap_or_else(|| panic!("{flag} missing from:\n{help}"));
         // The line after the flag is its description.
         let desc = help.lines().nth(line + 1).unwrap_or("").trim();

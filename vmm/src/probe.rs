@@ -136,6 +136,7 @@ pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
         serial: SerialOutput::Capture(serial.clone()),
         block: Vec::new(),
         pmem: Vec::new(),
+        vsock: None,
         virtio_rng: 0,
         seccomp: true,
         control_socket: None,

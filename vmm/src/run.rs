@@ -28,7 +28,9 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{self, MMIO_WINDOW_SIZE, MmioTransport};
 use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem, PmemError};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock_mmio::VsockMmio;
 use crate::devices::virtio::worker::{DeviceWorker, SharedVirtioDevice};
+use crate::devices::vsock::{VsockConfig, VsockError};
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, MMIO_HOLE_START, MemoryError};
 use crate::seccomp::{self, ThreadKind};
@@ -121,6 +123,8 @@ pub struct VmConfig {
     pub block: Vec<BlockConfig>,
     /// virtio-pmem images, after the disks in window order, mapped above RAM.
     pub pmem: Vec<BlockConfig>,
+    /// The hybrid vsock device (guest cid, host Unix socket), after the pmem devices.
+    pub vsock: Option<VsockConfig>,
     /// Number of virtio-rng devices, each in its own virtio-mmio window.
     pub virtio_rng: usize,
     /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
@@ -164,6 +168,8 @@ pub enum VmmError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Pmem(#[from] PmemError),
+    #[error("cannot create the vsock device")]
+    Vsock(#[from] VsockError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
@@ -213,7 +219,10 @@ impl VmConfig {
                 self.cpus
             )));
         }
-        let irqs_needed = (self.block.len() + self.pmem.len() + self.virtio_rng) as u32;
+        let irqs_needed = (self.block.len()
+            + self.pmem.len()
+            + usize::from(self.vsock.is_some())
+            + self.virtio_rng) as u32;
         if VIRTIO_IRQ_BASE + irqs_needed > IRQ_MAX + 1 {
             return Err(VmmError::Config(format!(
                 "{irqs_needed} virtio devices need more interrupt lines than the IOAPIC has"
@@ -382,6 +391,11 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         pmem_addr += map.size;
         pmem_maps.push(map);
         devices.push(("pmem", Arc::new(Mutex::new(device))));
+    }
+    if let Some(vsock) = &config.vsock {
+        // The vsock device's own thread (accepting host sockets) runs without a seccomp
+        // filter for now; our worker that forwards its notifications is filtered.
+        devices.push(("vsock", Arc::new(Mutex::new(VsockMmio::new(vsock)?))));
     }
     for _ in 0..config.virtio_rng {
         devices.push(("rng", Arc::new(Mutex::new(Rng::new()))));

@@ -61,6 +61,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         serial: SerialOutput::File(serial_log.to_owned()),
         block: Vec::new(),
         pmem: Vec::new(),
+        vsock: None,
         virtio_rng: 0,
         seccomp: true,
         control_socket: None,
@@ -525,4 +526,53 @@ fn read_only_pmem_keeps_the_image() {
         bytes[4096..8192].iter().all(|&b| b == 0),
         "the image was modified"
     );
+}
+
+#[test]
+fn vsock_device_is_probed_in_its_window_and_listens_on_the_host_socket() {
+    use cros_messages::crosvm::CrosvmRequest;
+    use cros_vmm::devices::vsock::VsockConfig;
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let vsock = VsockConfig {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+    };
+
+    // The probe payload finds the vsock device (id 19) in the window after the disk's.
+    let log = dir.path().join("probe.log");
+    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    cfg.block = vec![cros_vmm::run::BlockConfig {
+        path: make_disk(dir.path()),
+        read_only: true,
+    }];
+    cfg.vsock = Some(vsock.clone());
+    assert_eq!(run(&cfg).unwrap(), VmExit::GuestReset);
+    let serial = std::fs::read_to_string(&log).unwrap();
+    for want in [
+        "virtio-mmio 0xd0000000 version 0x00000002 device 0x00000002 ok",
+        "virtio-mmio 0xd0001000 version 0x00000002 device 0x00000013 ok",
+        "virtio-mmio windows: 0x00000002",
+        "payload: failures 0x00000000",
+    ] {
+        assert!(
+            serial.lines().any(|l| l == want),
+            "missing {want:?}:\n{serial}"
+        );
+    }
+
+    // While a VM runs, host clients reach the device's socket.
+    let log = dir.path().join("spin.log");
+    let ctrl = dir.path().join("ctrl.sock");
+    let mut cfg = config(build_payload(dir.path(), "spin"), &log);
+    cfg.vsock = Some(vsock);
+    cfg.control_socket = Some(ctrl.clone());
+    let vm = std::thread::spawn(move || run(&cfg));
+    wait_until("the control socket", || ctrl.exists());
+    wait_until("the vsock host socket", || {
+        std::os::unix::net::UnixStream::connect(&uds).is_ok()
+    });
+    cros_vmm::control::send_request(&ctrl, CrosvmRequest::Stop {}).unwrap();
+    assert_eq!(vm.join().unwrap().unwrap(), VmExit::Stopped);
 }

@@ -107,6 +107,15 @@ struct RunArgs {
     /// Repeat for more; their windows follow the disks'.
     #[arg(long, value_name = "PATH[,ro=true]")]
     pmem: Vec<cros_vmm::run::BlockConfig>,
+    /// Add the hybrid virtio-vsock device with guest context id CID (3 or more); needs
+    /// --vsock-uds.
+    #[arg(long, value_name = "CID", requires = "vsock_uds",
+          value_parser = clap::value_parser!(u64).range(3..u64::from(u32::MAX)))]
+    cid: Option<u64>,
+    /// Host side of the vsock device: host clients connect to this Unix socket and write
+    /// `CONNECT <port>`; guest connections to the host reach `<PATH>_<port>`. Needs --cid.
+    #[arg(long, value_name = "PATH", requires = "cid")]
+    vsock_uds: Option<PathBuf>,
     /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
     #[arg(long, value_name = "N", default_value_t = 0)]
     virtio_rng: usize,
@@ -181,6 +190,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 block: args.block,
                 pmem: args.pmem,
+                vsock: args
+                    .cid
+                    .zip(args.vsock_uds)
+                    .map(|(guest_cid, uds_path)| VsockConfig {
+                        guest_cid,
+                        uds_path,
+                    }),
                 virtio_rng: args.virtio_rng,
                 seccomp: !args.no_seccomp,
                 control_socket: args.socket,

@@ -5,6 +5,7 @@ pub mod block;
 pub mod mmio;
 pub mod pmem;
 pub mod rng;
+pub mod vsock_mmio;
 pub mod worker;
 
 use std::sync::Arc;
