@@ -144,7 +144,9 @@ fn qemu_pid(crosd: &Crosd) -> u32 {
     let o = crosd.run("vmc", &["list", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let vms: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    vms[0]["pid"].as_u64().expect("a running VM has a pid") as u32
+    vms["vms"][0]["pid"]
+        .as_u64()
+        .expect("a running VM has a pid") as u32
 }
 
 fn alive(pid: u32) -> bool {

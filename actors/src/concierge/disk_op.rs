@@ -192,6 +192,10 @@ impl Operation {
         if last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
             *last = Some(Instant::now());
             (self.on_progress)(&uuid, percent);
+            // How far it got survives a crash, for DiskImageStatus after a restart.
+            if let Err(e) = self.persist() {
+                tracing::warn!(error = %e, "cannot record disk operation progress");
+            }
         }
     }
 

@@ -1,5 +1,7 @@
-//! vmc: start, stop, list VMs and read their logs through crosd (as ChromeOS's `vmc`).
+//! vmc: start, stop, list VMs, manage their disks and read their logs through crosd (as
+//! ChromeOS's `vmc`).
 
+use std::io::{BufRead, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use cros_messages::concierge::{ConciergeReply, ConciergeRequest, DiskImageStatus, VmInfo};
+use cros_messages::concierge::{
+    ConciergeEvent, ConciergeReply, ConciergeRequest, DiskImageStatus, DiskOpInfo, DiskOpState,
+    VmInfo,
+};
 use cros_messages::vmlog::{VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body};
 use cros_tools::client::{Client, DEFAULT_TIMEOUT};
@@ -17,7 +22,7 @@ use cros_tools::client::{Client, DEFAULT_TIMEOUT};
 #[derive(Parser)]
 #[command(
     name = "vmc",
-    about = "Manage crosd's virtual machines (start, stop, list, logs)."
+    about = "Manage crosd's virtual machines and their disks (start, stop, list, create, destroy, export, import, logs)."
 )]
 struct Cli {
     /// crosd's control socket [default: $CROSD_SOCKET, else /run/crosd/crosd.sock]
@@ -54,11 +59,53 @@ enum Cmd {
     },
     /// Shut the VM down (maitred Shutdown, then the hypervisor is stopped).
     Stop { name: String },
-    /// List running VMs.
+    /// List running VMs and the disk images crosd holds.
     List {
+        /// Print JSON for scripts: {"vms": [...], "disks": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create the VM's disk image (sparse) unless it exists.
+    Create {
+        /// Disk size: bytes, or with a K, M, G or T suffix (powers of 1024), e.g. 10G, 512M
+        /// [default: auto, 90% of the free and used space of the disk's filesystem].
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        name: String,
+    },
+    /// Delete the VM's disk image, stopping the VM first if it runs. Asks first unless -y.
+    Destroy {
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(short = 'y', long = "yes")]
+        yes: bool,
+        name: String,
+    },
+    /// Write the VM's disk to FILE as a zstd stream, showing progress until it is done.
+    Export {
+        /// Also write the SHA-256 of FILE here, in `sha256sum` format.
+        #[arg(long)]
+        digest: Option<PathBuf>,
+        /// Export even while the VM runs (the copy may then be inconsistent).
+        #[arg(long)]
+        force: bool,
+        name: String,
+        file: PathBuf,
+    },
+    /// Replace the VM's disk with the export in FILE once the whole stream checked out; the VM
+    /// must be stopped. Shows progress until it is done.
+    Import {
+        /// Check FILE against this SHA-256 file (as written by `vmc export --digest`) first.
+        #[arg(long)]
+        digest: Option<PathBuf>,
+        name: String,
+        file: PathBuf,
+    },
+    /// Print the state of a disk export or import by its operation id.
+    DiskOpStatus {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        id: String,
     },
     /// Print the guest log (kernel and syslog) that vm_syslog shipped for the VM.
     Logs { name: String },
@@ -159,9 +206,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Body::ConciergeReply(ConciergeReply::Vms { vms }) => vms,
                 other => bail!("unexpected reply to ListVms: {}", other.type_name()),
             };
+            let disks = match client.call(
+                &concierge(),
+                Body::Concierge(ConciergeRequest::ListVmDisks {}),
+                DEFAULT_TIMEOUT,
+            )? {
+                Body::ConciergeReply(ConciergeReply::Disks { disks }) => disks,
+                other => bail!("unexpected reply to ListVmDisks: {}", other.type_name()),
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&vms)?);
-            } else if vms.is_empty() {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"vms": vms, "disks": disks}))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            if vms.is_empty() {
                 println!("no VMs are running");
             } else {
                 println!(
@@ -174,6 +234,123 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         vm.name, vm.status, vm.cid, vm.pid, vm.hypervisor
                     );
                 }
+            }
+            println!();
+            if disks.is_empty() {
+                println!("no disk images");
+            } else {
+                println!("{:<16} {:>10} {:>10}  PATH", "DISK", "SIZE", "USED");
+                for d in disks {
+                    println!(
+                        "{:<16} {:>10} {:>10}  {}",
+                        d.name,
+                        human_size(d.size),
+                        human_size(d.allocated),
+                        d.path
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Create { size, name } => {
+            let req = Body::Concierge(ConciergeRequest::CreateDiskImage {
+                name: name.clone(),
+                owner_id: String::new(),
+                size: size.unwrap_or(0),
+            });
+            match client.call(&concierge(), req, DEFAULT_TIMEOUT)? {
+                Body::ConciergeReply(ConciergeReply::DiskImage { status, path, size }) => {
+                    let what = match status {
+                        DiskImageStatus::Created => "created",
+                        DiskImageStatus::Exists => "already exists",
+                    };
+                    println!("disk of {name} {what}: {path} ({})", human_size(size));
+                }
+                other => bail!("unexpected reply to CreateDiskImage: {}", other.type_name()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Destroy { yes, name } => {
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "not destroying the disk of {name} without -y: stdin is not a terminal to ask on"
+                    );
+                }
+                eprint!("vmc: destroy the disk of {name} (stopping {name} if it runs)? [y/N] ");
+                std::io::stderr().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().lock().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+                    progress("not destroyed");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            let req = Body::Concierge(ConciergeRequest::DestroyDiskImage {
+                name: name.clone(),
+                owner_id: String::new(),
+            });
+            client
+                .call(&concierge(), req, Duration::from_secs(120))
+                .with_context(|| format!("cannot destroy the disk of {name}"))?;
+            progress(&format!("disk of {name} destroyed"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Export {
+            digest,
+            force,
+            name,
+            file,
+        } => {
+            let req = ConciergeRequest::ExportDiskImage {
+                name: name.clone(),
+                owner_id: String::new(),
+                path: absolute(&file)?,
+                digest_path: digest.as_deref().map(absolute).transpose()?,
+                force,
+            };
+            let op = run_disk_op(
+                &mut client,
+                req,
+                &format!("exporting {name} to {}", file.display()),
+            )?;
+            finish_disk_op(&op)
+        }
+        Cmd::Import { digest, name, file } => {
+            let req = ConciergeRequest::ImportDiskImage {
+                name: name.clone(),
+                owner_id: String::new(),
+                path: absolute(&file)?,
+                digest_path: digest.as_deref().map(absolute).transpose()?,
+            };
+            let op = run_disk_op(
+                &mut client,
+                req,
+                &format!("importing {} into {name}", file.display()),
+            )?;
+            finish_disk_op(&op)
+        }
+        Cmd::DiskOpStatus { json, id } => {
+            let op = disk_op_status(&mut client, &id)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&op)?);
+            } else {
+                println!(
+                    "{} {} of {} ({}): {} {}% ({} of {}){}",
+                    op.uuid,
+                    op.kind,
+                    op.name,
+                    op.path,
+                    op.state,
+                    op.percent,
+                    human_size(op.processed_bytes),
+                    human_size(op.total_bytes),
+                    if op.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", op.message)
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -240,5 +417,161 @@ fn start_vm(
     match reply.with_context(|| format!("cannot start {name}"))? {
         Body::ConciergeReply(ConciergeReply::VmStarted { vm_info }) => Ok(vm_info),
         other => bail!("unexpected reply to StartVm: {}", other.type_name()),
+    }
+}
+
+/// "10G", "512M", "64k", "1T" (powers of 1024, an optional trailing "B" or "iB") or plain bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => {
+                    return Err(format!(
+                        "bad size {text:?}: unknown unit {c:?} (use K, M, G or T)"
+                    ));
+                }
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("bad size {text:?}: expected a number with an optional K, M, G or T")
+    })?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("bad size {text:?}: must be more than 0 and fit in 64 bits"))
+}
+
+/// 1536 -> "1.5 KiB".
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// crosd runs elsewhere (another working directory): it gets absolute paths.
+fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::path::absolute(p)
+        .with_context(|| format!("cannot make {} absolute", p.display()))?
+        .display()
+        .to_string())
+}
+
+fn disk_op_status(client: &mut Client, id: &str) -> anyhow::Result<DiskOpInfo> {
+    let req = Body::Concierge(ConciergeRequest::DiskImageStatus {
+        uuid: id.to_string(),
+    });
+    match client.call(&concierge(), req, DEFAULT_TIMEOUT)? {
+        Body::ConciergeReply(ConciergeReply::DiskOperation { op }) => Ok(op),
+        other => bail!("unexpected reply to DiskImageStatus: {}", other.type_name()),
+    }
+}
+
+/// Starts an export or import and follows it to its end: a progress bar on a terminal, a
+/// line per progress event otherwise.
+fn run_disk_op(
+    client: &mut Client,
+    req: ConciergeRequest,
+    what: &str,
+) -> anyhow::Result<DiskOpInfo> {
+    // Subscribe first so that no progress event is missed.
+    client.subscribe(
+        vec!["ConciergeEvent::DiskImageProgress".into()],
+        DEFAULT_TIMEOUT,
+    )?;
+    let kind: &'static str = (&req).into();
+    let uuid = match client.call(&concierge(), Body::Concierge(req), DEFAULT_TIMEOUT)? {
+        Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) => uuid,
+        other => bail!("unexpected reply to {kind}: {}", other.type_name()),
+    };
+    progress(&format!("{what} (operation {uuid})"));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {pos:>3}%")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    loop {
+        if let Some(env) = client.next_event(Duration::from_secs(1))? {
+            if let Body::ConciergeEvent(ConciergeEvent::DiskImageProgress { uuid: u, percent }) =
+                env.body
+                && u == uuid
+            {
+                match &bar {
+                    Some(bar) => bar.set_position(u64::from(percent)),
+                    None => progress(&format!("{percent}%")),
+                }
+            }
+            continue;
+        }
+        // No event for a second: ask, so that the end (or a crosd restart) is seen.
+        let op = disk_op_status(client, &uuid)?;
+        if op.state != DiskOpState::Running {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            return Ok(op);
+        }
+    }
+}
+
+fn finish_disk_op(op: &DiskOpInfo) -> anyhow::Result<ExitCode> {
+    match op.state {
+        DiskOpState::Done => {
+            progress(&format!("{} of {} done: {}", op.kind, op.name, op.path));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => bail!(
+            "{} of {} {}: {}",
+            op.kind,
+            op.name,
+            op.state.to_string().to_lowercase(),
+            op.message
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "G", "10X", "-1", "0", "99999999999T", "1.5G"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(100), "100 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(10 << 30), "10.0 GiB");
     }
 }
