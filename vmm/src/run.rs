@@ -74,17 +74,19 @@ impl Write for CaptureWriter {
     }
 }
 
-/// A `--block PATH[,ro=true]` disk.
+/// A `--block PATH[,ro=true][,serial=NAME]` disk (or a `--pmem PATH[,ro=true]` image).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The disk's virtio-blk serial (GET_ID); default: the image's device and inode.
+    pub serial: Option<String>,
 }
 
 impl std::str::FromStr for BlockConfig {
     type Err = String;
 
-    /// Parses `PATH[,ro=true|false]`.
+    /// Parses `PATH[,ro=true|false][,serial=NAME]`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let path = parts
@@ -92,20 +94,26 @@ impl std::str::FromStr for BlockConfig {
             .filter(|p| !p.is_empty())
             .ok_or_else(|| format!("block device {s:?} has no path (expected PATH[,ro=true])"))?;
         let mut read_only = false;
+        let mut serial = None;
         for opt in parts {
-            read_only = match opt {
-                "ro=true" | "ro" => true,
-                "ro=false" => false,
+            match opt {
+                "ro=true" | "ro" => read_only = true,
+                "ro=false" => read_only = false,
+                _ if opt.starts_with("serial=") => {
+                    serial = Some(opt["serial=".len()..].to_owned());
+                }
                 other => {
                     return Err(format!(
-                        "block device option {other:?} in {s:?} is not one of ro=true, ro=false"
+                        "block device option {other:?} in {s:?} is not one of ro=true, \
+                         ro=false, serial=NAME"
                     ));
                 }
-            };
+            }
         }
         Ok(Self {
             path: PathBuf::from(path),
             read_only,
+            serial,
         })
     }
 }
@@ -218,6 +226,11 @@ impl VmConfig {
                 "--cpus {} is out of range 1..={MAX_VCPUS}",
                 self.cpus
             )));
+        }
+        if self.pmem.iter().any(|p| p.serial.is_some()) {
+            return Err(VmmError::Config(
+                "serial= applies to --block disks, not to --pmem images".into(),
+            ));
         }
         let irqs_needed = (self.block.len()
             + self.pmem.len()
@@ -367,7 +380,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     for disk in &config.block {
         devices.push((
             "blk",
-            Arc::new(Mutex::new(Block::open(&disk.path, disk.read_only)?)),
+            Arc::new(Mutex::new(match &disk.serial {
+                Some(serial) => Block::open(&disk.path, disk.read_only)?.with_serial(serial)?,
+                None => Block::open(&disk.path, disk.read_only)?,
+            })),
         ));
     }
     // pmem images go above RAM (and above 4 GiB), each in its own KVM memory slot.
@@ -700,9 +716,13 @@ mod tests {
             b,
             BlockConfig {
                 path: "/tmp/disk.img".into(),
-                read_only: false
+                read_only: false,
+                serial: None,
             }
         );
+        let b: BlockConfig = "/tmp/disk.img,serial=stateful,ro".parse().unwrap();
+        assert_eq!(b.serial.as_deref(), Some("stateful"));
+        assert!(b.read_only);
         let b: BlockConfig = "/tmp/disk.img,ro=true".parse().unwrap();
         assert!(b.read_only);
         let b: BlockConfig = "d,ro=true,ro=false".parse().unwrap();

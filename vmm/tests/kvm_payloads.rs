@@ -221,7 +221,7 @@ fn make_disk(dir: &Path) -> PathBuf {
     path
 }
 
-fn run_blk(read_only: bool) -> (String, Vec<u8>, PathBuf, tempfile::TempDir) {
+fn run_blk(read_only: bool, serial: Option<&str>) -> (String, Vec<u8>, PathBuf, tempfile::TempDir) {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("serial.log");
@@ -230,6 +230,7 @@ fn run_blk(read_only: bool) -> (String, Vec<u8>, PathBuf, tempfile::TempDir) {
     cfg.block = vec![cros_vmm::run::BlockConfig {
         path: disk.clone(),
         read_only,
+        serial: serial.map(str::to_owned),
     }];
     // An rng after the disk: the payload must pick the block device by its id.
     cfg.virtio_rng = 1;
@@ -246,7 +247,7 @@ fn run_blk(read_only: bool) -> (String, Vec<u8>, PathBuf, tempfile::TempDir) {
 #[test]
 fn blk_payload_reads_and_writes_the_host_file() {
     use std::os::unix::fs::MetadataExt;
-    let (serial, bytes, disk, _dir) = run_blk(false);
+    let (serial, bytes, disk, _dir) = run_blk(false, None);
     let lines: Vec<&str> = serial.lines().collect();
     let meta = std::fs::metadata(&disk).unwrap();
     let id = format!("virtio-blk: id {}:{}", meta.dev(), meta.ino());
@@ -272,7 +273,12 @@ fn blk_payload_reads_and_writes_the_host_file() {
 
 #[test]
 fn blk_payload_cannot_write_a_read_only_disk() {
-    let (serial, bytes, _disk, _dir) = run_blk(true);
+    let (serial, bytes, _disk, _dir) = run_blk(true, Some("crosvm-test-disk"));
+    // GET_ID answers with the configured serial.
+    assert!(
+        serial.contains("virtio-blk: id crosvm-test-disk\n"),
+        "{serial}"
+    );
     assert!(
         serial.contains("virtio-blk: read status 0x00000000\n"),
         "{serial}"
@@ -294,6 +300,7 @@ fn missing_disk_image_is_named_in_the_error() {
     cfg.block = vec![cros_vmm::run::BlockConfig {
         path: missing.clone(),
         read_only: false,
+        serial: None,
     }];
     let err = run(&cfg).unwrap_err();
     let chain = format!("{err}");
@@ -481,10 +488,12 @@ fn run_pmem(read_only: bool) -> (String, Vec<u8>, tempfile::TempDir) {
     cfg.block = vec![cros_vmm::run::BlockConfig {
         path: disk,
         read_only: true,
+        serial: None,
     }];
     cfg.pmem = vec![cros_vmm::run::BlockConfig {
         path: image.clone(),
         read_only,
+        serial: None,
     }];
     let exit = run(&cfg);
     let serial = std::fs::read_to_string(&log).unwrap_or_default();
@@ -546,6 +555,7 @@ fn vsock_device_is_probed_in_its_window_and_listens_on_the_host_socket() {
     cfg.block = vec![cros_vmm::run::BlockConfig {
         path: make_disk(dir.path()),
         read_only: true,
+        serial: None,
     }];
     cfg.vsock = Some(vsock.clone());
     assert_eq!(run(&cfg).unwrap(), VmExit::GuestReset);

@@ -98,9 +98,10 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     serial_log: Option<PathBuf>,
     /// Add a virtio-blk disk backed by the raw image PATH; `,ro=true` makes it read-only
-    /// (writes fail with an I/O error). Repeat for more disks; they get the first virtio-mmio
-    /// windows, in order (the first is /dev/vda in Linux).
-    #[arg(long, value_name = "PATH[,ro=true]")]
+    /// (writes fail with an I/O error); `,serial=NAME` (up to 20 printable characters) is what
+    /// the guest reads as its id (/dev/disk/by-id/virtio-NAME). Repeat for more disks; they get
+    /// the first virtio-mmio windows, in order.
+    #[arg(long, value_name = "PATH[,ro=true][,serial=NAME]")]
     block: Vec<cros_vmm::run::BlockConfig>,
     /// Add a virtio-pmem device backed by the raw image PATH (size a multiple of 2 MiB), mapped
     /// into guest memory above RAM; `,ro=true` maps it read-only (guest writes are dropped).

@@ -34,6 +34,8 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("disk serial {0:?} is not 1 to 20 printable ASCII characters")]
+    Serial(String),
 }
 
 /// A virtio-blk device.
@@ -77,6 +79,20 @@ impl Block {
             acked_features: 0,
             active: None,
         })
+    }
+
+    /// Answers GET_ID with `serial` (at most 20 bytes, as virtio-blk's id field; Linux shows
+    /// it as /sys/block/vdX/serial and /dev/disk/by-id/virtio-<serial>).
+    pub fn with_serial(mut self, serial: &str) -> Result<Self, BlockError> {
+        if serial.is_empty()
+            || serial.len() > ID_BYTES
+            || !serial.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(BlockError::Serial(serial.to_owned()));
+        }
+        self.disk.id = [0; ID_BYTES];
+        self.disk.id[..serial.len()].copy_from_slice(serial.as_bytes());
+        Ok(self)
     }
 
     fn config(&self) -> [u8; CONFIG_LEN] {
@@ -390,6 +406,26 @@ mod tests {
             &id[..want.len().min(20)],
             &want.as_bytes()[..want.len().min(20)]
         );
+    }
+
+    #[test]
+    fn serial_replaces_the_id_and_bad_serials_are_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(4096).unwrap();
+        let dev = Block::open(file.path(), true)
+            .unwrap()
+            .with_serial("stateful")
+            .unwrap();
+        assert_eq!(&dev.disk.id[..9], b"stateful\0");
+        for bad in ["", "has space", "twenty-one-characters", "é"] {
+            assert!(
+                Block::open(file.path(), true)
+                    .unwrap()
+                    .with_serial(bad)
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
