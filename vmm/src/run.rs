@@ -21,6 +21,7 @@ use crate::arch::x86_64::{cpuid, interrupts, msr, regs, zero_page};
 use crate::control::{ControlError, ControlRequest, ControlServer};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
+use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
 use crate::devices::virtio::VirtioInterrupt;
@@ -144,9 +145,11 @@ pub struct VmConfig {
 /// How a VM that ran ended without a VMM error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest asked the i8042 for a CPU reset: Linux's `reboot=k` and our payloads' way
-    /// to power off.
+    /// The guest reset the machine: the i8042 pulse-reset command (Linux `reboot=k`, our
+    /// payloads) or the ACPI reset register (Linux `reboot`).
     GuestReset,
+    /// The guest entered ACPI S5 through the sleep control register (Linux `poweroff`).
+    GuestPowerOff,
     /// A Stop request on the control socket ended the VM.
     Stopped,
 }
@@ -372,6 +375,24 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             .map_err(io_err("cannot clone the reset eventfd"))?,
     ));
     io_bus.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORT_LEN)?;
+    let power_off_evt = EventFd::new(0).map_err(io_err("cannot create the power-off eventfd"))?;
+    let acpi_pm = AcpiPm::new(
+        EventFdTrigger(
+            power_off_evt
+                .try_clone()
+                .map_err(io_err("cannot clone the power-off eventfd"))?,
+        ),
+        EventFdTrigger(
+            reset_evt
+                .try_clone()
+                .map_err(io_err("cannot clone the reset eventfd"))?,
+        ),
+    );
+    io_bus.insert(
+        Arc::new(Mutex::new(acpi_pm)),
+        ACPI_PM_PORT,
+        ACPI_PM_PORT_LEN,
+    )?;
 
     // virtio-mmio devices, one window and one interrupt line each.
     let mut mmio_bus = Bus::new();
@@ -517,29 +538,25 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     let (events_tx, events_rx) = mpsc::channel();
     let control_events_tx = events_tx.clone();
 
-    // The i8042 reset arrives on an eventfd; a small thread turns it into a VM event.
-    let reset_waiter = {
-        let events = events_tx.clone();
-        let evt = reset_evt
+    // Resets (i8042, ACPI reset register) and ACPI power-off arrive on eventfds; small
+    // threads turn them into VM events.
+    let mut waiters = Vec::new();
+    for (name, evt, event) in [
+        ("reset-wait", &reset_evt, Event::Reset),
+        ("poweroff-wait", &power_off_evt, Event::PowerOff),
+    ] {
+        let evt = evt
             .try_clone()
-            .map_err(io_err("cannot clone the reset eventfd"))?;
-        let stop = stop.clone();
-        let helper_filter = filter(ThreadKind::Helper);
-        std::thread::Builder::new()
-            .name("reset-wait".into())
-            .spawn(move || {
-                if let Some(f) = &helper_filter
-                    && let Err(e) = seccomp::install(ThreadKind::Helper, f)
-                {
-                    tracing::error!("reset thread: {e}");
-                    return;
-                }
-                if evt.read().is_ok() && !stop.load(Ordering::Acquire) {
-                    let _ = events.send(Event::Reset);
-                }
-            })
-            .map_err(io_err("cannot start the reset thread"))?
-    };
+            .map_err(io_err("cannot clone a guest exit eventfd"))?;
+        waiters.push(spawn_waiter(
+            name,
+            evt,
+            event,
+            events_tx.clone(),
+            stop.clone(),
+            filter(ThreadKind::Helper),
+        )?);
+    }
 
     let mut handles = Vec::new();
     let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
@@ -625,6 +642,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     let outcome = loop {
         match events_rx.recv() {
             Ok(Event::Reset) => break Ok(VmExit::GuestReset),
+            Ok(Event::PowerOff) => break Ok(VmExit::GuestPowerOff),
             Ok(Event::Vcpu(VcpuEvent::TripleFault { cpu, rip })) => {
                 break Err(VmmError::TripleFault {
                     cpu,
@@ -685,8 +703,12 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         handle.stop_and_join();
     }
     // Wake the reset thread if the guest never reset.
+    // Wake the waiters whose event never came.
     let _ = reset_evt.write(1);
-    let _ = reset_waiter.join();
+    let _ = power_off_evt.write(1);
+    for waiter in waiters {
+        let _ = waiter.join();
+    }
     let _ = forwarder.join();
     if let Some((server, forward)) = control {
         drop(server);
@@ -699,8 +721,34 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     outcome
 }
 
+/// Starts a thread that sends `event` once `evt` is signalled (unless the VM is stopping).
+fn spawn_waiter(
+    name: &str,
+    evt: EventFd,
+    event: Event,
+    events: mpsc::Sender<Event>,
+    stop: Arc<AtomicBool>,
+    filter: Option<BpfProgram>,
+) -> Result<std::thread::JoinHandle<()>, VmmError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(f) = &filter
+                && let Err(e) = seccomp::install(ThreadKind::Helper, f)
+            {
+                tracing::error!("guest exit thread: {e}");
+                return;
+            }
+            if evt.read().is_ok() && !stop.load(Ordering::Acquire) {
+                let _ = events.send(event);
+            }
+        })
+        .map_err(io_err("cannot start a guest exit thread"))
+}
+
 enum Event {
     Reset,
+    PowerOff,
     Vcpu(VcpuEvent),
     Control(ControlRequest),
 }

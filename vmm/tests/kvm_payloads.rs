@@ -586,3 +586,18 @@ fn vsock_device_is_probed_in_its_window_and_listens_on_the_host_socket() {
     cros_vmm::control::send_request(&ctrl, CrosvmRequest::Stop {}).unwrap();
     assert_eq!(vm.join().unwrap().unwrap(), VmExit::Stopped);
 }
+
+#[test]
+fn acpi_sleep_control_powers_off_and_reset_register_resets() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let payload = build_payload(dir.path(), "acpi_exit");
+    let mut cfg = config(payload.clone(), &log);
+    cfg.params = "poweroff".into();
+    assert_eq!(run(&cfg).unwrap(), VmExit::GuestPowerOff);
+    let mut cfg = config(payload, &log);
+    cfg.params = "reset".into();
+    assert_eq!(run(&cfg).unwrap(), VmExit::GuestReset);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "A\nA\n");
+}

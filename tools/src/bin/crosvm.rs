@@ -23,7 +23,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a VM on KVM: load a kernel (ELF or bzImage), describe the devices in ACPI, run the
-    /// vCPUs until the guest resets through the i8042 (Linux `reboot=k`), then exit 0.
+    /// vCPUs until the guest powers off (ACPI S5: Linux `poweroff`) or resets (ACPI reset
+    /// register or i8042: Linux `reboot`), or a stop request arrives; then exit 0.
     ///
     /// Fatal errors (no /dev/kvm, a kernel that cannot be loaded, a guest that KVM cannot run)
     /// end with a message on stderr and a non-zero status.

@@ -2,11 +2,12 @@
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Path, ResourceTemplate, Scope,
+    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope,
 };
 use acpi_tables::sdt::Sdt;
 
 use super::{MmioDeviceInfo, OEM_ID};
+use crate::devices::legacy::acpi_pm::S5_SLEEP_TYPE;
 use crate::devices::legacy::i8042::I8042_PORT;
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 
@@ -87,10 +88,14 @@ pub fn build_dsdt(virtio_mmio: &[MmioDeviceInfo]) -> Vec<u8> {
     let mut children: Vec<&dyn Aml> = vec![&com1, &ps2];
     children.extend(virtio.iter().map(|d| d as &dyn Aml));
     let sb = Scope::new("\\_SB_".into(), children);
+    // \_S5: the sleep type a guest writes to the sleep control register to power off.
+    let mut s5 = RawAml(Vec::new());
+    Name::new("_S5_".into(), &Package::new(vec![&S5_SLEEP_TYPE])).to_aml_bytes(&mut s5.0);
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CROSDSDT", 1);
     let mut aml = Vec::new();
     sb.to_aml_bytes(&mut aml);
+    s5.to_aml_bytes(&mut aml);
     dsdt.append_slice(&aml);
     dsdt.as_slice().to_vec()
 }
@@ -143,6 +148,8 @@ mod tests {
             );
             assert_eq!(count(&dsdt, &ext_irq(d.irq)), 1, "irq of window {i}");
         }
+        // \_S5 = Package { 5 }: NameOp "_S5_" PackageOp PkgLength NumElements BytePrefix 5.
+        assert_eq!(count(&dsdt, b"\x08_S5_\x12\x04\x01\x0a\x05"), 1);
         // COM1 is there too, with its legacy interrupt.
         assert_eq!(count(&dsdt, b"COM1"), 1);
         assert_eq!(count(&dsdt, &ext_irq(COM1_IRQ)), 1);

@@ -7,6 +7,7 @@ pub mod dsdt;
 
 use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, MADT, ProcessorLocalApic,
 };
@@ -14,6 +15,9 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::devices::legacy::acpi_pm::{
+    RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT,
+};
 use crate::memory::{ACPI_END, ACPI_START};
 
 pub const OEM_ID: [u8; 6] = *b"CROSVM";
@@ -79,7 +83,14 @@ pub fn build_tables(config: &AcpiConfig, start: u64) -> Vec<PlacedTable> {
     let mut fadt = FADTBuilder::new(OEM_ID, *b"CROSFACP", 1)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
-        .flag(Flags::PwrButton);
+        .flag(Flags::PwrButton)
+        .flag(Flags::ResetRegSup);
+    // Hardware-reduced ACPI: power-off and reset go through these I/O registers.
+    let io_byte = |port: u64| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port);
+    fadt.sleep_control_reg = io_byte(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_byte(SLEEP_STATUS_PORT);
+    fadt.reset_reg = io_byte(RESET_PORT);
+    fadt.reset_value = RESET_VALUE;
     fadt.iapc_boot_arch = (IAPC_BOOT_ARCH_VGA_NOT_PRESENT | IAPC_BOOT_ARCH_MSI_NOT_PRESENT).into();
     let fadt = aml_bytes(&fadt.finalize());
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
@@ -233,6 +244,19 @@ mod tests {
         // FADT X_DSDT at offset 140; HW_REDUCED_ACPI in flags at offset 112.
         assert_eq!(u64_at(&fadt.bytes, 140), dsdt.addr);
         assert_ne!(u32_at(&fadt.bytes, 112) & (1 << 20), 0);
+        // RESET_REG_SUP, the reset register (GAS at 116: system I/O, port) and its value (128),
+        // the sleep control and status registers (GAS at 244 and 256).
+        assert_ne!(u32_at(&fadt.bytes, 112) & (1 << 10), 0);
+        assert_eq!((fadt.bytes[116], u64_at(&fadt.bytes, 120)), (1, RESET_PORT));
+        assert_eq!(fadt.bytes[128], RESET_VALUE);
+        assert_eq!(
+            (fadt.bytes[244], u64_at(&fadt.bytes, 248)),
+            (1, SLEEP_CONTROL_PORT)
+        );
+        assert_eq!(
+            (fadt.bytes[256], u64_at(&fadt.bytes, 260)),
+            (1, SLEEP_STATUS_PORT)
+        );
         // No table overlaps the next.
         let mut spans: Vec<_> = tables
             .iter()

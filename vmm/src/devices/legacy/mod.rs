@@ -1,6 +1,7 @@
 //! Legacy PC devices on the port I/O bus: the 8250 UART on COM1 and the i8042 controller,
 //! whose CPU-reset command is how a guest (Linux `reboot=k`, our payloads) ends the VM.
 
+pub mod acpi_pm;
 pub mod i8042;
 pub mod serial;
 
