@@ -255,3 +255,45 @@ fn status_and_stop_through_the_control_socket() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(ctrl));
 }
+
+#[test]
+fn crosvm_backend_starts_a_vm_and_the_control_socket_stops_it() {
+    use cros_hypervisor::{CrosvmBackend, DiskSpec, Hypervisor, VmSpec};
+    use cros_messages::crosvm::CrosvmRequest;
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build_payload(dir.path(), "spin");
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let mut spec = VmSpec::new("payload", &kernel, dir.path().join("run"));
+    spec.mem_mib = 64;
+    spec.cpus = 1;
+    spec.disks = vec![DiskSpec {
+        path: disk,
+        read_only: true,
+        serial: Some("payload-disk".into()),
+    }];
+    let backend = CrosvmBackend::new(CROSVM);
+    assert_eq!(backend.name(), "crosvm");
+    // Returns once the guest has printed on its console.
+    let mut handle = backend.start(&spec).expect("crosvm backend start");
+    assert_eq!(
+        std::fs::read_to_string(&spec.console_log).unwrap(),
+        "ready\n"
+    );
+    let reply = cros_vmm::control::send_request(
+        &CrosvmBackend::control_socket(&spec),
+        CrosvmRequest::Status {},
+    )
+    .unwrap();
+    assert!(
+        format!("{reply:?}").contains(&format!("pid: {}", handle.pid())),
+        "{reply:?}"
+    );
+    cros_vmm::control::send_request(
+        &CrosvmBackend::control_socket(&spec),
+        CrosvmRequest::Stop {},
+    )
+    .unwrap();
+    assert!(handle.wait().unwrap().success());
+}

@@ -5,8 +5,9 @@
 //! them, so a failed start or a panicking caller leaves no stray VMM behind.
 //!
 //! Backends: [`qemu::QemuBackend`] (QEMU microvm, TCG or KVM, with our vhost-user-vsock backend
-//! process); the `crosvm` backend (our own VMM) plugs into the same trait.
+//! process) and [`crosvm::CrosvmBackend`] (our own VMM, for hosts whose KVM boots Linux).
 
+pub mod crosvm;
 pub mod error;
 pub mod handle;
 pub mod initramfs;
@@ -14,6 +15,7 @@ pub mod qemu;
 pub mod spec;
 mod unix_listen;
 
+pub use crosvm::CrosvmBackend;
 pub use error::HypervisorError;
 pub use handle::VmHandle;
 pub use initramfs::{Initramfs, InitramfsError};

@@ -292,7 +292,7 @@ impl QemuBackend {
         tracing::info!(vm = %spec.name, attempt, "starting {} {:?}", qemu.display(), args);
         let vmm = self.spawn("QEMU", qemu, &args, &log)?;
         let mut handle = VmHandle::new(vmm, helpers, spec.console_log.clone(), attempt);
-        wait_first_output(&mut handle, spec, attempt)?;
+        wait_first_output("QEMU", &mut handle, spec, attempt)?;
         Ok(handle)
     }
 }
@@ -331,8 +331,10 @@ impl Hypervisor for QemuBackend {
     }
 }
 
-/// Polls until the guest has written to its console; kills the VM on any failure.
-fn wait_first_output(
+/// Polls until the guest has written to its console; kills the VM on any failure. `what` names
+/// the VMM in errors.
+pub(crate) fn wait_first_output(
+    what: &'static str,
     handle: &mut VmHandle,
     spec: &VmSpec,
     attempt: u32,
@@ -352,7 +354,7 @@ fn wait_first_output(
                 return Ok(());
             }
             return Err(HypervisorError::ExitedEarly {
-                what: "QEMU",
+                what,
                 status,
                 log: handle.vmm_log().to_path_buf(),
                 log_tail: log_tail(handle.vmm_log(), 2048),
@@ -405,7 +407,7 @@ fn wait_listening(
     }
 }
 
-fn remove_file_if_exists(path: &Path) -> Result<(), HypervisorError> {
+pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), HypervisorError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HypervisorError::Io {
             path: path.to_path_buf(),
@@ -416,7 +418,7 @@ fn remove_file_if_exists(path: &Path) -> Result<(), HypervisorError> {
 }
 
 /// A socket file left by an earlier run would make the backend's bind fail.
-fn remove_stale_socket(path: &Path) -> Result<(), HypervisorError> {
+pub(crate) fn remove_stale_socket(path: &Path) -> Result<(), HypervisorError> {
     use std::os::unix::fs::FileTypeExt;
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => remove_file_if_exists(path),
@@ -466,7 +468,7 @@ fn qemu_escape_commas(path: &Path) -> OsString {
 }
 
 /// `name` itself when it contains a slash, else the first match in PATH.
-fn resolve_binary(name: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve_binary(name: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let is_exe = |p: &Path| {
         fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

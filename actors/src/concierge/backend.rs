@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cros_hypervisor::{Hypervisor, QemuBackend};
+use cros_hypervisor::{CrosvmBackend, Hypervisor, QemuBackend};
 use cros_messages::CrosError;
 
 use crate::host::{HypervisorConfig, HypervisorKind};
@@ -26,25 +26,27 @@ pub fn bin_dir(config: &HypervisorConfig) -> PathBuf {
 pub fn select(config: &HypervisorConfig) -> Result<Arc<dyn Hypervisor>, CrosError> {
     let crosvm = bin_dir(config).join("crosvm");
     match config.kind {
-        // concierge has no crosvm backend yet, so `auto` is QEMU everywhere for now.
+        // `auto` stays QEMU until our VMM has booted termina on hardware KVM; `crosvm` is
+        // chosen explicitly, and only where `crosvm probe` passes.
         HypervisorKind::Auto | HypervisorKind::Qemu => Ok(Arc::new(QemuBackend::new(crosvm))),
-        HypervisorKind::Crosvm => Err(CrosError::unsupported(crosvm_unavailable(&crosvm))),
+        HypervisorKind::Crosvm => match crosvm_unavailable(&crosvm) {
+            None => Ok(Arc::new(CrosvmBackend::new(crosvm))),
+            Some(reason) => Err(CrosError::unsupported(reason)),
+        },
     }
 }
 
 /// Why `--hypervisor crosvm` cannot boot VMs here, from `crosvm probe` (which runs a stock
-/// kernel's early-boot instructions on this host's /dev/kvm in a separate process).
-fn crosvm_unavailable(crosvm: &std::path::Path) -> String {
+/// kernel's early-boot instructions on this host's /dev/kvm in a separate process); None when
+/// it can.
+fn crosvm_unavailable(crosvm: &std::path::Path) -> Option<String> {
     let probe = std::process::Command::new(crosvm).arg("probe").output();
     match probe {
-        Err(e) => format!(
+        Err(e) => Some(format!(
             "the crosvm backend cannot be checked: cannot run {} probe: {e}; use --hypervisor qemu",
             crosvm.display()
-        ),
-        Ok(out) if out.status.success() => "this host's /dev/kvm passes `crosvm probe`, but \
-             concierge cannot start VMs with crosvm yet (its control socket and termina device \
-             set are not built); use --hypervisor qemu or auto"
-            .into(),
+        )),
+        Ok(out) if out.status.success() => None,
         Ok(out) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let reason = stderr
@@ -53,10 +55,10 @@ fn crosvm_unavailable(crosvm: &std::path::Path) -> String {
                 .find(|l| l.contains("error"))
                 .map(|l| l.trim_start_matches("crosvm: error: crosvm probe: ").trim())
                 .unwrap_or("crosvm probe failed without a reason");
-            format!(
+            Some(format!(
                 "the crosvm backend cannot boot a Linux guest on this host: {reason}; use \
                  --hypervisor qemu (or auto)"
-            )
+            ))
         }
     }
 }
