@@ -407,8 +407,12 @@ pub fn export(
         ZSTD_LEVEL,
     )
     .map_err(io_err("start compressing into", &tmp))?;
-    enc.include_checksum(true)
-        .and_then(|_| enc.include_contentsize(true))
+    // One worker thread, as the `zstd` command uses by default: compression overlaps reading,
+    // and blocks are split as `zstd -1` splits them. No content-size field: import reads the
+    // stream to its end anyway, and without it the file is no larger than `zstd -1`'s.
+    enc.multithread(1)
+        .and_then(|_| enc.include_checksum(true))
+        .and_then(|_| enc.include_contentsize(false))
         .and_then(|_| enc.set_pledged_src_size(Some(size)))
         .map_err(io_err("set up compression of", &tmp))?;
     let mut buf = vec![0u8; CHUNK];

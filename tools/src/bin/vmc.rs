@@ -513,7 +513,9 @@ fn run_disk_op(
         bar
     });
     loop {
-        if let Some(env) = client.next_event(Duration::from_secs(1))? {
+        // Ask for the state when the operation says 100% (its end) and otherwise every quarter
+        // second, so that a failure or a crosd restart is seen without an event.
+        if let Some(env) = client.next_event(Duration::from_millis(250))? {
             if let Body::ConciergeEvent(ConciergeEvent::DiskImageProgress { uuid: u, percent }) =
                 env.body
                 && u == uuid
@@ -522,10 +524,13 @@ fn run_disk_op(
                     Some(bar) => bar.set_position(u64::from(percent)),
                     None => progress(&format!("{percent}%")),
                 }
+                if percent < 100 {
+                    continue;
+                }
+            } else {
+                continue;
             }
-            continue;
         }
-        // No event for a second: ask, so that the end (or a crosd restart) is seen.
         let op = disk_op_status(client, &uuid)?;
         if op.state != DiskOpState::Running {
             if let Some(bar) = bar {
