@@ -2,8 +2,9 @@
 //! exit status, serial log, error messages, and `--help`. Without /dev/kvm the KVM tests fail
 //! and say why.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 const CROSVM: &str = env!("CARGO_BIN_EXE_crosvm");
 
@@ -296,4 +297,24 @@ fn crosvm_backend_starts_a_vm_and_the_control_socket_stops_it() {
     )
     .unwrap();
     assert!(handle.wait().unwrap().success());
+}
+
+#[test]
+fn stdin_reaches_the_guest_serial_port() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = build_payload(dir.path(), "echo");
+    let mut vm = Command::new(CROSVM)
+        .args(["run", "--mem", "32", "--kernel"])
+        .arg(&payload)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start crosvm run");
+    // The byte waits in the UART's receive FIFO until the guest reads it.
+    vm.stdin.take().unwrap().write_all(b"x").unwrap();
+    let out = vm.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot x\n");
 }

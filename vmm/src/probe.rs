@@ -139,6 +139,7 @@ pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
         vsock: None,
         virtio_rng: 0,
         seccomp: true,
+        serial_input: false,
         control_socket: None,
     };
     let result = run(&config);

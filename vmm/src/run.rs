@@ -138,6 +138,8 @@ pub struct VmConfig {
     pub virtio_rng: usize,
     /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
     pub seccomp: bool,
+    /// Forward this process's stdin to the guest's serial port (an interactive console).
+    pub serial_input: bool,
     /// Where to listen for control requests (`crosvm stop|pause|resume|status`).
     pub control_socket: Option<PathBuf>,
 }
@@ -327,6 +329,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             ThreadKind::Device,
             ThreadKind::Helper,
             ThreadKind::Control,
+            ThreadKind::Console,
         ] {
             filters.insert(kind, seccomp::filter_for(kind)?);
         }
@@ -558,6 +561,31 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         )?);
     }
 
+    let console_stop = EventFd::new(0).map_err(io_err("cannot create the console eventfd"))?;
+    let console = if config.serial_input {
+        let serial = serial.clone();
+        let stop = console_stop
+            .try_clone()
+            .map_err(io_err("cannot clone the console eventfd"))?;
+        let f = filter(ThreadKind::Console);
+        Some(
+            std::thread::Builder::new()
+                .name("serial-input".into())
+                .spawn(move || {
+                    if let Some(f) = &f
+                        && let Err(e) = seccomp::install(ThreadKind::Console, f)
+                    {
+                        tracing::error!("serial input thread: {e}");
+                        return;
+                    }
+                    forward_stdin(&serial, &stop);
+                })
+                .map_err(io_err("cannot start the serial input thread"))?,
+        )
+    } else {
+        None
+    };
+
     let mut handles = Vec::new();
     let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
     for (cpu, vcpu) in vcpus.into_iter().enumerate() {
@@ -703,6 +731,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         handle.stop_and_join();
     }
     // Wake the reset thread if the guest never reset.
+    if let Some(console) = console {
+        let _ = console_stop.write(1);
+        let _ = console.join();
+    }
     // Wake the waiters whose event never came.
     let _ = reset_evt.write(1);
     let _ = power_off_evt.write(1);
@@ -719,6 +751,74 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     drop(mem);
     drop(pmem_maps);
     outcome
+}
+
+/// Waits for `fd` or `stop` to become readable; false once `stop` fires or polling fails.
+fn wait_readable(fd: i32, stop: &EventFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        return fds[1].revents == 0;
+    }
+}
+
+/// Whether `evt` has been written (without waiting or consuming it).
+fn is_signalled(evt: &EventFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    unsafe { libc::poll(&mut fd, 1, 0) == 1 }
+}
+
+/// Copies stdin into the guest's receive FIFO until end of input or `stop`, waiting for the
+/// guest to drain the FIFO when it is full.
+fn forward_stdin(serial: &Mutex<SerialDevice>, stop: &EventFd) {
+    let mut buf = [0u8; 64];
+    while wait_readable(0, stop) {
+        // SAFETY: reading into a buffer of its own length.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return; // end of input, or stdin is unusable
+        }
+        let mut pending = &buf[..n as usize];
+        while !pending.is_empty() {
+            let taken = serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .enqueue_input(pending);
+            pending = &pending[taken..];
+            if taken == 0 {
+                // The guest has not read the FIFO yet.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                if is_signalled(stop) {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Starts a thread that sends `event` once `evt` is signalled (unless the VM is stopping).

@@ -29,6 +29,8 @@ pub enum ThreadKind {
     Helper,
     /// The control socket's thread: accepts clients and talks to them.
     Control,
+    /// Forwards the VMM's stdin to the guest's serial port.
+    Console,
 }
 
 /// Errors building or installing a filter.
@@ -144,6 +146,9 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Control => {
             rules.extend(CONTROL.iter().map(|&nr| (nr, Vec::new())));
         }
+        ThreadKind::Console => {
+            rules.extend([libc::SYS_poll, libc::SYS_ppoll].map(|nr| (nr, Vec::new())));
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -213,6 +218,7 @@ mod tests {
             ThreadKind::Device,
             ThreadKind::Helper,
             ThreadKind::Control,
+            ThreadKind::Console,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());
         }

@@ -64,6 +64,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         vsock: None,
         virtio_rng: 0,
         seccomp: true,
+        serial_input: false,
         control_socket: None,
     }
 }

@@ -96,6 +96,7 @@ struct RunArgs {
     #[arg(long, value_name = "PARAMS", default_value = "")]
     params: String,
     /// Append the guest's serial console (COM1) to FILE instead of writing it to stdout.
+    /// Without it the console is interactive: stdin goes to the guest's serial port.
     #[arg(long, value_name = "FILE")]
     serial_log: Option<PathBuf>,
     /// Add a virtio-blk disk backed by the raw image PATH; `,ro=true` makes it read-only
@@ -180,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            let serial_input = args.serial_log.is_none();
             let config = cros_vmm::run::VmConfig {
                 cpus: args.cpus,
                 mem_mib: args.mem,
@@ -201,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }),
                 virtio_rng: args.virtio_rng,
                 seccomp: !args.no_seccomp,
+                serial_input,
                 control_socket: args.socket,
             };
             let exit = cros_vmm::run::run(&config).context("crosvm run")?;

@@ -26,6 +26,19 @@ impl SerialDevice {
         }
     }
 
+    /// Queues host input for the guest to read from the receive buffer (raising the receive
+    /// interrupt if the guest enabled it); returns how many bytes fit in the 64-byte FIFO.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.serial.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                tracing::warn!("serial: cannot deliver input to the guest: {e:?}");
+                0
+            }
+        }
+    }
+
     /// Flushes guest output that is still buffered (a line without its newline).
     pub fn flush(&mut self) {
         if let Err(e) = self.serial.writer_mut().flush() {
