@@ -2,6 +2,7 @@
 
 pub mod acpi;
 pub mod arch;
+pub mod config;
 pub mod control;
 pub mod devices;
 pub mod loader;

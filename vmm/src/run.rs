@@ -18,10 +18,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, AcpiConfig, MmioDeviceInfo};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs, zero_page};
+use crate::config::CaptureWriter;
+pub use crate::config::{BlockConfig, MAX_VCPUS, SerialOutput, VIRTIO_IRQ_BASE, VmConfig};
 use crate::control::{ControlError, ControlRequest, ControlServer};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPm};
+use crate::devices::legacy::console::forward_stdin;
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
 use crate::devices::virtio::VirtioInterrupt;
@@ -31,7 +34,7 @@ use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem, PmemError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock_mmio::VsockMmio;
 use crate::devices::virtio::worker::{DeviceWorker, SharedVirtioDevice};
-use crate::devices::vsock::{VsockConfig, VsockError};
+use crate::devices::vsock::VsockError;
 use crate::loader::{self, LoaderError};
 use crate::memory::{self, MMIO_HOLE_START, MemoryError};
 use crate::seccomp::{self, ThreadKind};
@@ -42,107 +45,6 @@ use seccompiler::BpfProgram;
 
 /// KVM's TSS must sit in guest physical space outside RAM and MMIO; Firecracker's address.
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
-/// First interrupt line for virtio-mmio devices (below: legacy ISA devices we emulate).
-pub const VIRTIO_IRQ_BASE: u32 = 5;
-/// The IOAPIC has 24 pins.
-const IRQ_MAX: u32 = 23;
-/// Largest vCPU count: APIC ids fit the MADT's 8-bit fields and the boot CPUID.
-pub const MAX_VCPUS: u8 = 254;
-
-/// Where the guest's serial console goes.
-#[derive(Debug, Clone)]
-pub enum SerialOutput {
-    Stdout,
-    File(PathBuf),
-    /// Kept in memory, for callers that read what the guest printed (the KVM probe).
-    Capture(Arc<Mutex<Vec<u8>>>),
-}
-
-/// A serial sink appending to a shared buffer.
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A `--block PATH[,ro=true][,serial=NAME]` disk (or a `--pmem PATH[,ro=true]` image).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockConfig {
-    pub path: PathBuf,
-    pub read_only: bool,
-    /// The disk's virtio-blk serial (GET_ID); default: the image's device and inode.
-    pub serial: Option<String>,
-}
-
-impl std::str::FromStr for BlockConfig {
-    type Err = String;
-
-    /// Parses `PATH[,ro=true|false][,serial=NAME]`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut parts = s.split(',');
-        let path = parts
-            .next()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| format!("block device {s:?} has no path (expected PATH[,ro=true])"))?;
-        let mut read_only = false;
-        let mut serial = None;
-        for opt in parts {
-            match opt {
-                "ro=true" | "ro" => read_only = true,
-                "ro=false" => read_only = false,
-                _ if opt.starts_with("serial=") => {
-                    serial = Some(opt["serial=".len()..].to_owned());
-                }
-                other => {
-                    return Err(format!(
-                        "block device option {other:?} in {s:?} is not one of ro=true, \
-                         ro=false, serial=NAME"
-                    ));
-                }
-            }
-        }
-        Ok(Self {
-            path: PathBuf::from(path),
-            read_only,
-            serial,
-        })
-    }
-}
-
-/// Everything `crosvm run` needs to start a VM.
-#[derive(Debug, Clone)]
-pub struct VmConfig {
-    pub cpus: u8,
-    pub mem_mib: u64,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub params: String,
-    pub serial: SerialOutput,
-    /// virtio-blk disks, in window order (before the virtio-rng devices).
-    pub block: Vec<BlockConfig>,
-    /// virtio-pmem images, after the disks in window order, mapped above RAM.
-    pub pmem: Vec<BlockConfig>,
-    /// The hybrid vsock device (guest cid, host Unix socket), after the pmem devices.
-    pub vsock: Option<VsockConfig>,
-    /// Number of virtio-rng devices, each in its own virtio-mmio window.
-    pub virtio_rng: usize,
-    /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
-    pub seccomp: bool,
-    /// Forward this process's stdin to the guest's serial port (an interactive console).
-    pub serial_input: bool,
-    /// Where to listen for control requests (`crosvm stop|pause|resume|status`).
-    pub control_socket: Option<PathBuf>,
-}
 
 /// How a VM that ran ended without a VMM error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,32 +124,6 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
-}
-
-impl VmConfig {
-    fn validate(&self) -> Result<(), VmmError> {
-        if self.cpus == 0 || self.cpus > MAX_VCPUS {
-            return Err(VmmError::Config(format!(
-                "--cpus {} is out of range 1..={MAX_VCPUS}",
-                self.cpus
-            )));
-        }
-        if self.pmem.iter().any(|p| p.serial.is_some()) {
-            return Err(VmmError::Config(
-                "serial= applies to --block disks, not to --pmem images".into(),
-            ));
-        }
-        let irqs_needed = (self.block.len()
-            + self.pmem.len()
-            + usize::from(self.vsock.is_some())
-            + self.virtio_rng) as u32;
-        if VIRTIO_IRQ_BASE + irqs_needed > IRQ_MAX + 1 {
-            return Err(VmmError::Config(format!(
-                "{irqs_needed} virtio devices need more interrupt lines than the IOAPIC has"
-            )));
-        }
-        Ok(())
-    }
 }
 
 fn open_kvm() -> Result<Kvm, VmmError> {
@@ -753,74 +629,6 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     outcome
 }
 
-/// Waits for `fd` or `stop` to become readable; false once `stop` fires or polling fails.
-fn wait_readable(fd: i32, stop: &EventFd) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0;
-    }
-}
-
-/// Whether `evt` has been written (without waiting or consuming it).
-fn is_signalled(evt: &EventFd) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: evt.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, no timeout.
-    unsafe { libc::poll(&mut fd, 1, 0) == 1 }
-}
-
-/// Copies stdin into the guest's receive FIFO until end of input or `stop`, waiting for the
-/// guest to drain the FIFO when it is full.
-fn forward_stdin(serial: &Mutex<SerialDevice>, stop: &EventFd) {
-    let mut buf = [0u8; 64];
-    while wait_readable(0, stop) {
-        // SAFETY: reading into a buffer of its own length.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            return; // end of input, or stdin is unusable
-        }
-        let mut pending = &buf[..n as usize];
-        while !pending.is_empty() {
-            let taken = serial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .enqueue_input(pending);
-            pending = &pending[taken..];
-            if taken == 0 {
-                // The guest has not read the FIFO yet.
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                if is_signalled(stop) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// Starts a thread that sends `event` once `evt` is signalled (unless the VM is stopping).
 fn spawn_waiter(
     name: &str,
@@ -851,33 +659,4 @@ enum Event {
     PowerOff,
     Vcpu(VcpuEvent),
     Control(ControlRequest),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn block_option_parsing() {
-        let b: BlockConfig = "/tmp/disk.img".parse().unwrap();
-        assert_eq!(
-            b,
-            BlockConfig {
-                path: "/tmp/disk.img".into(),
-                read_only: false,
-                serial: None,
-            }
-        );
-        let b: BlockConfig = "/tmp/disk.img,serial=stateful,ro".parse().unwrap();
-        assert_eq!(b.serial.as_deref(), Some("stateful"));
-        assert!(b.read_only);
-        let b: BlockConfig = "/tmp/disk.img,ro=true".parse().unwrap();
-        assert!(b.read_only);
-        let b: BlockConfig = "d,ro=true,ro=false".parse().unwrap();
-        assert!(!b.read_only);
-        assert!("".parse::<BlockConfig>().is_err());
-        assert!(",ro=true".parse::<BlockConfig>().is_err());
-        let e = "d,rw".parse::<BlockConfig>().unwrap_err();
-        assert!(e.contains("\"rw\""), "{e}");
-    }
 }

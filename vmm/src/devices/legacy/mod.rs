@@ -2,6 +2,7 @@
 //! whose CPU-reset command is how a guest (Linux `reboot=k`, our payloads) ends the VM.
 
 pub mod acpi_pm;
+pub mod console;
 pub mod i8042;
 pub mod serial;
 
