@@ -39,7 +39,7 @@ pub enum HypervisorError {
         log_tail: String,
     },
     #[error(
-        "VM '{vm}' wrote no console output within {timeout:?} in {attempts} attempt(s) (console log '{console_log}' is empty; QEMU's log '{vmm_log}' ends with:\n{vmm_log_tail})"
+        "VM '{vm}' wrote no console output within {timeout:?} in {attempts} attempt(s) (console log '{console_log}' is empty; the VMM's log '{vmm_log}' ends with:\n{vmm_log_tail})"
     )]
     NoConsoleOutput {
         vm: String,
