@@ -65,12 +65,28 @@ impl Crosd {
             std::fs::hard_link(e.path(), installed.join(e.file_name())).unwrap();
         }
         tamper(&installed);
-        let run = dir.path().join("run");
+        let socket = dir.path().join("run").join("crosd.sock");
+        let child = Self::spawn(dir.path());
+        Crosd {
+            child,
+            socket,
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// Runs crosd on `dir`'s state and run directories and waits for its socket.
+    fn spawn(dir: &Path) -> Child {
+        let run = dir.join("run");
         let socket = run.join("crosd.sock");
-        let log = std::fs::File::create(dir.path().join("crosd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("crosd.log"))
+            .unwrap();
         let child = Command::new(bin("crosd"))
             .arg("--state-dir")
-            .arg(&state)
+            .arg(dir.join("state"))
             .arg("--run-dir")
             .arg(&run)
             .args(["--hypervisor", "qemu"])
@@ -85,12 +101,16 @@ impl Crosd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Crosd {
-            child,
-            socket,
-            state,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// SIGKILL, as a crash: crosd gets no chance to clean up. Then a fresh crosd on the same state.
+    fn kill9_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        // The dead daemon's socket file stays behind; wait for the new one.
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Self::spawn(self._dir.path());
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Output {
@@ -330,4 +350,191 @@ fn vmc_says_when_crosd_is_not_running() {
         "{}",
         text(&o)
     );
+}
+
+fn vmc_ok(crosd: &Crosd, args: &[&str]) -> Output {
+    let o = crosd.run("vmc", args);
+    assert!(
+        o.status.success(),
+        "vmc {args:?}: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    o
+}
+
+fn vmc_err(crosd: &Crosd, args: &[&str], needle: &str) {
+    let o = crosd.run("vmc", args);
+    assert!(!o.status.success(), "vmc {args:?} must fail: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(needle),
+        "vmc {args:?} must say {needle:?}: {}",
+        text(&o)
+    );
+}
+
+/// The disk's identity: an import renames a new file over it, a write changes its mtime.
+fn disk_identity(path: &Path) -> (u64, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.contains(".import-"))
+        .collect()
+}
+
+#[test]
+fn disk_export_destroy_import_keeps_the_guest_files() {
+    let mut crosd = Crosd::start(|_| {});
+    let out = crosd._dir.path().join("exports");
+    std::fs::create_dir_all(&out).unwrap();
+    let (file, digest) = (out.join("termina.zst"), out.join("termina.zst.sha256"));
+    let (file_s, digest_s) = (file.to_str().unwrap(), digest.to_str().unwrap());
+    let disks = crosd.state.join("disks");
+    let disk = disks.join("termina.img");
+
+    vmc_ok(&crosd, &["create", "--size", "2G", "termina"]);
+    let o = vmc_ok(&crosd, &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("2.0 GiB"),
+        "{}",
+        text(&o)
+    );
+    start_termina(&crosd, "first start");
+    let o = crosd.vsh(&[
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/urandom > /mnt/stateful/blob && sync && sha256sum /mnt/stateful/blob",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let written = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(written.contains("/mnt/stateful/blob"), "{written}");
+
+    // Running: export needs --force, import is refused.
+    vmc_err(&crosd, &["export", "termina", file_s], "is running");
+    vmc_err(&crosd, &["import", "termina", file_s], "is running");
+    vmc_ok(&crosd, &["stop", "termina"]);
+
+    let o = vmc_ok(&crosd, &["export", "--digest", digest_s, "termina", file_s]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("done"),
+        "{}",
+        text(&o)
+    );
+    assert!(std::fs::metadata(&file).unwrap().len() > 3_000_000);
+    assert!(
+        std::fs::read_to_string(&digest)
+            .unwrap()
+            .ends_with("  termina.zst\n")
+    );
+    assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+
+    // Without -y and without a terminal, destroy refuses; with -y the disk is gone.
+    let o = Command::new(bin("vmc"))
+        .args(["destroy", "termina"])
+        .env("CROSD_SOCKET", &crosd.socket)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(disk.exists());
+    vmc_ok(&crosd, &["destroy", "-y", "termina"]);
+    assert!(!disk.exists());
+
+    vmc_ok(&crosd, &["import", "--digest", digest_s, "termina", file_s]);
+    assert!(leftovers(&disks).is_empty(), "{:?}", leftovers(&disks));
+
+    // A corrupted export is refused and the disk is left as it was.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    let bad = out.join("bad.zst");
+    std::fs::write(&bad, &bytes).unwrap();
+    let before = disk_identity(&disk);
+    vmc_err(
+        &crosd,
+        &["import", "termina", bad.to_str().unwrap()],
+        "not a valid disk export",
+    );
+    // An intact stream that is not the file the digest names is refused too.
+    let wrong_digest = out.join("wrong.sha256");
+    std::fs::write(&wrong_digest, format!("{}  termina.zst\n", "0".repeat(64))).unwrap();
+    vmc_err(
+        &crosd,
+        &[
+            "import",
+            "--digest",
+            wrong_digest.to_str().unwrap(),
+            "termina",
+            file_s,
+        ],
+        "does not match its digest",
+    );
+    assert_eq!(
+        disk_identity(&disk),
+        before,
+        "a refused import touched the disk"
+    );
+    assert!(leftovers(&disks).is_empty(), "{:?}", leftovers(&disks));
+
+    // The guest reads back the same bytes from the imported disk.
+    start_termina(&crosd, "start on the imported disk");
+    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), written, "{}", text(&o));
+
+    // Destroy stops the running VM first.
+    let pid = qemu_pid(&crosd);
+    vmc_ok(&crosd, &["destroy", "-y", "termina"]);
+    assert!(!alive(pid), "QEMU (pid {pid}) still runs after destroy");
+    assert!(!disk.exists());
+    assert_no_vms(&crosd);
+
+    // kill -9 crosd in the middle of an export: on restart no partial file is left and the
+    // operation is reported failed.
+    vmc_ok(&crosd, &["import", "termina", file_s]);
+    let big = disks.join("termina.img");
+    let f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    f.set_len(16 << 30).unwrap();
+    drop(f);
+    let partial = out.join("crash.zst.partial");
+    let crash = out.join("crash.zst");
+    let exporter = Command::new(bin("vmc"))
+        .args(["export", "termina", crash.to_str().unwrap()])
+        .env("CROSD_SOCKET", &crosd.socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !partial.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the export never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    crosd.kill9_and_restart();
+    let o = exporter.wait_with_output().unwrap();
+    assert!(!o.status.success(), "the export cannot have finished");
+    assert!(!crash.exists(), "a 16 GiB export finished before the kill");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let uuid = stderr
+        .split("(operation ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or_else(|| panic!("vmc names the operation: {stderr}"))
+        .to_string();
+    let o = vmc_ok(&crosd, &["disk-op-status", &uuid]);
+    let status = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        status.contains("Failed") && status.contains("crosd stopped during the operation"),
+        "{status}"
+    );
+    // Checked once concierge answers: it cleans up as it starts, maybe after the socket is up.
+    assert!(!partial.exists(), "the partial export survived the restart");
 }

@@ -311,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let op = run_disk_op(
                 &mut client,
+                cli.socket.as_deref(),
                 req,
                 &format!("exporting {name} to {}", file.display()),
             )?;
@@ -325,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let op = run_disk_op(
                 &mut client,
+                cli.socket.as_deref(),
                 req,
                 &format!("importing {} into {name}", file.display()),
             )?;
@@ -490,9 +492,11 @@ fn disk_op_status(client: &mut Client, id: &str) -> anyhow::Result<DiskOpInfo> {
 /// line per progress event otherwise.
 fn run_disk_op(
     client: &mut Client,
+    socket: Option<&std::path::Path>,
     req: ConciergeRequest,
     what: &str,
 ) -> anyhow::Result<DiskOpInfo> {
+    catch_sigint();
     // Subscribe first so that no progress event is missed.
     client.subscribe(
         vec!["ConciergeEvent::DiskImageProgress".into()],
@@ -513,9 +517,20 @@ fn run_disk_op(
         bar
     });
     loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            if let Some(bar) = &bar {
+                bar.abandon();
+            }
+            return cancel_disk_op(socket, &uuid);
+        }
         // Ask for the state when the operation says 100% (its end) and otherwise every quarter
         // second, so that a failure or a crosd restart is seen without an event.
-        if let Some(env) = client.next_event(Duration::from_millis(250))? {
+        let event = match client.next_event(Duration::from_millis(250)) {
+            Ok(e) => e,
+            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(env) = event {
             if let Body::ConciergeEvent(ConciergeEvent::DiskImageProgress { uuid: u, percent }) =
                 env.body
                 && u == uuid
@@ -538,6 +553,45 @@ fn run_disk_op(
             }
             return Ok(op);
         }
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C while an export or import runs cancels it (its partial output is removed) rather
+/// than leaving it running behind an exited vmc.
+fn catch_sigint() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigint),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    if let Err(e) = unsafe { sigaction(Signal::SIGINT, &action) } {
+        progress(&format!("Ctrl-C will not cancel the operation: {e}"));
+    }
+}
+
+/// Cancels on a fresh connection (an interrupted read may have left the first one unusable)
+/// and waits for the operation to end.
+fn cancel_disk_op(socket: Option<&std::path::Path>, uuid: &str) -> anyhow::Result<DiskOpInfo> {
+    progress(&format!("interrupted: cancelling operation {uuid}"));
+    let mut client = Client::connect_default(socket)?;
+    let req = Body::Concierge(ConciergeRequest::CancelDiskImageOperation {
+        uuid: uuid.to_string(),
+    });
+    client.call(&concierge(), req, DEFAULT_TIMEOUT)?;
+    loop {
+        let op = disk_op_status(&mut client, uuid)?;
+        if op.state != DiskOpState::Running {
+            return Ok(op);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
