@@ -6,7 +6,7 @@
 //! in place: an export goes to `<FILE>.partial` and an import to a temporary file beside the
 //! disk, renamed over the target only once complete (and, for an import, verified).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -65,10 +65,10 @@ struct OpRecord {
 }
 
 /// Operations running in this process: a concierge restarted by its supervisor must not
-/// treat its own live workers as interrupted.
-static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// treat its own live workers as interrupted, and finds them here to report and cancel.
+static LIVE: Mutex<BTreeMap<String, Arc<Operation>>> = Mutex::new(BTreeMap::new());
 
-fn live() -> MutexGuard<'static, BTreeSet<String>> {
+fn live() -> MutexGuard<'static, BTreeMap<String, Arc<Operation>>> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -205,7 +205,7 @@ impl Operation {
         work: impl FnOnce(&Operation) -> Result<(), DiskOpError> + Send + 'static,
     ) -> Result<(), DiskOpError> {
         let uuid = self.info().uuid;
-        live().insert(uuid.clone());
+        live().insert(uuid.clone(), self.clone());
         let op = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("disk-op-{}", &uuid[..8.min(uuid.len())]))
@@ -283,6 +283,11 @@ fn remove_partials(files: &[PathBuf]) {
     }
 }
 
+/// The operation of this process with this uuid, while it runs.
+pub fn live_op(uuid: &str) -> Option<Arc<Operation>> {
+    live().get(uuid).cloned()
+}
+
 /// Reads every recorded operation. Ones still RUNNING that no thread of this process runs
 /// were interrupted by a crash: their partial files are removed and they become FAILED.
 pub fn recover(state_dir: &Path) -> Vec<DiskOpInfo> {
@@ -290,7 +295,7 @@ pub fn recover(state_dir: &Path) -> Vec<DiskOpInfo> {
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Vec::new();
     };
-    let live = live().clone();
+    let live: Vec<String> = live().keys().cloned().collect();
     let mut ops = Vec::new();
     for e in entries.flatten() {
         let path = e.path();
@@ -771,6 +776,29 @@ mod tests {
         // Persisted: a second start reads FAILED without redoing anything.
         let again = recover(dir.path());
         assert_eq!(again[0].state, DiskOpState::Failed);
+    }
+
+    #[test]
+    fn a_restarted_concierge_leaves_live_operations_of_its_process_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("live.partial");
+        std::fs::write(&partial, b"being written").unwrap();
+        let running = op(dir.path(), DiskOpKind::Export, vec![partial.clone()]);
+        let uuid = running.info().uuid;
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        running
+            .spawn(move |_| {
+                let _ = wait.recv();
+                Ok(())
+            })
+            .unwrap();
+        // What a concierge restarted by its supervisor does while the worker still runs.
+        let recovered = recover(dir.path());
+        assert_eq!(recovered[0].state, DiskOpState::Running);
+        assert!(partial.exists());
+        assert!(live_op(&uuid).is_some_and(|l| Arc::ptr_eq(&l, &running)));
+        go.send(()).unwrap();
+        assert_eq!(wait_done(&running).state, DiskOpState::Done);
     }
 
     #[test]

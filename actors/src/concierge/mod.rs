@@ -104,7 +104,13 @@ impl Concierge {
         let hypervisor = backend::select(&config.hypervisor);
         let disk_ops = disk_op::recover(&config.state_dir)
             .into_iter()
-            .map(|info| (info.uuid.clone(), DiskOp::Past(info)))
+            .map(|info| {
+                let op = match disk_op::live_op(&info.uuid) {
+                    Some(live) => DiskOp::Live(live),
+                    None => DiskOp::Past(info),
+                };
+                (op.info().uuid, op)
+            })
             .collect();
         Self {
             bus,
