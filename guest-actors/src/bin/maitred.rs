@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use cros_guest::cmdline::CrosdParams;
-use cros_guest::maitred::handlers::Maitred;
+use cros_guest::maitred::handlers::{LateModules, Maitred};
 use cros_guest::maitred::reaper::Reaper;
 use cros_guest::maitred::services::Services;
 use cros_guest::maitred::{
-    CONSOLE_PREFIX, INITRAMFS_MARKER, TOOLS_MOUNT, TOOLS_SERIAL, disks, init, server, stage1,
+    CONSOLE_PREFIX, INITRAMFS_MARKER, LATE_MODULES, TOOLS_MOUNT, TOOLS_SERIAL, disks, init, server,
+    stage1,
 };
 use cros_guest::pid1;
 use cros_messages::{Addr, ports};
@@ -51,11 +52,12 @@ fn main() {
     stage2();
 }
 
-fn maitred_state(reaper: Arc<Reaper>) -> Arc<Maitred> {
+fn maitred_state(services: Arc<Services>, late_modules: LateModules) -> Arc<Maitred> {
     Arc::new(Maitred {
-        services: Services::new(reaper),
+        services,
         sys_block: "/sys/block".into(),
         timezone: Default::default(),
+        late_modules,
         shutdown_requested: AtomicBool::new(false),
     })
 }
@@ -68,7 +70,7 @@ fn serve_for_tests(path: &str) {
             std::process::exit(1);
         }
     };
-    let maitred = maitred_state(Reaper::start());
+    let maitred = maitred_state(Services::new(Reaper::start()), LateModules::none());
     // Not init: Shutdown only ends this process.
     let err = server::serve(listener, Addr::host("maitred"), maitred, |_| {
         std::process::exit(0)
@@ -86,8 +88,7 @@ fn stage2() {
     let vm = params.get("vm").unwrap_or("termina").to_string();
     init::set_hostname(&vm);
     let me = Addr::in_vm("maitred", vm.as_str());
-    let reaper = Reaper::start();
-    let maitred = maitred_state(reaper);
+    let services = Services::new(Reaper::start());
 
     // The tools image (vshd for containers, garcon) is optional for the VM shell itself.
     if let Some(dev) = disks::find_by_serial(std::path::Path::new("/sys/block"), TOOLS_SERIAL) {
@@ -124,7 +125,7 @@ fn stage2() {
             ],
         ),
     ] {
-        if let Err(e) = maitred.services.start(
+        if let Err(e) = services.start(
             name,
             argv,
             vec![("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())],
@@ -155,6 +156,11 @@ fn stage2() {
         Ok(()) => say("VmReady sent"),
         Err(e) => say(&e),
     }
+    // btrfs and friends load while the host finishes its side of the start (StartTermina waits).
+    let maitred = maitred_state(
+        services,
+        LateModules::start(std::path::Path::new(LATE_MODULES)),
+    );
     let err = server::serve(listener, me, maitred, |m| m.power_off());
     fatal(&format!("vsock listener failed: {err}"));
 }

@@ -20,10 +20,65 @@ const ALLOWED_MOUNT_FLAGS: u64 =
     libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_NOATIME;
 
 /// State shared by all connections.
+/// Kernel modules stage 2 loads in the background after VmReady; requests that need them (mounts,
+/// StartTermina) wait for the load to finish.
+pub struct LateModules {
+    state: Mutex<LateState>,
+}
+
+enum LateState {
+    Loading(std::thread::JoinHandle<Result<(), String>>),
+    Done(Result<(), String>),
+}
+
+impl LateModules {
+    /// Starts loading the modules of `dir` (with its load-order file); nothing to do when the
+    /// image has no such directory.
+    pub fn start(dir: &Path) -> Self {
+        let state = if dir.is_dir() {
+            let dir = dir.to_path_buf();
+            LateState::Loading(std::thread::spawn(move || {
+                crate::kmod::load_dir(&dir)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }))
+        } else {
+            LateState::Done(Ok(()))
+        };
+        Self {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// No late modules (a host test run, or a kernel with everything built in).
+    pub fn none() -> Self {
+        Self {
+            state: Mutex::new(LateState::Done(Ok(()))),
+        }
+    }
+
+    /// Waits until the modules are loaded; the load's error, if any, for every caller.
+    pub fn wait(&self) -> Result<(), CrosError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| CrosError::internal("late module state poisoned"))?;
+        let result = match std::mem::replace(&mut *state, LateState::Done(Ok(()))) {
+            LateState::Loading(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err("the module loader panicked".into())),
+            LateState::Done(r) => r,
+        };
+        *state = LateState::Done(result.clone());
+        result.map_err(|e| CrosError::internal(format!("loading kernel modules: {e}")))
+    }
+}
+
 pub struct Maitred {
     pub services: Arc<Services>,
     pub sys_block: String,
     pub timezone: Mutex<Option<String>>,
+    pub late_modules: LateModules,
     /// Set by Shutdown; the server then powers off once the reply is sent.
     pub shutdown_requested: std::sync::atomic::AtomicBool,
 }
@@ -187,6 +242,7 @@ impl Maitred {
         mkfs_if_needed: bool,
     ) -> Outcome {
         check_abs_path("target", target)?;
+        self.late_modules.wait()?;
         if flags & !ALLOWED_MOUNT_FLAGS != 0 {
             return Err(invalid(format!(
                 "mount flags {flags:#x} include flags other than ro/nosuid/nodev/noexec/noatime"
@@ -250,6 +306,7 @@ impl Maitred {
     }
 
     fn start_termina(&self, stateful_device: &str, start_tremplin: bool) -> Outcome {
+        self.late_modules.wait()?;
         let dev = if stateful_device.is_empty() {
             disks::find_by_serial(Path::new(&self.sys_block), STATEFUL_SERIAL)
                 .ok_or_else(|| {
@@ -422,6 +479,23 @@ pub fn is_mounted(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn late_modules_report_their_load_error_to_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            LateModules::start(&dir.path().join("absent"))
+                .wait()
+                .is_ok()
+        );
+        std::fs::write(dir.path().join("load-order"), "fake.ko\n").unwrap();
+        std::fs::write(dir.path().join("fake.ko"), b"not a module").unwrap();
+        let late = LateModules::start(dir.path());
+        for _ in 0..2 {
+            let err = late.wait().unwrap_err();
+            assert!(err.message.contains("fake.ko"), "{err}");
+        }
+    }
 
     #[test]
     fn paths_are_validated() {

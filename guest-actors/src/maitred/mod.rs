@@ -22,6 +22,8 @@ pub const STATEFUL_MOUNT: &str = "/mnt/stateful";
 pub const TOOLS_MOUNT: &str = "/opt/google/cros-containers";
 /// Module directory inside the initramfs: the .ko files and their `load-order`.
 pub const INITRAMFS_MODULES: &str = "/lib/modules/crosd";
+/// Module directory in the root image: what stage 2 loads after VmReady (btrfs, 9P, overlay).
+pub const LATE_MODULES: &str = "/lib/modules/crosd-late";
 /// Marker file that exists only in the initramfs: its presence selects stage 1.
 pub const INITRAMFS_MARKER: &str = "/.crosd-initramfs";
 /// Prefix of maitred's console lines.

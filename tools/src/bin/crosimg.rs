@@ -79,7 +79,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     eprintln!(
                         "crosimg: fetching Debian's guest kernel (cached under ~/.cache/crosd)"
                     );
-                    kernel::fetch_debian_kernel(kernel::TERMINA_MODULES)?
+                    kernel::fetch_debian_kernel(
+                        kernel::TERMINA_EARLY_MODULES,
+                        kernel::TERMINA_LATE_MODULES,
+                    )?
                 }
             };
             let guest_bin_dir = guest_bin_dir.or_else(termina::default_guest_bin_dir).ok_or_else(|| {

@@ -8,23 +8,42 @@ use super::{ImageError, io_err, run_tool};
 
 const GUEST_KERNEL_SH: &str = include_str!("../../scripts/guest-kernel.sh");
 
-/// Modules the termina VM loads in its initramfs, dependencies resolved by the script (the
-/// crypto modules first: they are soft dependencies of libcrc32c, ext4 and btrfs, which the
-/// script does not follow): the
-/// virtio-mmio transport, block and vsock devices, and the filesystems of the root image (ext4),
-/// the stateful disk (btrfs) and 9P shares.
-pub const TERMINA_MODULES: &str = "crc32c_generic xxhash_generic blake2b_generic virtio_mmio virtio_blk vmw_vsock_virtio_transport ext4 btrfs 9p 9pnet_fd overlay";
+/// Modules the initramfs loads before the root switch: the virtio-mmio transport, block and
+/// vsock devices and the root image's filesystem (ext4), which is all VmReady needs. crc32c
+/// comes first: ext4 and jbd2 soft-depend on it, and the script follows only hard dependencies.
+pub const TERMINA_EARLY_MODULES: &str =
+    "crc32c_generic virtio_mmio virtio_blk vmw_vsock_virtio_transport ext4";
+/// Modules maitred loads from the root image after VmReady, while the host sets up: btrfs for
+/// the stateful disk (its raid6 self-benchmark alone costs half a second under TCG), 9P and
+/// overlayfs. The crypto modules are soft dependencies of btrfs.
+pub const TERMINA_LATE_MODULES: &str =
+    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
     pub kernel: PathBuf,
-    /// Flat directory of .ko files with a `load-order` file; None for a kernel with everything built in.
+    /// Flat directory of .ko files with a `load-order` file, for the initramfs; None for a
+    /// kernel with everything built in.
     pub modules_dir: Option<PathBuf>,
+    /// The same, for the modules maitred loads after VmReady (in the root image).
+    pub late_modules_dir: Option<PathBuf>,
     pub release: String,
 }
 
-/// Runs guest-kernel.sh (downloads into ~/.cache/crosd once) for `modules`.
-pub fn fetch_debian_kernel(modules: &str) -> Result<GuestKernel, ImageError> {
+/// Runs guest-kernel.sh (downloads into ~/.cache/crosd once) for the early and late modules.
+pub fn fetch_debian_kernel(early: &str, late: &str) -> Result<GuestKernel, ImageError> {
+    let (kernel, modules_dir) = run_guest_kernel_sh(early)?;
+    let (_, late_modules_dir) = run_guest_kernel_sh(late)?;
+    Ok(GuestKernel {
+        release: kernel_release(&kernel)?,
+        kernel,
+        modules_dir: Some(modules_dir),
+        late_modules_dir: Some(late_modules_dir),
+    })
+}
+
+/// The kernel and a module directory for `modules`, as guest-kernel.sh prints them.
+fn run_guest_kernel_sh(modules: &str) -> Result<(PathBuf, PathBuf), ImageError> {
     let out = run_tool(
         Command::new("bash")
             .arg("-c")
@@ -38,12 +57,10 @@ pub fn fetch_debian_kernel(modules: &str) -> Result<GuestKernel, ImageError> {
             .map(|v| v.trim_matches(['\'', '"']).to_string())
             .ok_or_else(|| ImageError::Invalid(format!("guest-kernel.sh printed no {name}= line")))
     };
-    let kernel = PathBuf::from(var("KERNEL")?);
-    Ok(GuestKernel {
-        release: kernel_release(&kernel)?,
-        kernel,
-        modules_dir: Some(PathBuf::from(var("MODULES_DIR")?)),
-    })
+    Ok((
+        PathBuf::from(var("KERNEL")?),
+        PathBuf::from(var("MODULES_DIR")?),
+    ))
 }
 
 /// A kernel given by path, with an optional module directory (flat, with `load-order`).
@@ -56,6 +73,7 @@ pub fn given_kernel(kernel: &Path, modules_dir: Option<&Path>) -> Result<GuestKe
         release: kernel_release(kernel)?,
         kernel: kernel.to_path_buf(),
         modules_dir: modules_dir.map(Path::to_path_buf),
+        late_modules_dir: None,
     })
 }
 

@@ -134,6 +134,16 @@ fn root_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
         0o644,
     )?;
     st.dir("home/chronos")?;
+    if let Some(dir) = &opts.kernel.late_modules_dir {
+        let dest = cros_guest::maitred::LATE_MODULES.trim_start_matches('/');
+        for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let e = e.map_err(io_err(dir))?;
+            st.copy(
+                &e.path(),
+                &format!("{dest}/{}", e.file_name().to_string_lossy()),
+            )?;
+        }
+    }
     Ok(())
 }
 
