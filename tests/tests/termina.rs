@@ -537,4 +537,37 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
     );
     // Checked once concierge answers: it cleans up as it starts, maybe after the socket is up.
     assert!(!partial.exists(), "the partial export survived the restart");
+
+    // Ctrl-C in vmc cancels the export: neither the partial nor the export file is left.
+    let exporter = Command::new(bin("vmc"))
+        .args(["export", "termina", crash.to_str().unwrap()])
+        .env("CROSD_SOCKET", &crosd.socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !partial.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the second export never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(exporter.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let o = exporter.wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cancelled"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !partial.exists() && !crash.exists(),
+        "{:?}",
+        leftovers(&out)
+    );
 }
