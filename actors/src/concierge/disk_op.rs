@@ -802,6 +802,43 @@ mod tests {
     }
 
     #[test]
+    fn progress_events_come_at_most_once_a_second_and_end_at_100() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk.img");
+        sparse_disk(&disk);
+        let events: Arc<Mutex<Vec<(String, u8, Instant)>>> = Arc::default();
+        let sink = events.clone();
+        let ex = Operation::create(
+            dir.path(),
+            new_uuid().unwrap(),
+            DiskOpKind::Export,
+            "termina",
+            Path::new("/x"),
+            vec![],
+            Box::new(move |uuid, percent| {
+                sink.lock()
+                    .unwrap()
+                    .push((uuid.to_string(), percent, Instant::now()))
+            }),
+        )
+        .unwrap();
+        let (d, o) = (disk.clone(), dir.path().join("out.zst"));
+        ex.spawn(move |op| export(&d, &o, None, op)).unwrap();
+        assert_eq!(wait_done(&ex).state, DiskOpState::Done);
+        let events = events.lock().unwrap();
+        let uuid = ex.info().uuid;
+        assert!(events.iter().all(|(u, ..)| *u == uuid));
+        // The first change is reported at once, the end always; in between, a second apart.
+        assert_eq!(events.first().map(|e| e.1), Some(1), "{events:?}");
+        assert_eq!(events.last().map(|e| e.1), Some(100), "{events:?}");
+        let rate_limited = &events[..events.len() - 1];
+        for pair in rate_limited.windows(2) {
+            assert!(pair[1].2 - pair[0].2 >= PROGRESS_EVERY, "{events:?}");
+            assert!(pair[1].1 > pair[0].1, "{events:?}");
+        }
+    }
+
+    #[test]
     fn digest_file_must_hold_a_sha256() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("d");
