@@ -512,6 +512,16 @@ impl Concierge {
         let digest = digest_path
             .map(|d| absolute(d, "digest file"))
             .transpose()?;
+        let disks_dir = disk::disks_dir(&self.config.state_dir);
+        if std::iter::once(&dst)
+            .chain(digest.as_ref())
+            .any(|p| p.parent() == Some(disks_dir.as_path()))
+        {
+            return Err(CrosError::invalid(format!(
+                "export file {path:?}: not into {}, where it could replace a disk",
+                disks_dir.display()
+            )));
+        }
         if dst == disk || digest.as_ref() == Some(&disk) || digest.as_ref() == Some(&dst) {
             return Err(CrosError::invalid(format!(
                 "export file {path:?} and digest file must differ from each other and from the disk"
@@ -919,6 +929,10 @@ mod tests {
         // Bad input is refused with the reason, before any operation starts.
         for (req, needle) in [
             (export("relative.zst".into()), "absolute"),
+            (
+                export(disk::disk_path(dir.path(), "other").display().to_string()),
+                "could replace a disk",
+            ),
             (
                 ConciergeRequest::ExportDiskImage {
                     name: "nodisk".into(),
