@@ -39,6 +39,16 @@ pub enum ActivateError {
     Device(String),
 }
 
+/// The one queue of a single-queue device (block, pmem, rng), or the count error.
+pub fn single_queue(queues: Vec<Queue>) -> Result<Queue, ActivateError> {
+    let got = queues.len();
+    queues
+        .into_iter()
+        .next()
+        .filter(|_| got == 1)
+        .ok_or(ActivateError::QueueCount { got, want: 1 })
+}
+
 /// The interrupt of one virtio-mmio device: its InterruptStatus register and the irqfd that
 /// raises its line in the in-kernel IOAPIC.
 #[derive(Clone)]

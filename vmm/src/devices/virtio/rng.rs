@@ -118,12 +118,7 @@ impl VirtioDevice for Rng {
         interrupt: VirtioInterrupt,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|_| got == 1)
-            .ok_or(ActivateError::QueueCount { got, want: 1 })?;
+        let queue = super::single_queue(queues)?;
         self.active = Some(Active {
             mem,
             interrupt,

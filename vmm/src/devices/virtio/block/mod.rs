@@ -189,12 +189,7 @@ impl VirtioDevice for Block {
         interrupt: VirtioInterrupt,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|_| got == 1)
-            .ok_or(ActivateError::QueueCount { got, want: 1 })?;
+        let queue = crate::devices::virtio::single_queue(queues)?;
         self.active = Some(Active {
             mem,
             interrupt,
