@@ -91,20 +91,33 @@ impl Imageloader {
                 self.components_dir.display()
             )));
         }
-        let chosen = match version {
-            Some(v) => found.iter().find(|c| c.version == v).ok_or_else(|| {
-                CrosError::not_found(format!(
-                    "component {name:?} has no version {v:?} (found {})",
-                    found
-                        .iter()
-                        .map(|c| c.version.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?,
-            // scan() sorts newest first.
-            None => &found[0],
+        let Some(v) = version else {
+            // Newest first (scan's order): the newest version that verifies is used, so one
+            // damaged install does not take the VM down while an older good one is there.
+            let mut refusals = Vec::new();
+            for c in &found {
+                match load_verified(name, c) {
+                    Ok(loaded) => {
+                        for r in &refusals {
+                            tracing::warn!("{r}; using {name} {} instead", c.version);
+                        }
+                        return Ok(loaded);
+                    }
+                    Err(e) => refusals.push(e.message),
+                }
+            }
+            return Err(CrosError::precondition(refusals.join("; ")));
         };
+        let chosen = found.iter().find(|c| c.version == v).ok_or_else(|| {
+            CrosError::not_found(format!(
+                "component {name:?} has no version {v:?} (found {})",
+                found
+                    .iter()
+                    .map(|c| c.version.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
         load_verified(name, chosen)
     }
 }
@@ -329,6 +342,51 @@ mod tests {
         let err = l.handle_request(req()).unwrap_err();
         assert_eq!(err.kind, ErrorKind::FailedPrecondition);
         assert!(err.message.contains(KERNEL_FILE), "{err}");
+    }
+
+    /// Builds a verified termina component `version` under `state`.
+    fn component(state: &Path, version: &str) -> std::path::PathBuf {
+        let comp = state.join("components/cros-termina").join(version);
+        std::fs::create_dir_all(&comp).unwrap();
+        for f in [KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE, INITRD_FILE] {
+            std::fs::write(comp.join(f), format!("{f} {version}")).unwrap();
+        }
+        let files = [KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE, INITRD_FILE];
+        manifest::Manifest::build(&comp, "cros-termina", version, "6.1.0-test", &files)
+            .unwrap()
+            .write(&comp)
+            .unwrap();
+        comp
+    }
+
+    #[test]
+    fn the_newest_verified_version_is_used_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        component(dir.path(), "9.0");
+        let newest = component(dir.path(), "10.0");
+        let l = loader(dir.path());
+        let load = |version: Option<&str>| {
+            l.handle_request(ImageloaderRequest::LoadComponent {
+                name: "cros-termina".into(),
+                version: version.map(str::to_string),
+            })
+        };
+        let Ok(ImageloaderReply::Loaded { component }) = load(None) else {
+            panic!()
+        };
+        assert_eq!(component.version, "10.0");
+        // The newest is damaged: the older verified one is used; asking for it by name fails.
+        std::fs::write(newest.join(ROOTFS_FILE), "tampered").unwrap();
+        let Ok(ImageloaderReply::Loaded { component }) = load(None) else {
+            panic!()
+        };
+        assert_eq!(component.version, "9.0");
+        let err = load(Some("10.0")).unwrap_err();
+        assert!(err.message.contains(ROOTFS_FILE), "{err}");
+        let Ok(ImageloaderReply::Loaded { component }) = load(Some("9.0")) else {
+            panic!()
+        };
+        assert_eq!(component.version, "9.0");
     }
 
     #[test]
