@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cros_tools::crosimg::{kernel, termina};
+use cros_tools::crosimg::{install, kernel, termina};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,18 @@ enum Cmd {
         #[arg(long, default_value = "/bin/busybox")]
         busybox: PathBuf,
         /// Replace an existing component of the same version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Install a built component into crosd's state directory atomically: it is copied to a
+    /// hidden directory, verified, then renamed to STATE_DIR/components/NAME/VERSION.
+    Install {
+        /// The built component directory (…/cros-termina/VERSION, with manifest.json).
+        dir: PathBuf,
+        /// crosd's state directory.
+        #[arg(long, default_value = "/var/lib/crosd")]
+        state_dir: PathBuf,
+        /// Replace an installed component of the same version.
         #[arg(long)]
         force: bool,
     },
@@ -97,6 +109,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 force,
             })?;
             println!("{}", dir.display());
+            Ok(())
+        }
+        Cmd::Install {
+            dir,
+            state_dir,
+            force,
+        } => {
+            let dest = install::install(&dir, &state_dir.join("components"), force)?;
+            println!("{}", dest.display());
             Ok(())
         }
         Cmd::Verify { dir } => {

@@ -2,6 +2,7 @@
 //! component and disks").
 
 pub mod elf;
+pub mod install;
 pub mod kernel;
 pub mod staging;
 pub mod termina;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cros_actors::imageloader::manifest::{Manifest, verify_component};
+use cros_actors::imageloader::manifest::Manifest;
 use cros_actors::imageloader::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE};
 use cros_hypervisor::initramfs::Initramfs;
 
@@ -181,43 +181,16 @@ fn initramfs(opts: &BuildOptions, maitred: &Path, out: &Path) -> Result<(), Imag
 /// directory that is verified and then renamed into place, so a failed or interrupted build
 /// never leaves a half-made component where imageloader looks.
 pub fn build(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
-    if !cros_messages::addr::valid_name(&opts.version) {
-        return Err(ImageError::Invalid(format!(
-            "bad version {:?}: use 1-64 characters of [A-Za-z0-9._-]",
-            opts.version
-        )));
-    }
-    let parent = opts.out.join(COMPONENT_NAME);
-    let dest = parent.join(&opts.version);
-    if dest.exists() && !opts.force {
-        return Err(ImageError::Invalid(format!(
-            "{} already exists (use --force to replace it)",
-            dest.display()
-        )));
-    }
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let work = parent.join(format!(".{}.partial-{}", opts.version, std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let result = build_into(opts, &work);
-    let result = result.and_then(|()| {
-        if dest.exists() {
-            let old = parent.join(format!(".{}.old-{}", opts.version, std::process::id()));
-            std::fs::rename(&dest, &old).map_err(io_err(&dest))?;
-            std::fs::rename(&work, &dest).map_err(io_err(&work))?;
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            std::fs::rename(&work, &dest).map_err(io_err(&work))?;
-        }
-        Ok(dest.clone())
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&work);
-    }
-    result
+    super::install::publish(
+        &opts.out,
+        COMPONENT_NAME,
+        &opts.version,
+        opts.force,
+        |work| build_into(opts, work),
+    )
 }
 
 fn build_into(opts: &BuildOptions, work: &Path) -> Result<(), ImageError> {
-    std::fs::create_dir_all(work).map_err(io_err(work))?;
     let scratch = work.join(".staging");
 
     progress(&format!(
@@ -256,7 +229,6 @@ fn build_into(opts: &BuildOptions, work: &Path) -> Result<(), ImageError> {
         &[KERNEL_FILE, ROOTFS_FILE, TOOLS_FILE, INITRD_FILE],
     )?;
     manifest.write(work)?;
-    verify_component(work)?;
     Ok(())
 }
 
