@@ -204,32 +204,17 @@ fn file_to_guest(
     offset: u64,
 ) -> std::io::Result<()> {
     let buf = guest_buffer(mem, addr, len)?;
-    let mut done = 0;
-    while done < len {
-        let at = libc::off64_t::try_from(offset + done as u64)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: `buf` covers `len` mapped bytes of guest memory for as long as it lives. The
-        // guest may write them concurrently; that only changes what it reads back.
-        let n = unsafe {
-            libc::pread64(
-                file.as_raw_fd(),
-                buf.as_ptr().add(done).cast(),
-                len - done,
-                at,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
-        }
-    }
-    Ok(())
+    // SAFETY: `buf` covers `len` mapped bytes of guest memory for as long as it lives, and
+    // `move_all` only passes ranges inside it. The guest may write them concurrently; that only
+    // changes what it reads back.
+    move_all(
+        len,
+        offset,
+        std::io::ErrorKind::UnexpectedEof,
+        |done, count, at| unsafe {
+            libc::pread64(file.as_raw_fd(), buf.as_ptr().add(done).cast(), count, at)
+        },
+    )
 }
 
 /// Writes guest memory straight to the file at `offset`.
@@ -241,22 +226,32 @@ fn guest_to_file(
     offset: u64,
 ) -> std::io::Result<()> {
     let buf = guest_buffer(mem, addr, len)?;
+    // SAFETY: as in `file_to_guest`; here the kernel only reads the buffer.
+    move_all(
+        len,
+        offset,
+        std::io::ErrorKind::WriteZero,
+        |done, count, at| unsafe {
+            libc::pwrite64(file.as_raw_fd(), buf.as_ptr().add(done).cast(), count, at)
+        },
+    )
+}
+
+/// Repeats `io(done, remaining, file offset)` (a pread or pwrite) until `len` bytes have moved,
+/// retrying on EINTR; a call that moves nothing is the error `short`.
+fn move_all(
+    len: usize,
+    offset: u64,
+    short: std::io::ErrorKind,
+    mut io: impl FnMut(usize, usize, libc::off64_t) -> isize,
+) -> std::io::Result<()> {
     let mut done = 0;
     while done < len {
         let at = libc::off64_t::try_from(offset + done as u64)
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: as in `file_to_guest`; here the kernel only reads the buffer.
-        let n = unsafe {
-            libc::pwrite64(
-                file.as_raw_fd(),
-                buf.as_ptr().add(done).cast(),
-                len - done,
-                at,
-            )
-        };
-        match n {
+        match io(done, len - done, at) {
             n if n > 0 => done += n as usize,
-            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            0 => return Err(short.into()),
             _ => {
                 let e = std::io::Error::last_os_error();
                 if e.kind() != std::io::ErrorKind::Interrupted {
