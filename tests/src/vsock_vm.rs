@@ -230,6 +230,8 @@ impl ProbeVm {
         if reply != "bye" {
             return Err(format!("quit answered {reply:?}, expected \"bye\""));
         }
+        // The guest waits for this hang-up before it powers off.
+        drop(control);
         match self.handle.wait_timeout(Duration::from_secs(60)) {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(format!(

@@ -203,6 +203,7 @@ fn serve_control(stream: VsockStream) -> std::io::Result<()> {
             ["quit"] => {
                 out.write_all(b"bye\n")?;
                 say("quit received; powering off");
+                wait_for_host_close(&stream);
                 pid1::power_off();
             }
             ["dial", port, n] => {
@@ -219,6 +220,17 @@ fn serve_control(stream: VsockStream) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Powering off at once can drop `bye` still queued in the guest's vsock transport (the device
+/// is reset before its send work runs), so the host would see EOF instead of the reply. Wait for
+/// the host to read it and hang up, but not for long: a host that never closes must not keep
+/// the VM up.
+fn wait_for_host_close(stream: &VsockStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut sink = [0u8; 256];
+    while matches!((&*stream).read(&mut sink), Ok(n) if n > 0) {}
 }
 
 fn connect_host(port: u32) -> std::io::Result<VsockStream> {
