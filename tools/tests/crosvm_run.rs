@@ -273,6 +273,7 @@ fn crosvm_backend_starts_a_vm_and_the_control_socket_stops_it() {
         path: disk,
         read_only: true,
         serial: Some("payload-disk".into()),
+        online_resize: false,
     }];
     let backend = CrosvmBackend::new(CROSVM);
     assert_eq!(backend.name(), "crosvm");

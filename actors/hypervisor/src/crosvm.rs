@@ -177,11 +177,13 @@ mod tests {
                 path: "/img/rootfs.img".into(),
                 read_only: true,
                 serial: Some("rootfs".into()),
+                online_resize: false,
             },
             DiskSpec {
                 path: "/img/stateful.img".into(),
                 read_only: false,
                 serial: None,
+                online_resize: false,
             },
         ];
         spec.vsock = Some(VsockSpec {

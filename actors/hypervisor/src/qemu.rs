@@ -512,6 +512,7 @@ mod tests {
             path: "/d/a,b.img".into(),
             read_only: true,
             serial: Some("crosd-rootfs".into()),
+            online_resize: false,
         }];
         let mut backend = QemuBackend::new("crosvm");
         backend.tcg_tsc_khz = Some(2_596_136);

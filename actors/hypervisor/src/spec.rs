@@ -11,6 +11,10 @@ pub struct DiskSpec {
     /// virtio-blk serial (the device's get-id), which the guest finds the disk by: device order
     /// on virtio-mmio is not guaranteed.
     pub serial: Option<String>,
+    /// The disk may be resized while the VM runs. Under QEMU such a disk is served by QEMU
+    /// itself (resized with QMP `block_resize`): a vhost-user-blk backend built on the vhost
+    /// crate cannot send the config-change message that tells QEMU the capacity changed.
+    pub online_resize: bool,
 }
 
 /// The VM's hybrid vsock device (Firecracker convention): the host reaches guest port P by

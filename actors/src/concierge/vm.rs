@@ -250,16 +250,19 @@ pub async fn boot(
             path: component.rootfs.clone().into(),
             read_only: true,
             serial: Some(ROOTFS_SERIAL.into()),
+            online_resize: false,
         },
         DiskSpec {
             path: component.tools.clone().into(),
             read_only: true,
             serial: Some(TOOLS_SERIAL.into()),
+            online_resize: false,
         },
         DiskSpec {
             path: plan.stateful.clone(),
             read_only: false,
             serial: Some(STATEFUL_SERIAL.into()),
+            online_resize: true,
         },
     ];
     spec.vsock = Some(VsockSpec {
