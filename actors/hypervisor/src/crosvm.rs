@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::handle::{OwnedChild, VmHandle};
+use crate::handle::{OwnedChild, VmControl, VmHandle};
 use crate::qemu::{remove_file_if_exists, remove_stale_socket, resolve_binary, wait_first_output};
 use crate::{Hypervisor, HypervisorError, VmSpec};
 
@@ -147,7 +147,12 @@ impl Hypervisor for CrosvmBackend {
             child,
             log,
         };
-        let mut handle = VmHandle::new(vmm, Vec::new(), spec.console_log.clone(), 1);
+        let mut handle = VmHandle::new(vmm, Vec::new(), spec.console_log.clone(), 1).with_control(
+            VmControl::Crosvm {
+                crosvm: crosvm.clone(),
+                socket: Self::control_socket(spec),
+            },
+        );
         wait_first_output("crosvm", &mut handle, spec, 1)?;
         Ok(handle)
     }

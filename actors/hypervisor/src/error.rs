@@ -49,4 +49,6 @@ pub enum HypervisorError {
         vmm_log: PathBuf,
         vmm_log_tail: String,
     },
+    #[error("{action} failed: {reason}")]
+    Control { action: String, reason: String },
 }

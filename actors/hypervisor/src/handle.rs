@@ -2,8 +2,11 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::HypervisorError;
+use crate::qmp;
 
 /// One process of a VM, with the name used in logs and errors.
 #[derive(Debug)]
@@ -28,6 +31,21 @@ impl OwnedChild {
     }
 }
 
+/// How to ask a running VMM for something other than its death.
+#[derive(Debug, Clone)]
+pub(crate) enum VmControl {
+    /// QEMU's QMP socket. `online_resize[i]`: disk i is QEMU's own drive `disk<i>` (the others
+    /// are served by vhost-user backends and cannot be resized while the VM runs).
+    Qmp {
+        socket: PathBuf,
+        online_resize: Vec<bool>,
+    },
+    /// `crosvm run`'s control socket, driven through the `crosvm` binary's control subcommands
+    /// (as ChromeOS concierge drives crosvm through its control interface) so this crate does
+    /// not link the VMM.
+    Crosvm { crosvm: PathBuf, socket: PathBuf },
+}
+
 /// The processes of one running VM: the VMM itself (QEMU, crosvm) and its helpers (vhost-user
 /// backends). The VMM's exit is the VM's exit; helpers are stopped with it.
 #[derive(Debug)]
@@ -37,6 +55,7 @@ pub struct VmHandle {
     console_log: PathBuf,
     start_attempts: u32,
     exit: Option<ExitStatus>,
+    control: Option<VmControl>,
 }
 
 impl VmHandle {
@@ -52,6 +71,87 @@ impl VmHandle {
             console_log,
             start_attempts,
             exit: None,
+            control: None,
+        }
+    }
+
+    pub(crate) fn with_control(mut self, control: VmControl) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Asks the guest to power itself off, as a power button press would (ACPI power button:
+    /// QMP `system_powerdown` under QEMU, a control-socket Stop under crosvm). Returns once the
+    /// request is delivered; wait for the exit with [`VmHandle::wait_timeout`].
+    pub fn request_shutdown(&mut self) -> Result<(), HypervisorError> {
+        let action = "asking the guest to power off";
+        match self.control.as_ref() {
+            Some(VmControl::Qmp { socket, .. }) => {
+                qmp::execute(socket, "system_powerdown", serde_json::json!({}))
+                    .map(drop)
+                    .map_err(|e| control_error(action, e))
+            }
+            Some(VmControl::Crosvm { crosvm, socket }) => {
+                // `crosvm stop` waits for the VMM to exit; the caller waits on the VMM itself,
+                // so the request runs on and is reaped by a thread of its own.
+                let mut child = Command::new(crosvm)
+                    .arg("stop")
+                    .arg(socket)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| control_error(action, e))?;
+                std::thread::spawn(move || child.wait());
+                Ok(())
+            }
+            None => Err(control_error(action, "this VM has no control socket")),
+        }
+    }
+
+    /// Tells the VMM that disk `index` (the spec's order) now has `size` bytes, after the caller
+    /// resized its file; the guest sees a capacity change.
+    pub fn resize_disk(&mut self, index: usize, size: u64) -> Result<(), HypervisorError> {
+        let action = format!("resizing disk {index} to {size} bytes");
+        match self.control.as_ref() {
+            Some(VmControl::Qmp {
+                socket,
+                online_resize,
+            }) => {
+                if !online_resize.get(index).copied().unwrap_or(false) {
+                    return Err(control_error(
+                        &action,
+                        "the disk is not served by QEMU itself, so it cannot be resized while the VM runs",
+                    ));
+                }
+                let args = serde_json::json!({ "device": format!("disk{index}"), "size": size });
+                qmp::execute(socket, "block_resize", args)
+                    .map(drop)
+                    .map_err(|e| control_error(&action, e))
+            }
+            Some(VmControl::Crosvm { crosvm, socket }) => {
+                let out = Command::new(crosvm)
+                    .arg("resize-disk")
+                    .arg(socket)
+                    .arg(index.to_string())
+                    .arg(size.to_string())
+                    .stdin(Stdio::null())
+                    .output()
+                    .map_err(|e| control_error(&action, e))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(control_error(
+                        &action,
+                        format!(
+                            "crosvm resize-disk {}: {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ))
+                }
+            }
+            None => Err(control_error(&action, "this VM has no control socket")),
         }
     }
 
@@ -158,6 +258,13 @@ impl VmHandle {
 impl Drop for VmHandle {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+fn control_error(action: &str, reason: impl std::fmt::Display) -> HypervisorError {
+    HypervisorError::Control {
+        action: action.to_string(),
+        reason: reason.to_string(),
     }
 }
 

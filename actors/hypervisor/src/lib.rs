@@ -12,6 +12,7 @@ pub mod error;
 pub mod handle;
 pub mod initramfs;
 pub mod qemu;
+pub mod qmp;
 pub mod spec;
 mod unix_listen;
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::handle::{OwnedChild, VmHandle, log_tail};
+use crate::handle::{OwnedChild, VmControl, VmHandle, log_tail};
 use crate::unix_listen::is_listening;
 use crate::{Hypervisor, HypervisorError, VmSpec};
 
@@ -112,6 +112,11 @@ impl QemuBackend {
         cmdline
     }
 
+    /// QEMU's QMP socket for the VM `spec` describes.
+    pub fn qmp_socket(spec: &VmSpec) -> PathBuf {
+        spec.run_dir.join("qmp.sock")
+    }
+
     /// The QEMU arguments for `spec`; `vhost_socket` is the vsock backend's socket when the
     /// spec has vsock.
     pub fn qemu_args(&self, spec: &VmSpec, vhost_socket: Option<&Path>) -> Vec<OsString> {
@@ -158,6 +163,12 @@ impl QemuBackend {
         }
         a.push("-append".into());
         a.push(self.kernel_cmdline(spec).into());
+        // QMP, for what concierge asks of a running VM: disk resize and the ACPI power button.
+        let mut qmp = OsString::from("socket,id=qmp,server=on,wait=off,path=");
+        qmp.push(qemu_escape_commas(&Self::qmp_socket(spec)));
+        a.push("-chardev".into());
+        a.push(qmp);
+        a.extend(["-mon", "chardev=qmp,mode=control"].map(OsString::from));
         for (i, disk) in spec.disks.iter().enumerate() {
             let mut drive = OsString::from(format!("if=none,id=disk{i},format=raw,file="));
             drive.push(qemu_escape_commas(&disk.path));
@@ -287,11 +298,16 @@ impl QemuBackend {
             vhost_socket = Some(socket);
         }
         remove_file_if_exists(&spec.console_log)?;
+        remove_stale_socket(&Self::qmp_socket(spec))?;
         let args = self.qemu_args(spec, vhost_socket.as_deref());
         let log = spec.run_dir.join("qemu.log");
         tracing::info!(vm = %spec.name, attempt, "starting {} {:?}", qemu.display(), args);
         let vmm = self.spawn("QEMU", qemu, &args, &log)?;
-        let mut handle = VmHandle::new(vmm, helpers, spec.console_log.clone(), attempt);
+        let mut handle = VmHandle::new(vmm, helpers, spec.console_log.clone(), attempt)
+            .with_control(VmControl::Qmp {
+                socket: Self::qmp_socket(spec),
+                online_resize: spec.disks.iter().map(|d| d.online_resize).collect(),
+            });
         wait_first_output("QEMU", &mut handle, spec, attempt)?;
         Ok(handle)
     }
@@ -542,9 +558,11 @@ mod tests {
             value_after(&args, "-chardev"),
             [
                 "file,id=console,path=/run/vm/console.log",
+                "socket,id=qmp,server=on,wait=off,path=/run/vm/qmp.sock",
                 "socket,id=vsock,path=/run/vm/vu.sock"
             ]
         );
+        assert_eq!(value_after(&args, "-mon"), ["chardev=qmp,mode=control"]);
         assert_eq!(value_after(&args, "-serial"), ["chardev:console"]);
         assert_eq!(
             value_after(&args, "-drive"),
