@@ -1,11 +1,15 @@
 //! The `qemu` backend: QEMU's microvm machine (TCG, or KVM where it can boot Linux) with guest
-//! memory in a shared memfd, so a vhost-user backend process (`crosvm vhost-user-vsock`) can
-//! serve the vsock device from our own device code.
+//! memory in a shared memfd, so vhost-user backend processes (`crosvm vhost-user-vsock`,
+//! `crosvm vhost-user-blk`) can serve the vsock device and the disks from our own device code.
 //!
-//! Start-up is ordered so that nothing races: the vsock backend is started and must be
-//! listening on its vhost-user socket before QEMU (which connects as the client) starts; then
-//! the guest must write to its console within the spec's deadline. A start with no console
-//! output at all has been seen under TCG, so such a start is killed and retried.
+//! Disks marked `online_resize` stay on QEMU's own virtio-blk: a vhost-user backend built on
+//! the vhost crates cannot send the configuration-change message that tells the guest a disk
+//! grew, so only QEMU (through QMP `block_resize`) can resize a disk under a running guest.
+//!
+//! Start-up is ordered so that nothing races: every vhost-user backend is started and must be
+//! listening on its socket before QEMU (which connects as the client) starts; then the guest
+//! must write to its console within the spec's deadline. A start with no console output at all
+//! has been seen under TCG, so such a start is killed and retried.
 
 use std::ffi::OsString;
 use std::fs;
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::handle::{OwnedChild, VmControl, VmHandle, log_tail};
 use crate::unix_listen::is_listening;
-use crate::{Hypervisor, HypervisorError, VmSpec};
+use crate::{DiskSpec, Hypervisor, HypervisorError, VmSpec};
 
 /// How QEMU executes guest code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +62,46 @@ impl VhostUserVsockBackend {
     }
 }
 
+/// Who serves the disks that need no online resize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// Our backend, one process per disk: `crosvm vhost-user-blk --socket S --path IMAGE
+    /// [--read-only] [--serial SERIAL]`.
+    Crosvm { binary: PathBuf },
+    /// QEMU's own virtio-blk for every disk (a benchmark reference).
+    Qemu,
+}
+
+impl DiskBackend {
+    fn args(socket: &Path, disk: &DiskSpec) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "vhost-user-blk".into(),
+            "--socket".into(),
+            socket.into(),
+            "--path".into(),
+            disk.path.clone().into(),
+        ];
+        if disk.read_only {
+            args.push("--read-only".into());
+        }
+        if let Some(serial) = &disk.serial {
+            args.push("--serial".into());
+            args.push(serial.into());
+        }
+        args
+    }
+}
+
+/// The vhost-user sockets QEMU connects to for one VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VhostUserSockets {
+    /// The vsock backend's socket, when the spec has vsock.
+    pub vsock: Option<PathBuf>,
+    /// For each of the spec's disks, in order: the socket of the backend serving it, or `None`
+    /// for a disk on QEMU's own virtio-blk.
+    pub disks: Vec<Option<PathBuf>>,
+}
+
 /// Configuration of the QEMU backend.
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
@@ -66,9 +110,11 @@ pub struct QemuBackend {
     pub accel: Accel,
     /// Serves the vsock device when a spec asks for one.
     pub vsock_backend: VhostUserVsockBackend,
+    /// Serves every disk whose `online_resize` is false.
+    pub disk_backend: DiskBackend,
     /// How often a start whose guest printed nothing is retried (1 = no retry).
     pub start_attempts: u32,
-    /// How long the vsock backend may take to listen on its vhost-user socket.
+    /// How long a vhost-user backend may take to listen on its socket.
     pub backend_listen_timeout: Duration,
     /// Kill the VM's processes when the thread that started them dies (PR_SET_PDEATHSIG). For
     /// tests, so a killed test run leaves no QEMU behind; a daemon that starts VMs from
@@ -83,14 +129,17 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// TCG, our `crosvm` binary at `crosvm` as the vsock backend, one retry of a stalled start.
+    /// TCG, our `crosvm` binary at `crosvm` as the vsock and disk backend, one retry of a
+    /// stalled start.
     pub fn new(crosvm: impl Into<PathBuf>) -> Self {
+        let crosvm = crosvm.into();
         QemuBackend {
             qemu: PathBuf::from("qemu-system-x86_64"),
             accel: Accel::Tcg,
             vsock_backend: VhostUserVsockBackend::Crosvm {
-                binary: crosvm.into(),
+                binary: crosvm.clone(),
             },
+            disk_backend: DiskBackend::Crosvm { binary: crosvm },
             start_attempts: 2,
             backend_listen_timeout: Duration::from_secs(10),
             kill_with_parent_thread: false,
@@ -117,9 +166,8 @@ impl QemuBackend {
         spec.run_dir.join("qmp.sock")
     }
 
-    /// The QEMU arguments for `spec`; `vhost_socket` is the vsock backend's socket when the
-    /// spec has vsock.
-    pub fn qemu_args(&self, spec: &VmSpec, vhost_socket: Option<&Path>) -> Vec<OsString> {
+    /// The QEMU arguments for `spec`, connecting to the vhost-user backends on `sockets`.
+    pub fn qemu_args(&self, spec: &VmSpec, sockets: &VhostUserSockets) -> Vec<OsString> {
         let accel = match self.accel {
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
@@ -170,6 +218,16 @@ impl QemuBackend {
         a.push(qmp);
         a.extend(["-mon", "chardev=qmp,mode=control"].map(OsString::from));
         for (i, disk) in spec.disks.iter().enumerate() {
+            if let Some(Some(socket)) = sockets.disks.get(i) {
+                // Read-only and serial are the backend's: it answers GET_ID and offers RO.
+                let mut chardev = OsString::from(format!("socket,id=blk{i},path="));
+                chardev.push(qemu_escape_commas(socket));
+                a.push("-chardev".into());
+                a.push(chardev);
+                a.push("-device".into());
+                a.push(format!("vhost-user-blk,chardev=blk{i}").into());
+                continue;
+            }
             let mut drive = OsString::from(format!("if=none,id=disk{i},format=raw,file="));
             drive.push(qemu_escape_commas(&disk.path));
             if disk.read_only {
@@ -185,7 +243,7 @@ impl QemuBackend {
             a.push("-device".into());
             a.push(device.into());
         }
-        if let Some(socket) = vhost_socket {
+        if let Some(socket) = &sockets.vsock {
             let mut chardev = OsString::from("socket,id=vsock,path=");
             chardev.push(qemu_escape_commas(socket));
             a.push("-chardev".into());
@@ -268,7 +326,70 @@ impl QemuBackend {
         })
     }
 
-    /// One start attempt: backend, then QEMU, then the first console output.
+    /// Starts one vhost-user backend process and waits until it listens on `socket`.
+    fn start_vhost_user_backend(
+        &self,
+        what: &'static str,
+        binary: &Path,
+        args: &[OsString],
+        socket: &Path,
+        log: &Path,
+    ) -> Result<OwnedChild, HypervisorError> {
+        let resolved = resolve_binary(binary).ok_or_else(|| HypervisorError::BinaryNotFound {
+            what,
+            path: binary.to_path_buf(),
+            hint: " (build it: cargo build -p cros-tools --bin crosvm)",
+        })?;
+        remove_stale_socket(socket)?;
+        let mut backend = self.spawn(what, &resolved, args, log)?;
+        wait_listening(&mut backend, socket, self.backend_listen_timeout)?;
+        Ok(backend)
+    }
+
+    /// Starts the vsock and disk backends `spec` needs, in `helpers`; returns their sockets.
+    fn start_vhost_user_backends(
+        &self,
+        spec: &VmSpec,
+        helpers: &mut Vec<OwnedChild>,
+    ) -> Result<VhostUserSockets, HypervisorError> {
+        let mut sockets = VhostUserSockets::default();
+        if let Some(vsock) = &spec.vsock {
+            let socket = spec.run_dir.join("vhost-user-vsock.sock");
+            remove_stale_socket(&vsock.uds_path)?;
+            let args = self
+                .vsock_backend
+                .args(&socket, &vsock.uds_path, vsock.guest_cid);
+            helpers.push(self.start_vhost_user_backend(
+                "vsock backend",
+                self.vsock_backend.binary(),
+                &args,
+                &socket,
+                &spec.run_dir.join("vsock-backend.log"),
+            )?);
+            sockets.vsock = Some(socket);
+        }
+        for (i, disk) in spec.disks.iter().enumerate() {
+            let binary = match &self.disk_backend {
+                DiskBackend::Crosvm { binary } if !disk.online_resize => binary,
+                _ => {
+                    sockets.disks.push(None);
+                    continue;
+                }
+            };
+            let socket = spec.run_dir.join(format!("vhost-user-blk{i}.sock"));
+            helpers.push(self.start_vhost_user_backend(
+                "disk backend",
+                binary,
+                &DiskBackend::args(&socket, disk),
+                &socket,
+                &spec.run_dir.join(format!("disk{i}-backend.log")),
+            )?);
+            sockets.disks.push(Some(socket));
+        }
+        Ok(sockets)
+    }
+
+    /// One start attempt: backends, then QEMU, then the first console output.
     fn start_once(
         &self,
         spec: &VmSpec,
@@ -276,33 +397,27 @@ impl QemuBackend {
         attempt: u32,
     ) -> Result<VmHandle, HypervisorError> {
         let mut helpers = Vec::new();
-        let mut vhost_socket = None;
-        if let Some(vsock) = &spec.vsock {
-            let backend_bin = resolve_binary(self.vsock_backend.binary()).ok_or_else(|| {
-                HypervisorError::BinaryNotFound {
-                    what: "vsock backend",
-                    path: self.vsock_backend.binary().to_path_buf(),
-                    hint: " (build it: cargo build -p cros-tools --bin crosvm)",
+        let started = self
+            .start_vhost_user_backends(spec, &mut helpers)
+            .and_then(|sockets| {
+                remove_file_if_exists(&spec.console_log)?;
+                remove_stale_socket(&Self::qmp_socket(spec))?;
+                let args = self.qemu_args(spec, &sockets);
+                let log = spec.run_dir.join("qemu.log");
+                tracing::info!(vm = %spec.name, attempt, "starting {} {:?}", qemu.display(), args);
+                self.spawn("QEMU", qemu, &args, &log)
+            });
+        let vmm = match started {
+            Ok(vmm) => vmm,
+            Err(e) => {
+                // No handle owns the backends yet: stop the ones that did start.
+                for mut helper in helpers {
+                    let _ = helper.child.kill();
+                    let _ = helper.child.wait();
                 }
-            })?;
-            let socket = spec.run_dir.join("vhost-user-vsock.sock");
-            remove_stale_socket(&socket)?;
-            remove_stale_socket(&vsock.uds_path)?;
-            let log = spec.run_dir.join("vsock-backend.log");
-            let args = self
-                .vsock_backend
-                .args(&socket, &vsock.uds_path, vsock.guest_cid);
-            let mut backend = self.spawn("vsock backend", &backend_bin, &args, &log)?;
-            wait_listening(&mut backend, &socket, self.backend_listen_timeout)?;
-            helpers.push(backend);
-            vhost_socket = Some(socket);
-        }
-        remove_file_if_exists(&spec.console_log)?;
-        remove_stale_socket(&Self::qmp_socket(spec))?;
-        let args = self.qemu_args(spec, vhost_socket.as_deref());
-        let log = spec.run_dir.join("qemu.log");
-        tracing::info!(vm = %spec.name, attempt, "starting {} {:?}", qemu.display(), args);
-        let vmm = self.spawn("QEMU", qemu, &args, &log)?;
+                return Err(e);
+            }
+        };
         let mut handle = VmHandle::new(vmm, helpers, spec.console_log.clone(), attempt)
             .with_control(VmControl::Qmp {
                 socket: Self::qmp_socket(spec),
@@ -524,15 +639,27 @@ mod tests {
         spec.cmdline = "console=ttyS0 crosd.echo_port=5000".into();
         spec.mem_mib = 256;
         spec.cpus = 3;
-        spec.disks = vec![DiskSpec {
-            path: "/d/a,b.img".into(),
-            read_only: true,
-            serial: Some("crosd-rootfs".into()),
-            online_resize: false,
-        }];
+        spec.disks = vec![
+            DiskSpec {
+                path: "/d/root.img".into(),
+                read_only: true,
+                serial: Some("crosd-rootfs".into()),
+                online_resize: false,
+            },
+            DiskSpec {
+                path: "/d/a,b.img".into(),
+                read_only: true,
+                serial: Some("crosd-stateful".into()),
+                online_resize: true,
+            },
+        ];
         let mut backend = QemuBackend::new("crosvm");
         backend.tcg_tsc_khz = Some(2_596_136);
-        let args = strings(&backend.qemu_args(&spec, Some(Path::new("/run/vm/vu.sock"))));
+        let sockets = VhostUserSockets {
+            vsock: Some("/run/vm/vu.sock".into()),
+            disks: vec![Some("/run/vm/blk,0.sock".into()), None],
+        };
+        let args = strings(&backend.qemu_args(&spec, &sockets));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,accel=tcg,memory-backend=mem"]
@@ -559,6 +686,7 @@ mod tests {
             [
                 "file,id=console,path=/run/vm/console.log",
                 "socket,id=qmp,server=on,wait=off,path=/run/vm/qmp.sock",
+                "socket,id=blk0,path=/run/vm/blk,,0.sock",
                 "socket,id=vsock,path=/run/vm/vu.sock"
             ]
         );
@@ -566,12 +694,14 @@ mod tests {
         assert_eq!(value_after(&args, "-serial"), ["chardev:console"]);
         assert_eq!(
             value_after(&args, "-drive"),
-            ["if=none,id=disk0,format=raw,file=/d/a,,b.img,readonly=on"]
+            ["if=none,id=disk1,format=raw,file=/d/a,,b.img,readonly=on"]
         );
+        // Disks keep their order (the guest's vda, vdb...) whoever serves them.
         assert_eq!(
             value_after(&args, "-device"),
             [
-                "virtio-blk-device,drive=disk0,serial=crosd-rootfs",
+                "vhost-user-blk,chardev=blk0",
+                "virtio-blk-device,drive=disk1,serial=crosd-stateful",
                 "vhost-user-vsock-device,chardev=vsock"
             ]
         );
@@ -583,7 +713,7 @@ mod tests {
         let spec = VmSpec::new("t", "/k/vmlinuz", "/run/vm");
         let mut backend = QemuBackend::new("crosvm");
         backend.accel = Accel::Kvm;
-        let args = strings(&backend.qemu_args(&spec, None));
+        let args = strings(&backend.qemu_args(&spec, &VhostUserSockets::default()));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,accel=kvm,memory-backend=mem"]
@@ -641,6 +771,108 @@ mod tests {
                 "7"
             ]
         );
+    }
+
+    #[test]
+    fn disk_backend_arguments_carry_read_only_and_serial() {
+        let disk = DiskSpec {
+            path: "/d/root.img".into(),
+            read_only: true,
+            serial: Some("crosd-rootfs".into()),
+            online_resize: false,
+        };
+        assert_eq!(
+            strings(&DiskBackend::args(Path::new("/r/b.sock"), &disk)),
+            [
+                "vhost-user-blk",
+                "--socket",
+                "/r/b.sock",
+                "--path",
+                "/d/root.img",
+                "--read-only",
+                "--serial",
+                "crosd-rootfs"
+            ]
+        );
+        let plain = DiskSpec {
+            read_only: false,
+            serial: None,
+            ..disk
+        };
+        assert_eq!(
+            strings(&DiskBackend::args(Path::new("/r/b.sock"), &plain)),
+            [
+                "vhost-user-blk",
+                "--socket",
+                "/r/b.sock",
+                "--path",
+                "/d/root.img"
+            ]
+        );
+    }
+
+    fn executable(path: &Path, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(path, script).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A disk backend that exits at once is reported with its log; QEMU is never started.
+    #[test]
+    fn disk_backend_that_exits_is_reported_and_qemu_not_started() {
+        let (dir, mut spec) = files();
+        let image = dir.path().join("disk.img");
+        fs::write(&image, [0u8; 512]).unwrap();
+        spec.disks = vec![DiskSpec {
+            path: image,
+            read_only: false,
+            serial: None,
+            online_resize: false,
+        }];
+        let script = dir.path().join("fake-crosvm");
+        executable(&script, "#!/bin/sh\necho \"blk: refused $*\" >&2\nexit 3\n");
+        let mut backend = QemuBackend::new(&script);
+        backend.qemu = "/bin/true".into();
+        let err = backend.start(&spec).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                HypervisorError::ExitedEarly {
+                    what: "disk backend",
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("blk: refused vhost-user-blk --socket"),
+            "{msg}"
+        );
+        assert!(!spec.run_dir.join("qemu.log").exists());
+    }
+
+    /// An online-resize disk needs no backend process: with a backend binary that does not
+    /// exist, the start still reaches QEMU (here /bin/true, which exits at once).
+    #[test]
+    fn online_resize_disks_stay_on_qemu() {
+        let (dir, mut spec) = files();
+        let image = dir.path().join("stateful.img");
+        fs::write(&image, [0u8; 512]).unwrap();
+        spec.disks = vec![DiskSpec {
+            path: image,
+            read_only: false,
+            serial: None,
+            online_resize: true,
+        }];
+        let mut backend = QemuBackend::new("/nonexistent/crosvm");
+        backend.qemu = "/bin/true".into();
+        let err = backend.start(&spec).unwrap_err();
+        assert!(
+            matches!(err, HypervisorError::ExitedEarly { what: "QEMU", .. }),
+            "{err}"
+        );
+        assert!(!spec.run_dir.join("disk0-backend.log").exists());
     }
 
     fn files() -> (tempfile::TempDir, VmSpec) {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
 use cros_vmm::devices::vsock::VsockConfig;
+use cros_vmm::vhost_user::blk::BlkConfig;
 
 #[derive(Parser)]
 #[command(
@@ -83,6 +84,46 @@ struct RunArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
     cpus: u8,
     /// Guest RAM in MiB (at least 2). RAM beyond 3.25 GiB is placed above 4 GiB.
+    /// Serve a virtio-blk disk backed by a raw image to a vhost-user frontend (QEMU 7.2 on
+    /// microvm: `-chardev socket,id=blk0,path=SOCK -device vhost-user-blk,chardev=blk0`, with
+    /// a shared memory backend and `-global virtio-mmio.force-legacy=false`).
+    ///
+    /// Requests are served by the same code as `crosvm run --block`: read, write, flush,
+    /// get-id, discard and write-zeroes (hole punching keeps sparse images sparse). The
+    /// capacity is the image's size rounded down to 512-byte sectors, read once at start.
+    /// Prints `listening on SOCK` once QEMU can connect; exits 0 when QEMU disconnects.
+    VhostUserBlk {
+        /// vhost-user socket this backend listens on (QEMU: `-chardev socket,path=...`).
+        /// A stale socket file is replaced; any other existing file is an error.
+        #[arg(long, value_name = "SOCK")]
+        socket: PathBuf,
+        /// The raw disk image to serve (a regular file, opened read-write unless --read-only).
+        #[arg(long, value_name = "IMAGE")]
+        path: PathBuf,
+        /// Serve the image read-only: the guest sees a read-only disk (VIRTIO_BLK_F_RO), and
+        /// writes and discards fail with an I/O error whatever the driver does.
+        #[arg(long)]
+        read_only: bool,
+        /// What the guest reads as the disk's id (/sys/block/vdX/serial,
+        /// /dev/disk/by-id/virtio-SERIAL): 1 to 20 printable ASCII characters. Defaults to the
+        /// image's device and inode numbers.
+        #[arg(long, value_name = "SERIAL")]
+        serial: Option<String>,
+    },
+    /// Tell the VM on control socket CTRL that its disk INDEX (the order of `--block` flags,
+    /// from 0) now has SIZE bytes: the image file must already have been resized (e.g. with
+    /// `truncate -s`). The guest is told through a configuration-change interrupt. Refused for
+    /// a read-only disk, a bad index, or a size that is not a multiple of 512.
+    ResizeDisk {
+        #[arg(value_name = "CTRL")]
+        socket: PathBuf,
+        /// The disk's position among `crosvm run`'s `--block` flags, from 0.
+        #[arg(value_name = "INDEX")]
+        index: u32,
+        /// The new size in bytes (a multiple of 512, at most the image file's size).
+        #[arg(value_name = "SIZE")]
+        size: u64,
+    },
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     mem: u64,
     /// Kernel to boot: an ELF (vmlinux or a freestanding payload) entered in 64-bit mode, or a
@@ -194,6 +235,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 block: args.block,
                 pmem: args.pmem,
+        Command::ResizeDisk {
+            socket,
+            index,
+            size,
+        } => control(&socket, CrosvmRequest::ResizeDisk { index, size }),
                 vsock: args
                     .cid
                     .zip(args.vsock_uds)
@@ -233,3 +279,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
+        Command::VhostUserBlk {
+            socket,
+            path,
+            read_only,
+            serial,
+        } => {
+            let config = BlkConfig {
+                path: path.clone(),
+                read_only,
+                serial,
+            };
+            cros_vmm::vhost_user::blk::serve(&socket, &config, || {
+                println!("listening on {}", socket.display());
+                let _ = std::io::stdout().flush();
+            })
+            .with_context(|| {
+                format!(
+                    "vhost-user-blk (socket {}, image {})",
+                    socket.display(),
+                    path.display()
+                )
+            })
+        }

@@ -1,3 +1,140 @@
 //! vhost-user backends: our devices served to another VMM (QEMU) over the vhost-user protocol.
+//! Every backend listens, serves one frontend connection and cleans up the same way
+//! ([`serve_backend`]); the modules only differ in the device they run.
 
+pub mod blk;
 pub mod vsock;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tracing::info;
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+/// Why a backend could not listen or serve.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("vhost-user socket path {path}: {reason}")]
+    SocketPath { path: PathBuf, reason: String },
+    #[error("cannot listen on vhost-user socket {path}: {reason}")]
+    Listen {
+        path: PathBuf,
+        reason: VhostUserError,
+    },
+    #[error("vhost-user daemon: {0}")]
+    Daemon(String),
+    #[error("registering {what} with the vhost-user event loop: {source}")]
+    RegisterListener {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A file descriptor the backend's worker thread should also wait on, reported to the
+/// backend's `handle_event` as `event`.
+pub struct ExtraListener {
+    pub what: &'static str,
+    pub fd: RawFd,
+    pub event: u16,
+}
+
+/// Serves one vhost-user connection with `backend`: listens on `socket` (calling
+/// `on_listening` once it can accept, so a launcher can start QEMU), serves the frontend until
+/// it disconnects, removes the socket and returns `Ok`.
+pub fn serve_backend<T>(
+    name: &str,
+    socket: &Path,
+    backend: T,
+    extra_listeners: &[ExtraListener],
+    on_listening: impl FnOnce(),
+) -> Result<(), ServeError>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    check_socket_path(socket)?;
+    let mut listener = Listener::new(socket, true).map_err(|reason| ServeError::Listen {
+        path: socket.to_path_buf(),
+        reason,
+    })?;
+    let mut daemon = VhostUserDaemon::new(
+        name.to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    let handlers = daemon.get_epoll_handlers();
+    for h in &handlers {
+        for extra in extra_listeners {
+            h.register_listener(extra.fd, EventSet::IN, u64::from(extra.event))
+                .map_err(|source| ServeError::RegisterListener {
+                    what: extra.what,
+                    source,
+                })?;
+        }
+    }
+    on_listening();
+
+    let started = daemon.start(&mut listener);
+    let result = started.and_then(|()| daemon.wait());
+    for h in &handlers {
+        h.send_exit_event();
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(socket);
+    match result {
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            VhostUserError::Disconnected | VhostUserError::PartialMessage,
+        )) => {
+            info!("{name}: vhost-user frontend disconnected");
+            Ok(())
+        }
+        Err(e) => Err(ServeError::Daemon(e.to_string())),
+    }
+}
+
+/// Refuses paths that would make `Listener::new` delete something that is not a stale socket,
+/// and names a missing parent directory clearly.
+fn check_socket_path(path: &Path) -> Result<(), ServeError> {
+    let err = |reason: String| ServeError::SocketPath {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(err(format!(
+            "directory {} does not exist",
+            parent.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(err("another process is listening on it".into()));
+            }
+            Ok(())
+        }
+        Ok(_) => Err(err("exists and is not a socket".into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// `size` bytes of `config` from `offset`, zero-filled past its end: QEMU asks for its own
+/// idea of the config struct's size, which may be larger than ours.
+fn config_slice(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let mut out = vec![0u8; size as usize];
+    if let Some(src) = config.get(offset as usize..) {
+        let n = src.len().min(out.len());
+        out[..n].copy_from_slice(&src[..n]);
+    }
+    out
+}

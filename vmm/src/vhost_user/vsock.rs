@@ -6,18 +6,18 @@
 //! listener, so host sockets and queues are served by one thread that never blocks on a peer.
 
 use std::io;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use thiserror::Error;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+
+use super::{ExtraListener, ServeError, config_slice, serve_backend};
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
@@ -37,17 +37,8 @@ const MAX_QUEUE_SIZE: usize = 1024;
 pub enum VhostUserVsockError {
     #[error(transparent)]
     Device(#[from] VsockError),
-    #[error("vhost-user socket path {path}: {reason}")]
-    SocketPath { path: PathBuf, reason: String },
-    #[error("cannot listen on vhost-user socket {path}: {reason}")]
-    Listen {
-        path: PathBuf,
-        reason: VhostUserError,
-    },
-    #[error("vhost-user daemon: {0}")]
-    Daemon(String),
-    #[error("registering the host sockets with the vhost-user event loop: {0}")]
-    RegisterHostSockets(io::Error),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
     #[error("creating the exit event: {0}")]
     ExitEvent(io::Error),
 }
@@ -162,16 +153,7 @@ impl VhostUserBackendMut for VhostUserVsockBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let config = self.device.config_space();
-        let start = offset as usize;
-        let end = start.saturating_add(size as usize);
-        match config.get(start..end) {
-            Some(bytes) => bytes.to_vec(),
-            None => {
-                warn!("vhost-user: config read out of range: offset {offset} size {size}");
-                Vec::new()
-            }
-        }
+        config_slice(&self.device.config_space(), offset, size)
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
@@ -224,78 +206,23 @@ pub fn serve(
     config: &VsockConfig,
     on_listening: impl FnOnce(),
 ) -> Result<(), VhostUserVsockError> {
-    check_socket_path(socket)?;
     let backend = Arc::new(RwLock::new(VhostUserVsockBackend::new(config)?));
     let host_fd = backend
         .read()
-        .map_err(|_| VhostUserVsockError::Daemon("backend lock poisoned".into()))?
+        .map_err(|_| ServeError::Daemon("backend lock poisoned".into()))?
         .device
         .host_events_fd();
-
-    let mut listener =
-        Listener::new(socket, true).map_err(|reason| VhostUserVsockError::Listen {
-            path: socket.to_path_buf(),
-            reason,
-        })?;
-    let mut daemon = VhostUserDaemon::new(
-        "vhost-user-vsock".to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| VhostUserVsockError::Daemon(e.to_string()))?;
-    let handlers = daemon.get_epoll_handlers();
-    for h in &handlers {
-        h.register_listener(host_fd, EventSet::IN, u64::from(HOST_SOCKETS_EVENT))
-            .map_err(VhostUserVsockError::RegisterHostSockets)?;
-    }
-    on_listening();
-
-    let started = daemon.start(&mut listener);
-    let result = started.and_then(|()| daemon.wait());
-    for h in &handlers {
-        h.send_exit_event();
-    }
-    drop(listener);
-    let _ = std::fs::remove_file(socket);
-    match result {
-        Ok(()) => {
-            info!("vhost-user frontend disconnected");
-            Ok(())
-        }
-        Err(vhost_user_backend::Error::HandleRequest(
-            VhostUserError::Disconnected | VhostUserError::PartialMessage,
-        )) => {
-            info!("vhost-user frontend disconnected");
-            Ok(())
-        }
-        Err(e) => Err(VhostUserVsockError::Daemon(e.to_string())),
-    }
-}
-
-/// Refuses paths that would make `Listener::new` delete something that is not a stale socket,
-/// and names a missing parent directory clearly.
-fn check_socket_path(path: &Path) -> Result<(), VhostUserVsockError> {
-    let err = |reason: String| VhostUserVsockError::SocketPath {
-        path: path.to_path_buf(),
-        reason,
+    let host_sockets = ExtraListener {
+        what: "the host sockets",
+        fd: host_fd,
+        event: HOST_SOCKETS_EVENT,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
-        return Err(err(format!(
-            "directory {} does not exist",
-            parent.display()
-        )));
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(err("another process is listening on it".into()));
-            }
-            Ok(())
-        }
-        Ok(_) => Err(err("exists and is not a socket".into())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(err(e.to_string())),
-    }
+    serve_backend(
+        "vhost-user-vsock",
+        socket,
+        backend,
+        &[host_sockets],
+        on_listening,
+    )?;
+    Ok(())
 }

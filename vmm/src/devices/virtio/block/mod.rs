@@ -12,20 +12,21 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{ActivateError, DEVICE_ID_BLOCK, VirtioDevice, VirtioInterrupt};
-use request::{Disk, ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_IOERR};
+pub use request::Disk;
+use request::{ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_IOERR};
 
 const QUEUE_SIZE: u16 = 256;
-const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
-const VIRTIO_BLK_F_RO: u64 = 1 << 5;
-const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
-const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
-const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 /// Configuration space (virtio 1.2, 5.2.4): capacity (u64) at 0, size_max at 8, seg_max at 12,
 /// ..., max_discard_sectors at 36, max_discard_seg at 40, discard_sector_alignment at 44,
 /// max_write_zeroes_sectors at 48, max_write_zeroes_seg at 52, write_zeroes_may_unmap at 56.
-const CONFIG_LEN: usize = 60;
+pub const CONFIG_LEN: usize = 60;
 
-/// Errors opening a disk image.
+/// Errors opening, naming or resizing a disk image.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     #[error("cannot open disk image {path}")]
@@ -34,8 +35,144 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("disk image {0} is not a regular file")]
+    NotAFile(PathBuf),
     #[error("disk serial {0:?} is not 1 to 20 printable ASCII characters")]
     Serial(String),
+    #[error("cannot resize a read-only disk")]
+    ResizeReadOnly,
+    #[error("new disk size {0} is not a multiple of {SECTOR_SIZE} bytes")]
+    ResizeUnaligned(u64),
+    #[error(
+        "new disk size {size} is larger than the image file ({file_len} bytes): resize the file first"
+    )]
+    ResizeBeyondFile { size: u64, file_len: u64 },
+    #[error("cannot read the size of the disk image: {0}")]
+    ResizeStat(#[source] std::io::Error),
+}
+
+impl Disk {
+    /// Opens `path` (read-write unless `read_only`). The size is rounded down to whole
+    /// sectors; the id is the file's device and inode, as Firecracker derives it.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file: File = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        // A directory opens read-only, and a block device reports length 0: neither is an
+        // image whose size we can serve.
+        if !meta.is_file() {
+            return Err(BlockError::NotAFile(path.to_owned()));
+        }
+        let mut id = [0u8; ID_BYTES];
+        let text = format!("{}:{}", meta.dev(), meta.ino());
+        let n = text.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&text.as_bytes()[..n]);
+        Ok(Disk {
+            file,
+            capacity_bytes: meta.len() / SECTOR_SIZE * SECTOR_SIZE,
+            read_only,
+            id,
+        })
+    }
+
+    /// Answers GET_ID with `serial` (at most 20 bytes, as virtio-blk's id field; Linux shows
+    /// it as /sys/block/vdX/serial and /dev/disk/by-id/virtio-<serial>).
+    pub fn set_serial(&mut self, serial: &str) -> Result<(), BlockError> {
+        if serial.is_empty()
+            || serial.len() > ID_BYTES
+            || !serial.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(BlockError::Serial(serial.to_owned()));
+        }
+        self.id = [0; ID_BYTES];
+        self.id[..serial.len()].copy_from_slice(serial.as_bytes());
+        Ok(())
+    }
+
+    /// Serves `size` bytes of the image from now on (the caller already resized the file).
+    /// A read-only disk, a size that is not whole sectors, or one past the file's end is
+    /// refused and the capacity stays as it was.
+    pub fn resize(&mut self, size: u64) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ResizeReadOnly);
+        }
+        if !size.is_multiple_of(SECTOR_SIZE) {
+            return Err(BlockError::ResizeUnaligned(size));
+        }
+        let file_len = self.file.metadata().map_err(BlockError::ResizeStat)?.len();
+        if size > file_len {
+            return Err(BlockError::ResizeBeyondFile { size, file_len });
+        }
+        self.capacity_bytes = size;
+        Ok(())
+    }
+}
+
+/// The feature bits a disk offers (the transport adds VERSION_1, vhost-user its own bits).
+pub fn features(read_only: bool) -> u64 {
+    let by_mode = if read_only {
+        VIRTIO_BLK_F_RO
+    } else {
+        VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
+    };
+    VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | by_mode
+}
+
+/// The configuration space of `disk` for a queue of `queue_size` descriptors.
+pub fn config_space(disk: &Disk, queue_size: u16) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
+    c[..8].copy_from_slice(&(disk.capacity_bytes / SECTOR_SIZE).to_le_bytes());
+    // One descriptor each for header and status; the rest may carry data (no indirect
+    // descriptors are offered, so a request must fit the ring).
+    c[12..16].copy_from_slice(&u32::from(queue_size.saturating_sub(2)).to_le_bytes());
+    c[36..40].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
+    c[40..44].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
+    c[44..48].copy_from_slice(&1u32.to_le_bytes());
+    c[48..52].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
+    c[52..56].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
+    c[56] = 1;
+    c
+}
+
+/// Serves every request the driver made available on `queue`: parse, execute, write the
+/// status, return the chain. Malformed chains get IOERR, or are returned unused when they have
+/// no status byte. Returns whether any chain was returned (the caller decides, with
+/// `needs_notification`, whether to interrupt). Shared by our MMIO device and the vhost-user
+/// backend.
+pub fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, disk: &Disk) -> bool {
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let descs: Vec<_> = chain.take(MAX_DESCRIPTORS).collect();
+        let write_status = |addr, status: u8| u32::from(mem.write_obj(status, addr).is_ok());
+        let used_len = match request::parse(mem, &descs) {
+            Ok(req) => {
+                let (status, written) = request::execute(mem, disk, &req);
+                written + write_status(req.status_addr, status)
+            }
+            Err(ParseError::BadHeader(status_addr)) => {
+                tracing::debug!(head, "virtio-blk: malformed request header");
+                write_status(status_addr, VIRTIO_BLK_S_IOERR)
+            }
+            Err(ParseError::NoStatus) => {
+                tracing::debug!(head, "virtio-blk: request without a status byte dropped");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, used_len) {
+            tracing::warn!("virtio-blk: cannot return request {head}: {e}");
+            break;
+        }
+        used_any = true;
+    }
+    used_any
 }
 
 /// A virtio-blk device.
@@ -52,95 +189,34 @@ struct Active {
 }
 
 impl Block {
-    /// Opens `path` (read-write unless `read_only`). The size is rounded down to whole
-    /// sectors; the id is the file's device and inode, as Firecracker derives it.
+    /// Opens `path` as [`Disk::open`] does.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        let open_err = |source| BlockError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let file: File = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(open_err)?;
-        let meta = file.metadata().map_err(open_err)?;
-        let mut id = [0u8; ID_BYTES];
-        let text = format!("{}:{}", meta.dev(), meta.ino());
-        let n = text.len().min(ID_BYTES);
-        id[..n].copy_from_slice(&text.as_bytes()[..n]);
         Ok(Self {
-            disk: Disk {
-                file,
-                capacity_bytes: meta.len() / SECTOR_SIZE * SECTOR_SIZE,
-                read_only,
-                id,
-            },
+            disk: Disk::open(path, read_only)?,
             acked_features: 0,
             active: None,
         })
     }
 
-    /// Answers GET_ID with `serial` (at most 20 bytes, as virtio-blk's id field; Linux shows
-    /// it as /sys/block/vdX/serial and /dev/disk/by-id/virtio-<serial>).
+    /// Answers GET_ID with `serial`, as [`Disk::set_serial`] checks it.
     pub fn with_serial(mut self, serial: &str) -> Result<Self, BlockError> {
-        if serial.is_empty()
-            || serial.len() > ID_BYTES
-            || !serial.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(BlockError::Serial(serial.to_owned()));
-        }
-        self.disk.id = [0; ID_BYTES];
-        self.disk.id[..serial.len()].copy_from_slice(serial.as_bytes());
+        self.disk.set_serial(serial)?;
         Ok(self)
     }
 
+    /// Serves `size` bytes from now on ([`Disk::resize`]); the transport must then bump its
+    /// config generation and raise the configuration-change interrupt.
+    pub fn resize(&mut self, size: u64) -> Result<(), BlockError> {
+        self.disk.resize(size)
+    }
+
+    /// The capacity the guest reads, in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.disk.capacity_bytes
+    }
+
     fn config(&self) -> [u8; CONFIG_LEN] {
-        let mut c = [0u8; CONFIG_LEN];
-        c[..8].copy_from_slice(&(self.disk.capacity_bytes / SECTOR_SIZE).to_le_bytes());
-        // One descriptor each for header and status; the rest may carry data.
-        c[12..16].copy_from_slice(&u32::from(QUEUE_SIZE - 2).to_le_bytes());
-        c[36..40].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
-        c[40..44].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
-        c[44..48].copy_from_slice(&1u32.to_le_bytes());
-        c[48..52].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
-        c[52..56].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
-        c[56] = 1;
-        c
-    }
-}
-
-impl Active {
-    fn process_queue(&mut self, disk: &Disk) -> bool {
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let descs: Vec<_> = chain.take(MAX_DESCRIPTORS).collect();
-            let used_len = match request::parse(&self.mem, &descs) {
-                Ok(req) => {
-                    let (status, written) = request::execute(&self.mem, disk, &req);
-                    written + u32::from(self.write_status(req.status_addr, status))
-                }
-                Err(ParseError::BadHeader(status_addr)) => {
-                    tracing::debug!(head, "virtio-blk: malformed request header");
-                    u32::from(self.write_status(status_addr, VIRTIO_BLK_S_IOERR))
-                }
-                Err(ParseError::NoStatus) => {
-                    tracing::debug!(head, "virtio-blk: request without a status byte dropped");
-                    0
-                }
-            };
-            if let Err(e) = self.queue.add_used(&self.mem, head, used_len) {
-                tracing::warn!("virtio-blk: cannot return request {head}: {e}");
-                break;
-            }
-            used_any = true;
-        }
-        used_any && self.queue.needs_notification(&self.mem).unwrap_or(true)
-    }
-
-    fn write_status(&self, addr: vm_memory::GuestAddress, status: u8) -> bool {
-        self.mem.write_obj(status, addr).is_ok()
+        config_space(&self.disk, QUEUE_SIZE)
     }
 }
 
@@ -154,12 +230,7 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        let by_mode = if self.disk.read_only {
-            VIRTIO_BLK_F_RO
-        } else {
-            VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
-        };
-        VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | by_mode
+        features(self.disk.read_only)
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -203,7 +274,8 @@ impl VirtioDevice for Block {
             return;
         };
         if index == 0
-            && active.process_queue(&self.disk)
+            && process_queue(&active.mem, &mut active.queue, &self.disk)
+            && active.queue.needs_notification(&active.mem).unwrap_or(true)
             && let Err(e) = active.interrupt.signal_used_queue()
         {
             tracing::warn!("virtio-blk: cannot raise the interrupt: {e}");
@@ -421,6 +493,46 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn resize_serves_the_new_size_and_refuses_bad_sizes() {
+        let mut h = harness(4, false);
+        h.file.as_file().set_len(8 * 512).unwrap();
+        // Past the old end: refused until the device is told about the new size.
+        h.header(VIRTIO_BLK_T_IN, 6);
+        h.submit(&[HDR, (0x20000, 512, F_WRITE), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_IOERR);
+        h.dev.resize(8 * 512).unwrap();
+        let mut cap = [0u8; 8];
+        h.dev.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        h.submit(&[HDR, (0x20000, 512, F_WRITE), STATUS]);
+        assert_eq!(h.status(), VIRTIO_BLK_S_OK);
+        // Unaligned, past the file's end, read-only: refused, capacity unchanged.
+        assert!(matches!(
+            h.dev.resize(8 * 512 + 1),
+            Err(BlockError::ResizeUnaligned(_))
+        ));
+        assert!(matches!(
+            h.dev.resize(16 * 512),
+            Err(BlockError::ResizeBeyondFile { .. })
+        ));
+        assert_eq!(h.dev.capacity_bytes(), 8 * 512);
+        let mut ro = harness(4, true);
+        assert!(matches!(
+            ro.dev.resize(2 * 512),
+            Err(BlockError::ResizeReadOnly)
+        ));
+        assert_eq!(ro.dev.capacity_bytes(), 4 * 512);
+    }
+
+    #[test]
+    fn a_directory_is_not_a_disk_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Block::open(dir.path(), true).err().unwrap();
+        assert!(matches!(err, BlockError::NotAFile(_)), "{err}");
+        assert!(err.to_string().contains(&dir.path().display().to_string()));
     }
 
     #[test]
