@@ -30,6 +30,7 @@ use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialD
 use crate::devices::virtio::VirtioInterrupt;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{self, MMIO_WINDOW_SIZE, MmioTransport};
+use crate::devices::virtio::block::resize::BlockDevices;
 use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem, PmemError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock_mmio::VsockMmio;
@@ -39,7 +40,6 @@ use crate::loader::{self, LoaderError};
 use crate::memory::{self, MMIO_HOLE_START, MemoryError};
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuBuses, VcpuEvent};
-use cros_messages::CrosError;
 use cros_messages::crosvm::{CrosvmReply, CrosvmRequest, VmRunState};
 use seccompiler::BpfProgram;
 
@@ -278,15 +278,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     let mut windows = Vec::new();
     let mut devices: Vec<(&str, SharedVirtioDevice)> = Vec::new();
     for disk in &config.block {
-        devices.push((
-            "blk",
-            Arc::new(Mutex::new(match &disk.serial {
-                Some(serial) => Block::open(&disk.path, disk.read_only)?.with_serial(serial)?,
-                None => Block::open(&disk.path, disk.read_only)?,
-            })),
-        ));
+        let block = Arc::new(Mutex::new(match &disk.serial {
+            Some(serial) => Block::open(&disk.path, disk.read_only)?.with_serial(serial)?,
+            None => Block::open(&disk.path, disk.read_only)?,
+        }));
+        block_devices.push(block.clone());
+        devices.push(("blk", block));
     }
     // pmem images go above RAM (and above 4 GiB), each in its own KVM memory slot.
+    // Disks come first, so device i < block_devices.len() is disk i (for ResizeDisk).
+    let mut block_devices = Vec::new();
     let mut pmem_maps = Vec::new();
     let ram_top = mem.last_addr().0 + 1;
     let mut pmem_addr = ram_top
@@ -296,6 +297,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         let (device, map) = Pmem::open(&image.path, image.read_only, pmem_addr)?;
         let region = kvm_userspace_memory_region {
             slot: (mem.num_regions() + i) as u32,
+    let mut disks = BlockDevices::default();
             guest_phys_addr: pmem_addr,
             memory_size: map.size,
             userspace_addr: map.host_addr,
@@ -353,7 +355,11 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
             )
             .map_err(io_err("cannot start a virtio device thread"))?,
         );
-        mmio_bus.insert(Arc::new(Mutex::new(transport)), info.base, info.len)?;
+        let transport = Arc::new(Mutex::new(transport));
+        if let Some(block) = block_devices.get(i) {
+            disks.push(block.clone(), transport.clone());
+        }
+        mmio_bus.insert(transport, info.base, info.len)?;
         windows.push(info);
     }
 
@@ -585,8 +591,8 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
                         let _ = reply.send(Ok(CrosvmReply::Ack {}));
                         break Ok(VmExit::Stopped);
                     }
-                    CrosvmRequest::ResizeDisk { .. } => {
-                        Err(CrosError::unsupported("crosvm cannot resize disks yet"))
+                    CrosvmRequest::ResizeDisk { index, size } => {
+                        disks.resize(index, size).map(|()| CrosvmReply::Ack {})
                     }
                 };
                 let _ = reply.send(answer);

@@ -447,7 +447,8 @@ fn control_socket_status_pause_resume_stop() {
         },
     ) {
         Err(ControlError::Refused(e)) => {
-            assert_eq!(e.kind, cros_messages::ErrorKind::Unsupported)
+            assert_eq!(e.kind, cros_messages::ErrorKind::NotFound);
+            assert!(e.message.contains("no disk 0: the VM has 0"), "{e:?}");
         }
         other => panic!("resize answered {other:?}"),
     }

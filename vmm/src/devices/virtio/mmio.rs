@@ -116,6 +116,14 @@ impl MmioTransport {
         self.device.clone()
     }
 
+    /// Tells the driver the device's configuration changed (e.g. a disk's capacity): a new
+    /// ConfigGeneration, so a driver reading the config across the change reads it again, and
+    /// the configuration-change interrupt (InterruptStatus bit 1).
+    pub fn notify_config_change(&mut self) -> std::io::Result<()> {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt.signal_config_change()
+    }
+
     /// The device status register as the driver last set it (or the transport failed it).
     pub fn status(&self) -> u32 {
         self.status

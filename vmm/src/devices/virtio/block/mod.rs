@@ -3,6 +3,7 @@
 //! offers VIRTIO_BLK_F_RO and fails every write with IOERR whatever the driver negotiated.
 
 pub mod request;
+pub mod resize;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
