@@ -174,6 +174,7 @@ fn run_help_documents_every_flag() {
         "--vsock-uds",
         "--socket",
         "--no-seccomp",
+        "--stop-timeout",
     ] {
         let line = help
             .lines()
@@ -210,20 +211,21 @@ fn probe_says_whether_a_stock_kernel_can_boot() {
     }
 }
 
-#[test]
-fn status_and_stop_through_the_control_socket() {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let payload = build_payload(dir.path(), "spin");
-    let ctrl = dir.path().join("ctrl.sock");
-    let log = dir.path().join("serial.log");
-    let mut vm = Command::new(CROSVM)
+/// Starts `crosvm run` on `payload` with a control socket (and `extra` flags), its stderr
+/// piped, and waits until the guest has printed "ready".
+fn start_with_control(dir: &Path, payload: &str, extra: &[&str]) -> (std::process::Child, PathBuf) {
+    let payload = build_payload(dir, payload);
+    let ctrl = dir.join("ctrl.sock");
+    let log = dir.join("serial.log");
+    let vm = Command::new(CROSVM)
         .args(["run", "--mem", "32", "--kernel"])
         .arg(&payload)
         .arg("--socket")
         .arg(&ctrl)
         .arg("--serial-log")
         .arg(&log)
+        .args(extra)
+        .stderr(Stdio::piped())
         .spawn()
         .expect("cannot start crosvm run");
     // A hang guard, not a timing assertion.
@@ -232,6 +234,16 @@ fn status_and_stop_through_the_control_socket() {
         assert!(std::time::Instant::now() < deadline, "VM never got ready");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    (vm, ctrl)
+}
+
+/// `crosvm stop` presses the power button and returns only once the VMM has exited; the
+/// payload powered off on its own, so the VMM exits 0 and says so.
+#[test]
+fn status_and_stop_through_the_control_socket() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vm, ctrl) = start_with_control(dir.path(), "power_button", &[]);
     let ctrl = ctrl.to_str().unwrap();
     let out = crosvm(&["status", ctrl]);
     assert!(
@@ -250,11 +262,63 @@ fn status_and_stop_through_the_control_socket() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(vm.wait().unwrap().success());
+    let status = vm.try_wait().unwrap();
+    assert!(
+        status.is_some(),
+        "crosvm stop returned before the VMM exited"
+    );
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("shut down in answer to the power button"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
+        "ready\npower button pressed\n"
+    );
     // Nothing listens any more: a clear error naming the socket.
     let out = crosvm(&["status", ctrl]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(ctrl));
+}
+
+/// A guest that ignores the power button is forced off after --stop-timeout: `crosvm stop`
+/// still returns once the VMM has gone, and the VMM exits 3 saying it forced the stop.
+#[test]
+fn stop_forces_a_guest_that_ignores_the_power_button_and_exits_3() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut vm, ctrl) = start_with_control(dir.path(), "spin", &["--stop-timeout", "1"]);
+    let out = crosvm(&["stop", ctrl.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        vm.try_wait().unwrap().is_some(),
+        "crosvm stop returned before the VMM exited"
+    );
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("VM ended: forced off"), "{stderr}");
+}
+
+/// `crosvm stop` on a socket nobody serves names the socket.
+#[test]
+fn stop_without_a_vmm_names_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctrl = dir.path().join("nobody.sock");
+    let out = crosvm(&["stop", ctrl.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(ctrl.to_str().unwrap()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -263,7 +327,8 @@ fn crosvm_backend_starts_a_vm_and_the_control_socket_stops_it() {
     use cros_messages::crosvm::CrosvmRequest;
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
-    let kernel = build_payload(dir.path(), "spin");
+    // The payload powers off when the stop below presses its power button.
+    let kernel = build_payload(dir.path(), "power_button");
     let disk = dir.path().join("disk.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let mut spec = VmSpec::new("payload", &kernel, dir.path().join("run"));

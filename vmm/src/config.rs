@@ -4,14 +4,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::devices::vsock::VsockConfig;
 use crate::run::VmmError;
 
 /// First interrupt line for virtio-mmio devices (below: legacy ISA devices we emulate).
 pub const VIRTIO_IRQ_BASE: u32 = 5;
-/// The IOAPIC has 24 pins.
-const IRQ_MAX: u32 = 23;
+/// The IOAPIC has 24 pins; the last one is the ACPI GED's, virtio devices get the ones below.
+const IRQ_MAX: u32 = crate::devices::legacy::ged::GED_IRQ - 1;
+/// How long a Stop request waits for the guest to power off after the power button, unless
+/// `crosvm run --stop-timeout` says otherwise.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest vCPU count: APIC ids fit the MADT's 8-bit fields and the boot CPUID.
 pub const MAX_VCPUS: u8 = 254;
 
@@ -108,6 +112,9 @@ pub struct VmConfig {
     pub serial_input: bool,
     /// Where to listen for control requests (`crosvm stop|pause|resume|status`).
     pub control_socket: Option<PathBuf>,
+    /// How long a Stop request waits, after pressing the ACPI power button, for the guest to
+    /// power off on its own before the VMM ends it (zero: end it at once).
+    pub stop_timeout: Duration,
 }
 
 impl VmConfig {

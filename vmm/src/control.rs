@@ -11,6 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
 use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
@@ -56,6 +57,14 @@ pub enum ControlError {
     Unexpected(String),
     #[error("control socket")]
     Io(#[from] std::io::Error),
+    #[error("cannot tell which process serves control socket {path}")]
+    PeerProcess {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the VMM (pid {pid}) accepted the stop but was still running {waited:?} later")]
+    StillRunning { pid: u32, waited: Duration },
 }
 
 /// The listening control socket and its thread.
@@ -196,12 +205,120 @@ fn serve_client(
 
 /// Sends one request to the VMM listening on `path` and returns its reply.
 pub fn send_request(path: &Path, request: CrosvmRequest) -> Result<CrosvmReply, ControlError> {
-    let mut stream = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+    let mut stream = connect(path)?;
+    request_on(&mut stream, request)
+}
+
+/// Asks the VMM on `path` to stop and waits, up to `timeout`, until its process has exited.
+/// The VMM answers the request at once and then gives the guest its stop timeout to power
+/// off (`crosvm run --stop-timeout`), so `timeout` should be longer than that.
+pub fn stop_and_wait(path: &Path, timeout: Duration) -> Result<(), ControlError> {
+    let mut stream = connect(path)?;
+    let peer = |source| ControlError::PeerProcess {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let pid = peer_pid(&stream).map_err(peer)?;
+    // Opened before the request, while the VMM is certainly alive: a pidfd names this
+    // process even if its pid is reused after it exits.
+    let exited = (pid != std::process::id())
+        .then(|| PidFd::open(pid))
+        .transpose()
+        .map_err(peer)?;
+    request_on(&mut stream, CrosvmRequest::Stop {})?;
+    drop(stream);
+    if let Some(exited) = exited {
+        let start = Instant::now();
+        if !exited.wait(timeout).map_err(peer)? {
+            return Err(ControlError::StillRunning {
+                pid,
+                waited: start.elapsed(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn connect(path: &Path) -> Result<UnixStream, ControlError> {
+    UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The pid of the process at the other end of `stream` (SO_PEERCRED).
+fn peer_pid(stream: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    u32::try_from(cred.pid).map_err(|_| std::io::Error::other("no peer process"))
+}
+
+/// A process descriptor (pidfd_open): readable once the process has exited.
+struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    fn open(pid: u32) -> std::io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        Ok(Self(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as std::os::fd::RawFd)
+        }))
+    }
+
+    /// Waits up to `timeout` for the process to exit; true when it has.
+    fn wait(&self, timeout: Duration) -> std::io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut fd, 1, ms) } {
+                n if n > 0 => return Ok(true),
+                0 if left.is_zero() => return Ok(false),
+                0 => {}
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn request_on(
+    stream: &mut UnixStream,
+    request: CrosvmRequest,
+) -> Result<CrosvmReply, ControlError> {
     let me = Addr::client(u64::from(std::process::id()));
-    handshake(&mut stream, &me)?;
+    handshake(stream, &me)?;
     let envelope = Envelope::new(
         1,
         u64::from(std::process::id()),
@@ -209,9 +326,9 @@ pub fn send_request(path: &Path, request: CrosvmRequest) -> Result<CrosvmReply, 
         vmm_addr(),
         Body::Crosvm(request),
     );
-    write_message(&mut stream, &envelope, MAX_CONTROL_FRAME)?;
+    write_message(stream, &envelope, MAX_CONTROL_FRAME)?;
     stream.flush()?;
-    let reply: Envelope = read_message(&mut stream, MAX_CONTROL_FRAME)?;
+    let reply: Envelope = read_message(stream, MAX_CONTROL_FRAME)?;
     match reply.body {
         Body::CrosvmReply(r) => Ok(r),
         Body::Error(e) => Err(ControlError::Refused(e)),

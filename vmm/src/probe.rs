@@ -141,6 +141,7 @@ pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
         seccomp: true,
         serial_input: false,
         control_socket: None,
+        stop_timeout: crate::config::DEFAULT_STOP_TIMEOUT,
     };
     let result = run(&config);
     let output = serial.lock().unwrap_or_else(|p| p.into_inner()).clone();

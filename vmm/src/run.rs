@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use kvm_bindings::{
     KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
@@ -25,12 +26,13 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::legacy::console::forward_stdin;
+use crate::devices::legacy::ged::{GED_IRQ, GED_PORT, GED_PORT_LEN, Ged, GedEvent};
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
 use crate::devices::virtio::VirtioInterrupt;
+use crate::devices::virtio::block::resize::BlockDevices;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{self, MMIO_WINDOW_SIZE, MmioTransport};
-use crate::devices::virtio::block::resize::BlockDevices;
 use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem, PmemError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock_mmio::VsockMmio;
@@ -52,10 +54,12 @@ pub enum VmExit {
     /// The guest reset the machine: the i8042 pulse-reset command (Linux `reboot=k`, our
     /// payloads) or the ACPI reset register (Linux `reboot`).
     GuestReset,
-    /// The guest entered ACPI S5 through the sleep control register (Linux `poweroff`).
+    /// The guest entered ACPI S5 through the sleep control register (Linux `poweroff`): on
+    /// its own, or in answer to the power button a Stop request pressed.
     GuestPowerOff,
-    /// A Stop request on the control socket ended the VM.
-    Stopped,
+    /// A Stop request pressed the power button and the guest did not power off (or reset)
+    /// within the stop timeout, so the VMM ended it.
+    StopForced,
 }
 
 /// Errors building or running a VM.
@@ -272,11 +276,19 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         ACPI_PM_PORT,
         ACPI_PM_PORT_LEN,
     )?;
+    // The ACPI Generic Event Device: how a Stop request presses the guest's power button.
+    let ged_evt = EventFd::new(0).map_err(io_err("cannot create the GED irqfd"))?;
+    vm.register_irqfd(&ged_evt, GED_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (GED)"))?;
+    let ged = Arc::new(Mutex::new(Ged::new(EventFdTrigger(ged_evt))));
+    io_bus.insert(ged.clone(), GED_PORT, GED_PORT_LEN)?;
 
     // virtio-mmio devices, one window and one interrupt line each.
     let mut mmio_bus = Bus::new();
     let mut windows = Vec::new();
     let mut devices: Vec<(&str, SharedVirtioDevice)> = Vec::new();
+    // Disks come first, so device i < block_devices.len() is disk i (for ResizeDisk).
+    let mut block_devices = Vec::new();
     for disk in &config.block {
         let block = Arc::new(Mutex::new(match &disk.serial {
             Some(serial) => Block::open(&disk.path, disk.read_only)?.with_serial(serial)?,
@@ -285,9 +297,8 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         block_devices.push(block.clone());
         devices.push(("blk", block));
     }
+    let mut disks = BlockDevices::default();
     // pmem images go above RAM (and above 4 GiB), each in its own KVM memory slot.
-    // Disks come first, so device i < block_devices.len() is disk i (for ResizeDisk).
-    let mut block_devices = Vec::new();
     let mut pmem_maps = Vec::new();
     let ram_top = mem.last_addr().0 + 1;
     let mut pmem_addr = ram_top
@@ -297,7 +308,6 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         let (device, map) = Pmem::open(&image.path, image.read_only, pmem_addr)?;
         let region = kvm_userspace_memory_region {
             slot: (mem.num_regions() + i) as u32,
-    let mut disks = BlockDevices::default();
             guest_phys_addr: pmem_addr,
             memory_size: map.size,
             userspace_addr: map.host_addr,
@@ -549,8 +559,37 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         vcpus: u32::from(config.cpus),
         memory_mib: u32::try_from(config.mem_mib).unwrap_or(u32::MAX),
     };
+    // Set by the first Stop request: when the power button was pressed, and when the guest's
+    // time to power off runs out.
+    let mut stopping: Option<(Instant, Instant)> = None;
     let outcome = loop {
-        match events_rx.recv() {
+        let event = match stopping {
+            None => events_rx
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some((_, deadline)) => {
+                events_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        let event = match event {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    timeout_ms = config.stop_timeout.as_millis() as u64,
+                    "the guest did not power off within the stop timeout after the power \
+                     button; forcing the VM off"
+                );
+                break Ok(VmExit::StopForced);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(mpsc::RecvError),
+            Ok(event) => Ok(event),
+        };
+        if let (Some((pressed, _)), Ok(Event::Reset | Event::PowerOff)) = (stopping, &event) {
+            tracing::info!(
+                after_ms = pressed.elapsed().as_millis() as u64,
+                "the guest shut down in answer to the power button"
+            );
+        }
+        match event {
             Ok(Event::Reset) => break Ok(VmExit::GuestReset),
             Ok(Event::PowerOff) => break Ok(VmExit::GuestPowerOff),
             Ok(Event::Vcpu(VcpuEvent::TripleFault { cpu, rip })) => {
@@ -587,9 +626,34 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
                         Ok(CrosvmReply::Ack {})
                     }
                     CrosvmRequest::Stop {} => {
-                        // No ACPI power button yet: the stop is immediate.
+                        // Answered at once: `crosvm stop` waits for the process to exit, and
+                        // the control socket stays up for status requests meanwhile.
                         let _ = reply.send(Ok(CrosvmReply::Ack {}));
-                        break Ok(VmExit::Stopped);
+                        if stopping.is_some() {
+                            continue;
+                        }
+                        if config.stop_timeout.is_zero() {
+                            tracing::info!(
+                                "stop requested with no stop timeout: forcing the VM off"
+                            );
+                            break Ok(VmExit::StopForced);
+                        }
+                        // A paused guest could not answer the power button.
+                        pause.resume();
+                        let pressed = Instant::now();
+                        match press_power_button(&ged) {
+                            Ok(()) => tracing::info!(
+                                timeout_ms = config.stop_timeout.as_millis() as u64,
+                                "stop requested: pressed the ACPI power button, waiting for \
+                                 the guest to power off"
+                            ),
+                            Err(e) => {
+                                tracing::error!("{e}; forcing the VM off");
+                                break Ok(VmExit::StopForced);
+                            }
+                        }
+                        stopping = Some((pressed, pressed + config.stop_timeout));
+                        continue;
                     }
                     CrosvmRequest::ResizeDisk { index, size } => {
                         disks.resize(index, size).map(|()| CrosvmReply::Ack {})
@@ -633,6 +697,13 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     drop(mem);
     drop(pmem_maps);
     outcome
+}
+
+/// Signals the power button through the GED (its interrupt wakes the guest).
+fn press_power_button(ged: &Mutex<Ged>) -> Result<(), crate::devices::legacy::ged::GedError> {
+    ged.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .notify(GedEvent::PowerButton)
 }
 
 /// Starts a thread that sends `event` once `evt` is signalled (unless the VM is stopping).

@@ -66,6 +66,7 @@ fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
         seccomp: true,
         serial_input: false,
         control_socket: None,
+        stop_timeout: cros_vmm::config::DEFAULT_STOP_TIMEOUT,
     }
 }
 
@@ -407,6 +408,8 @@ fn control_socket_status_pause_resume_stop() {
     let mut cfg = config(build_payload(dir.path(), "spin"), &log);
     cfg.cpus = 2;
     cfg.control_socket = Some(ctrl.clone());
+    // spin ignores the power button: the stop below is forced after this.
+    cfg.stop_timeout = std::time::Duration::from_millis(200);
     let vm = std::thread::spawn(move || run(&cfg));
     wait_until("the guest to print ready", || {
         std::fs::read_to_string(&log).is_ok_and(|s| s == "ready\n")
@@ -446,6 +449,7 @@ fn control_socket_status_pause_resume_stop() {
             size: 1 << 30,
         },
     ) {
+        // This VM has no disks.
         Err(ControlError::Refused(e)) => {
             assert_eq!(e.kind, cros_messages::ErrorKind::NotFound);
             assert!(e.message.contains("no disk 0: the VM has 0"), "{e:?}");
@@ -458,7 +462,7 @@ fn control_socket_status_pause_resume_stop() {
         send_request(&ctrl, CrosvmRequest::Stop {}).unwrap(),
         CrosvmReply::Ack {}
     );
-    assert_eq!(vm.join().unwrap().unwrap(), VmExit::Stopped);
+    assert_eq!(vm.join().unwrap().unwrap(), VmExit::StopForced);
     assert!(!ctrl.exists(), "the socket is removed when the VM ends");
 }
 
@@ -580,13 +584,14 @@ fn vsock_device_is_probed_in_its_window_and_listens_on_the_host_socket() {
     let mut cfg = config(build_payload(dir.path(), "spin"), &log);
     cfg.vsock = Some(vsock);
     cfg.control_socket = Some(ctrl.clone());
+    cfg.stop_timeout = std::time::Duration::ZERO;
     let vm = std::thread::spawn(move || run(&cfg));
     wait_until("the control socket", || ctrl.exists());
     wait_until("the vsock host socket", || {
         std::os::unix::net::UnixStream::connect(&uds).is_ok()
     });
     cros_vmm::control::send_request(&ctrl, CrosvmRequest::Stop {}).unwrap();
-    assert_eq!(vm.join().unwrap().unwrap(), VmExit::Stopped);
+    assert_eq!(vm.join().unwrap().unwrap(), VmExit::StopForced);
 }
 
 #[test]
@@ -602,4 +607,67 @@ fn acpi_sleep_control_powers_off_and_reset_register_resets() {
     cfg.params = "reset".into();
     assert_eq!(run(&cfg).unwrap(), VmExit::GuestReset);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "A\nA\n");
+}
+
+/// Starts `payload` with a control socket and `stop_timeout`, waits for "ready" on its serial
+/// port, sends Stop, and returns how the VM ended, its serial output and how long after the
+/// Stop request the VM ended.
+fn stop_payload(
+    payload: &str,
+    stop_timeout: std::time::Duration,
+) -> (VmExit, String, std::time::Duration) {
+    use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let ctrl = dir.path().join("ctrl.sock");
+    let mut cfg = config(build_payload(dir.path(), payload), &log);
+    cfg.control_socket = Some(ctrl.clone());
+    cfg.stop_timeout = stop_timeout;
+    let vm = std::thread::spawn(move || run(&cfg));
+    wait_until("the guest to print ready", || {
+        std::fs::read_to_string(&log).is_ok_and(|s| s.starts_with("ready\n"))
+    });
+    wait_until("the control socket", || ctrl.exists());
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        cros_vmm::control::send_request(&ctrl, CrosvmRequest::Stop {}).unwrap(),
+        CrosvmReply::Ack {}
+    );
+    let exit = vm.join().unwrap().unwrap();
+    let took = asked.elapsed();
+    (exit, std::fs::read_to_string(&log).unwrap(), took)
+}
+
+/// Stop presses the ACPI power button: the payload sees the GED event, says so and powers off
+/// through S5 on its own, so the VM ends as a guest power-off, not a forced stop.
+#[test]
+fn stop_presses_the_power_button_and_the_guest_powers_off() {
+    let (exit, serial, took) = stop_payload("power_button", std::time::Duration::from_secs(60));
+    assert_eq!(exit, VmExit::GuestPowerOff, "{serial}");
+    assert_eq!(serial, "ready\npower button pressed\n");
+    eprintln!("stop request to guest power-off: {took:?}");
+}
+
+/// A guest that ignores the power button is forced off once the stop timeout has passed.
+#[test]
+fn guest_that_ignores_the_power_button_is_forced_off_after_the_stop_timeout() {
+    let timeout = std::time::Duration::from_millis(300);
+    let (exit, serial, took) = stop_payload("spin", timeout);
+    assert_eq!(exit, VmExit::StopForced);
+    assert_eq!(serial, "ready\n");
+    assert!(
+        took >= timeout,
+        "forced after {took:?}, before the {timeout:?} timeout"
+    );
+    eprintln!("stop request to forced stop with a {timeout:?} timeout: {took:?}");
+}
+
+/// A stop timeout of zero does not press the button: the VM is forced off at once, and the
+/// payload that would have powered off never saw an event.
+#[test]
+fn zero_stop_timeout_forces_the_vm_off_at_once() {
+    let (exit, serial, _) = stop_payload("power_button", std::time::Duration::ZERO);
+    assert_eq!(exit, VmExit::StopForced);
+    assert_eq!(serial, "ready\n");
 }

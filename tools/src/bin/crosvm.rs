@@ -25,7 +25,11 @@ struct Cli {
 enum Command {
     /// Run a VM on KVM: load a kernel (ELF or bzImage), describe the devices in ACPI, run the
     /// vCPUs until the guest powers off (ACPI S5: Linux `poweroff`) or resets (ACPI reset
-    /// register or i8042: Linux `reboot`), or a stop request arrives; then exit 0.
+    /// register or i8042: Linux `reboot`); then exit 0.
+    ///
+    /// A stop request (`crosvm stop CTRL`) presses the guest's ACPI power button and waits up
+    /// to --stop-timeout for it to power off; a guest that did exits 0, one that did not is
+    /// forced off and the VMM exits 3.
     ///
     /// Fatal errors (no /dev/kvm, a kernel that cannot be loaded, a guest that KVM cannot run)
     /// end with a message on stderr and a non-zero status.
@@ -34,11 +38,15 @@ enum Command {
     /// runs the instructions a kernel needs early in boot in a tiny VM. Exits 0 when it can;
     /// otherwise prints which instruction failed and why, and exits 1.
     Probe,
-    /// Stop the VM served on the control socket CTRL (`crosvm run --socket CTRL`); the VMM
-    /// exits 0.
+    /// Stop the VM served on the control socket CTRL (`crosvm run --socket CTRL`): press its
+    /// ACPI power button, then wait until the VMM has exited (the VMM forces the guest off
+    /// after its --stop-timeout).
     Stop {
         #[arg(value_name = "CTRL")]
         socket: PathBuf,
+        /// Give up waiting for the VMM to exit after SECS seconds (exit 1).
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
     },
     /// Pause the VM's vCPUs (returns once all are parked).
     Pause {
@@ -76,14 +84,6 @@ enum Command {
         #[arg(long, value_name = "CID", value_parser = clap::value_parser!(u64).range(3..u64::from(u32::MAX)))]
         guest_cid: u64,
     },
-}
-
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Number of vCPUs (1 to 254).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
-    cpus: u8,
-    /// Guest RAM in MiB (at least 2). RAM beyond 3.25 GiB is placed above 4 GiB.
     /// Serve a virtio-blk disk backed by a raw image to a vhost-user frontend (QEMU 7.2 on
     /// microvm: `-chardev socket,id=blk0,path=SOCK -device vhost-user-blk,chardev=blk0`, with
     /// a shared memory backend and `-global virtio-mmio.force-legacy=false`).
@@ -124,6 +124,14 @@ struct RunArgs {
         #[arg(value_name = "SIZE")]
         size: u64,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Number of vCPUs (1 to 254).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=254))]
+    cpus: u8,
+    /// Guest RAM in MiB (at least 2). RAM beyond 3.25 GiB is placed above 4 GiB.
     #[arg(long, value_name = "MiB", default_value_t = 256)]
     mem: u64,
     /// Kernel to boot: an ELF (vmlinux or a freestanding payload) entered in 64-bit mode, or a
@@ -171,7 +179,15 @@ struct RunArgs {
     /// a VMM stopped with "crosvm: seccomp: ... denied"; exit status 159).
     #[arg(long)]
     no_seccomp: bool,
+    /// After a stop request presses the ACPI power button, wait up to SECS seconds for the
+    /// guest to power off on its own, then force it off (the VMM then exits 3). 0 forces it
+    /// off at once.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    stop_timeout: u64,
 }
+
+/// Exit status of `crosvm run` when a stop request had to force the guest off.
+const EXIT_STOP_FORCED: i32 = 3;
 
 /// Sends one control request and prints the reply (JSON for a status).
 fn control(socket: &std::path::Path, request: CrosvmRequest) -> anyhow::Result<()> {
@@ -212,10 +228,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Stop { socket } => control(&socket, CrosvmRequest::Stop {}),
+        Command::Stop { socket, timeout } => {
+            cros_vmm::control::stop_and_wait(&socket, std::time::Duration::from_secs(timeout))
+                .with_context(|| format!("crosvm stop {}", socket.display()))
+        }
         Command::Pause { socket } => control(&socket, CrosvmRequest::Pause {}),
         Command::Resume { socket } => control(&socket, CrosvmRequest::Resume {}),
         Command::Status { socket } => control(&socket, CrosvmRequest::Status {}),
+        Command::ResizeDisk {
+            socket,
+            index,
+            size,
+        } => control(&socket, CrosvmRequest::ResizeDisk { index, size }),
         Command::Probe => {
             cros_vmm::probe::probe_stock_kernel_boot().context("crosvm probe")?;
             println!("ok: this host's /dev/kvm can run a stock Linux kernel's early boot code");
@@ -235,11 +259,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 block: args.block,
                 pmem: args.pmem,
-        Command::ResizeDisk {
-            socket,
-            index,
-            size,
-        } => control(&socket, CrosvmRequest::ResizeDisk { index, size }),
                 vsock: args
                     .cid
                     .zip(args.vsock_uds)
@@ -251,9 +270,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seccomp: !args.no_seccomp,
                 serial_input,
                 control_socket: args.socket,
+                stop_timeout: std::time::Duration::from_secs(args.stop_timeout),
             };
-            let exit = cros_vmm::run::run(&config).context("crosvm run")?;
-            tracing::info!("VM ended: {exit:?}");
+            match cros_vmm::run::run(&config).context("crosvm run")? {
+                cros_vmm::run::VmExit::StopForced => {
+                    tracing::warn!(
+                        "VM ended: forced off, the guest did not power off within {} s of \
+                         the stop request",
+                        args.stop_timeout
+                    );
+                    std::process::exit(EXIT_STOP_FORCED);
+                }
+                exit => tracing::info!("VM ended: {exit:?}"),
+            }
             Ok(())
         }
         Command::VhostUserVsock {
@@ -277,8 +306,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })
         }
-    }
-}
         Command::VhostUserBlk {
             socket,
             path,
@@ -302,3 +329,5 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })
         }
+    }
+}

@@ -1,18 +1,28 @@
-//! The DSDT: COM1, the i8042, and one `LNRO0005` (virtio-mmio) device per window, under \_SB.
+//! The DSDT: COM1, the i8042, the power button and the Generic Event Device that presses it,
+//! and one `LNRO0005` (virtio-mmio) device per window, under \_SB.
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope,
+    And, Device, EISAName, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, IO,
+    If, Interrupt, Local, Memory32Fixed, Method, Name, Notify, OpRegion, OpRegionSpace, Package,
+    Path, ResourceTemplate, Scope, Store, ZERO,
 };
 use acpi_tables::sdt::Sdt;
 
 use super::{MmioDeviceInfo, OEM_ID};
 use crate::devices::legacy::acpi_pm::S5_SLEEP_TYPE;
+use crate::devices::legacy::ged::{GED_IRQ, GED_PORT, GED_PORT_LEN, GedEvent};
 use crate::devices::legacy::i8042::I8042_PORT;
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 
 /// The ACPI id Linux's virtio-mmio driver binds to.
 pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// The ACPI id of a Generic Event Device (ACPI 6.5, 5.6.9).
+pub const GED_HID: &str = "ACPI0013";
+/// The PNP id of a control-method power button, which Linux's `button` driver binds to.
+pub const POWER_BUTTON_HID: &str = "PNP0C0C";
+/// Notify value of a power button press (ACPI 6.5, 4.8.3.1.1.2).
+const NOTIFY_POWER_BUTTON_PRESSED: u8 = 0x80;
 const I8042_IRQ: u32 = 1;
 
 /// AML already serialized, to put beside other objects in a scope.
@@ -52,6 +62,66 @@ impl Aml for VirtioMmioDevice {
     }
 }
 
+/// `\_SB.PWRB`, the control-method power button (hardware-reduced ACPI has no fixed one:
+/// the FADT's PWR_BUTTON flag says so).
+struct PowerButton;
+
+impl Aml for PowerButton {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        Device::new(
+            "PWRB".into(),
+            vec![
+                &Name::new("_HID".into(), &EISAName::new(POWER_BUTTON_HID)),
+                &Name::new("_UID".into(), &0u64),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// `\_SB.GED_`: its interrupt in `_CRS`, its event register as an I/O operation region, and
+/// `_EVT`, which the guest runs on the interrupt: it reads the register (which clears it) and
+/// notifies the power button when that event's bit is set.
+struct GenericEventDevice;
+
+impl Aml for GenericEventDevice {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let irq = Interrupt::new(true, true, false, false, GED_IRQ);
+        let crs = ResourceTemplate::new(vec![&irq]);
+        let hid: String = GED_HID.to_string();
+        let port = GED_PORT as u16;
+        let len = GED_PORT_LEN as u8;
+        let region = OpRegion::new("GDST".into(), OpRegionSpace::SystemIO, &port, &len);
+        let field = Field::new(
+            "GDST".into(),
+            FieldAccessType::Byte,
+            FieldLockRule::NoLock,
+            FieldUpdateRule::WriteAsZeroes,
+            vec![FieldEntry::Named(*b"GDAT", 8)],
+        );
+        let gdat: Path = "GDAT".into();
+        let read_events = Store::new(&Local(0), &gdat);
+        let power_button = GedEvent::PowerButton as u8;
+        let is_power_button = And::new(&ZERO, &Local(0), &power_button);
+        let pwrb: Path = "\\_SB_.PWRB".into();
+        let notify = Notify::new(&pwrb, &NOTIFY_POWER_BUTTON_PRESSED);
+        let on_power_button = If::new(&is_power_button, vec![&notify]);
+        let evt = Method::new("_EVT".into(), 1, true, vec![&read_events, &on_power_button]);
+        Device::new(
+            "GED_".into(),
+            vec![
+                &Name::new("_HID".into(), &hid),
+                &Name::new("_UID".into(), &0u64),
+                &Name::new("_CRS".into(), &crs),
+                &region,
+                &field,
+                &evt,
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
 /// The DSDT bytes, header and checksum included.
 pub fn build_dsdt(virtio_mmio: &[MmioDeviceInfo]) -> Vec<u8> {
     let com1_io = IO::new(COM1_PORT as u16, COM1_PORT as u16, 1, COM1_PORT_LEN as u8);
@@ -85,7 +155,7 @@ pub fn build_dsdt(virtio_mmio: &[MmioDeviceInfo]) -> Vec<u8> {
         .enumerate()
         .map(|(index, &info)| VirtioMmioDevice { index, info })
         .collect();
-    let mut children: Vec<&dyn Aml> = vec![&com1, &ps2];
+    let mut children: Vec<&dyn Aml> = vec![&com1, &ps2, &PowerButton, &GenericEventDevice];
     children.extend(virtio.iter().map(|d| d as &dyn Aml));
     let sb = Scope::new("\\_SB_".into(), children);
     // \_S5: the sleep type a guest writes to the sleep control register to power off.
@@ -153,6 +223,38 @@ mod tests {
         // COM1 is there too, with its legacy interrupt.
         assert_eq!(count(&dsdt, b"COM1"), 1);
         assert_eq!(count(&dsdt, &ext_irq(COM1_IRQ)), 1);
+    }
+
+    /// The power button and the GED that presses it: their ids, the GED's interrupt, its
+    /// event register as a one-byte SystemIO region, and the `_EVT` body that reads it and
+    /// notifies `\_SB.PWRB` with 0x80.
+    #[test]
+    fn dsdt_has_the_power_button_and_its_generic_event_device() {
+        let dsdt = build_dsdt(&[]);
+        assert_eq!(dsdt.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        // EISAID("PNP0C0C") after `Name(_HID, ...)` in device PWRB.
+        assert_eq!(count(&dsdt, b"PWRB"), 2, "the device and the Notify target");
+        assert_eq!(count(&dsdt, b"\x08_HID\x0c\x41\xd0\x0c\x0c"), 1);
+        assert_eq!(count(&dsdt, b"\x08_HID\x0dACPI0013\0"), 1);
+        assert_eq!(count(&dsdt, &ext_irq(GED_IRQ)), 1);
+        // OperationRegion(GDST, SystemIO, 0x610, 1): ExtOp RegionOp name space WordPrefix
+        // 0x0610 One.
+        assert_eq!(count(&dsdt, b"\x5b\x80GDST\x01\x0b\x10\x06\x01"), 1);
+        // Field(GDST, ByteAcc, NoLock, WriteAsZeros) { GDAT, 8 }.
+        assert_eq!(count(&dsdt, b"GDST\x41GDAT\x08"), 1);
+        // Method(_EVT, 1, Serialized) { Local0 = GDAT; If (Local0 & 1) { Notify(\_SB.PWRB,
+        // 0x80) } }: the store, the test and the notify, in that order inside the method.
+        let evt = b"_EVT\x09\x70GDAT\x60\xa0";
+        let start = dsdt
+            .windows(evt.len())
+            .position(|w| w == evt)
+            .expect("_EVT reads GDAT into Local0, then tests it");
+        let rest = &dsdt[start + evt.len()..];
+        assert_eq!(
+            count(rest, b"\x7b\x60\x01\x00\x86\\\x2e_SB_PWRB\x0a\x80"),
+            1,
+            "If (And(Local0, One)) {{ Notify(\\_SB_.PWRB, 0x80) }}"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! Legacy PC devices on the port I/O bus: the 8250 UART on COM1 and the i8042 controller,
-//! whose CPU-reset command is how a guest (Linux `reboot=k`, our payloads) ends the VM.
+//! Legacy PC devices on the port I/O bus: the 8250 UART on COM1, the i8042 controller,
+//! whose CPU-reset command is how a guest (Linux `reboot=k`, our payloads) ends the VM, the
+//! ACPI PM registers, and the ACPI GED event register (the power button).
 
 pub mod acpi_pm;
 pub mod console;
+pub mod ged;
 pub mod i8042;
 pub mod serial;
 
