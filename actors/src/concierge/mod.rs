@@ -9,6 +9,7 @@ mod backend;
 mod bridge;
 mod disk;
 mod disk_op;
+mod extra_disks;
 mod guest;
 mod vm;
 
@@ -151,11 +152,6 @@ impl Concierge {
                 disks,
                 ..
             } => {
-                if !disks.is_empty() {
-                    return ready(Body::Error(CrosError::unsupported(
-                        "extra disks are not supported yet: StartVm attaches the VM's own stateful disk",
-                    )));
-                }
                 match self.plan_start(
                     &name,
                     cpus,
@@ -165,7 +161,15 @@ impl Concierge {
                     timeout_secs,
                     component_version,
                 ) {
-                    Ok((plan, hv)) => self.start_vm(plan, hv, ctx),
+                    Ok((mut plan, hv)) => {
+                        match extra_disks::plan(&disks, std::slice::from_ref(&plan.stateful)) {
+                            Ok(extra) => {
+                                plan.extra_disks = extra;
+                                self.start_vm(plan, hv, ctx)
+                            }
+                            Err(e) => ready(Body::Error(e)),
+                        }
+                    }
                     Err(e) => ready(Body::Error(e)),
                 }
             }
@@ -285,6 +289,7 @@ impl Concierge {
         plan: BootPlan,
         hv: Arc<dyn Hypervisor>,
         ctx: &mut Context<Self>,
+            extra_disks: Vec::new(),
     ) -> Reply {
         let name = plan.name.clone();
         let generation = self.next_generation;

@@ -39,6 +39,8 @@ pub struct BootPlan {
     pub start_termina: bool,
     pub timeout: Duration,
     pub component_version: Option<String>,
+    /// StartVm's extra disks, attached after the stateful disk.
+    pub extra_disks: Vec<DiskSpec>,
 }
 
 impl BootPlan {
@@ -318,6 +320,7 @@ pub async fn boot(
                 Body::MaitredReply(MaitredReply::TerminaStarted { partial_data_loss, free_bytes }) => {
                     if partial_data_loss {
                         tracing::warn!(vm = %plan.name, "stateful disk needed usebackuproot: some data may be lost");
+    spec.disks.extend(plan.extra_disks.iter().cloned());
                     }
                     tracing::info!(vm = %plan.name, free_bytes, "termina started");
                 }
