@@ -99,6 +99,16 @@ pub enum ConciergeRequest {
         #[serde(default)]
         digest_path: Option<String>,
     },
+    /// Grows or shrinks the VM's disk to `size` bytes (a multiple of 4096). Grow: the file,
+    /// then (VM running) the VMM's disk and the guest's filesystem, online. Shrink (VM running
+    /// only): the guest's filesystem first, then the disk and the file; refused below the
+    /// filesystem's minimum. Replies `DiskImageOperation` once started.
+    ResizeDiskImage {
+        name: String,
+        #[serde(default)]
+        owner_id: String,
+        size: u64,
+    },
     DiskImageStatus {
         uuid: String,
     },
@@ -209,6 +219,7 @@ pub enum ConciergeReply {
 pub enum DiskOpKind {
     Export,
     Import,
+    Resize,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -57,6 +57,8 @@ pub enum MaitredRequest {
     },
     GetResizeStatus {},
     GetAvailableSpace {},
+    /// The smallest size the stateful filesystem can shrink to (btrfs min-dev-size).
+    GetMinimumSize {},
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -82,6 +84,9 @@ pub enum MaitredReply {
         target_size: u64,
     },
     AvailableSpace {
+        bytes: u64,
+    },
+    MinimumSize {
         bytes: u64,
     },
 }

@@ -116,6 +116,19 @@ fn service_error(e: ServiceError) -> CrosError {
     }
 }
 
+/// `btrfs inspect-internal min-dev-size` prints `<bytes> bytes (<human>)`.
+fn parse_min_dev_size(out: &str) -> Result<u64, CrosError> {
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            CrosError::internal(format!(
+                "btrfs inspect-internal min-dev-size printed {:?}, not a size",
+                out.trim()
+            ))
+        })
+}
+
 fn statvfs_free(path: &str) -> Result<(u64, u64), CrosError> {
     let st = nix::sys::statvfs::statvfs(path)
         .map_err(|e| CrosError::internal(format!("statvfs {path}: {e}")))?;
@@ -221,6 +234,18 @@ impl Maitred {
             MaitredRequest::GetAvailableSpace {} => Ok(MaitredReply::AvailableSpace {
                 bytes: statvfs_free(STATEFUL_MOUNT)?.0,
             }),
+            MaitredRequest::GetMinimumSize {} => {
+                let out = self
+                    .services
+                    .run(
+                        &["btrfs", "inspect-internal", "min-dev-size", STATEFUL_MOUNT],
+                        MKFS_TIMEOUT,
+                    )
+                    .map_err(service_error)?;
+                Ok(MaitredReply::MinimumSize {
+                    bytes: parse_min_dev_size(&out)?,
+                })
+            }
             MaitredRequest::ConfigureNetwork { .. } => Err(CrosError::unsupported(
                 "ConfigureNetwork: this VM has no network device yet",
             )),
@@ -479,6 +504,17 @@ pub fn is_mounted(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_dev_size_output_is_parsed_or_named() {
+        // The format of btrfs-progs 6.2 (Debian bookworm, the termina rootfs).
+        assert_eq!(
+            parse_min_dev_size("290455552 bytes (277.00MiB)\n").unwrap(),
+            290_455_552
+        );
+        let err = parse_min_dev_size("ERROR: not a btrfs filesystem\n").unwrap_err();
+        assert!(err.message.contains("not a btrfs filesystem"), "{err}");
+    }
 
     #[test]
     fn late_modules_report_their_load_error_to_every_waiter() {
