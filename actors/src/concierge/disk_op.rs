@@ -50,6 +50,9 @@ pub enum DiskOpError {
     },
     #[error("bad digest file {}: {reason}", path.display())]
     BadDigestFile { path: PathBuf, reason: String },
+    /// A step of a resize that the VMM or the guest refused.
+    #[error("{step}: {reason}")]
+    Step { step: &'static str, reason: String },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskOpError + use<> {
@@ -171,7 +174,7 @@ impl Operation {
         write_record(&self.record_path, &record)
     }
 
-    fn progress(&self, done: u64, total: u64) {
+    pub fn progress(&self, done: u64, total: u64) {
         let percent = if total == 0 {
             100
         } else {

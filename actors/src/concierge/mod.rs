@@ -11,6 +11,7 @@ mod disk;
 mod disk_op;
 mod extra_disks;
 mod guest;
+mod resize;
 mod vm;
 
 pub use backend::bin_dir;
@@ -213,16 +214,24 @@ impl Concierge {
                 &path,
                 digest_path.as_deref(),
             ))),
+            ConciergeRequest::ResizeDiskImage { name, size, .. } => self.resize_disk(&name, size),
             ConciergeRequest::DiskImageStatus { uuid } => ready(reply(
                 self.disk_op(&uuid)
                     .map(|op| ConciergeReply::DiskOperation { op: op.info() }),
             )),
             ConciergeRequest::CancelDiskImageOperation { uuid } => {
-                ready(reply(self.disk_op(&uuid).map(|op| {
+                ready(reply(self.disk_op(&uuid).and_then(|op| {
                     if let DiskOp::Live(live) = op {
+                        if live.info().kind == DiskOpKind::Resize {
+                            // Its steps are each atomic and short; stopping between them would
+                            // only leave the filesystem and the disk at different sizes.
+                            return Err(CrosError::precondition(format!(
+                                "disk operation {uuid} is a resize, which cannot be cancelled"
+                            )));
+                        }
                         live.cancel();
                     }
-                    ConciergeReply::DiskOperation { op: op.info() }
+                    Ok(ConciergeReply::DiskOperation { op: op.info() })
                 })))
             }
         }
@@ -280,6 +289,7 @@ impl Concierge {
             start_termina,
             timeout: Duration::from_secs(u64::from(timeout_secs)),
             component_version,
+            extra_disks: Vec::new(),
         };
         Ok((plan, hv))
     }
@@ -289,7 +299,6 @@ impl Concierge {
         plan: BootPlan,
         hv: Arc<dyn Hypervisor>,
         ctx: &mut Context<Self>,
-            extra_disks: Vec::new(),
     ) -> Reply {
         let name = plan.name.clone();
         let generation = self.next_generation;
@@ -538,6 +547,86 @@ impl Concierge {
         let uuid = op.info().uuid;
         op.spawn(move |op| disk_op::export(&disk, &dst, digest.as_deref(), op))
             .map_err(|e| CrosError::internal(e.to_string()))?;
+        Ok(ConciergeReply::DiskImageOperation { uuid })
+    }
+
+    /// Checks the request (a shrink against the guest's filesystem minimum first), then starts
+    /// the resize as a disk operation.
+    fn resize_disk(&mut self, name: &str, size: u64) -> Reply {
+        let plan = match self.plan_resize(name, size) {
+            Ok(plan) => plan,
+            Err(e) => return ready(Body::Error(e)),
+        };
+        let name = name.to_string();
+        let checked = async move { resize::check_shrink(&plan).await.map(|()| plan) };
+        Box::pin(checked.into_actor(self).map(move |checked, act, _| {
+            reply(checked.and_then(|plan| act.start_resize(&name, plan)))
+        }))
+    }
+
+    fn plan_resize(&self, name: &str, size: u64) -> Result<resize::ResizePlan, CrosError> {
+        check_name(name)?;
+        self.check_no_disk_op(name)?;
+        resize::check_size(size, disk::MIN_AUTO_SIZE)?;
+        let disk = disk::disk_path(&self.config.state_dir, name);
+        let from = std::fs::metadata(&disk)
+            .map_err(|_| CrosError::not_found(format!("VM {name:?} has no disk image")))?
+            .len();
+        let running = match self.vms.get(name) {
+            None => None,
+            Some(VmEntry {
+                watcher: Some(watcher),
+                info,
+                ..
+            }) if info.status == VmStatus::Running => Some(resize::RunningVm {
+                name: name.to_string(),
+                vsock_socket: PathBuf::from(&info.vsock_socket),
+                watcher: watcher.clone(),
+                disk_index: vm::STATEFUL_DISK_INDEX,
+            }),
+            Some(e) => {
+                return Err(CrosError::precondition(format!(
+                    "VM {name:?} is {}: resize its disk once it runs or has stopped",
+                    e.info.status
+                )));
+            }
+        };
+        if size < from && running.is_none() {
+            return Err(CrosError::precondition(format!(
+                "VM {name:?} is not running: start it to shrink its disk (its filesystem must \
+                 shrink first, inside the VM)"
+            )));
+        }
+        Ok(resize::ResizePlan {
+            disk,
+            from,
+            to: size,
+            running,
+        })
+    }
+
+    fn start_resize(
+        &mut self,
+        name: &str,
+        plan: resize::ResizePlan,
+    ) -> Result<ConciergeReply, CrosError> {
+        // Another operation may have started while the shrink was being checked.
+        self.check_no_disk_op(name)?;
+        let op = self.new_disk_op(DiskOpKind::Resize, name, &plan.disk.clone(), Vec::new())?;
+        let uuid = op.info().uuid;
+        op.spawn(move |op| {
+            // The steps talk to maitred and wait on the VMM: async work, on this operation's
+            // own thread so the concierge never waits on a guest.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| disk_op::DiskOpError::Step {
+                    step: "starting the resize",
+                    reason: e.to_string(),
+                })?;
+            runtime.block_on(resize::run(op, plan))
+        })
+        .map_err(|e| CrosError::internal(e.to_string()))?;
         Ok(ConciergeReply::DiskImageOperation { uuid })
     }
 
@@ -900,6 +989,78 @@ mod tests {
             })
         );
         assert!(!disk::disk_path(dir.path(), "termina").exists());
+    }
+
+    #[actix::test]
+    async fn a_stopped_vms_disk_grows_and_is_not_shrunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = concierge(dir.path()).start();
+        let ask = |r| {
+            c.send(Deliver {
+                env: cros_messages::Envelope::new(
+                    1,
+                    1,
+                    Addr::client(1),
+                    Concierge::me(),
+                    Body::Concierge(r),
+                ),
+            })
+        };
+        let resize = |size| ConciergeRequest::ResizeDiskImage {
+            name: "termina".into(),
+            owner_id: String::new(),
+            size,
+        };
+        let disk = disk::disk_path(dir.path(), "termina");
+        let err = |body: Body| match body {
+            Body::Error(e) => e.message,
+            other => panic!("must fail: {other:?}"),
+        };
+        assert!(err(ask(resize(2 << 30)).await.unwrap()).contains("no disk image"));
+        ask(ConciergeRequest::CreateDiskImage {
+            name: "termina".into(),
+            owner_id: String::new(),
+            size: 1 << 30,
+        })
+        .await
+        .unwrap();
+        let bad = err(ask(resize((2 << 30) + 1)).await.unwrap());
+        assert!(bad.contains("multiple of 4096"), "{bad}");
+        let bad = err(ask(resize(512 << 20)).await.unwrap());
+        assert!(bad.contains("at least"), "{bad}");
+
+        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
+            ask(resize(3 << 30)).await.unwrap()
+        else {
+            panic!("a grow must start")
+        };
+        let op = loop {
+            let Body::ConciergeReply(ConciergeReply::DiskOperation { op }) =
+                ask(ConciergeRequest::DiskImageStatus { uuid: uuid.clone() })
+                    .await
+                    .unwrap()
+            else {
+                panic!("status must answer")
+            };
+            if op.state != DiskOpState::Running {
+                break op;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            (op.state, op.kind, op.percent),
+            (DiskOpState::Done, DiskOpKind::Resize, 100),
+            "{op:?}"
+        );
+        let meta = std::fs::metadata(&disk).unwrap();
+        assert_eq!(meta.len(), 3 << 30);
+        // Still sparse: growing writes no data.
+        assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20);
+
+        // The filesystem inside must shrink first, which needs the VM.
+        let refused = err(ask(resize(2 << 30)).await.unwrap());
+        assert!(refused.contains("start it to shrink"), "{refused}");
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 << 30);
     }
 
     #[actix::test]

@@ -70,6 +70,9 @@ pub fn check_kernel_params(params: &[String]) -> Result<(), CrosError> {
     Ok(())
 }
 
+/// Where the stateful disk is in the VM's disk list (after the rootfs and tools disks).
+pub const STATEFUL_DISK_INDEX: usize = 2;
+
 /// How a VM's hypervisor ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmExit {
@@ -77,9 +80,22 @@ pub struct VmExit {
     pub detail: String,
 }
 
+/// What concierge asks of the thread that owns a VM's processes.
+enum WatcherCommand {
+    /// SIGTERM, SIGKILL after the grace period.
+    Stop(Duration),
+    /// The ACPI power button.
+    RequestShutdown(tokio::sync::oneshot::Sender<Result<(), String>>),
+    ResizeDisk {
+        index: usize,
+        size: u64,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+}
+
 /// Owns the VM's processes on a thread of its own (process waits block) and reports the exit.
 pub struct VmWatcher {
-    stop_tx: std::sync::mpsc::Sender<Duration>,
+    commands: std::sync::mpsc::Sender<WatcherCommand>,
     exited: tokio::sync::watch::Receiver<Option<VmExit>>,
     pub pid: u32,
 }
@@ -90,13 +106,22 @@ impl VmWatcher {
         console: PathBuf,
         on_exit: impl FnOnce(VmExit) + Send + 'static,
     ) -> VmWatcher {
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<Duration>();
+        let (commands, command_rx) = std::sync::mpsc::channel();
         let (exit_tx, exited) = tokio::sync::watch::channel(None);
         let pid = handle.pid();
         std::thread::spawn(move || {
-            let status = loop {
-                if let Ok(grace) = stop_rx.try_recv() {
-                    break handle.stop(grace);
+            let status = 'watch: loop {
+                while let Ok(command) = command_rx.try_recv() {
+                    match command {
+                        WatcherCommand::Stop(grace) => break 'watch handle.stop(grace),
+                        WatcherCommand::RequestShutdown(done) => {
+                            let _ = done.send(handle.request_shutdown().map_err(|e| e.to_string()));
+                        }
+                        WatcherCommand::ResizeDisk { index, size, done } => {
+                            let _ = done
+                                .send(handle.resize_disk(index, size).map_err(|e| e.to_string()));
+                        }
+                    }
                 }
                 match handle.wait_timeout(Duration::from_millis(100)) {
                     Ok(Some(status)) => break Ok(status),
@@ -130,7 +155,7 @@ impl VmWatcher {
             on_exit(exit);
         });
         VmWatcher {
-            stop_tx,
+            commands,
             exited,
             pid,
         }
@@ -138,7 +163,34 @@ impl VmWatcher {
 
     /// Asks the watcher to stop the VMM: SIGTERM, SIGKILL after `grace`.
     pub fn stop(&self, grace: Duration) {
-        let _ = self.stop_tx.send(grace);
+        let _ = self.commands.send(WatcherCommand::Stop(grace));
+    }
+
+    /// Presses the VM's ACPI power button (see `VmHandle::request_shutdown`).
+    pub async fn request_shutdown(&self) -> Result<(), String> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.command(WatcherCommand::RequestShutdown(done), result)
+            .await
+    }
+
+    /// Tells the VMM that disk `index` now has `size` bytes (see `VmHandle::resize_disk`).
+    pub async fn resize_disk(&self, index: usize, size: u64) -> Result<(), String> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.command(WatcherCommand::ResizeDisk { index, size, done }, result)
+            .await
+    }
+
+    async fn command(
+        &self,
+        command: WatcherCommand,
+        result: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    ) -> Result<(), String> {
+        if self.commands.send(command).is_err() {
+            return Err("the VM has exited".into());
+        }
+        result
+            .await
+            .unwrap_or_else(|_| Err("the VM exited before the request was carried out".into()))
     }
 
     /// Like [`VmWatcher::wait_exit`], for callers outside the async runtime (shutdown).
@@ -247,6 +299,7 @@ pub async fn boot(
     .join(" ");
     spec.mem_mib = plan.memory_mib;
     spec.cpus = plan.cpus;
+    // The stateful disk's index must stay STATEFUL_DISK_INDEX (resize addresses it by index).
     spec.disks = vec![
         DiskSpec {
             path: component.rootfs.clone().into(),
@@ -267,6 +320,7 @@ pub async fn boot(
             online_resize: true,
         },
     ];
+    spec.disks.extend(plan.extra_disks.iter().cloned());
     spec.vsock = Some(VsockSpec {
         guest_cid: plan.cid,
         uds_path: uds.clone(),
@@ -320,7 +374,6 @@ pub async fn boot(
                 Body::MaitredReply(MaitredReply::TerminaStarted { partial_data_loss, free_bytes }) => {
                     if partial_data_loss {
                         tracing::warn!(vm = %plan.name, "stateful disk needed usebackuproot: some data may be lost");
-    spec.disks.extend(plan.extra_disks.iter().cloned());
                     }
                     tracing::info!(vm = %plan.name, free_bytes, "termina started");
                 }
@@ -338,12 +391,13 @@ pub async fn boot(
     Ok(watcher)
 }
 
-/// Stops a VM: maitred Shutdown, then the VMM, SIGTERM, SIGKILL. Returns how it ended.
+/// Stops a VM: maitred Shutdown; if maitred does not answer or the VM stays up, the ACPI power
+/// button; then the VMM, SIGTERM, SIGKILL. Returns how it ended.
 pub async fn stop(name: &str, uds: &Path, watcher: &VmWatcher) -> VmExit {
     if let Some(exit) = watcher.wait_exit(Duration::ZERO).await {
         return exit;
     }
-    match GuestConnection::open(
+    let acknowledged = match GuestConnection::open(
         uds,
         ports::MAITRED,
         Addr::host("concierge"),
@@ -352,22 +406,38 @@ pub async fn stop(name: &str, uds: &Path, watcher: &VmWatcher) -> VmExit {
     )
     .await
     {
-        Ok(mut maitred) => {
-            if let Err(e) = maitred
-                .request(Body::Maitred(MaitredRequest::Shutdown {}), SHUTDOWN_TIMEOUT)
-                .await
-            {
-                tracing::warn!(vm = name, error = %e, "maitred Shutdown failed; stopping the VMM");
+        Ok(mut maitred) => match maitred
+            .request(Body::Maitred(MaitredRequest::Shutdown {}), SHUTDOWN_TIMEOUT)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(vm = name, error = %e, "maitred Shutdown failed");
+                false
+            }
+        },
+        Err(e) => {
+            tracing::warn!(vm = name, error = %e, "cannot reach maitred");
+            false
+        }
+    };
+    if acknowledged && let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
+        return exit;
+    }
+    // A guest whose maitred is gone may still honour the power button (the kernel's ACPI
+    // button driver), which is kinder to its filesystems than a signal to the VMM.
+    match watcher.request_shutdown().await {
+        Ok(()) => {
+            tracing::warn!(vm = name, "pressed the VM's power button");
+            if let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
+                return exit;
             }
         }
-        Err(e) => tracing::warn!(vm = name, error = %e, "cannot reach maitred; stopping the VMM"),
-    }
-    if let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
-        return exit;
+        Err(e) => tracing::warn!(vm = name, error = %e, "cannot press the VM's power button"),
     }
     tracing::warn!(
         vm = name,
-        "VM still running {EXIT_AFTER_SHUTDOWN:?} after Shutdown: SIGTERM, then SIGKILL"
+        "VM still running after Shutdown and the power button: SIGTERM, then SIGKILL"
     );
     watcher.stop(KILL_GRACE);
     watcher
