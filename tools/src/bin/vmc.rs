@@ -80,6 +80,15 @@ enum Cmd {
         yes: bool,
         name: String,
     },
+    /// Grow or shrink the VM's disk to SIZE. A running VM's filesystem follows online; a stopped
+    /// VM's disk can only grow (its filesystem grows at the next start). Shrinking is refused
+    /// below what the filesystem can shrink to, with that minimum in the message.
+    Resize {
+        name: String,
+        /// New size: bytes, or with a K, M, G or T suffix (powers of 1024), e.g. 20G.
+        #[arg(value_parser = parse_size)]
+        size: u64,
+    },
     /// Write the VM's disk to FILE as a zstd stream, showing progress until it is done.
     Export {
         /// Also write the SHA-256 of FILE here, in `sha256sum` format.
@@ -100,7 +109,7 @@ enum Cmd {
         name: String,
         file: PathBuf,
     },
-    /// Print the state of a disk export or import by its operation id.
+    /// Print the state of a disk export, import or resize by its operation id.
     DiskOpStatus {
         /// Print JSON for scripts.
         #[arg(long)]
@@ -314,6 +323,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.socket.as_deref(),
                 req,
                 &format!("exporting {name} to {}", file.display()),
+            )?;
+            finish_disk_op(&op)
+        }
+        Cmd::Resize { name, size } => {
+            let req = ConciergeRequest::ResizeDiskImage {
+                name: name.clone(),
+                owner_id: String::new(),
+                size,
+            };
+            let op = run_disk_op(
+                &mut client,
+                cli.socket.as_deref(),
+                req,
+                &format!("resizing the disk of {name} to {}", human_size(size)),
             )?;
             finish_disk_op(&op)
         }
