@@ -10,8 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::handle::{OwnedChild, VmControl, VmHandle};
-use crate::qemu::{remove_file_if_exists, remove_stale_socket, resolve_binary, wait_first_output};
+use crate::qemu::{
+    remove_file_if_exists, remove_stale_socket, resolve_binary, wait_first_output, wait_listening,
+};
 use crate::{Hypervisor, HypervisorError, VmSpec};
+
+/// How long `crosvm run` may take to set the VM up and listen on its control socket.
+const CONTROL_LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs VMs with `crosvm run`.
 #[derive(Debug, Clone)]
@@ -142,11 +147,17 @@ impl Hypervisor for CrosvmBackend {
                 path: crosvm.clone(),
                 source,
             })?;
-        let vmm = OwnedChild {
+        let mut vmm = OwnedChild {
             what: "crosvm",
             child,
             log,
         };
+        // Whoever sees the VM running may control it at once: the control socket comes first.
+        wait_listening(
+            &mut vmm,
+            &Self::control_socket(spec),
+            CONTROL_LISTEN_TIMEOUT,
+        )?;
         let mut handle = VmHandle::new(vmm, Vec::new(), spec.console_log.clone(), 1).with_control(
             VmControl::Crosvm {
                 crosvm: crosvm.clone(),

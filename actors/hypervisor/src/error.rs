@@ -23,9 +23,10 @@ pub enum HypervisorError {
         source: io::Error,
     },
     #[error(
-        "vsock backend did not listen on '{socket}' within {timeout:?} (its log: '{log}'):\n{log_tail}"
+        "{what} did not listen on '{socket}' within {timeout:?} (its log: '{log}'):\n{log_tail}"
     )]
     BackendNotListening {
+        what: &'static str,
         socket: PathBuf,
         timeout: Duration,
         log: PathBuf,

@@ -506,7 +506,7 @@ pub(crate) fn wait_first_output(
     }
 }
 
-fn wait_listening(
+pub(crate) fn wait_listening(
     backend: &mut OwnedChild,
     socket: &Path,
     timeout: Duration,
@@ -528,6 +528,7 @@ fn wait_listening(
             let _ = backend.child.kill();
             let _ = backend.child.wait();
             return Err(HypervisorError::BackendNotListening {
+                what: backend.what,
                 socket: socket.to_path_buf(),
                 timeout,
                 log: backend.log.clone(),
