@@ -10,10 +10,13 @@ use cros_messages::CrosError;
 use super::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
 
+/// One disk: the device, and the transport that interrupts the guest for it.
+type DiskAndTransport = (Arc<Mutex<Block>>, Arc<Mutex<MmioTransport>>);
+
 /// The `--block` disks of a running VM, in the order of the flags.
 #[derive(Default)]
 pub struct BlockDevices {
-    disks: Vec<(Arc<Mutex<Block>>, Arc<Mutex<MmioTransport>>)>,
+    disks: Vec<DiskAndTransport>,
 }
 
 impl BlockDevices {
