@@ -671,3 +671,93 @@ fn zero_stop_timeout_forces_the_vm_off_at_once() {
     assert_eq!(exit, VmExit::StopForced);
     assert_eq!(serial, "ready\n");
 }
+
+#[test]
+fn resize_disk_tells_the_guest_through_the_config_change_interrupt() {
+    use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
+    use cros_vmm::control::{ControlError, send_request};
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let ctrl = dir.path().join("ctrl.sock");
+    let disk = make_disk(dir.path());
+    let read_only = dir.path().join("ro.img");
+    std::fs::write(&read_only, [0u8; 512]).unwrap();
+    let mut cfg = config(build_payload(dir.path(), "blk_resize"), &log);
+    cfg.control_socket = Some(ctrl.clone());
+    cfg.block = vec![
+        cros_vmm::run::BlockConfig {
+            path: disk.clone(),
+            read_only: false,
+            serial: None,
+        },
+        cros_vmm::run::BlockConfig {
+            path: read_only,
+            read_only: true,
+            serial: None,
+        },
+    ];
+    let vm = std::thread::spawn(move || run(&cfg));
+    let serial = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the guest to print ready", || serial().contains("ready\n"));
+    wait_until("the control socket", || ctrl.exists());
+    let refused = |request| match send_request(&ctrl, request) {
+        Err(ControlError::Refused(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Refusals change nothing the guest can see (checked below: one interrupt, one change).
+    let e = refused(CrosvmRequest::ResizeDisk {
+        index: 2,
+        size: 8192,
+    });
+    assert!(e.message.contains("no disk 2"), "{e:?}");
+    let e = refused(CrosvmRequest::ResizeDisk {
+        index: 1,
+        size: 512,
+    });
+    assert!(e.message.contains("read-only"), "{e:?}");
+    let e = refused(CrosvmRequest::ResizeDisk {
+        index: 0,
+        size: 1000,
+    });
+    assert!(e.message.contains("multiple of 512"), "{e:?}");
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(64 * 512)
+        .unwrap();
+    assert_eq!(
+        send_request(
+            &ctrl,
+            CrosvmRequest::ResizeDisk {
+                index: 0,
+                size: 64 * 512
+            }
+        )
+        .unwrap(),
+        CrosvmReply::Ack {}
+    );
+    let exit = vm.join().unwrap();
+    let serial = serial();
+    assert!(
+        matches!(exit, Ok(VmExit::GuestReset)),
+        "{exit:?}\nserial:\n{serial}"
+    );
+    let lines: Vec<&str> = serial.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "virtio-blk: capacity 0x00000004",
+            "virtio-blk: generation 0x00000000",
+            "ready",
+            "virtio-blk: interrupt status 0x00000002",
+            "virtio-blk: generation 0x00000001",
+            "virtio-blk: capacity 0x00000040",
+            "virtio-blk: interrupt status after ack 0x00000000",
+            "payload: done",
+        ],
+        "{serial}"
+    );
+}
