@@ -26,5 +26,6 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+pub mod crosd;
 pub mod vsh_vm;
 pub mod vsock_vm;

@@ -1,0 +1,157 @@
+//! A real crosd on a private state and run directory, with the termina component built by
+//! `crosimg build-termina` from the workspace's guest binaries, driven by the real `vmc`,
+//! `vsh` and `crosmsg` binaries. (tests/tests/termina.rs has its own copy of this harness; new
+//! tests use this one.)
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::vsock_vm::guest_bin;
+use crate::{bin, bin_dir};
+
+/// The component version the tests build and install.
+pub const VERSION: &str = "e2e";
+
+/// Builds the termina component once per test binary, under target/<profile>/e2e/components.
+pub fn termina_component() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = bin_dir().join("e2e/components");
+        let guest_dir = guest_bin("maitred")
+            .parent()
+            .expect("guest bin dir")
+            .to_path_buf();
+        let status = Command::new(bin("crosimg"))
+            .args(["build-termina", "--force", "--version", VERSION, "--out"])
+            .arg(&out)
+            .arg("--guest-bin-dir")
+            .arg(&guest_dir)
+            .status()
+            .expect("run crosimg");
+        assert!(status.success(), "crosimg build-termina failed");
+        out.join("cros-termina").join(VERSION)
+    })
+}
+
+/// A running crosd (`--hypervisor qemu`); SIGTERM on drop, which stops its VMs.
+pub struct Crosd {
+    child: Child,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub run_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Crosd {
+    /// Starts crosd with the termina component installed and waits for its socket.
+    pub fn start() -> Crosd {
+        let scratch = bin_dir().join("e2e/tmp");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let dir = tempfile::tempdir_in(scratch).unwrap();
+        let state = dir.path().join("state");
+        let installed = state.join("components/cros-termina").join(VERSION);
+        std::fs::create_dir_all(&installed).unwrap();
+        for e in std::fs::read_dir(termina_component()).unwrap() {
+            let e = e.unwrap();
+            std::fs::hard_link(e.path(), installed.join(e.file_name())).unwrap();
+        }
+        let run_dir = dir.path().join("run");
+        let socket = run_dir.join("crosd.sock");
+        let log = std::fs::File::create(dir.path().join("crosd.log")).unwrap();
+        let child = Command::new(bin("crosd"))
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--hypervisor", "qemu"])
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "crosd did not create its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Crosd {
+            child,
+            socket,
+            state,
+            run_dir,
+            dir,
+        }
+    }
+
+    /// Runs a workspace binary against this crosd.
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        self.run_with_stdin(program, args, b"")
+    }
+
+    /// Runs a workspace binary against this crosd with `stdin` piped in.
+    pub fn run_with_stdin(&self, program: &str, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(bin(program))
+            .args(args)
+            .env("CROSD_SOCKET", &self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take();
+        let stdin = stdin.to_vec();
+        // Written from a thread so a large input cannot deadlock against unread output.
+        let writer = std::thread::spawn(move || {
+            if let Some(mut input) = input {
+                let _ = input.write_all(&stdin);
+            }
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        out
+    }
+
+    /// `vsh --vm_name termina -- CMD…` with `stdin` piped in.
+    pub fn vsh(&self, cmd: &[&str], stdin: &[u8]) -> Output {
+        let mut args = vec!["--vm_name", "termina", "--"];
+        args.extend_from_slice(cmd);
+        self.run_with_stdin("vsh", &args, stdin)
+    }
+
+    /// crosd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("crosd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Crosd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An output's status, stdout and stderr, for failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
