@@ -44,6 +44,7 @@ fn kernel_release() -> String {
 }
 
 struct Crosd {
+    hypervisor: &'static str,
     child: Child,
     socket: PathBuf,
     state: PathBuf,
@@ -53,6 +54,11 @@ struct Crosd {
 impl Crosd {
     /// Starts crosd with the component installed; `tamper` may change the installed copy.
     fn start(tamper: impl FnOnce(&Path)) -> Crosd {
+        Self::start_on("qemu", tamper)
+    }
+
+    /// crosd with `--hypervisor HYPERVISOR` on a fresh state holding the e2e component.
+    fn start_on(hypervisor: &'static str, tamper: impl FnOnce(&Path)) -> Crosd {
         let scratch = cros_e2e::bin_dir().join("e2e/tmp");
         std::fs::create_dir_all(&scratch).unwrap();
         let dir = tempfile::tempdir_in(scratch).unwrap();
@@ -66,8 +72,9 @@ impl Crosd {
         }
         tamper(&installed);
         let socket = dir.path().join("run").join("crosd.sock");
-        let child = Self::spawn(dir.path());
+        let child = Self::spawn(dir.path(), hypervisor);
         Crosd {
+            hypervisor,
             child,
             socket,
             state,
@@ -76,7 +83,7 @@ impl Crosd {
     }
 
     /// Runs crosd on `dir`'s state and run directories and waits for its socket.
-    fn spawn(dir: &Path) -> Child {
+    fn spawn(dir: &Path, hypervisor: &str) -> Child {
         let run = dir.join("run");
         let socket = run.join("crosd.sock");
         let log = std::fs::OpenOptions::new()
@@ -89,7 +96,7 @@ impl Crosd {
             .arg(dir.join("state"))
             .arg("--run-dir")
             .arg(&run)
-            .args(["--hypervisor", "qemu"])
+            .args(["--hypervisor", hypervisor])
             .stderr(log)
             .spawn()
             .unwrap();
@@ -110,7 +117,7 @@ impl Crosd {
         self.child.wait().unwrap();
         // The dead daemon's socket file stays behind; wait for the new one.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = Self::spawn(self._dir.path());
+        self.child = Self::spawn(self._dir.path(), self.hypervisor);
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Output {
@@ -570,4 +577,145 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
         "{:?}",
         leftovers(&out)
     );
+}
+
+/// The stateful filesystem's size as the guest's `df` reports it, in bytes.
+fn guest_df_size(crosd: &Crosd) -> u64 {
+    // busybox df: a header, then "DEVICE SIZE USED AVAILABLE USE% MOUNTPOINT".
+    let o = crosd.vsh(&["df", "-B1", "/mnt/stateful"]);
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.ends_with("/mnt/stateful"))
+        .find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("df printed no size: {}", text(&o)))
+}
+
+#[test]
+fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
+    const GIB: u64 = 1 << 30;
+    let crosd = Crosd::start(|_| {});
+    let disk = crosd.state.join("disks").join("termina.img");
+    vmc_ok(&crosd, &["create", "--size", "2G", "termina"]);
+    start_termina(&crosd, "start for resize");
+    let before = guest_df_size(&crosd);
+    assert!(before <= 2 * GIB, "df says {before} bytes on a 2 GiB disk");
+    let o = crosd.vsh(&[
+        "sh",
+        "-c",
+        "head -c 1000000 /dev/urandom > /mnt/stateful/blob && sync && sha256sum /mnt/stateful/blob",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let written = String::from_utf8_lossy(&o.stdout).to_string();
+
+    // Grow while running: the guest's filesystem follows at once.
+    let o = vmc_ok(&crosd, &["resize", "termina", "3G"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("done"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 * GIB);
+    let grown = guest_df_size(&crosd);
+    assert!(
+        grown > before + GIB / 2 && grown <= 3 * GIB,
+        "df says {grown} bytes after growing from {before} to 3 GiB"
+    );
+
+    // Fill the filesystem past 1 GiB: shrinking to 1 GiB is refused with the minimum, and
+    // nothing changes.
+    let o = crosd.vsh(&["sh", "-c", "fallocate -l 1200M /mnt/stateful/big && sync"]);
+    assert!(o.status.success(), "{}", text(&o));
+    vmc_err(&crosd, &["resize", "termina", "1G"], "needs at least");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 * GIB);
+    assert_eq!(guest_df_size(&crosd), grown);
+
+    // Shrinking to a size the data fits in works: filesystem first, then the disk. (btrfs's
+    // minimum counts whole chunks, so it is well above the 1.2 GiB of data.)
+    vmc_ok(&crosd, &["resize", "termina", "2560M"]);
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 2560 << 20);
+    let shrunk = guest_df_size(&crosd);
+    assert!(
+        shrunk <= 2560 << 20 && shrunk > GIB,
+        "df says {shrunk} bytes after shrinking to 2.5 GiB"
+    );
+    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), written, "{}", text(&o));
+
+    // Stopped: a grow only resizes the file, and the next boot grows the filesystem.
+    vmc_ok(&crosd, &["stop", "termina"]);
+    vmc_err(&crosd, &["resize", "termina", "1G"], "start it to shrink");
+    vmc_ok(&crosd, &["resize", "termina", "4G"]);
+    start_termina(&crosd, "start after an offline grow");
+    let regrown = guest_df_size(&crosd);
+    assert!(
+        regrown > shrunk + GIB && regrown <= 4 * GIB,
+        "df says {regrown} bytes after an offline grow from {shrunk} to 4 GiB"
+    );
+    vmc_ok(&crosd, &["stop", "termina"]);
+}
+
+/// Where a test that cannot run on this host says why: test.sh prints this file after the
+/// suite, so a test that did not run is never mistaken for one that passed.
+fn report_not_run(test: &str, reason: &str) {
+    use std::io::Write;
+    let line = format!("NOT RUN: {test}: {reason}");
+    eprintln!("{line}");
+    let path = cros_e2e::bin_dir().join("e2e/not-run.txt");
+    let _ = std::fs::create_dir_all(path.parent().unwrap());
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    writeln!(f, "{line}").unwrap();
+}
+
+/// termina on our own VMM (`crosd --hypervisor crosvm`): booted, maitred VmReady, a command
+/// in the guest, a clean stop — where `crosvm probe` says this host's /dev/kvm runs a stock
+/// kernel. Elsewhere (nested KVM without the instructions a kernel needs) crosd must refuse
+/// with the probe's reason instead of hanging, and the boot is reported as not run.
+#[test]
+fn termina_boots_on_our_own_vmm_where_kvm_can_run_linux() {
+    let probe = Command::new(bin("crosvm")).arg("probe").output().unwrap();
+    let crosd = Crosd::start_on("crosvm", |_| {});
+    vmc_ok(&crosd, &["create", "--size", "2G", "termina"]);
+    if !probe.status.success() {
+        let stderr = String::from_utf8_lossy(&probe.stderr);
+        let reason = stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("error:"))
+            .unwrap_or("crosvm probe failed without a reason")
+            .to_string();
+        let o = crosd.run(
+            "vmc",
+            &["start", "--no-shell", "--timeout", "60", "termina"],
+        );
+        assert!(!o.status.success(), "{}", text(&o));
+        let said = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            said.contains("cannot boot a Linux guest on this host") && said.contains("qemu"),
+            "crosd must say why the crosvm backend cannot boot here: {}",
+            text(&o)
+        );
+        report_not_run(
+            "termina_boots_on_our_own_vmm_where_kvm_can_run_linux",
+            &format!("crosvm probe failed on this host's /dev/kvm: {reason}"),
+        );
+        return;
+    }
+    start_termina(&crosd, "start on crosvm");
+    let o = crosd.vsh(&["uname", "-r"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        kernel_release(),
+        "{}",
+        text(&o)
+    );
+    let o = vmc_ok(&crosd, &["list", "--json"]);
+    let vms: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vms["vms"][0]["hypervisor"], "crosvm", "{vms}");
+    vmc_ok(&crosd, &["stop", "termina"]);
+    assert_no_vms(&crosd);
 }
