@@ -212,8 +212,13 @@ fn probe_says_whether_a_stock_kernel_can_boot() {
 }
 
 /// Starts `crosvm run` on `payload` with a control socket (and `extra` flags), its stderr
-/// piped, and waits until the guest has printed "ready".
-fn start_with_control(dir: &Path, payload: &str, extra: &[&str]) -> (std::process::Child, PathBuf) {
+/// piped, and waits until the guest has printed `ready` (its whole serial output so far).
+fn start_with_control(
+    dir: &Path,
+    payload: &str,
+    ready: &str,
+    extra: &[&str],
+) -> (std::process::Child, PathBuf) {
     let payload = build_payload(dir, payload);
     let ctrl = dir.join("ctrl.sock");
     let log = dir.join("serial.log");
@@ -230,8 +235,12 @@ fn start_with_control(dir: &Path, payload: &str, extra: &[&str]) -> (std::proces
         .expect("cannot start crosvm run");
     // A hang guard, not a timing assertion.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !(ctrl.exists() && std::fs::read_to_string(&log).is_ok_and(|s| s == "ready\n")) {
-        assert!(std::time::Instant::now() < deadline, "VM never got ready");
+    while !(ctrl.exists() && std::fs::read_to_string(&log).is_ok_and(|s| s == ready)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM never got ready: {:?}",
+            std::fs::read_to_string(&log)
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     (vm, ctrl)
@@ -243,7 +252,7 @@ fn start_with_control(dir: &Path, payload: &str, extra: &[&str]) -> (std::proces
 fn status_and_stop_through_the_control_socket() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
-    let (mut vm, ctrl) = start_with_control(dir.path(), "power_button", &[]);
+    let (mut vm, ctrl) = start_with_control(dir.path(), "power_button", "ready\n", &[]);
     let ctrl = ctrl.to_str().unwrap();
     let out = crosvm(&["status", ctrl]);
     assert!(
@@ -290,7 +299,8 @@ fn status_and_stop_through_the_control_socket() {
 fn stop_forces_a_guest_that_ignores_the_power_button_and_exits_3() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
-    let (mut vm, ctrl) = start_with_control(dir.path(), "spin", &["--stop-timeout", "1"]);
+    let (mut vm, ctrl) =
+        start_with_control(dir.path(), "spin", "ready\n", &["--stop-timeout", "1"]);
     let out = crosvm(&["stop", ctrl.to_str().unwrap()]);
     assert!(
         out.status.success(),
@@ -305,6 +315,41 @@ fn stop_forces_a_guest_that_ignores_the_power_button_and_exits_3() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("VM ended: forced off"), "{stderr}");
+}
+
+/// The vsock device thread runs under its own seccomp filter, started with the VM: the guest
+/// starts the device (DRIVER_OK on a vCPU thread, whose filter allows no new threads or
+/// sockets), resets it and starts it again (the device thread listens on the host socket
+/// anew), a host client connects and sends its CONNECT line (the thread accepts and reads
+/// it), and the VM still stops cleanly instead of dying of a denied system call (exit 159).
+#[test]
+fn vsock_device_thread_serves_under_its_seccomp_filter() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vsock.sock");
+    let (vm, ctrl) = start_with_control(
+        dir.path(),
+        "vsock_activate",
+        "vsock driver ok\nvsock driver ok\nready\n",
+        &["--cid", "3", "--vsock-uds", uds.to_str().unwrap()],
+    );
+    let mut host = std::os::unix::net::UnixStream::connect(&uds)
+        .expect("the device listens again after the guest reset it");
+    host.write_all(b"CONNECT 1234\n").unwrap();
+    let out = crosvm(&["stop", ctrl.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
+        "vsock driver ok\nvsock driver ok\nready\npower button pressed\n"
+    );
 }
 
 /// `crosvm stop` on a socket nobody serves names the socket.

@@ -204,13 +204,7 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     // Built up front, so no thread starts before every filter is known to compile.
     let mut filters = std::collections::HashMap::new();
     if config.seccomp {
-        for kind in [
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Helper,
-            ThreadKind::Control,
-            ThreadKind::Console,
-        ] {
+        for kind in ThreadKind::ALL {
             filters.insert(kind, seccomp::filter_for(kind)?);
         }
         seccomp::install_sigsys_handler()?;
@@ -321,9 +315,10 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         devices.push(("pmem", Arc::new(Mutex::new(device))));
     }
     if let Some(vsock) = &config.vsock {
-        // The vsock device's own thread (accepting host sockets) runs without a seccomp
-        // filter for now; our worker that forwards its notifications is filtered.
-        devices.push(("vsock", Arc::new(Mutex::new(VsockMmio::new(vsock)?))));
+        // The vsock device's own thread starts here, on this unconfined thread, under its
+        // own filter: the vCPU that later activates the device may not start threads.
+        let device = VsockMmio::new(vsock, filter(ThreadKind::Vsock))?;
+        devices.push(("vsock", Arc::new(Mutex::new(device))));
     }
     for _ in 0..config.virtio_rng {
         devices.push(("rng", Arc::new(Mutex::new(Rng::new()))));

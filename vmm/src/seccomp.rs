@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    SeccompRule, TargetArch, sock_filter,
 };
 
 /// Exit status of a VMM killed for a denied system call.
@@ -31,6 +31,22 @@ pub enum ThreadKind {
     Control,
     /// Forwards the VMM's stdin to the guest's serial port.
     Console,
+    /// The virtio-vsock device thread: its queues and the host side's Unix sockets (accepting
+    /// host clients, connecting to `UDS_<port>` for the guest, listening again after a device
+    /// reset).
+    Vsock,
+}
+
+impl ThreadKind {
+    /// Every kind, for building all filters up front.
+    pub const ALL: [ThreadKind; 6] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Device,
+        ThreadKind::Helper,
+        ThreadKind::Control,
+        ThreadKind::Console,
+        ThreadKind::Vsock,
+    ];
 }
 
 /// Errors building or installing a filter.
@@ -97,6 +113,58 @@ const CONTROL: &[i64] = &[
     libc::SYS_sendto,
 ];
 
+/// The vsock thread waits on epoll (queue kicks, host sockets, its connect-timeout timerfd)
+/// and serves Unix sockets on the host side.
+const VSOCK: &[i64] = &[
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_shutdown,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_readv,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_lstat,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
+/// glibc's malloc opens /proc/sys/vm/overcommit_memory the first time it shrinks a thread's
+/// heap, which any thread may do after freeing enough memory. Under every filter that openat
+/// fails with EACCES (glibc then keeps its default) instead of killing the VMM; any other
+/// open is refused the same way. These instructions run before seccompiler's program.
+fn refuse_openat() -> [sock_filter; 5] {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const ARCH_OFFSET: u32 = 4; // seccomp_data.arch
+    const NR_OFFSET: u32 = 0; // seccomp_data.nr
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    [
+        op(LD_W_ABS, 0, 0, ARCH_OFFSET),
+        // Another architecture: straight to seccompiler's program, which refuses it.
+        op(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_W_ABS, 0, 0, NR_OFFSET),
+        op(JEQ_K, 0, 1, libc::SYS_openat as u32),
+        op(RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EACCES as u32),
+    ]
+}
+
 /// The BPF program for `kind`.
 pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let build =
@@ -149,6 +217,25 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Console => {
             rules.extend([libc::SYS_poll, libc::SYS_ppoll].map(|nr| (nr, Vec::new())));
         }
+        ThreadKind::Vsock => {
+            rules.extend(VSOCK.iter().map(|&nr| (nr, Vec::new())));
+            // Sockets are made non-blocking with FIONBIO (std's set_nonblocking).
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![
+                    SeccompRule::new(vec![
+                        SeccompCondition::new(
+                            1,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Eq,
+                            libc::FIONBIO,
+                        )
+                        .map_err(build)?,
+                    ])
+                    .map_err(build)?,
+                ],
+            );
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -157,7 +244,8 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         TargetArch::x86_64,
     )
     .map_err(build)?;
-    filter.try_into().map_err(build)
+    let program: BpfProgram = filter.try_into().map_err(build)?;
+    Ok(refuse_openat().into_iter().chain(program).collect())
 }
 
 /// Installs `filter` (built for `kind`) on the calling thread, for the rest of its life.
@@ -213,13 +301,7 @@ mod tests {
 
     #[test]
     fn every_filter_builds() {
-        for kind in [
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Helper,
-            ThreadKind::Control,
-            ThreadKind::Console,
-        ] {
+        for kind in ThreadKind::ALL {
             assert!(!filter_for(kind).unwrap().is_empty());
         }
     }
@@ -236,7 +318,71 @@ mod tests {
     /// Runs in a forked child (filters cannot be removed), which only makes raw system calls.
     #[test]
     fn denied_call_is_reported_and_ends_the_process() {
-        let filter = filter_for(ThreadKind::Helper).unwrap();
+        let text = run_denied_call(ThreadKind::Helper, libc::SYS_socket);
+        assert!(
+            text.contains(&format!("system call {}", libc::SYS_socket)),
+            "{text}"
+        );
+    }
+
+    /// The vsock thread's filter allows its sockets but not, say, starting a process: execve
+    /// there kills the VMM with the same clear line.
+    #[test]
+    fn vsock_thread_filter_denies_execve_with_a_clear_line() {
+        let text = run_denied_call(ThreadKind::Vsock, libc::SYS_execve);
+        assert!(
+            text.contains(&format!(
+                "crosvm: seccomp: a VMM thread made system call {}, which its filter denies",
+                libc::SYS_execve
+            )),
+            "{text}"
+        );
+    }
+
+    /// openat (glibc's malloc reads /proc/sys/vm/overcommit_memory when it trims a thread's
+    /// heap) fails with EACCES under every filter rather than killing the process.
+    #[test]
+    fn openat_fails_with_eacces_instead_of_killing() {
+        for kind in ThreadKind::ALL {
+            let filter = filter_for(kind).unwrap();
+            // SAFETY: the child only makes raw system calls until it exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: raw calls in the child; the path is a NUL-terminated literal.
+                unsafe {
+                    if seccompiler::apply_filter(&filter).is_err() {
+                        libc::_exit(3);
+                    }
+                    let fd = libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                        libc::O_RDONLY,
+                    );
+                    let errno = *libc::__errno_location();
+                    libc::_exit(if fd == -1 && errno == libc::EACCES {
+                        42
+                    } else {
+                        4
+                    });
+                }
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42,
+                "{kind:?}: status {status:#x}"
+            );
+        }
+    }
+
+    /// In a forked child: installs `kind`'s filter, makes system call `nr` (with zero
+    /// arguments), and returns what the child wrote on stderr once it ended with
+    /// SECCOMP_EXIT_CODE.
+    fn run_denied_call(kind: ThreadKind, nr: libc::c_long) -> String {
+        let filter = filter_for(kind).unwrap();
         install_sigsys_handler().unwrap();
         let mut pipe = [0; 2];
         // SAFETY: pipe(2) into a two-element array.
@@ -246,13 +392,13 @@ mod tests {
         assert!(pid >= 0);
         if pid == 0 {
             // SAFETY: raw calls in the child: route stderr to the pipe, filter, then make a
-            // call the Helper filter denies (socket).
+            // call the filter denies.
             unsafe {
                 libc::dup2(pipe[1], 2);
                 if seccompiler::apply_filter(&filter).is_err() {
                     libc::_exit(3);
                 }
-                libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::syscall(nr, 0, 0, 0);
                 libc::_exit(0);
             }
         }
@@ -269,9 +415,6 @@ mod tests {
         let text = String::from_utf8_lossy(&out[..n.max(0) as usize]).into_owned();
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), SECCOMP_EXIT_CODE, "{text}");
-        assert!(
-            text.contains(&format!("system call {}", libc::SYS_socket)),
-            "{text}"
-        );
+        text
     }
 }

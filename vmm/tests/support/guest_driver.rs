@@ -238,6 +238,13 @@ pub struct Guest {
     pub thread: Option<DeviceThread>,
 }
 
+/// The vsock thread's seccomp filter, with the handler that reports a denied call (the test
+/// process then exits 159 with the call's number on stderr).
+fn vsock_filter() -> seccompiler::BpfProgram {
+    cros_vmm::seccomp::install_sigsys_handler().expect("SIGSYS handler");
+    cros_vmm::seccomp::filter_for(cros_vmm::seccomp::ThreadKind::Vsock).expect("vsock filter")
+}
+
 impl Guest {
     /// Starts a device listening on `uds` and a guest with `rx_buffers` rx buffers of
     /// `rx_buf_size` bytes (header included) posted.
@@ -274,6 +281,9 @@ impl Guest {
             Box::new(EventFdInterrupt {
                 calls: calls.iter().map(|c| c.try_clone().unwrap()).collect(),
             }),
+            // Under the filter `crosvm run` gives the vsock thread, so every test of the
+            // device also shows that the filter allows what the device does.
+            Some(vsock_filter()),
         )
         .expect("device thread");
 

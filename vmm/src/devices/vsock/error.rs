@@ -46,4 +46,6 @@ pub enum VsockError {
     Interrupt(io::Error),
     #[error("starting the device thread: {0}")]
     SpawnThread(io::Error),
+    #[error("confining the device thread")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }

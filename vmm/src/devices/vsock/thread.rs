@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::thread::JoinHandle;
 
+use seccompiler::BpfProgram;
 use tracing::error;
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
@@ -14,6 +15,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::device::{DeviceEvent, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockDevice};
 use super::error::VsockError;
+use crate::seccomp::{self, ThreadKind};
 
 /// How the device tells the guest a queue has used buffers (an irqfd, an MMIO interrupt
 /// status update, or a test's eventfd).
@@ -39,38 +41,29 @@ pub struct DeviceThread {
 
 impl DeviceThread {
     /// Starts the device thread. `kicks[i]` is the queue-notify eventfd of queue `i`
-    /// (rx, tx, event).
+    /// (rx, tx, event). With `seccomp`, the thread confines itself with that filter (built
+    /// for [`ThreadKind::Vsock`]) before it touches the guest's queues.
     pub fn spawn<M>(
         mut device: VsockDevice,
         mem: M,
         mut queues: VsockQueues,
         kicks: [EventFd; NUM_QUEUES],
         interrupt: Box<dyn GuestInterrupt>,
+        seccomp: Option<BpfProgram>,
     ) -> Result<Self, VsockError>
     where
         M: GuestAddressSpace + Send + 'static,
     {
         // `exit` outlives the thread: `stop` (or drop) joins before it is closed.
         let exit = EventFd::new(EFD_NONBLOCK).map_err(VsockError::EventFd)?;
-        let epoll = Epoll::new().map_err(VsockError::Epoll)?;
-        let add = |fd, token| {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(VsockError::Epoll)
-        };
-        for (i, kick) in kicks.iter().enumerate() {
-            add(kick.as_raw_fd(), i as u64)?;
-        }
-        add(device.host_events_fd(), TOKEN_HOST)?;
-        add(exit.as_raw_fd(), TOKEN_EXIT)?;
+        let epoll = epoll_set(&device, &kicks, &exit)?;
 
         let handle = std::thread::Builder::new()
             .name(format!("vsock-cid{}", device.guest_cid()))
             .spawn(move || {
+                if let Some(filter) = &seccomp {
+                    seccomp::install(ThreadKind::Vsock, filter)?;
+                }
                 let result = run_loop(&mut device, &mem, &mut queues, &kicks, &epoll, &*interrupt);
                 if let Err(e) = &result {
                     error!("vsock device thread stopped: {e}");
@@ -106,6 +99,44 @@ impl Drop for DeviceThread {
     fn drop(&mut self) {
         let _ = self.stop_inner();
     }
+}
+
+/// The epoll set of a device thread: the queue kicks, the host sockets and the exit event.
+fn epoll_set(
+    device: &VsockDevice,
+    kicks: &[EventFd; NUM_QUEUES],
+    exit: &EventFd,
+) -> Result<Epoll, VsockError> {
+    let epoll = Epoll::new().map_err(VsockError::Epoll)?;
+    let add = |fd, token| {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+            .map_err(VsockError::Epoll)
+    };
+    for (i, kick) in kicks.iter().enumerate() {
+        add(kick.as_raw_fd(), i as u64)?;
+    }
+    add(device.host_events_fd(), TOKEN_HOST)?;
+    add(exit.as_raw_fd(), TOKEN_EXIT)?;
+    Ok(epoll)
+}
+
+/// Runs the device on the calling thread until `exit` is signalled or the device fails: for
+/// a thread that outlives one activation (our virtio-mmio adapter's).
+pub fn serve<M: GuestAddressSpace>(
+    device: &mut VsockDevice,
+    mem: &M,
+    queues: &mut VsockQueues,
+    kicks: &[EventFd; NUM_QUEUES],
+    exit: &EventFd,
+    interrupt: &dyn GuestInterrupt,
+) -> Result<(), VsockError> {
+    let epoll = epoll_set(device, kicks, exit)?;
+    run_loop(device, mem, queues, kicks, &epoll, interrupt)
 }
 
 fn run_loop<M: GuestAddressSpace>(
