@@ -529,9 +529,16 @@ pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
         Some(path) => {
             let (control_tx, control_rx) = mpsc::channel::<ControlRequest>();
             let events = control_events_tx;
+            let forward_filter = filter(ThreadKind::Helper);
             let forward = std::thread::Builder::new()
                 .name("control-events".into())
                 .spawn(move || {
+                    if let Some(f) = &forward_filter
+                        && let Err(e) = seccomp::install(ThreadKind::Helper, f)
+                    {
+                        tracing::error!("control event thread: {e}");
+                        return;
+                    }
                     for request in control_rx {
                         if events.send(Event::Control(request)).is_err() {
                             break;
