@@ -841,16 +841,21 @@ mod tests {
         )
     }
 
+    /// A client's request to the concierge, as the bus delivers it.
+    fn deliver(r: ConciergeRequest) -> Deliver {
+        Deliver {
+            env: cros_messages::Envelope::new(
+                1,
+                1,
+                Addr::client(1),
+                Concierge::me(),
+                Body::Concierge(r),
+            ),
+        }
+    }
+
     async fn ask(c: Concierge, req: ConciergeRequest) -> Body {
-        let addr = c.start();
-        let env = cros_messages::Envelope::new(
-            1,
-            1,
-            Addr::client(1),
-            Concierge::me(),
-            Body::Concierge(req),
-        );
-        addr.send(Deliver { env }).await.unwrap()
+        c.start().send(deliver(req)).await.unwrap()
     }
 
     #[actix::test]
@@ -911,15 +916,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = concierge(dir.path());
         let addr = c.start();
-        let req = |r| Deliver {
-            env: cros_messages::Envelope::new(
-                1,
-                1,
-                Addr::client(1),
-                Concierge::me(),
-                Body::Concierge(r),
-            ),
-        };
+        let req = deliver;
         let start: ConciergeRequest =
             serde_json::from_str(r#"{"StartVm":{"name":"termina"}}"#).unwrap();
         let Body::Error(err) = addr.send(req(start)).await.unwrap() else {
@@ -945,15 +942,7 @@ mod tests {
     async fn disks_are_created_listed_and_destroyed() {
         let dir = tempfile::tempdir().unwrap();
         let c = concierge(dir.path()).start();
-        let req = |r| Deliver {
-            env: cros_messages::Envelope::new(
-                1,
-                1,
-                Addr::client(1),
-                Concierge::me(),
-                Body::Concierge(r),
-            ),
-        };
+        let req = deliver;
         let created = c
             .send(req(ConciergeRequest::CreateDiskImage {
                 name: "termina".into(),
@@ -995,17 +984,7 @@ mod tests {
     async fn a_stopped_vms_disk_grows_and_is_not_shrunk() {
         let dir = tempfile::tempdir().unwrap();
         let c = concierge(dir.path()).start();
-        let ask = |r| {
-            c.send(Deliver {
-                env: cros_messages::Envelope::new(
-                    1,
-                    1,
-                    Addr::client(1),
-                    Concierge::me(),
-                    Body::Concierge(r),
-                ),
-            })
-        };
+        let ask = |r| c.send(deliver(r));
         let resize = |size| ConciergeRequest::ResizeDiskImage {
             name: "termina".into(),
             owner_id: String::new(),
@@ -1067,17 +1046,7 @@ mod tests {
     async fn export_and_import_run_as_operations_by_uuid() {
         let dir = tempfile::tempdir().unwrap();
         let c = concierge(dir.path()).start();
-        let ask = |r| {
-            c.send(Deliver {
-                env: cros_messages::Envelope::new(
-                    1,
-                    1,
-                    Addr::client(1),
-                    Concierge::me(),
-                    Body::Concierge(r),
-                ),
-            })
-        };
+        let ask = |r| c.send(deliver(r));
         let disk = disk::disk_path(dir.path(), "termina");
         std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
         let f = std::fs::File::create(&disk).unwrap();
