@@ -5,15 +5,15 @@
 //! (for tests on the host).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cros_guest::cmdline::CrosdParams;
 use cros_guest::maitred::handlers::{LateModules, Maitred};
 use cros_guest::maitred::reaper::Reaper;
 use cros_guest::maitred::services::Services;
 use cros_guest::maitred::{
-    CONSOLE_PREFIX, INITRAMFS_MARKER, LATE_MODULES, TOOLS_MOUNT, TOOLS_SERIAL, disks, init, server,
-    stage1,
+    CONSOLE_PREFIX, INITRAMFS_MARKER, LATE_MODULES, TOOLS_MOUNT, TOOLS_SERIAL, disks, init,
+    power_button, server, stage1,
 };
 use cros_guest::pid1;
 use cros_messages::{Addr, ports};
@@ -161,6 +161,48 @@ fn stage2() {
         services,
         LateModules::start(std::path::Path::new(LATE_MODULES)),
     );
+    let watcher = maitred.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("power-button".into())
+        .spawn(move || watch_power_button(&watcher))
+    {
+        say(&format!("power button not watched: {e}"));
+    }
     let err = server::serve(listener, me, maitred, |m| m.power_off());
     fatal(&format!("vsock listener failed: {err}"));
+}
+
+/// Powers off, as a `Shutdown` request does, when the host presses the ACPI power button
+/// (QEMU `system_powerdown`, `crosvm stop`). Its driver and evdev are late modules, so the
+/// devices are looked for once those have loaded.
+fn watch_power_button(maitred: &Maitred) {
+    if let Err(e) = maitred.late_modules.wait() {
+        say(&format!("power button: {e}"));
+    }
+    let dir = std::path::Path::new(power_button::INPUT_DIR);
+    let mut buttons =
+        match power_button::find_power_buttons_within(dir, std::time::Duration::from_secs(5)) {
+            Ok(b) => b,
+            Err(e) => {
+                say(&format!("power button not watched: {e}"));
+                return;
+            }
+        };
+    let names: Vec<String> = buttons
+        .iter()
+        .map(|b| b.path.display().to_string())
+        .collect();
+    say(&format!("watching the power button ({})", names.join(", ")));
+    match power_button::wait_for_press(&mut buttons) {
+        // A Shutdown request got there first and is already powering off.
+        Ok(_) if maitred.shutdown_requested.load(Ordering::SeqCst) => {}
+        Ok(path) => {
+            say(&format!(
+                "power button pressed ({}): shutting down",
+                path.display()
+            ));
+            maitred.power_off();
+        }
+        Err(e) => say(&format!("power button no longer watched: {e}")),
+    }
 }

@@ -15,9 +15,10 @@ pub const TERMINA_EARLY_MODULES: &str =
     "crc32c_generic virtio_mmio virtio_blk vmw_vsock_virtio_transport ext4";
 /// Modules maitred loads from the root image after VmReady, while the host sets up: btrfs for
 /// the stateful disk (its raid6 self-benchmark alone costs half a second under TCG), 9P and
-/// overlayfs. The crypto modules are soft dependencies of btrfs.
+/// overlayfs, and the ACPI power button (`button`) with `evdev`, through which maitred sees a
+/// press. The crypto modules are soft dependencies of btrfs.
 pub const TERMINA_LATE_MODULES: &str =
-    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay";
+    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
