@@ -19,7 +19,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cros_hypervisor::{
-    Hypervisor, Initramfs, QemuBackend, VhostUserVsockBackend, VmHandle, VmSpec, VsockSpec,
+    DiskSpec, Hypervisor, Initramfs, QemuBackend, VhostUserVsockBackend, VmHandle, VmSpec,
+    VsockSpec,
 };
 
 use crate::vsock_vm::{guest_bin, guest_kernel, tail};
@@ -62,6 +63,13 @@ fn console(path: &Path) -> String {
 impl VshVm {
     /// Boots the guest and waits until vshd listens. Panics with the console on failure.
     pub fn start(name: &str) -> VshVm {
+        Self::start_with_disks(name, Vec::new())
+    }
+
+    /// As [`VshVm::start`], with `disks` attached (the qemu backend serves each through
+    /// `crosvm vhost-user-blk`, or QEMU's own virtio-blk where `online_resize` is set). The
+    /// guest needs virtio_blk among CROSD_GUEST_MODULES (`guest-kernel.sh --modules`).
+    pub fn start_with_disks(name: &str, disks: Vec<DiskSpec>) -> VshVm {
         assert!(
             Path::new(BUSYBOX).is_file(),
             "{BUSYBOX} missing: apt-get install -y --no-install-recommends busybox-static"
@@ -86,6 +94,7 @@ impl VshVm {
         spec.cmdline = "console=ttyS0 panic=-1 loglevel=4".to_string();
         spec.mem_mib = 512;
         spec.cpus = 2;
+        spec.disks = disks;
         spec.vsock = Some(VsockSpec {
             guest_cid: 3,
             uds_path: uds.clone(),
