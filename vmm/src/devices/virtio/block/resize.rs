@@ -138,10 +138,17 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::InvalidArgument);
         assert!(err.message.contains("multiple of 512"), "{err:?}");
         let err = devices.resize(0, 16384).unwrap_err();
-        assert!(err.message.contains("larger than the image file"), "{err:?}");
+        assert!(
+            err.message.contains("larger than the image file"),
+            "{err:?}"
+        );
         let err = devices.resize(1, 8192).unwrap_err();
         assert_eq!(err.kind, ErrorKind::FailedPrecondition);
-        assert!(err.message.contains("disk 1: cannot resize a read-only disk"), "{err:?}");
+        assert!(
+            err.message
+                .contains("disk 1: cannot resize a read-only disk"),
+            "{err:?}"
+        );
 
         for d in [&rw, &ro] {
             assert_eq!(read(&d.transport, reg::CONFIG), 8);
