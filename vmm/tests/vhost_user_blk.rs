@@ -15,7 +15,9 @@ use cros_vmm::devices::virtio::block::request::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 };
-use cros_vmm::devices::virtio::block::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO};
+use cros_vmm::devices::virtio::block::{
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
+};
 use cros_vmm::vhost_user::blk::{BlkConfig, serve};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -228,6 +230,12 @@ fn frontend_reads_writes_flushes_and_gets_the_serial() {
         u32::from_le_bytes(config[12..16].try_into().unwrap()),
         126,
         "seg_max"
+    );
+    assert_ne!(d.features & VIRTIO_BLK_F_BLK_SIZE, 0);
+    assert_eq!(
+        u32::from_le_bytes(config[20..24].try_into().unwrap()),
+        512,
+        "blk_size"
     );
 
     d.header(VIRTIO_BLK_T_IN, 3);

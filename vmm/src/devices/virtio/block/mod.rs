@@ -19,12 +19,14 @@ use request::{ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_I
 const QUEUE_SIZE: u16 = 256;
 pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 pub const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
 pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 pub const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 pub const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
 /// Configuration space (virtio 1.2, 5.2.4): capacity (u64) at 0, size_max at 8, seg_max at 12,
-/// ..., max_discard_sectors at 36, max_discard_seg at 40, discard_sector_alignment at 44,
-/// max_write_zeroes_sectors at 48, max_write_zeroes_seg at 52, write_zeroes_may_unmap at 56.
+/// geometry at 16, blk_size at 20, ..., max_discard_sectors at 36, max_discard_seg at 40,
+/// discard_sector_alignment at 44, max_write_zeroes_sectors at 48, max_write_zeroes_seg at 52,
+/// write_zeroes_may_unmap at 56.
 pub const CONFIG_LEN: usize = 60;
 
 /// Errors opening, naming or resizing a disk image.
@@ -123,7 +125,7 @@ pub fn features(read_only: bool) -> u64 {
     } else {
         VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
     };
-    VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | by_mode
+    VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH | by_mode
 }
 
 /// The configuration space of `disk` for a queue of `queue_size` descriptors.
@@ -133,6 +135,8 @@ pub fn config_space(disk: &Disk, queue_size: u16) -> [u8; CONFIG_LEN] {
     // One descriptor each for header and status; the rest may carry data (no indirect
     // descriptors are offered, so a request must fit the ring).
     c[12..16].copy_from_slice(&u32::from(queue_size.saturating_sub(2)).to_le_bytes());
+    // blk_size: the logical block size the driver uses.
+    c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
     c[36..40].copy_from_slice(&request::MAX_DISCARD_SECTORS.to_le_bytes());
     c[40..44].copy_from_slice(&request::MAX_DISCARD_SEGMENTS.to_le_bytes());
     c[44..48].copy_from_slice(&1u32.to_le_bytes());
