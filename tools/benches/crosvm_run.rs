@@ -2,7 +2,9 @@
 //! host's /dev/kvm: time from spawning `crosvm run` to the payload's first serial byte (its
 //! first instructions print), time to the payload's power-off (process exit), and the VMM's
 //! memory overhead: VmRSS minus the resident pages of the guest memory mapping (read from
-//! /proc/PID/smaps while the guest runs), as Firecracker measures it.
+//! /proc/PID/smaps while the guest runs), as Firecracker measures it; and a graceful stop:
+//! time from `crosvm stop` (which presses the ACPI power button) until it returns, which is
+//! once the power_button payload has powered off and the VMM has exited.
 //!
 //! `cargo bench -p cros-tools --bench crosvm_run [-- RUNS]` (default 20 runs). Prints numbers;
 //! asserts nothing about them.
@@ -99,6 +101,41 @@ fn run_once(payload: &Path, extra: &[&str], sample: bool) -> Run {
     }
 }
 
+/// Starts the power_button payload with a control socket, waits for its "ready", and returns
+/// how long `crosvm stop` took (it returns once the VMM has exited).
+fn stop_once(payload: &Path, dir: &Path) -> Duration {
+    let ctrl = dir.join("stop-bench.sock");
+    let mut child = Command::new(CROSVM)
+        .args(["run", "--mem", &MEM_MIB.to_string(), "--kernel"])
+        .arg(payload)
+        .arg("--socket")
+        .arg(&ctrl)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start crosvm");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("guest output");
+    assert_eq!(line, "ready\n");
+    while !ctrl.exists() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let start = Instant::now();
+    let out = Command::new(CROSVM)
+        .arg("stop")
+        .arg(&ctrl)
+        .output()
+        .expect("crosvm stop");
+    let took = start.elapsed();
+    assert!(out.status.success(), "crosvm stop failed");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("guest output");
+    assert_eq!(rest, "power button pressed\n");
+    assert!(child.wait().expect("crosvm").success());
+    took
+}
+
 fn stats(mut v: Vec<f64>) -> String {
     v.sort_by(|a, b| a.total_cmp(b));
     let median = v[v.len() / 2];
@@ -132,6 +169,18 @@ fn main() {
     println!(
         "  spawn to power-off (process exit): {} ms",
         stats(probe_runs.iter().map(|r| ms(r.exit)).collect())
+    );
+
+    let power_button = build_payload(dir.path(), "power_button");
+    let stops: Vec<f64> = (0..runs)
+        .map(|_| ms(stop_once(&power_button, dir.path())))
+        .collect();
+    println!(
+        "crosvm stop, power_button payload (polls the GED register, powers off via S5), {runs} runs:"
+    );
+    println!(
+        "  crosvm stop to its return (button pressed, guest powered off, VMM exited): {} ms",
+        stats(stops)
     );
 
     let idle_runs: Vec<Run> = (0..runs).map(|_| run_once(&idle, &[], true)).collect();
