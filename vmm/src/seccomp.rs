@@ -6,9 +6,10 @@
 
 use std::collections::BTreeMap;
 
+pub use seccompiler::BpfProgram;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch, sock_filter,
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    TargetArch, sock_filter,
 };
 
 /// Exit status of a VMM killed for a denied system call.
@@ -35,17 +36,23 @@ pub enum ThreadKind {
     /// host clients, connecting to `UDS_<port>` for the guest, listening again after a device
     /// reset).
     Vsock,
+    /// Every thread of a vhost-user backend process (`crosvm vhost-user-vsock|blk`) once it
+    /// serves its frontend: the vhost-user protocol (messages carrying descriptors, guest
+    /// memory mappings), the device's event loop and the device's own work (the disk image's
+    /// I/O, vsock's host sockets).
+    VhostUser,
 }
 
 impl ThreadKind {
     /// Every kind, for building all filters up front.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::Device,
         ThreadKind::Helper,
         ThreadKind::Control,
         ThreadKind::Console,
         ThreadKind::Vsock,
+        ThreadKind::VhostUser,
     ];
 }
 
@@ -56,6 +63,8 @@ pub enum SeccompError {
     Build(ThreadKind, #[source] seccompiler::Error),
     #[error("cannot install the {0:?} seccomp filter")]
     Install(ThreadKind, #[source] seccompiler::Error),
+    #[error("cannot install the {0:?} seccomp filter on every thread of the process")]
+    InstallAllThreads(ThreadKind, #[source] seccompiler::Error),
     #[error("cannot install the SIGSYS handler")]
     Handler(#[source] std::io::Error),
 }
@@ -173,21 +182,14 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         COMMON.iter().map(|&nr| (nr, Vec::new())).collect();
     // Rust's standard library checks that a descriptor is still open (F_GETFD) when it
     // closes one in debug builds; nothing else may use fcntl.
-    rules.insert(
-        libc::SYS_fcntl,
-        vec![
-            SeccompRule::new(vec![
-                SeccompCondition::new(
-                    1,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    libc::F_GETFD as u64,
-                )
+    let arg_is = |arg: u8, value: u64| -> Result<SeccompRule, SeccompError> {
+        SeccompRule::new(vec![
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
                 .map_err(build)?,
-            ])
-            .map_err(build)?,
-        ],
-    );
+        ])
+        .map_err(build)
+    };
+    rules.insert(libc::SYS_fcntl, vec![arg_is(1, libc::F_GETFD as u64)?]);
     match kind {
         ThreadKind::Vcpu => {
             let ioctl = [KVM_RUN, KVM_GET_REGS]
@@ -220,21 +222,21 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         ThreadKind::Vsock => {
             rules.extend(VSOCK.iter().map(|&nr| (nr, Vec::new())));
             // Sockets are made non-blocking with FIONBIO (std's set_nonblocking).
+            rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
+        }
+        ThreadKind::VhostUser => {
+            rules.extend(DEVICE.iter().chain(VSOCK).map(|&nr| (nr, Vec::new())));
+            rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
+            // The vhost-user crates duplicate descriptors the frontend sent.
             rules.insert(
-                libc::SYS_ioctl,
+                libc::SYS_fcntl,
                 vec![
-                    SeccompRule::new(vec![
-                        SeccompCondition::new(
-                            1,
-                            SeccompCmpArgLen::Dword,
-                            SeccompCmpOp::Eq,
-                            libc::FIONBIO,
-                        )
-                        .map_err(build)?,
-                    ])
-                    .map_err(build)?,
+                    arg_is(1, libc::F_GETFD as u64)?,
+                    arg_is(1, libc::F_DUPFD_CLOEXEC as u64)?,
                 ],
             );
+            // A thread the daemon started just before the filter may still be naming itself.
+            rules.insert(libc::SYS_prctl, vec![arg_is(0, libc::PR_SET_NAME as u64)?]);
         }
     }
     let filter = SeccompFilter::new(
@@ -251,6 +253,13 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 /// Installs `filter` (built for `kind`) on the calling thread, for the rest of its life.
 pub fn install(kind: ThreadKind, filter: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(filter).map_err(|e| SeccompError::Install(kind, e))
+}
+
+/// Installs `filter` (built for `kind`) on every thread of the process at once (TSYNC): for
+/// a vhost-user backend, whose threads the vhost-user crates start.
+pub fn install_all_threads(kind: ThreadKind, filter: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter_all_threads(filter)
+        .map_err(|e| SeccompError::InstallAllThreads(kind, e))
 }
 
 /// Writes `n` in decimal into `buf`, returning the digits (no allocation: signal-safe).

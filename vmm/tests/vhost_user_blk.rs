@@ -67,7 +67,7 @@ impl Driver {
         let (tx, rx) = mpsc::channel();
         let server = {
             let socket = socket.clone();
-            std::thread::spawn(move || serve(&socket, &config, move || tx.send(()).unwrap()))
+            std::thread::spawn(move || serve(&socket, &config, move || tx.send(()).unwrap(), None))
         };
         rx.recv().expect("the backend never listened");
         let mut frontend = Frontend::connect(&socket, 1).unwrap();
@@ -341,7 +341,7 @@ fn bad_images_and_serials_are_clear_errors_before_listening() {
             read_only,
             serial,
         };
-        let err = serve(&socket, &config, || panic!("must not listen")).unwrap_err();
+        let err = serve(&socket, &config, || panic!("must not listen"), None).unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
         assert!(!socket.exists());
     }

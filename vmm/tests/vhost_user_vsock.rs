@@ -30,7 +30,7 @@ fn listens_before_ready_and_exits_cleanly_when_the_frontend_disconnects() {
     let (tx, rx) = mpsc::channel();
     let server = {
         let sock = sock.clone();
-        std::thread::spawn(move || serve(&sock, &cfg, move || tx.send(()).unwrap()))
+        std::thread::spawn(move || serve(&sock, &cfg, move || tx.send(()).unwrap(), None))
     };
     rx.recv().expect("serve never reported readiness");
     // Ready means a frontend can connect right now, and the host side is up too.
@@ -52,12 +52,12 @@ fn bad_paths_are_clear_errors_and_touch_nothing() {
     let cfg = config(dir.path());
 
     let missing = dir.path().join("no/such/dir/vhost.sock");
-    let err = serve(&missing, &cfg, || panic!("must not become ready")).unwrap_err();
+    let err = serve(&missing, &cfg, || panic!("must not become ready"), None).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 
     let file = dir.path().join("precious.txt");
     std::fs::write(&file, b"keep me").unwrap();
-    let err = serve(&file, &cfg, || panic!("must not become ready")).unwrap_err();
+    let err = serve(&file, &cfg, || panic!("must not become ready"), None).unwrap_err();
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 
@@ -65,9 +65,12 @@ fn bad_paths_are_clear_errors_and_touch_nothing() {
         guest_cid: 3,
         uds_path: dir.path().join("missing/vsock.sock"),
     };
-    let err = serve(&dir.path().join("v.sock"), &bad_uds, || {
-        panic!("must not become ready")
-    })
+    let err = serve(
+        &dir.path().join("v.sock"),
+        &bad_uds,
+        || panic!("must not become ready"),
+        None,
+    )
     .unwrap_err();
     assert!(err.to_string().contains("missing/vsock.sock"), "{err}");
 }

@@ -83,6 +83,11 @@ enum Command {
         /// Context id of the guest (3 or more; 2 is the host).
         #[arg(long, value_name = "CID", value_parser = clap::value_parser!(u64).range(3..u64::from(u32::MAX)))]
         guest_cid: u64,
+        /// Serve without the seccomp filter that confines every thread of this process once
+        /// the frontend has connected (for debugging a backend stopped with "crosvm: seccomp:
+        /// ... denied"; exit status 159).
+        #[arg(long)]
+        no_seccomp: bool,
     },
     /// Serve a virtio-blk disk backed by a raw image to a vhost-user frontend (QEMU 7.2 on
     /// microvm: `-chardev socket,id=blk0,path=SOCK -device vhost-user-blk,chardev=blk0`, with
@@ -109,6 +114,11 @@ enum Command {
         /// image's device and inode numbers.
         #[arg(long, value_name = "SERIAL")]
         serial: Option<String>,
+        /// Serve without the seccomp filter that confines every thread of this process once
+        /// the frontend has connected (for debugging a backend stopped with "crosvm: seccomp:
+        /// ... denied"; exit status 159).
+        #[arg(long)]
+        no_seccomp: bool,
     },
     /// Tell the VM on control socket CTRL that its disk INDEX (the order of `--block` flags,
     /// from 0) now has SIZE bytes: the image file must already have been resized (e.g. with
@@ -184,6 +194,18 @@ struct RunArgs {
     /// off at once.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     stop_timeout: u64,
+}
+
+/// The seccomp filter of a vhost-user backend process, unless `--no-seccomp`; with it, the
+/// handler that reports a denied call.
+fn vhost_user_filter(no_seccomp: bool) -> anyhow::Result<Option<cros_vmm::seccomp::BpfProgram>> {
+    if no_seccomp {
+        return Ok(None);
+    }
+    use cros_vmm::seccomp::{ThreadKind, filter_for, install_sigsys_handler};
+    let filter = filter_for(ThreadKind::VhostUser)?;
+    install_sigsys_handler()?;
+    Ok(Some(filter))
 }
 
 /// Exit status of `crosvm run` when a stop request had to force the guest off.
@@ -289,15 +311,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket,
             uds_path,
             guest_cid,
+            no_seccomp,
         } => {
             let config = VsockConfig {
                 guest_cid,
                 uds_path: uds_path.clone(),
             };
-            cros_vmm::vhost_user::vsock::serve(&socket, &config, || {
-                println!("listening on {}", socket.display());
-                let _ = std::io::stdout().flush();
-            })
+            let filter = vhost_user_filter(no_seccomp)?;
+            cros_vmm::vhost_user::vsock::serve(
+                &socket,
+                &config,
+                || {
+                    println!("listening on {}", socket.display());
+                    let _ = std::io::stdout().flush();
+                },
+                filter.as_ref(),
+            )
             .with_context(|| {
                 format!(
                     "vhost-user-vsock (socket {}, uds {}, cid {guest_cid})",
@@ -311,16 +340,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             read_only,
             serial,
+            no_seccomp,
         } => {
             let config = BlkConfig {
                 path: path.clone(),
                 read_only,
                 serial,
             };
-            cros_vmm::vhost_user::blk::serve(&socket, &config, || {
-                println!("listening on {}", socket.display());
-                let _ = std::io::stdout().flush();
-            })
+            let filter = vhost_user_filter(no_seccomp)?;
+            cros_vmm::vhost_user::blk::serve(
+                &socket,
+                &config,
+                || {
+                    println!("listening on {}", socket.display());
+                    let _ = std::io::stdout().flush();
+                },
+                filter.as_ref(),
+            )
             .with_context(|| {
                 format!(
                     "vhost-user-blk (socket {}, image {})",

@@ -205,8 +205,16 @@ pub fn serve(
     socket: &Path,
     config: &BlkConfig,
     on_listening: impl FnOnce(),
+    seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), VhostUserBlkError> {
     let backend = Arc::new(RwLock::new(VhostUserBlkBackend::new(config)?));
-    serve_backend("vhost-user-blk", socket, backend, &[], on_listening)?;
+    serve_backend(
+        "vhost-user-blk",
+        socket,
+        backend,
+        &[],
+        on_listening,
+        seccomp,
+    )?;
     Ok(())
 }

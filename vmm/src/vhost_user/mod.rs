@@ -35,6 +35,8 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// A file descriptor the backend's worker thread should also wait on, reported to the
@@ -47,13 +49,17 @@ pub struct ExtraListener {
 
 /// Serves one vhost-user connection with `backend`: listens on `socket` (calling
 /// `on_listening` once it can accept, so a launcher can start QEMU), serves the frontend until
-/// it disconnects, removes the socket and returns `Ok`.
+/// it disconnects, removes the socket and returns `Ok`. With `seccomp` (the
+/// [`ThreadKind::VhostUser`](crate::seccomp::ThreadKind::VhostUser) filter), every thread of
+/// the process is confined once the frontend has connected and the daemon's threads run: the
+/// rest of the process's life is serving the frontend.
 pub fn serve_backend<T>(
     name: &str,
     socket: &Path,
     backend: T,
     extra_listeners: &[ExtraListener],
     on_listening: impl FnOnce(),
+    seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), ServeError>
 where
     T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
@@ -82,6 +88,17 @@ where
     on_listening();
 
     let started = daemon.start(&mut listener);
+    if started.is_ok()
+        && let Some(filter) = seccomp
+        && let Err(e) =
+            crate::seccomp::install_all_threads(crate::seccomp::ThreadKind::VhostUser, filter)
+    {
+        for h in &handlers {
+            h.send_exit_event();
+        }
+        let _ = std::fs::remove_file(socket);
+        return Err(e.into());
+    }
     let result = started.and_then(|()| daemon.wait());
     for h in &handlers {
         h.send_exit_event();

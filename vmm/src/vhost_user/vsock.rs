@@ -200,11 +200,12 @@ impl VhostUserBackendMut for VhostUserVsockBackend {
 
 /// Serves one vhost-user connection: listens on `socket` (calling `on_listening` once it can
 /// accept, so a launcher can start QEMU), serves the frontend until it disconnects, then
-/// returns `Ok`.
+/// returns `Ok`. `seccomp`: see [`serve_backend`].
 pub fn serve(
     socket: &Path,
     config: &VsockConfig,
     on_listening: impl FnOnce(),
+    seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), VhostUserVsockError> {
     let backend = Arc::new(RwLock::new(VhostUserVsockBackend::new(config)?));
     let host_fd = backend
@@ -223,6 +224,7 @@ pub fn serve(
         backend,
         &[host_sockets],
         on_listening,
+        seccomp,
     )?;
     Ok(())
 }
