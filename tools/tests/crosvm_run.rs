@@ -352,6 +352,61 @@ fn vsock_device_thread_serves_under_its_seccomp_filter() {
     );
 }
 
+/// Every thread of `crosvm vhost-user-vsock` runs under the seccomp filter once a frontend
+/// has connected (Seccomp: 2 in /proc/PID/task/*/status), and the backend still cleans up and
+/// exits 0, under the filter, when the frontend hangs up.
+#[test]
+fn vhost_user_vsock_backend_confines_every_thread_once_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vhost.sock");
+    let mut backend = Command::new(CROSVM)
+        .args(["vhost-user-vsock", "--guest-cid", "3", "--socket"])
+        .arg(&sock)
+        .arg("--uds-path")
+        .arg(dir.path().join("vsock.sock"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start crosvm vhost-user-vsock");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(backend.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on"), "{line:?}");
+    let frontend = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let seccomp_modes = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", backend.id()))
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Seccomp:").map(|m| m.trim().to_string()))
+            })
+            .collect()
+    };
+    // A hang guard, not a timing assertion.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let modes = seccomp_modes();
+        if modes.len() >= 2 && modes.iter().all(|m| m == "2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "threads not all filtered: {modes:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(frontend);
+    let out = backend.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!sock.exists(), "the backend removes its socket");
+}
+
 /// `crosvm stop` on a socket nobody serves names the socket.
 #[test]
 fn stop_without_a_vmm_names_the_socket() {

@@ -387,6 +387,21 @@ mod tests {
         }
     }
 
+    /// Every kind's filter kills on a call it does not allow, with the same line.
+    #[test]
+    fn every_filter_kills_on_execve_with_a_clear_line() {
+        for kind in ThreadKind::ALL {
+            let text = run_denied_call(kind, libc::SYS_execve);
+            assert!(
+                text.contains(&format!(
+                    "system call {}, which its filter denies",
+                    libc::SYS_execve
+                )),
+                "{kind:?}: {text}"
+            );
+        }
+    }
+
     /// In a forked child: installs `kind`'s filter, makes system call `nr` (with zero
     /// arguments), and returns what the child wrote on stderr once it ended with
     /// SECCOMP_EXIT_CODE.
