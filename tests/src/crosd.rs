@@ -1,7 +1,6 @@
 //! A real crosd on a private state and run directory, with the termina component built by
 //! `crosimg build-termina` from the workspace's guest binaries, driven by the real `vmc`,
-//! `vsh` and `crosmsg` binaries. (tests/tests/termina.rs has its own copy of this harness; new
-//! tests use this one.)
+//! `vsh` and `crosmsg` binaries.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,8 +35,9 @@ pub fn termina_component() -> &'static Path {
     })
 }
 
-/// A running crosd (`--hypervisor qemu`); SIGTERM on drop, which stops its VMs.
+/// A running crosd; SIGTERM on drop, which stops its VMs.
 pub struct Crosd {
+    hypervisor: &'static str,
     child: Child,
     pub socket: PathBuf,
     pub state: PathBuf,
@@ -46,8 +46,15 @@ pub struct Crosd {
 }
 
 impl Crosd {
-    /// Starts crosd with the termina component installed and waits for its socket.
+    /// Starts crosd (`--hypervisor qemu`) with the termina component installed and waits for
+    /// its socket.
     pub fn start() -> Crosd {
+        Self::start_on("qemu", |_| {})
+    }
+
+    /// Starts crosd with `--hypervisor HYPERVISOR`; `tamper` may change the installed copy of
+    /// the component before crosd sees it.
+    pub fn start_on(hypervisor: &'static str, tamper: impl FnOnce(&Path)) -> Crosd {
         let scratch = bin_dir().join("e2e/tmp");
         std::fs::create_dir_all(&scratch).unwrap();
         let dir = tempfile::tempdir_in(scratch).unwrap();
@@ -56,17 +63,39 @@ impl Crosd {
         std::fs::create_dir_all(&installed).unwrap();
         for e in std::fs::read_dir(termina_component()).unwrap() {
             let e = e.unwrap();
+            // Hard links: cheap, and a tamperer replaces (not edits) the file it changes.
             std::fs::hard_link(e.path(), installed.join(e.file_name())).unwrap();
         }
+        tamper(&installed);
         let run_dir = dir.path().join("run");
         let socket = run_dir.join("crosd.sock");
-        let log = std::fs::File::create(dir.path().join("crosd.log")).unwrap();
+        let child = Self::spawn(dir.path(), hypervisor);
+        Crosd {
+            hypervisor,
+            child,
+            socket,
+            state,
+            run_dir,
+            dir,
+        }
+    }
+
+    /// Runs crosd on `dir`'s state and run directories (log appended to dir/crosd.log) and
+    /// waits for its socket.
+    fn spawn(dir: &Path, hypervisor: &str) -> Child {
+        let run_dir = dir.join("run");
+        let socket = run_dir.join("crosd.sock");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("crosd.log"))
+            .unwrap();
         let child = Command::new(bin("crosd"))
             .arg("--state-dir")
-            .arg(&state)
+            .arg(dir.join("state"))
             .arg("--run-dir")
             .arg(&run_dir)
-            .args(["--hypervisor", "qemu"])
+            .args(["--hypervisor", hypervisor])
             .stderr(log)
             .spawn()
             .unwrap();
@@ -78,13 +107,17 @@ impl Crosd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Crosd {
-            child,
-            socket,
-            state,
-            run_dir,
-            dir,
-        }
+        child
+    }
+
+    /// SIGKILL, as a crash: crosd gets no chance to clean up. Then a fresh crosd on the same
+    /// state.
+    pub fn kill9_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        // The dead daemon's socket file stays behind; wait for the new one.
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = Self::spawn(self.dir.path(), self.hypervisor);
     }
 
     /// Runs a workspace binary against this crosd.

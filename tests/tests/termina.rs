@@ -5,166 +5,19 @@
 //! Needs what tools/scripts/test.sh prepares: qemu-system-x86, btrfs-progs, busybox-static, the
 //! host binaries and the static guest binaries. Missing pieces fail the tests with the reason.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cros_e2e::bin;
-use cros_e2e::vsock_vm::guest_bin;
-
-const VERSION: &str = "e2e";
-
-/// Builds the termina component once per test run, under target/e2e/components.
-fn component() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = cros_e2e::bin_dir().join("e2e/components");
-        let guest_dir = guest_bin("maitred")
-            .parent()
-            .expect("guest bin dir")
-            .to_path_buf();
-        let status = Command::new(bin("crosimg"))
-            .args(["build-termina", "--force", "--version", VERSION, "--out"])
-            .arg(&out)
-            .arg("--guest-bin-dir")
-            .arg(&guest_dir)
-            .status()
-            .expect("run crosimg");
-        assert!(status.success(), "crosimg build-termina failed");
-        out.join("cros-termina").join(VERSION)
-    })
-}
+use cros_e2e::crosd::{Crosd, termina_component, text};
 
 fn kernel_release() -> String {
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(component().join("manifest.json")).unwrap())
-            .unwrap();
-    m["kernel_release"].as_str().unwrap().to_string()
-}
-
-struct Crosd {
-    hypervisor: &'static str,
-    child: Child,
-    socket: PathBuf,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Crosd {
-    /// Starts crosd with the component installed; `tamper` may change the installed copy.
-    fn start(tamper: impl FnOnce(&Path)) -> Crosd {
-        Self::start_on("qemu", tamper)
-    }
-
-    /// crosd with `--hypervisor HYPERVISOR` on a fresh state holding the e2e component.
-    fn start_on(hypervisor: &'static str, tamper: impl FnOnce(&Path)) -> Crosd {
-        let scratch = cros_e2e::bin_dir().join("e2e/tmp");
-        std::fs::create_dir_all(&scratch).unwrap();
-        let dir = tempfile::tempdir_in(scratch).unwrap();
-        let state = dir.path().join("state");
-        let installed = state.join("components/cros-termina").join(VERSION);
-        std::fs::create_dir_all(&installed).unwrap();
-        for e in std::fs::read_dir(component()).unwrap() {
-            let e = e.unwrap();
-            // Hard links: cheap, and a tamperer replaces (not edits) the file it changes.
-            std::fs::hard_link(e.path(), installed.join(e.file_name())).unwrap();
-        }
-        tamper(&installed);
-        let socket = dir.path().join("run").join("crosd.sock");
-        let child = Self::spawn(dir.path(), hypervisor);
-        Crosd {
-            hypervisor,
-            child,
-            socket,
-            state,
-            _dir: dir,
-        }
-    }
-
-    /// Runs crosd on `dir`'s state and run directories and waits for its socket.
-    fn spawn(dir: &Path, hypervisor: &str) -> Child {
-        let run = dir.join("run");
-        let socket = run.join("crosd.sock");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("crosd.log"))
-            .unwrap();
-        let child = Command::new(bin("crosd"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--run-dir")
-            .arg(&run)
-            .args(["--hypervisor", hypervisor])
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "crosd did not create its socket"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    /// SIGKILL, as a crash: crosd gets no chance to clean up. Then a fresh crosd on the same state.
-    fn kill9_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        // The dead daemon's socket file stays behind; wait for the new one.
-        let _ = std::fs::remove_file(&self.socket);
-        self.child = Self::spawn(self._dir.path(), self.hypervisor);
-    }
-
-    fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new(bin(program))
-            .args(args)
-            .env("CROSD_SOCKET", &self.socket)
-            .output()
-            .unwrap()
-    }
-
-    fn vsh(&self, cmd: &[&str]) -> Output {
-        let mut args = vec!["--vm_name", "termina", "--"];
-        args.extend_from_slice(cmd);
-        self.run("vsh", &args)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("crosd.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Crosd {
-    fn drop(&mut self) {
-        // SIGTERM: crosd stops its VMs on the way out.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(termina_component().join("manifest.json")).unwrap(),
     )
+    .unwrap();
+    m["kernel_release"].as_str().unwrap().to_string()
 }
 
 fn qemu_pid(crosd: &Crosd) -> u32 {
@@ -207,7 +60,7 @@ fn start_termina(crosd: &Crosd, what: &str) -> Output {
 
 #[test]
 fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
-    let crosd = Crosd::start(|_| {});
+    let crosd = Crosd::start();
     // A boot that misses its deadline is an error quoting the console, and leaves nothing behind.
     let o = crosd.run("vmc", &["start", "--no-shell", "--timeout", "1", "termina"]);
     assert!(!o.status.success(), "{}", text(&o));
@@ -224,7 +77,7 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
     assert!(stderr.contains("termina is running"), "{stderr}");
 
     // The guest's kernel answers, not the host's.
-    let o = crosd.vsh(&["uname", "-r"]);
+    let o = crosd.vsh(&["uname", "-r"], b"");
     assert!(o.status.success(), "{}", text(&o));
     let guest = String::from_utf8_lossy(&o.stdout).trim().to_string();
     assert_eq!(guest, kernel_release());
@@ -235,14 +88,17 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
         .into_owned();
     assert_ne!(guest, host, "vsh must run in the guest");
 
-    let o = crosd.vsh(&["sh", "-c", "exit 7"]);
+    let o = crosd.vsh(&["sh", "-c", "exit 7"], b"");
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
 
-    let o = crosd.vsh(&[
-        "sh",
-        "-c",
-        "echo persisted-$((6*7)) > /mnt/stateful/e2e && sync",
-    ]);
+    let o = crosd.vsh(
+        &[
+            "sh",
+            "-c",
+            "echo persisted-$((6*7)) > /mnt/stateful/e2e && sync",
+        ],
+        b"",
+    );
     assert!(o.status.success(), "{}", text(&o));
 
     // Clear errors: already running, unknown VM.
@@ -271,7 +127,7 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
 
     // The stateful disk keeps the file across stop and start.
     start_termina(&crosd, "second start");
-    let o = crosd.vsh(&["cat", "/mnt/stateful/e2e"]);
+    let o = crosd.vsh(&["cat", "/mnt/stateful/e2e"], b"");
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         "persisted-42",
@@ -327,7 +183,7 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
 
 #[test]
 fn a_corrupted_kernel_is_refused_by_name() {
-    let crosd = Crosd::start(|dir| {
+    let crosd = Crosd::start_on("qemu", |dir| {
         let k = dir.join("vm_kernel");
         let mut bytes = std::fs::read(&k).unwrap();
         bytes[4096] ^= 0xff;
@@ -398,8 +254,8 @@ fn leftovers(dir: &Path) -> Vec<String> {
 
 #[test]
 fn disk_export_destroy_import_keeps_the_guest_files() {
-    let mut crosd = Crosd::start(|_| {});
-    let out = crosd._dir.path().join("exports");
+    let mut crosd = Crosd::start();
+    let out = crosd.dir.path().join("exports");
     std::fs::create_dir_all(&out).unwrap();
     let (file, digest) = (out.join("termina.zst"), out.join("termina.zst.sha256"));
     let (file_s, digest_s) = (file.to_str().unwrap(), digest.to_str().unwrap());
@@ -418,7 +274,7 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
         "sh",
         "-c",
         "head -c 3000000 /dev/urandom > /mnt/stateful/blob && sync && sha256sum /mnt/stateful/blob",
-    ]);
+    ], b"");
     assert!(o.status.success(), "{}", text(&o));
     let written = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(written.contains("/mnt/stateful/blob"), "{written}");
@@ -492,7 +348,7 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
 
     // The guest reads back the same bytes from the imported disk.
     start_termina(&crosd, "start on the imported disk");
-    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"]);
+    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"], b"");
     assert_eq!(String::from_utf8_lossy(&o.stdout), written, "{}", text(&o));
 
     // Destroy stops the running VM first.
@@ -582,7 +438,7 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
 /// The stateful filesystem's size as the guest's `df` reports it, in bytes.
 fn guest_df_size(crosd: &Crosd) -> u64 {
     // busybox df: a header, then "DEVICE SIZE USED AVAILABLE USE% MOUNTPOINT".
-    let o = crosd.vsh(&["df", "-B1", "/mnt/stateful"]);
+    let o = crosd.vsh(&["df", "-B1", "/mnt/stateful"], b"");
     assert!(o.status.success(), "{}", text(&o));
     String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -594,7 +450,7 @@ fn guest_df_size(crosd: &Crosd) -> u64 {
 #[test]
 fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
     const GIB: u64 = 1 << 30;
-    let crosd = Crosd::start(|_| {});
+    let crosd = Crosd::start();
     let disk = crosd.state.join("disks").join("termina.img");
     vmc_ok(&crosd, &["create", "--size", "2G", "termina"]);
     start_termina(&crosd, "start for resize");
@@ -604,7 +460,7 @@ fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
         "sh",
         "-c",
         "head -c 1000000 /dev/urandom > /mnt/stateful/blob && sync && sha256sum /mnt/stateful/blob",
-    ]);
+    ], b"");
     assert!(o.status.success(), "{}", text(&o));
     let written = String::from_utf8_lossy(&o.stdout).to_string();
 
@@ -624,7 +480,10 @@ fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
 
     // Fill the filesystem past 1 GiB: shrinking to 1 GiB is refused with the minimum, and
     // nothing changes.
-    let o = crosd.vsh(&["sh", "-c", "fallocate -l 1200M /mnt/stateful/big && sync"]);
+    let o = crosd.vsh(
+        &["sh", "-c", "fallocate -l 1200M /mnt/stateful/big && sync"],
+        b"",
+    );
     assert!(o.status.success(), "{}", text(&o));
     vmc_err(&crosd, &["resize", "termina", "1G"], "needs at least");
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 * GIB);
@@ -639,7 +498,7 @@ fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
         shrunk <= 2560 << 20 && shrunk > GIB,
         "df says {shrunk} bytes after shrinking to 2.5 GiB"
     );
-    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"]);
+    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"], b"");
     assert_eq!(String::from_utf8_lossy(&o.stdout), written, "{}", text(&o));
 
     // Stopped: a grow only resizes the file, and the next boot grows the filesystem.
@@ -706,7 +565,7 @@ fn termina_boots_on_our_own_vmm_where_kvm_can_run_linux() {
         return;
     }
     start_termina(&crosd, "start on crosvm");
-    let o = crosd.vsh(&["uname", "-r"]);
+    let o = crosd.vsh(&["uname", "-r"], b"");
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
         kernel_release(),
