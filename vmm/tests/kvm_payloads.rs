@@ -761,3 +761,14 @@ fn resize_disk_tells_the_guest_through_the_config_change_interrupt() {
         "{serial}"
     );
 }
+
+/// The same stop, taken by interrupt as Linux's GED driver takes it: the payload routes IOAPIC
+/// pin 23 (the GED's interrupt in the DSDT) to a vector, halts with interrupts on, and its
+/// handler reads the GED register; so the press reaches the guest through the GED irqfd.
+#[test]
+fn stop_raises_the_ged_interrupt_on_ioapic_pin_23() {
+    let (exit, serial, took) = stop_payload("ged_irq", std::time::Duration::from_secs(60));
+    assert_eq!(exit, VmExit::GuestPowerOff, "{serial}");
+    assert_eq!(serial, "ready\npower button interrupt\n");
+    eprintln!("stop request to guest power-off, by interrupt: {took:?}");
+}
