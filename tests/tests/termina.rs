@@ -486,6 +486,15 @@ fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
     );
     assert!(o.status.success(), "{}", text(&o));
     vmc_err(&crosd, &["resize", "termina", "1G"], "needs at least");
+    // ListVmDisks has the running VM's minimum from its filesystem: above the data, below the
+    // disk.
+    let o = vmc_ok(&crosd, &["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let min = listed["disks"][0]["min_size"].as_u64().unwrap();
+    assert!(
+        min > 1200 << 20 && min < 3 * GIB,
+        "min_size {min} for 1.2 GiB of data on a 3 GiB disk"
+    );
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 * GIB);
     assert_eq!(guest_df_size(&crosd), grown);
 

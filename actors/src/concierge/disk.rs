@@ -74,6 +74,15 @@ pub fn create(state_dir: &Path, name: &str, size: u64) -> Result<ConciergeReply,
     })
 }
 
+/// The smallest disk that holds a filesystem needing `fs_min` bytes: whole blocks, and never
+/// below what CreateDiskImage and ResizeDiskImage accept.
+pub fn smallest_disk_for(fs_min: u64) -> u64 {
+    fs_min
+        .div_ceil(BLOCK)
+        .saturating_mul(BLOCK)
+        .max(MIN_AUTO_SIZE)
+}
+
 /// Every disk image under STATE/disks.
 pub fn list(state_dir: &Path) -> Result<Vec<VmDiskInfo>, CrosError> {
     let dir = disks_dir(state_dir);
@@ -107,6 +116,13 @@ pub fn list(state_dir: &Path) -> Result<Vec<VmDiskInfo>, CrosError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smallest_disk_is_whole_blocks_and_at_least_the_minimum() {
+        assert_eq!(smallest_disk_for(0), MIN_AUTO_SIZE);
+        assert_eq!(smallest_disk_for((2 << 30) + 1), (2 << 30) + 4096);
+        assert_eq!(smallest_disk_for(3 << 30), 3 << 30);
+    }
 
     #[test]
     fn auto_size_rule() {

@@ -42,6 +42,8 @@ const MAX_CPUS: u32 = 64;
 const MIN_MEMORY_MIB: u32 = 256;
 const MAX_MEMORY_MIB: u32 = 1 << 20;
 const MAX_START_TIMEOUT: u32 = 3600;
+/// How long ListVmDisks waits for a running VM's filesystem minimum.
+const MIN_SIZE_QUERY: Duration = Duration::from_secs(5);
 
 struct VmEntry {
     info: VmInfo,
@@ -189,9 +191,7 @@ impl Concierge {
                 })))
             }
             ConciergeRequest::DestroyDiskImage { name, .. } => self.destroy_disk(&name),
-            ConciergeRequest::ListVmDisks {} => ready(reply(
-                disk::list(&self.config.state_dir).map(|disks| ConciergeReply::Disks { disks }),
-            )),
+            ConciergeRequest::ListVmDisks {} => self.list_disks(),
             ConciergeRequest::ExportDiskImage {
                 name,
                 path,
@@ -564,6 +564,52 @@ impl Concierge {
         }))
     }
 
+    /// The VM `name` when it is up (not starting or stopping), with what reaching its guest
+    /// and its VMM takes.
+    fn running_vm(&self, name: &str) -> Option<resize::RunningVm> {
+        let entry = self.vms.get(name)?;
+        let watcher = entry.watcher.clone()?;
+        (entry.info.status == VmStatus::Running).then(|| resize::RunningVm {
+            name: name.to_string(),
+            vsock_socket: PathBuf::from(&entry.info.vsock_socket),
+            watcher,
+            disk_index: vm::STATEFUL_DISK_INDEX,
+        })
+    }
+
+    /// Every disk image; a running VM's disk gets the minimum its filesystem can shrink to
+    /// from maitred (the smallest size a resize accepts otherwise).
+    fn list_disks(&self) -> Reply {
+        let disks = match disk::list(&self.config.state_dir) {
+            Ok(d) => d,
+            Err(e) => return ready(Body::Error(e)),
+        };
+        let running: Vec<(usize, resize::RunningVm)> = disks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| self.running_vm(&d.name).map(|vm| (i, vm)))
+            .collect();
+        if running.is_empty() {
+            return ready(reply(Ok(ConciergeReply::Disks { disks })));
+        }
+        let with_minimums = async move {
+            let mut disks = disks;
+            for (i, vm) in running {
+                match tokio::time::timeout(MIN_SIZE_QUERY, resize::minimum_size(&vm)).await {
+                    Ok(Ok(min)) => disks[i].min_size = disk::smallest_disk_for(min),
+                    Ok(Err(e)) => {
+                        tracing::warn!(vm = %vm.name, error = %e, "no filesystem minimum from maitred")
+                    }
+                    Err(_) => {
+                        tracing::warn!(vm = %vm.name, "maitred did not give its filesystem minimum in time")
+                    }
+                }
+            }
+            Body::ConciergeReply(ConciergeReply::Disks { disks })
+        };
+        Box::pin(with_minimums.into_actor(self))
+    }
+
     fn plan_resize(&self, name: &str, size: u64) -> Result<resize::ResizePlan, CrosError> {
         check_name(name)?;
         self.check_no_disk_op(name)?;
@@ -572,19 +618,10 @@ impl Concierge {
         let from = std::fs::metadata(&disk)
             .map_err(|_| CrosError::not_found(format!("VM {name:?} has no disk image")))?
             .len();
-        let running = match self.vms.get(name) {
-            None => None,
-            Some(VmEntry {
-                watcher: Some(watcher),
-                info,
-                ..
-            }) if info.status == VmStatus::Running => Some(resize::RunningVm {
-                name: name.to_string(),
-                vsock_socket: PathBuf::from(&info.vsock_socket),
-                watcher: watcher.clone(),
-                disk_index: vm::STATEFUL_DISK_INDEX,
-            }),
-            Some(e) => {
+        let running = match (self.vms.get(name), self.running_vm(name)) {
+            (None, _) => None,
+            (Some(_), Some(vm)) => Some(vm),
+            (Some(e), None) => {
                 return Err(CrosError::precondition(format!(
                     "VM {name:?} is {}: resize its disk once it runs or has stopped",
                     e.info.status

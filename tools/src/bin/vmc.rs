@@ -248,13 +248,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if disks.is_empty() {
                 println!("no disk images");
             } else {
-                println!("{:<16} {:>10} {:>10}  PATH", "DISK", "SIZE", "USED");
+                println!(
+                    "{:<16} {:>10} {:>10} {:>10}  PATH",
+                    "DISK", "SIZE", "USED", "MIN SIZE"
+                );
                 for d in disks {
                     println!(
-                        "{:<16} {:>10} {:>10}  {}",
+                        "{:<16} {:>10} {:>10} {:>10}  {}",
                         d.name,
                         human_size(d.size),
                         human_size(d.allocated),
+                        human_size(d.min_size),
                         d.path
                     );
                 }
