@@ -2,54 +2,13 @@
 //! (vmm/tests/payloads/*.S, assembled here with binutils). They need /dev/kvm: where it cannot
 //! be opened they fail and say why, they never pass without running a guest.
 
+#[path = "support/payload.rs"]
+mod payload;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cros_vmm::run::{SerialOutput, VmConfig, VmExit, VmmError, run};
-
-/// Fails the test, with the reason, when /dev/kvm cannot be opened read-write.
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("/dev/kvm cannot be opened ({e}); the crosvm payload tests need KVM");
-    }
-}
-
-/// Assembles and links `payloads/<name>.S` into a static ELF loaded at 2 MiB.
-fn build_payload(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/payloads/{name}.S"));
-    let obj = dir.join(format!("{name}.o"));
-    let elf = dir.join(format!("{name}.elf"));
-    let run_tool = |cmd: &mut Command| {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?} (binutils installed?): {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run_tool(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
-    run_tool(
-        Command::new("ld")
-            .args([
-                "-N",
-                "-static",
-                "-nostdlib",
-                "-Ttext=0x200000",
-                "-e",
-                "_start",
-            ])
-            .args(["--no-warn-rwx-segments", "-o"])
-            .arg(&elf)
-            .arg(&obj),
-    );
-    elf
-}
+use payload::{build_flat_payload, build_payload, require_kvm};
 
 fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
     VmConfig {
@@ -330,32 +289,7 @@ fn stock_kernel_probe_runs_and_names_what_fails() {
 /// (boot protocol 2.15, loaded high at 1 MiB) the loader checks and copies into the zero
 /// page, then the protected-mode part whose 64-bit entry point (offset 0x200) is the payload.
 fn build_bzimage(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payloads/probe.S");
-    let obj = dir.join("probe-bz.o");
-    let flat = dir.join("probe-bz.bin");
-    for cmd in [
-        Command::new("as")
-            .arg("--64")
-            .arg("-o")
-            .arg(&obj)
-            .arg(&src)
-            .status(),
-        Command::new("ld")
-            .args([
-                "-N",
-                "-static",
-                "-nostdlib",
-                "-Ttext=0x100200",
-                "-e",
-                "_start",
-            ])
-            .args(["--oformat", "binary", "-o"])
-            .arg(&flat)
-            .arg(&obj)
-            .status(),
-    ] {
-        assert!(cmd.expect("binutils (as, ld)").success());
-    }
+    let flat = build_flat_payload(dir, "probe", 0x10_0200);
     let setup_sects = 4u8;
     let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512];
     image[0x1f1] = setup_sects;

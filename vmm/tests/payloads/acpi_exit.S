@@ -9,19 +9,14 @@
 _start:
         mov eax, dword ptr [rsi + 0x228]
         movzx ecx, byte ptr [rax]
-        mov dx, 0x3f8
-        mov al, 'A'
-        out dx, al
-        mov al, 10
-        out dx, al
+        lea rsi, [rip + msg]
+        call puts
         cmp cl, 'r'
-        je 1f
-        mov dx, 0x600
-        mov al, 0x34
-        out dx, al
-        jmp 2f
-1:      mov dx, 0x602
-        mov al, 1
-        out dx, al
-2:      hlt
-        jmp 2b
+        je acpi_reset
+        jmp acpi_poweroff
+
+        .include "lib/serial.S"
+        .include "lib/power.S"
+
+        .section .rodata
+msg:    .asciz "A\n"

@@ -7,10 +7,7 @@
         .intel_syntax noprefix
         .code64
 
-        .set COM1, 0x3f8
-        .set MMIO_BASE, 0xd0000000
-        .set MAX_WINDOWS, 16
-        .set VIRTIO_MAGIC, 0x74726976
+        .set VIRTIO_ID_BLOCK, 2
 
         .section .text
         .globl _start
@@ -19,50 +16,37 @@ _start:
         cld
         lea rsp, [rip + stack_top]
 
-        mov rbx, MMIO_BASE
-        xor ecx, ecx
-1:      cmp ecx, MAX_WINDOWS
-        jae no_blk
-        cmp dword ptr [rbx], VIRTIO_MAGIC
-        jne no_blk
-        cmp dword ptr [rbx + 8], 2
-        je 2f
-        add rbx, 0x1000
-        inc ecx
-        jmp 1b
+        mov edi, VIRTIO_ID_BLOCK
+        call virtio_find_device
+        jc no_blk
 
-        # ACKNOWLEDGE, DRIVER, VERSION_1, FEATURES_OK: the config space is readable now.
-2:      mov dword ptr [rbx + 0x70], 0
-        mov dword ptr [rbx + 0x70], 1
-        mov dword ptr [rbx + 0x70], 3
-        mov dword ptr [rbx + 0x24], 1
-        mov dword ptr [rbx + 0x20], 1
-        mov dword ptr [rbx + 0x70], 11
+        # FEATURES_OK (or not: this payload reads the config space either way).
+        call virtio_negotiate
 
         lea rsi, [rip + msg_capacity]
         mov edi, dword ptr [rbx + 0x100]
-        call print_value
+        call put_labelled_hex
         lea rsi, [rip + msg_generation]
         mov edi, dword ptr [rbx + 0xfc]
-        call print_value
+        call put_labelled_hex
         lea rsi, [rip + msg_ready]
         call puts
 
-3:      mov edi, dword ptr [rbx + 0x60]         # InterruptStatus
+1:      mov edi, dword ptr [rbx + 0x60]         # InterruptStatus
         test edi, 2
-        jz 3b
+        jz 1b
         lea rsi, [rip + msg_interrupt]
-        call print_value
+        call put_labelled_hex
         lea rsi, [rip + msg_generation]
         mov edi, dword ptr [rbx + 0xfc]
-        call print_value
+        call put_labelled_hex
         lea rsi, [rip + msg_capacity]
         mov edi, dword ptr [rbx + 0x100]
-        call print_value
+        call put_labelled_hex
         mov dword ptr [rbx + 0x64], 2           # InterruptACK
         lea rsi, [rip + msg_after_ack]
         mov edi, dword ptr [rbx + 0x60]
-        call print_value
+        call put_labelled_hex
         jmp done
 no_blk:
         lea rsi, [rip + msg_no_blk]
@@ -70,68 +54,11 @@ no_blk:
 done:
         lea rsi, [rip + msg_done]
         call puts
-        mov al, 0xfe
-        out 0x64, al
-4:      hlt
-        jmp 4b
+        jmp i8042_reset
 
-# print_value: rsi = label, edi = value; prints "label 0x........\n".
-print_value:
-        call puts
-        call puthex32
-        lea rsi, [rip + msg_nl]
-        call puts
-        ret
-
-putc:
-        push rdx
-        push rax
-        mov dx, COM1 + 5
-1:      in al, dx
-        test al, 0x20
-        jz 1b
-        pop rax
-        mov dx, COM1
-        out dx, al
-        pop rdx
-        ret
-
-puts:
-        push rax
-        push rsi
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        call putc
-        inc rsi
-        jmp 1b
-2:      pop rsi
-        pop rax
-        ret
-
-puthex32:
-        push rax
-        push rcx
-        push rdi
-        mov al, '0'
-        call putc
-        mov al, 'x'
-        call putc
-        mov ecx, 8
-1:      rol edi, 4
-        mov eax, edi
-        and eax, 0xf
-        cmp al, 10
-        jb 2f
-        add al, 'a' - 10 - '0'
-2:      add al, '0'
-        call putc
-        dec ecx
-        jnz 1b
-        pop rdi
-        pop rcx
-        pop rax
-        ret
+        .include "lib/serial.S"
+        .include "lib/virtio_mmio.S"
+        .include "lib/power.S"
 
         .section .rodata
 msg_capacity:   .asciz "virtio-blk: capacity "
@@ -141,7 +68,6 @@ msg_interrupt:  .asciz "virtio-blk: interrupt status "
 msg_after_ack:  .asciz "virtio-blk: interrupt status after ack "
 msg_no_blk:     .asciz "virtio-blk: no device\n"
 msg_done:       .asciz "payload: done\n"
-msg_nl:         .asciz "\n"
 
         .section .bss
         .balign 16

@@ -6,32 +6,20 @@
 _start:
         lea rsi, [rip + ready]
         call puts
-        mov dx, 0x3fd
+        mov dx, 0x3fd                           # COM1 line status
 1:      in al, dx
-        test al, 1
+        test al, 1                              # data ready
         jz 1b
         mov dx, 0x3f8
-        in al, dx
-        mov bl, al
+        in al, dx                               # the byte received
         lea rsi, [rip + got]
         call puts
-        mov al, bl
-        out dx, al
-        mov al, 10
-        out dx, al
-        mov al, 0xfe
-        out 0x64, al
-2:      hlt
-        jmp 2b
+        call putc
+        call put_newline
+        jmp i8042_reset
 
-puts:   mov dx, 0x3f8
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        out dx, al
-        inc rsi
-        jmp 1b
-2:      ret
+        .include "lib/serial.S"
+        .include "lib/power.S"
 
         .section .rodata
 ready:  .asciz "ready\n"

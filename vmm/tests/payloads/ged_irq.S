@@ -51,11 +51,7 @@ _start:
         cli
         lea rsi, [rip + msg_pressed]
         call puts
-        mov dx, 0x600
-        mov al, 0x34
-        out dx, al
-3:      hlt
-        jmp 3b
+        jmp acpi_poweroff
 
 # Writes a 64-bit interrupt gate to handler rax at rdi, with this code segment.
 set_gate:
@@ -90,14 +86,8 @@ ged_isr:
 ignore_isr:
         iretq
 
-puts:   mov dx, 0x3f8
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        out dx, al
-        inc rsi
-        jmp 1b
-2:      ret
+        .include "lib/serial.S"
+        .include "lib/power.S"
 
         .section .rodata
 msg_ready:   .asciz "ready\n"

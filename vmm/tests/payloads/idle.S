@@ -15,19 +15,10 @@ _start:
         jnz 1b
         lea rsi, [rip + done]
         call puts
-        mov al, 0xfe
-        out 0x64, al
-2:      hlt
-        jmp 2b
+        jmp i8042_reset
 
-puts:   mov dx, 0x3f8
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        out dx, al
-        inc rsi
-        jmp 1b
-2:      ret
+        .include "lib/serial.S"
+        .include "lib/power.S"
 
         .section .rodata
 ready:  .asciz "ready\n"

@@ -7,10 +7,7 @@
         .intel_syntax noprefix
         .code64
 
-        .set COM1, 0x3f8
-        .set MMIO_BASE, 0xd0000000
-        .set MAX_WINDOWS, 16
-        .set VIRTIO_MAGIC, 0x74726976
+        .set VIRTIO_ID_PMEM, 27
         .set DESC, 0x300000
         .set AVAIL, 0x301000
         .set USED, 0x302000
@@ -26,18 +23,10 @@ _start:
         lea rsi, [rip + msg_hello]
         call puts
 
-        mov rbx, MMIO_BASE
-        xor ecx, ecx
-1:      cmp ecx, MAX_WINDOWS
-        jae no_pmem
-        cmp dword ptr [rbx], VIRTIO_MAGIC
-        jne no_pmem
-        cmp dword ptr [rbx + 8], 27
-        je 2f
-        add rbx, 0x1000
-        inc ecx
-        jmp 1b
-2:      mov r12, qword ptr [rbx + 0x100]        # region start
+        mov edi, VIRTIO_ID_PMEM
+        call virtio_find_device
+        jc no_pmem
+        mov r12, qword ptr [rbx + 0x100]        # region start
         mov r13, qword ptr [rbx + 0x108]        # region size
         lea rsi, [rip + msg_region]
         call puts
@@ -47,61 +36,28 @@ _start:
         mov edi, r12d
         call puthex32
         lea rsi, [rip + msg_size]
-        call puts
         mov edi, r13d
-        call puthex32
-        lea rsi, [rip + msg_nl]
-        call puts
+        call put_labelled_hex
 
         # The region's first line.
         lea rsi, [rip + msg_line]
         call puts
         mov rsi, r12
-        mov ecx, 64
-3:      mov al, byte ptr [rsi]
-        cmp al, 10
-        je 4f
-        test al, al
-        je 4f
-        call putc
-        inc rsi
-        dec ecx
-        jnz 3b
-4:      lea rsi, [rip + msg_nl]
-        call puts
+        call put_first_line
 
         # Write the message at offset 4096 (dropped by KVM on a read-only region).
         lea rsi, [rip + msg_written]
         lea rdi, [r12 + 4096]
-5:      mov al, byte ptr [rsi]
-        test al, al
-        jz 6f
-        mov byte ptr [rdi], al
-        inc rsi
-        inc rdi
-        jmp 5b
-6:
+        call copy_string
+
         # Initialization, then one FLUSH request.
-        mov dword ptr [rbx + 0x70], 0
-        mov dword ptr [rbx + 0x70], 1
-        mov dword ptr [rbx + 0x70], 3
-        mov dword ptr [rbx + 0x24], 1
-        mov dword ptr [rbx + 0x20], 1
-        mov dword ptr [rbx + 0x70], 11
-        test dword ptr [rbx + 0x70], 8
-        jz init_failed
-        mov dword ptr [rbx + 0x30], 0
-        mov dword ptr [rbx + 0x38], 8
-        mov dword ptr [rbx + 0x80], DESC
-        mov dword ptr [rbx + 0x84], 0
-        mov dword ptr [rbx + 0x90], AVAIL
-        mov dword ptr [rbx + 0x94], 0
-        mov dword ptr [rbx + 0xa0], USED
-        mov dword ptr [rbx + 0xa4], 0
-        mov dword ptr [rbx + 0x44], 1
-        mov dword ptr [rbx + 0x70], 15
-        test dword ptr [rbx + 0x70], 0x40
-        jnz init_failed
+        call virtio_negotiate
+        jc init_failed
+        xor ecx, ecx
+        mov eax, DESC
+        call virtio_setup_queue
+        call virtio_driver_ok
+        jc init_failed
         mov dword ptr [REQ], 0                  # VIRTIO_PMEM_REQ_TYPE_FLUSH
         mov dword ptr [RESP], 0xffffffff
         mov rdi, DESC
@@ -115,18 +71,13 @@ _start:
         mov word ptr [rdi + 30], 0
         mov word ptr [AVAIL + 4], 0
         mov word ptr [AVAIL + 2], 1
-        mov dword ptr [rbx + 0x50], 0
-        mov ecx, 10000000                       # the device thread is on another host CPU
-7:      cmp word ptr [USED + 2], 1
-        je 8f
-        dec ecx
-        jnz 7b
-8:      lea rsi, [rip + msg_flush]
-        call puts
+        mov dword ptr [rbx + 0x50], 0           # QueueNotify
+        mov edi, USED
+        mov esi, 1
+        call virtio_wait_used                   # the response says whether it completed
+        lea rsi, [rip + msg_flush]
         mov edi, dword ptr [RESP]
-        call puthex32
-        lea rsi, [rip + msg_nl]
-        call puts
+        call put_labelled_hex
         jmp done
 
 init_failed:
@@ -139,60 +90,12 @@ no_pmem:
 done:
         lea rsi, [rip + msg_done]
         call puts
-        mov al, 0xfe
-        out 0x64, al
-9:      hlt
-        jmp 9b
+        jmp i8042_reset
 
-putc:
-        push rdx
-        push rax
-        mov dx, COM1 + 5
-1:      in al, dx
-        test al, 0x20
-        jz 1b
-        pop rax
-        mov dx, COM1
-        out dx, al
-        pop rdx
-        ret
-
-puts:
-        push rax
-        push rsi
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        call putc
-        inc rsi
-        jmp 1b
-2:      pop rsi
-        pop rax
-        ret
-
-puthex32:
-        push rax
-        push rcx
-        push rdi
-        mov al, '0'
-        call putc
-        mov al, 'x'
-        call putc
-        mov ecx, 8
-1:      rol edi, 4
-        mov eax, edi
-        and eax, 0xf
-        cmp al, 10
-        jb 2f
-        add al, 'a' - 10 - '0'
-2:      add al, '0'
-        call putc
-        dec ecx
-        jnz 1b
-        pop rdi
-        pop rcx
-        pop rax
-        ret
+        .include "lib/serial.S"
+        .include "lib/virtio_mmio.S"
+        .include "lib/memory.S"
+        .include "lib/power.S"
 
         .section .rodata
 msg_hello:        .asciz "payload: virtio-pmem\n"
@@ -204,7 +107,6 @@ msg_no_pmem:      .asciz "virtio-pmem: no device\n"
 msg_init_failed:  .asciz "virtio-pmem: initialization failed\n"
 msg_written:      .asciz "written by the guest\n"
 msg_done:         .asciz "payload: done\n"
-msg_nl:           .asciz "\n"
 
         .section .bss
         .balign 16

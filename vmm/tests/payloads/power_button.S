@@ -10,26 +10,13 @@ _start:
         cli
         lea rsi, [rip + ready]
         call puts
-        mov dx, 0x610
-1:      in al, dx
-        test al, 1
-        jz 1b
+        call wait_power_button
         lea rsi, [rip + pressed]
         call puts
-        mov dx, 0x600
-        mov al, 0x34
-        out dx, al
-2:      hlt
-        jmp 2b
+        jmp acpi_poweroff
 
-puts:   mov dx, 0x3f8
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        out dx, al
-        inc rsi
-        jmp 1b
-2:      ret
+        .include "lib/serial.S"
+        .include "lib/power.S"
 
         .section .rodata
 ready:   .asciz "ready\n"

@@ -11,11 +11,14 @@
         .intel_syntax noprefix
         .code64
 
-        .set COM1, 0x3f8
         .set MMIO_BASE, 0xd0000000
         .set MMIO_STRIDE, 0x1000
         .set MAX_WINDOWS, 16
         .set VIRTIO_MAGIC, 0x74726976
+        .set VIRTIO_ID_RNG, 4
+        .set RNG_RINGS, 0x300000
+        .set RNG_USED, 0x302000
+        .set RNG_BUFFER, 0x303000
         .set RSDP_SIG, 0x2052545020445352     # "RSD PTR "
 
         .section .text
@@ -107,31 +110,22 @@ _start:
         add rbx, MMIO_STRIDE
         jmp 6b
 8:      lea rsi, [rip + msg_windows]
-        call puts
         mov edi, r13d
-        call puthex32
-        lea rsi, [rip + msg_nl]
-        call puts
+        call put_labelled_hex
 
         # --- drive the first virtio-rng device, if window 0 is one -------------------------
         mov rbx, MMIO_BASE
         test r13d, r13d
         jz 9f
-        cmp dword ptr [rbx + 8], 4
+        cmp dword ptr [rbx + 8], VIRTIO_ID_RNG
         jne 9f
         call rng_request
 9:
         # --- done: report and reset through the i8042 --------------------------------------
         lea rsi, [rip + msg_failures]
-        call puts
         mov edi, ebp
-        call puthex32
-        lea rsi, [rip + msg_nl]
-        call puts
-        mov al, 0xfe
-        out 0x64, al
-10:     hlt
-        jmp 10b
+        call put_labelled_hex
+        jmp i8042_reset
 
 no_rsdp:
         lea rsi, [rip + msg_no_rsdp]
@@ -140,54 +134,36 @@ no_rsdp:
         jmp 5b
 
 # One virtio-rng request on the device at rbx (virtio 1.2, 3.1.1 and 2.7): queue 0 of 8
-# entries at desc 0x300000, avail 0x301000, used 0x302000, one 64-byte buffer at 0x303000.
+# entries at RNG_RINGS, one 64-byte buffer at RNG_BUFFER.
 rng_request:
         lea rsi, [rip + msg_rng]
         call puts
-        mov dword ptr [rbx + 0x70], 0           # reset
-        mov dword ptr [rbx + 0x70], 1           # ACKNOWLEDGE
-        mov dword ptr [rbx + 0x70], 3           # DRIVER
-        mov dword ptr [rbx + 0x24], 1           # DriverFeaturesSel = 1
-        mov dword ptr [rbx + 0x20], 1           # VIRTIO_F_VERSION_1
-        mov dword ptr [rbx + 0x70], 11          # FEATURES_OK
-        mov eax, dword ptr [rbx + 0x70]
-        test eax, 8
-        jz 2f
-        mov dword ptr [rbx + 0x30], 0           # QueueSel
-        mov dword ptr [rbx + 0x38], 8           # QueueNum
-        mov dword ptr [rbx + 0x80], 0x300000    # QueueDesc
-        mov dword ptr [rbx + 0x84], 0
-        mov dword ptr [rbx + 0x90], 0x301000    # QueueDriver
-        mov dword ptr [rbx + 0x94], 0
-        mov dword ptr [rbx + 0xa0], 0x302000    # QueueDevice
-        mov dword ptr [rbx + 0xa4], 0
-        mov dword ptr [rbx + 0x44], 1           # QueueReady
-        # descriptor 0: 64 device-writable bytes at 0x303000
-        mov rdi, 0x300000
-        mov qword ptr [rdi], 0x303000
+        call virtio_negotiate
+        jc 2f
+        xor ecx, ecx
+        mov eax, RNG_RINGS
+        call virtio_setup_queue
+        # descriptor 0: 64 device-writable bytes at RNG_BUFFER
+        mov rdi, RNG_RINGS
+        mov qword ptr [rdi], RNG_BUFFER
         mov dword ptr [rdi + 8], 64
         mov word ptr [rdi + 12], 2              # VIRTQ_DESC_F_WRITE
         mov word ptr [rdi + 14], 0
-        mov rdi, 0x301000
+        mov rdi, RNG_RINGS + 0x1000
         mov word ptr [rdi], 0                   # avail flags
         mov word ptr [rdi + 4], 0               # ring[0] = descriptor 0
         mov word ptr [rdi + 2], 1               # avail idx
-        mov dword ptr [rbx + 0x70], 15          # DRIVER_OK
-        mov eax, dword ptr [rbx + 0x70]
-        test eax, 0x40                          # DEVICE_NEEDS_RESET
-        jnz 2f
+        call virtio_driver_ok
+        jc 2f
         mov dword ptr [rbx + 0x50], 0           # QueueNotify
         # Our VMM serves the queue during the notify exit; poll a little anyway.
-        mov ecx, 10000000                       # the device thread is on another host CPU
-1:      mov rdi, 0x302000
-        cmp word ptr [rdi + 2], 1               # used idx
-        je 3f
-        dec ecx
-        jnz 1b
-        jmp 2f
-3:      cmp dword ptr [rdi + 8], 64             # used len
+        mov rdi, RNG_USED
+        mov esi, 1
+        call virtio_wait_used
+        jc 2f
+        cmp dword ptr [rdi + 8], 64             # used len
         jne 2f
-        mov rdi, 0x303000                       # 64 random bytes are not all zero
+        mov rdi, RNG_BUFFER                     # 64 random bytes are not all zero
         mov rax, qword ptr [rdi]
         or rax, qword ptr [rdi + 8]
         or rax, qword ptr [rdi + 16]
@@ -267,58 +243,9 @@ sum8:
         pop rsi
         ret
 
-# putc: al to COM1 once the transmitter holding register is empty.
-putc:
-        push rdx
-        push rax
-        mov dx, COM1 + 5
-1:      in al, dx
-        test al, 0x20
-        jz 1b
-        pop rax
-        mov dx, COM1
-        out dx, al
-        pop rdx
-        ret
-
-# puts: NUL-terminated string at rsi.
-puts:
-        push rax
-        push rsi
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        call putc
-        inc rsi
-        jmp 1b
-2:      pop rsi
-        pop rax
-        ret
-
-# puthex32: edi as "0x" and eight hex digits.
-puthex32:
-        push rax
-        push rcx
-        push rdi
-        mov al, '0'
-        call putc
-        mov al, 'x'
-        call putc
-        mov ecx, 8
-1:      rol edi, 4
-        mov eax, edi
-        and eax, 0xf
-        cmp al, 10
-        jb 2f
-        add al, 'a' - 10 - '0'
-2:      add al, '0'
-        call putc
-        dec ecx
-        jnz 1b
-        pop rdi
-        pop rcx
-        pop rax
-        ret
+        .include "lib/serial.S"
+        .include "lib/virtio_mmio.S"
+        .include "lib/power.S"
 
         .section .rodata
 msg_hello:          .asciz "payload: hello from 64-bit mode\n"
@@ -335,7 +262,6 @@ msg_rng:            .asciz "virtio-rng: request"
 msg_failures:       .asciz "payload: failures "
 msg_ok:             .asciz " ok\n"
 msg_bad:            .asciz " BAD\n"
-msg_nl:             .asciz "\n"
 
         .section .bss
         .balign 16

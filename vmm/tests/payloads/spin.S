@@ -6,15 +6,11 @@
 _start:
         cli
         lea rsi, [rip + ready]
-        mov dx, 0x3f8
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        out dx, al
-        inc rsi
+        call puts
+1:      hlt
         jmp 1b
-2:      hlt
-        jmp 2b
+
+        .include "lib/serial.S"
 
         .section .rodata
 ready:  .asciz "ready\n"

@@ -6,14 +6,10 @@
         .globl _start
 _start:
         lea rsi, [rip + msg]
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        mov dx, 0x3f8
-        out dx, al
-        inc rsi
-        jmp 1b
-2:      ud2
+        call puts
+        ud2
+
+        .include "lib/serial.S"
 
         .section .rodata
 msg:    .asciz "payload: about to fault\n"

@@ -8,94 +8,52 @@
         .intel_syntax noprefix
         .code64
 
-        .set MMIO_BASE, 0xd0000000
-        .set MAX_WINDOWS, 16
-        .set VIRTIO_MAGIC, 0x74726976
-        .set RINGS, 0x300000
+        .set VIRTIO_ID_VSOCK, 19
+        .set RINGS, 0x300000                    # queue n's rings at RINGS + n * RINGS_STRIDE
+        .set RINGS_STRIDE, 0x4000
 
         .globl _start
 _start:
         cli
         cld
         lea rsp, [rip + stack_top]
-        mov rbx, MMIO_BASE
-        xor ecx, ecx
-1:      cmp ecx, MAX_WINDOWS
-        jae failed
-        cmp dword ptr [rbx], VIRTIO_MAGIC
-        jne failed
-        cmp dword ptr [rbx + 8], 19
-        je 2f
-        add rbx, 0x1000
-        inc ecx
-        jmp 1b
-2:      call start_device
+        mov edi, VIRTIO_ID_VSOCK
+        call virtio_find_device
+        jc failed
+        call start_device
         mov dword ptr [rbx + 0x70], 0           # reset
         call start_device
         lea rsi, [rip + msg_ready]
         call puts
-        mov dx, 0x610
-3:      in al, dx
-        test al, 1
-        jz 3b
+        call wait_power_button
         lea rsi, [rip + msg_pressed]
         call puts
-        mov dx, 0x600
-        mov al, 0x34
-        out dx, al
-4:      hlt
-        jmp 4b
+        jmp acpi_poweroff
 
 # Initialization (virtio 1.2, 3.1.1) of the device at rbx with three 8-entry queues.
 start_device:
-        mov dword ptr [rbx + 0x70], 0
-        mov dword ptr [rbx + 0x70], 1
-        mov dword ptr [rbx + 0x70], 3
-        mov dword ptr [rbx + 0x24], 1
-        mov dword ptr [rbx + 0x20], 1           # VIRTIO_F_VERSION_1
-        mov dword ptr [rbx + 0x70], 11
-        test dword ptr [rbx + 0x70], 8
-        jz failed
+        call virtio_negotiate
+        jc failed
         xor ecx, ecx
-1:      mov dword ptr [rbx + 0x30], ecx         # QueueSel
-        mov dword ptr [rbx + 0x38], 8           # QueueNum
-        mov eax, ecx
-        shl eax, 14
-        add eax, RINGS
-        mov dword ptr [rbx + 0x80], eax         # descriptors
-        mov dword ptr [rbx + 0x84], 0
-        add eax, 0x1000
-        mov dword ptr [rbx + 0x90], eax         # avail ring
-        mov dword ptr [rbx + 0x94], 0
-        add eax, 0x1000
-        mov dword ptr [rbx + 0xa0], eax         # used ring
-        mov dword ptr [rbx + 0xa4], 0
-        mov dword ptr [rbx + 0x44], 1           # QueueReady
+        mov eax, RINGS
+1:      call virtio_setup_queue
+        add eax, RINGS_STRIDE
         inc ecx
         cmp ecx, 3
         jb 1b
-        mov dword ptr [rbx + 0x70], 15          # DRIVER_OK
-        test dword ptr [rbx + 0x70], 0xc0       # DEVICE_NEEDS_RESET or FAILED
-        jnz failed
+        call virtio_driver_ok
+        jc failed
         lea rsi, [rip + msg_ok]
         call puts
         ret
 
 failed: lea rsi, [rip + msg_failed]
         call puts
-        mov al, 0xfe
-        out 0x64, al
-1:      hlt
-        jmp 1b
+        jmp i8042_reset
 
-puts:   mov dx, 0x3f8
-1:      mov al, byte ptr [rsi]
-        test al, al
-        jz 2f
-        out dx, al
-        inc rsi
-        jmp 1b
-2:      ret
+        .include "lib/serial.S"
+        .include "lib/virtio_mmio.S"
+        .include "lib/power.S"
 
         .section .rodata
 msg_ok:      .asciz "vsock driver ok\n"
