@@ -9,38 +9,19 @@
 //! `cargo bench -p cros-tools --bench crosvm_run [-- RUNS]` (default 20 runs). Prints numbers;
 //! asserts nothing about them.
 
+#[path = "../../vmm/tests/support/payload.rs"]
+mod payload;
+
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use payload::{build_payload, require_kvm};
 
 const CROSVM: &str = env!("CARGO_BIN_EXE_crosvm");
 /// Guest RAM for the runs; an odd size so its mapping is easy to find in smaps.
 const MEM_MIB: u64 = 136;
-
-fn build_payload(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../vmm/tests/payloads/{name}.S"));
-    let obj = dir.join(format!("{name}.o"));
-    let elf = dir.join(format!("{name}.elf"));
-    let ok = |cmd: &mut Command| {
-        let status = cmd.status().expect("cannot run binutils (as, ld)");
-        assert!(status.success(), "{cmd:?} failed");
-    };
-    ok(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
-    ok(Command::new("ld")
-        .args([
-            "-N",
-            "-static",
-            "-nostdlib",
-            "-Ttext=0x200000",
-            "-e",
-            "_start",
-        ])
-        .args(["--no-warn-rwx-segments", "-o"])
-        .arg(&elf)
-        .arg(&obj));
-    elf
-}
 
 struct Run {
     first_byte: Duration,
@@ -151,6 +132,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(20);
+    require_kvm();
     let dir = tempfile::tempdir().expect("tempdir");
     let probe = build_payload(dir.path(), "probe");
     let idle = build_payload(dir.path(), "idle");

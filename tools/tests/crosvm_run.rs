@@ -2,52 +2,16 @@
 //! exit status, serial log, error messages, and `--help`. Without /dev/kvm the KVM tests fail
 //! and say why.
 
+#[path = "../../vmm/tests/support/payload.rs"]
+mod payload;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use payload::{build_payload, require_kvm};
+
 const CROSVM: &str = env!("CARGO_BIN_EXE_crosvm");
-
-fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        panic!("/dev/kvm cannot be opened ({e}); the crosvm run tests need KVM");
-    }
-}
-
-/// Assembles and links `vmm/tests/payloads/<name>.S` into a static ELF loaded at 2 MiB.
-fn build_payload(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../vmm/tests/payloads/{name}.S"));
-    let obj = dir.join(format!("{name}.o"));
-    let elf = dir.join(format!("{name}.elf"));
-    let ok = |cmd: &mut Command| {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?} (binutils installed?): {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
-    ok(Command::new("ld")
-        .args([
-            "-N",
-            "-static",
-            "-nostdlib",
-            "-Ttext=0x200000",
-            "-e",
-            "_start",
-        ])
-        .args(["--no-warn-rwx-segments", "-o"])
-        .arg(&elf)
-        .arg(&obj));
-    elf
-}
 
 fn crosvm(args: &[&str]) -> Output {
     Command::new(CROSVM)
