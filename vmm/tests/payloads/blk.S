@@ -31,12 +31,9 @@ _start:
         mov edi, ebx
         call put_labelled_hex
 
-        call virtio_negotiate
-        jc init_failed
-        xor ecx, ecx
+        mov ecx, 1
         mov eax, DESC
-        call virtio_setup_queue
-        call virtio_driver_ok
+        call virtio_start_device
         jc init_failed
         xor r14d, r14d                          # requests submitted
 
@@ -97,19 +94,13 @@ _start:
         lea rsi, [rip + msg_flush_status]
         mov edi, eax
         call put_labelled_hex
-        jmp done
-
+        jmp payload_done
 init_failed:
         lea rsi, [rip + msg_init_failed]
-        call puts
-        jmp done
+        jmp payload_failed
 no_blk:
         lea rsi, [rip + msg_no_blk]
-        call puts
-done:
-        lea rsi, [rip + msg_done]
-        call puts
-        jmp i8042_reset
+        jmp payload_failed
 
 # submit: one request on queue 0 of the device at rbx. r8d type, r9 sector, r10 data address
 # (0: no data descriptor), r11d data length, r12d data descriptor flags; r14d counts the
@@ -177,7 +168,6 @@ msg_sector0:      .asciz "virtio-blk: sector 0: "
 msg_write_status: .asciz "virtio-blk: write status "
 msg_flush_status: .asciz "virtio-blk: flush status "
 msg_written:      .asciz "written by the guest\n"
-msg_done:         .asciz "payload: done\n"
 
         .section .bss
         .balign 16

@@ -47,14 +47,10 @@ _start:
         lea rsi, [rip + msg_after_ack]
         mov edi, dword ptr [rbx + 0x60]
         call put_labelled_hex
-        jmp done
+        jmp payload_done
 no_blk:
         lea rsi, [rip + msg_no_blk]
-        call puts
-done:
-        lea rsi, [rip + msg_done]
-        call puts
-        jmp i8042_reset
+        jmp payload_failed
 
         .include "lib/serial.S"
         .include "lib/virtio_mmio.S"
@@ -67,7 +63,6 @@ msg_ready:      .asciz "ready\n"
 msg_interrupt:  .asciz "virtio-blk: interrupt status "
 msg_after_ack:  .asciz "virtio-blk: interrupt status after ack "
 msg_no_blk:     .asciz "virtio-blk: no device\n"
-msg_done:       .asciz "payload: done\n"
 
         .section .bss
         .balign 16

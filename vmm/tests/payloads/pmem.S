@@ -51,12 +51,9 @@ _start:
         call copy_string
 
         # Initialization, then one FLUSH request.
-        call virtio_negotiate
-        jc init_failed
-        xor ecx, ecx
+        mov ecx, 1
         mov eax, DESC
-        call virtio_setup_queue
-        call virtio_driver_ok
+        call virtio_start_device
         jc init_failed
         mov dword ptr [REQ], 0                  # VIRTIO_PMEM_REQ_TYPE_FLUSH
         mov dword ptr [RESP], 0xffffffff
@@ -78,19 +75,13 @@ _start:
         lea rsi, [rip + msg_flush]
         mov edi, dword ptr [RESP]
         call put_labelled_hex
-        jmp done
-
+        jmp payload_done
 init_failed:
         lea rsi, [rip + msg_init_failed]
-        call puts
-        jmp done
+        jmp payload_failed
 no_pmem:
         lea rsi, [rip + msg_no_pmem]
-        call puts
-done:
-        lea rsi, [rip + msg_done]
-        call puts
-        jmp i8042_reset
+        jmp payload_failed
 
         .include "lib/serial.S"
         .include "lib/virtio_mmio.S"
@@ -106,7 +97,6 @@ msg_flush:        .asciz "virtio-pmem: flush response "
 msg_no_pmem:      .asciz "virtio-pmem: no device\n"
 msg_init_failed:  .asciz "virtio-pmem: initialization failed\n"
 msg_written:      .asciz "written by the guest\n"
-msg_done:         .asciz "payload: done\n"
 
         .section .bss
         .balign 16

@@ -9,8 +9,7 @@
         .code64
 
         .set VIRTIO_ID_VSOCK, 19
-        .set RINGS, 0x300000                    # queue n's rings at RINGS + n * RINGS_STRIDE
-        .set RINGS_STRIDE, 0x4000
+        .set RINGS, 0x300000                    # queue n's rings at RINGS + n * 0x4000
 
         .globl _start
 _start:
@@ -32,16 +31,9 @@ _start:
 
 # Initialization (virtio 1.2, 3.1.1) of the device at rbx with three 8-entry queues.
 start_device:
-        call virtio_negotiate
-        jc failed
-        xor ecx, ecx
+        mov ecx, 3
         mov eax, RINGS
-1:      call virtio_setup_queue
-        add eax, RINGS_STRIDE
-        inc ecx
-        cmp ecx, 3
-        jb 1b
-        call virtio_driver_ok
+        call virtio_start_device
         jc failed
         lea rsi, [rip + msg_ok]
         call puts

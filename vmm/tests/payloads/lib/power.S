@@ -1,7 +1,8 @@
 # Ending the VM, and the ACPI power button, for the freestanding payloads:
 # `.include "lib/power.S"` at the end of the payload's code, as with lib/serial.S. The VMM's
 # hardware-reduced ACPI (FADT and DSDT) names these ports; Linux uses them the same way.
-# acpi_poweroff, acpi_reset and i8042_reset do not return: jump to them.
+# acpi_poweroff, acpi_reset, i8042_reset, payload_done and payload_failed do not return: jump
+# to them. payload_done and payload_failed print, so they need lib/serial.S too.
 
         .set ACPI_SLEEP_CONTROL, 0x600
         .set ACPI_SLP_EN_S5, 0x34                       # SLP_TYP 5 (S5) | SLP_EN
@@ -37,6 +38,15 @@ i8042_reset:
 1:      hlt
         jmp 1b
 
+# payload_failed: rsi = what failed, a NUL-terminated line: prints it, then as payload_done.
+payload_failed:
+        call puts
+# payload_done: prints "payload: done" and resets through the i8042 (the device payloads' end).
+payload_done:
+        lea rsi, [rip + power_msg_done]
+        call puts
+        jmp i8042_reset
+
 # wait_power_button: polls the GED event register until the power-button bit is set. Keeps
 # every register but the flags.
 wait_power_button:
@@ -49,3 +59,8 @@ wait_power_button:
         pop rdx
         pop rax
         ret
+
+        .section .rodata
+power_msg_done: .asciz "payload: done\n"
+
+        .section .text

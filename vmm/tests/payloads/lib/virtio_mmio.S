@@ -37,6 +37,7 @@
         .set VIRTQ_SIZE, 8
         .set VIRTQ_AVAIL_OFFSET, 0x1000
         .set VIRTQ_USED_OFFSET, 0x2000
+        .set VIRTQ_AREA_STRIDE, 0x4000                  # queue n's area in virtio_start_device
         # Polls of a used ring before giving up: the device thread may run on another host CPU.
         .set VIRTQ_POLLS, 10000000
 
@@ -106,6 +107,29 @@ virtio_driver_ok:
         jz 1f
         stc
 1:      ret
+
+# virtio_start_device: ecx = how many queues, eax = their ring areas: queue n's at
+# eax + n * VIRTQ_AREA_STRIDE (see virtio_setup_queue). virtio_negotiate, virtio_setup_queue
+# for each queue, virtio_driver_ok. CF set when negotiation or DRIVER_OK failed.
+virtio_start_device:
+        call virtio_negotiate
+        jc 2f
+        push rax
+        push rcx
+        push rdx
+        mov edx, ecx
+        xor ecx, ecx
+1:      cmp ecx, edx
+        jae 3f
+        call virtio_setup_queue
+        add eax, VIRTQ_AREA_STRIDE
+        inc ecx
+        jmp 1b
+3:      pop rdx
+        pop rcx
+        pop rax
+        jmp virtio_driver_ok
+2:      ret
 
 # virtio_wait_used: rdi = a used ring, si = the idx to wait for. Polls the ring's idx up to
 # VIRTQ_POLLS times. CF clear when it reached si, set when it did not.
