@@ -28,6 +28,15 @@ fn setup() -> (tempfile::TempDir, PathBuf) {
     (dir, uds)
 }
 
+/// `setup`, a host listener on `uds_<port>` for guest connections, and the device with its
+/// guest driver (64 rx buffers of 4 KiB).
+fn start_with_listener(port: u32) -> (tempfile::TempDir, PathBuf, UnixListener, Guest) {
+    let (dir, uds) = setup();
+    let listener = UnixListener::bind(port_path(&uds, port)).unwrap();
+    let g = Guest::start(&uds, 64, 4096);
+    (dir, uds, listener, g)
+}
+
 fn host_connect(uds: &Path, port: u32) -> UnixStream {
     let mut s = UnixStream::connect(uds).expect("connect to the device's uds");
     s.set_read_timeout(Some(WAIT)).unwrap();
@@ -109,6 +118,14 @@ fn establish_guest_to_host(
     s
 }
 
+/// Sends `data` as one RW packet on `src → dst` (the guest's ports), with this driver's BUF
+/// of buffer space and `fwd_cnt` bytes consumed.
+fn send_rw(g: &mut Guest, src: u32, dst: u32, fwd_cnt: u32, data: &[u8]) {
+    let mut p = hdr(op::RW, src, dst, BUF, fwd_cnt);
+    p.len = data.len() as u32;
+    g.send(p, data);
+}
+
 /// Receives RW packets on `(src, dst)` until `n` bytes arrived; returns them.
 fn recv_data(g: &mut Guest, n: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -157,9 +174,7 @@ fn host_to_guest_connect_and_data_both_ways() {
     s.write_all(b"hello guest").unwrap();
     assert_eq!(recv_data(&mut g, 11), b"hello guest");
 
-    let mut p = hdr(op::RW, 8888, host_port, BUF, 11);
-    p.len = 10;
-    g.send(p, b"hello host");
+    send_rw(&mut g, 8888, host_port, 11, b"hello host");
     assert_eq!(read_exact_n(&mut s, 10), b"hello host");
 
     // Larger transfers cross rx buffer boundaries intact.
@@ -184,16 +199,12 @@ fn bytes_sent_with_the_connect_line_reach_the_guest_after_ok() {
 
 #[test]
 fn guest_to_host_connect_reaches_uds_port_listener() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7777)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, _uds, listener, mut g) = start_with_listener(7777);
     let mut s = establish_guest_to_host(&mut g, &listener, 50000, 7777, BUF);
 
     let msg = pattern(70_000, 3);
     for chunk in msg.chunks(32 * 1024) {
-        let mut p = hdr(op::RW, 50000, 7777, BUF, 0);
-        p.len = chunk.len() as u32;
-        g.send(p, chunk);
+        send_rw(&mut g, 50000, 7777, 0, chunk);
     }
     assert_eq!(read_exact_n(&mut s, msg.len()), msg);
 
@@ -216,9 +227,7 @@ fn guest_connect_without_host_listener_gets_rst() {
 fn packet_for_unknown_connection_gets_rst() {
     let (_dir, uds) = setup();
     let mut g = Guest::start(&uds, 16, 4096);
-    let mut p = hdr(op::RW, 1234, 5678, BUF, 0);
-    p.len = 4;
-    g.send(p, b"data");
+    send_rw(&mut g, 1234, 5678, 0, b"data");
     let r = g.recv();
     assert_eq!(r.hdr.op, op::RST);
     assert_eq!((r.hdr.src_port, r.hdr.dst_port), (5678, 1234));
@@ -316,17 +325,13 @@ fn host_to_guest_credit_exhaustion_and_recovery() {
 
 #[test]
 fn guest_to_host_credit_exhaustion_and_recovery() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7000)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, _uds, listener, mut g) = start_with_listener(7000);
     let mut s = establish_guest_to_host(&mut g, &listener, 40001, 7000, BUF);
 
     // The host does not read: the guest may still send everything the device advertised.
     let msg = pattern(BUF as usize, 1);
     for chunk in msg.chunks(64 * 1024) {
-        let mut p = hdr(op::RW, 40001, 7000, BUF, 0);
-        p.len = chunk.len() as u32;
-        g.send(p, chunk);
+        send_rw(&mut g, 40001, 7000, 0, chunk);
     }
     g.wait_tx_drained();
     // The host reads it all; the device tells the guest the space is free again.
@@ -339,25 +344,19 @@ fn guest_to_host_credit_exhaustion_and_recovery() {
     }
     assert_eq!(seen_fwd, BUF);
     // And the connection keeps working.
-    let mut p = hdr(op::RW, 40001, 7000, BUF, 0);
-    p.len = 5;
-    g.send(p, b"again");
+    send_rw(&mut g, 40001, 7000, 0, b"again");
     assert_eq!(read_exact_n(&mut s, 5), b"again");
 }
 
 #[test]
 fn guest_overrunning_its_credit_is_reset() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7001)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, _uds, listener, mut g) = start_with_listener(7001);
     let mut s = establish_guest_to_host(&mut g, &listener, 40002, 7001, BUF);
     // Fill the host socket's own buffer plus our whole credit, then one packet more.
     let chunk = vec![0xabu8; 64 * 1024];
     let mut got_rst = false;
     for _ in 0..64 {
-        let mut p = hdr(op::RW, 40002, 7001, BUF, 0);
-        p.len = chunk.len() as u32;
-        g.send(p, &chunk);
+        send_rw(&mut g, 40002, 7001, 0, &chunk);
         g.wait_tx_drained();
         if let Some(p) = g.try_recv(Duration::from_millis(0))
             && p.hdr.op == op::RST
@@ -378,14 +377,10 @@ fn guest_overrunning_its_credit_is_reset() {
 
 #[test]
 fn guest_shutdown_half_closes_then_rst_closes() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7002)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, _uds, listener, mut g) = start_with_listener(7002);
     let mut s = establish_guest_to_host(&mut g, &listener, 40003, 7002, BUF);
 
-    let mut p = hdr(op::RW, 40003, 7002, BUF, 0);
-    p.len = 3;
-    g.send(p, b"bye");
+    send_rw(&mut g, 40003, 7002, 0, b"bye");
     let mut sd = hdr(op::SHUTDOWN, 40003, 7002, BUF, 0);
     sd.flags = SHUTDOWN_SEND;
     g.send(sd, &[]);
@@ -417,9 +412,7 @@ fn host_close_sends_guest_shutdown() {
     assert_eq!(p.hdr.flags, SHUTDOWN_SEND | SHUTDOWN_RCV);
     // The guest finishes the close with RST; the connection is gone: data now gets RST.
     g.send(hdr(op::RST, 8888, host_port, 0, 0), &[]);
-    let mut d = hdr(op::RW, 8888, host_port, BUF, 0);
-    d.len = 1;
-    g.send(d, b"x");
+    send_rw(&mut g, 8888, host_port, 0, b"x");
     assert_eq!(g.recv().hdr.op, op::RST);
 }
 
@@ -434,8 +427,6 @@ fn guest_rst_closes_the_host_socket() {
 
 /// Every malformed chain is consumed (returned to the guest) and dropped, and the device keeps
 /// serving well-formed traffic afterwards.
-/// Every malformed chain is consumed (returned to the guest) and dropped, and the device keeps
-/// serving well-formed traffic afterwards.
 ///
 /// The header the broken chains point at is a valid REQUEST to a port nobody listens on: were a
 /// chain wrongly accepted, the device would answer it with an RST to port 1. After each chain a
@@ -443,9 +434,7 @@ fn guest_rst_closes_the_host_socket() {
 /// replies come in order, so the first reply must be the probe's.
 #[test]
 fn malformed_tx_chains_are_dropped_without_harm() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7003)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, _uds, listener, mut g) = start_with_listener(7003);
     let base = g.scratch();
     let write_header = |g: &mut Guest, len: u32| {
         let mut h = hdr(op::REQUEST, 1, 7999, BUF, 0);
@@ -530,17 +519,13 @@ fn malformed_tx_chains_are_dropped_without_harm() {
 
     // The device still works.
     let mut s = establish_guest_to_host(&mut g, &listener, 40010, 7003, BUF);
-    let mut p = hdr(op::RW, 40010, 7003, BUF, 0);
-    p.len = 2;
-    g.send(p, b"ok");
+    send_rw(&mut g, 40010, 7003, 0, b"ok");
     assert_eq!(read_exact_n(&mut s, 2), b"ok");
 }
 
 #[test]
 fn bad_ops_and_types_reset_or_drop() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7004)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, _uds, listener, mut g) = start_with_listener(7004);
 
     // Unknown socket type (SEQPACKET, which we do not offer): RST.
     let mut seq = hdr(op::REQUEST, 40020, 7004, BUF, 0);
@@ -661,9 +646,7 @@ fn connection_cap_refuses_past_the_limit_with_rst() {
 /// only stall their own connection.
 #[test]
 fn a_stalled_peer_does_not_stall_other_connections() {
-    let (_dir, uds) = setup();
-    let listener = UnixListener::bind(port_path(&uds, 7007)).unwrap();
-    let mut g = Guest::start(&uds, 64, 4096);
+    let (_dir, uds, listener, mut g) = start_with_listener(7007);
     let _stalled_host = establish_guest_to_host(&mut g, &listener, 41000, 7007, BUF);
     let mut live = establish_guest_to_host(&mut g, &listener, 41001, 7007, BUF);
     // Host → guest: the guest gives connection `slow` 4 KiB of credit and never consumes.
@@ -675,9 +658,7 @@ fn a_stalled_peer_does_not_stall_other_connections() {
     // Fill the stalled host reader's socket buffer and all our credit.
     let chunk = vec![0x5au8; 64 * 1024];
     for _ in 0..(BUF as usize / chunk.len()) {
-        let mut p = hdr(op::RW, 41000, 7007, BUF, 0);
-        p.len = chunk.len() as u32;
-        g.send(p, &chunk);
+        send_rw(&mut g, 41000, 7007, 0, &chunk);
     }
     g.wait_tx_drained();
 
@@ -769,9 +750,7 @@ fn shutdown_the_guest_never_finishes_is_reset_after_the_timeout() {
         (op::RST, host_port, 8888)
     );
     // The connection is gone: data on it now gets an RST as an unknown connection.
-    let mut d = hdr(op::RW, 8888, host_port, BUF, 0);
-    d.len = 1;
-    g.send(d, b"x");
+    send_rw(&mut g, 8888, host_port, 0, b"x");
     assert_eq!(g.recv().hdr.op, op::RST);
 }
 
@@ -794,9 +773,7 @@ fn host_half_close_after_data_reaches_the_guest_after_the_data() {
             p.hdr
         );
         // The host can still read what the guest sends back.
-        let mut d = hdr(op::RW, 8888 + round, host_port, BUF, msg.len() as u32);
-        d.len = 2;
-        g.send(d, b"ok");
+        send_rw(&mut g, 8888 + round, host_port, msg.len() as u32, b"ok");
         assert_eq!(read_exact_n(&mut s, 2), b"ok");
         g.send(hdr(op::RST, 8888 + round, host_port, 0, 0), &[]);
     }
