@@ -99,6 +99,16 @@ fn establish_host_to_guest(
     (s, host_port)
 }
 
+/// Host → guest connect, then the host closes its socket: returns the host-side port and the
+/// flags of the SHUTDOWN the guest then receives.
+fn host_connects_then_closes(g: &mut Guest, uds: &Path, guest_port: u32) -> (u32, u32) {
+    let (s, host_port) = establish_host_to_guest(g, uds, guest_port, BUF);
+    drop(s);
+    let p = g.recv_skip_credit();
+    assert_eq!(p.hdr.op, op::SHUTDOWN, "{:?}", p.hdr);
+    (host_port, p.hdr.flags)
+}
+
 /// Guest → host connect to a real listener on `uds_<port>`.
 fn establish_guest_to_host(
     g: &mut Guest,
@@ -405,11 +415,8 @@ fn guest_shutdown_half_closes_then_rst_closes() {
 fn host_close_sends_guest_shutdown() {
     let (_dir, uds) = setup();
     let mut g = Guest::start(&uds, 64, 4096);
-    let (s, host_port) = establish_host_to_guest(&mut g, &uds, 8888, BUF);
-    drop(s);
-    let p = g.recv_skip_credit();
-    assert_eq!(p.hdr.op, op::SHUTDOWN);
-    assert_eq!(p.hdr.flags, SHUTDOWN_SEND | SHUTDOWN_RCV);
+    let (host_port, flags) = host_connects_then_closes(&mut g, &uds, 8888);
+    assert_eq!(flags, SHUTDOWN_SEND | SHUTDOWN_RCV);
     // The guest finishes the close with RST; the connection is gone: data now gets RST.
     g.send(hdr(op::RST, 8888, host_port, 0, 0), &[]);
     send_rw(&mut g, 8888, host_port, 0, b"x");
@@ -739,10 +746,7 @@ fn stale_uds_file_is_replaced_and_live_one_refused() {
 fn shutdown_the_guest_never_finishes_is_reset_after_the_timeout() {
     let (_dir, uds) = setup();
     let mut g = Guest::start(&uds, 64, 4096);
-    let (s, host_port) = establish_host_to_guest(&mut g, &uds, 8888, BUF);
-    drop(s);
-    let p = g.recv_skip_credit();
-    assert_eq!(p.hdr.op, op::SHUTDOWN);
+    let (host_port, _) = host_connects_then_closes(&mut g, &uds, 8888);
     // The guest never answers with RST: the device resets the connection itself.
     let r = g.recv_skip_credit();
     assert_eq!(
