@@ -6,6 +6,7 @@
 
         .intel_syntax noprefix
         .code64
+        .include "lib/entry.S"
 
         .set VIRTIO_ID_BLOCK, 2
         .set DESC, 0x300000
@@ -15,12 +16,7 @@
         .set STATUS, 0x306000
         .set DATA, 0x310000
 
-        .section .text
-        .globl _start
-_start:
-        cli
-        cld
-        lea rsp, [rip + stack_top]
+        payload_entry
         lea rsi, [rip + msg_hello]
         call puts
 
@@ -168,8 +164,3 @@ msg_sector0:      .asciz "virtio-blk: sector 0: "
 msg_write_status: .asciz "virtio-blk: write status "
 msg_flush_status: .asciz "virtio-blk: flush status "
 msg_written:      .asciz "written by the guest\n"
-
-        .section .bss
-        .balign 16
-stack:  .skip 4096
-stack_top:

@@ -6,15 +6,11 @@
 
         .intel_syntax noprefix
         .code64
+        .include "lib/entry.S"
 
         .set VIRTIO_ID_BLOCK, 2
 
-        .section .text
-        .globl _start
-_start:
-        cli
-        cld
-        lea rsp, [rip + stack_top]
+        payload_entry
 
         mov edi, VIRTIO_ID_BLOCK
         call virtio_find_device
@@ -63,8 +59,3 @@ msg_ready:      .asciz "ready\n"
 msg_interrupt:  .asciz "virtio-blk: interrupt status "
 msg_after_ack:  .asciz "virtio-blk: interrupt status after ack "
 msg_no_blk:     .asciz "virtio-blk: no device\n"
-
-        .section .bss
-        .balign 16
-stack:  .skip 4096
-stack_top:

@@ -6,17 +6,14 @@
 # "power button interrupt" and powers off through ACPI S5.
         .intel_syntax noprefix
         .code64
+        .include "lib/entry.S"
 
         .set IOAPIC, 0xfec00000
         .set LAPIC, 0xfee00000
         .set GED_PIN, 23
         .set GED_VECTOR, 0x40
 
-        .globl _start
-_start:
-        cli
-        cld
-        lea rsp, [rip + stack_top]
+        payload_entry
         # Every vector gets a handler that only returns (a spurious interrupt needs no EOI);
         # GED_VECTOR gets ged_isr.
         lea rdi, [rip + idt]
@@ -102,5 +99,3 @@ pressed: .byte 0
         .section .bss
         .balign 16
 idt:    .skip 256 * 16
-        .skip 4096
-stack_top:

@@ -6,6 +6,7 @@
 
         .intel_syntax noprefix
         .code64
+        .include "lib/entry.S"
 
         .set VIRTIO_ID_PMEM, 27
         .set DESC, 0x300000
@@ -14,12 +15,7 @@
         .set REQ, 0x305000
         .set RESP, 0x306000
 
-        .section .text
-        .globl _start
-_start:
-        cli
-        cld
-        lea rsp, [rip + stack_top]
+        payload_entry
         lea rsi, [rip + msg_hello]
         call puts
 
@@ -97,8 +93,3 @@ msg_flush:        .asciz "virtio-pmem: flush response "
 msg_no_pmem:      .asciz "virtio-pmem: no device\n"
 msg_init_failed:  .asciz "virtio-pmem: initialization failed\n"
 msg_written:      .asciz "written by the guest\n"
-
-        .section .bss
-        .balign 16
-stack:  .skip 4096
-stack_top:

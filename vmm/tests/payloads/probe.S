@@ -10,6 +10,7 @@
 
         .intel_syntax noprefix
         .code64
+        .include "lib/entry.S"
 
         .set MMIO_BASE, 0xd0000000
         .set MMIO_STRIDE, 0x1000
@@ -21,12 +22,7 @@
         .set RNG_BUFFER, 0x303000
         .set RSDP_SIG, 0x2052545020445352     # "RSD PTR "
 
-        .section .text
-        .globl _start
-_start:
-        cli
-        cld
-        lea rsp, [rip + stack_top]
+        payload_entry
         mov r15, rsi                    # the zero page
         xor ebp, ebp                    # failure count
 
@@ -262,8 +258,3 @@ msg_rng:            .asciz "virtio-rng: request"
 msg_failures:       .asciz "payload: failures "
 msg_ok:             .asciz " ok\n"
 msg_bad:            .asciz " BAD\n"
-
-        .section .bss
-        .balign 16
-stack:  .skip 4096
-stack_top:

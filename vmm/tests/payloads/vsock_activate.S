@@ -7,15 +7,12 @@
 # Integer instructions only (see probe.S).
         .intel_syntax noprefix
         .code64
+        .include "lib/entry.S"
 
         .set VIRTIO_ID_VSOCK, 19
         .set RINGS, 0x300000                    # queue n's rings at RINGS + n * 0x4000
 
-        .globl _start
-_start:
-        cli
-        cld
-        lea rsp, [rip + stack_top]
+        payload_entry
         mov edi, VIRTIO_ID_VSOCK
         call virtio_find_device
         jc failed
@@ -52,8 +49,3 @@ msg_ok:      .asciz "vsock driver ok\n"
 msg_ready:   .asciz "ready\n"
 msg_pressed: .asciz "power button pressed\n"
 msg_failed:  .asciz "vsock driver failed\n"
-
-        .section .bss
-        .balign 16
-        .skip 4096
-stack_top:
