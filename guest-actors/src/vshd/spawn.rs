@@ -161,6 +161,17 @@ pub fn spawn(account: &Account, launch: &Launch) -> Result<Spawned, SpawnError> 
     // SAFETY: the closure only calls async-signal-safe system calls on data allocated above.
     unsafe {
         cmd.pre_exec(move || {
+            // A session starts with default signal handling whatever vshd inherited (run under
+            // nohup, SIGHUP is ignored and an ignored signal stays ignored across exec), as
+            // sshd gives its sessions: otherwise `vsh` could not hang up or interrupt the job.
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             // Own session and process group: signals for the session reach the whole job and
             // never vshd itself.
             if libc::setsid() < 0 {
