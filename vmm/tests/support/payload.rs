@@ -87,8 +87,8 @@ fn link(obj: &Path, text_address: u64, extra: &[&str], out: &Path) {
 fn run_binutils(tool: &str, cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| {
         panic!(
-            "cannot run `{tool}` to build a guest payload ({e}): the payload tests need GNU \
-             binutils (apt-get install binutils)"
+            "cannot run `{tool}` to build a guest payload ({e}): install GNU binutils \
+             (apt-get install binutils)"
         )
     });
     assert!(
