@@ -9,7 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::handle::{OwnedChild, VmControl, VmHandle};
+use crate::handle::{OwnedChild, VmControl, VmHandle, die_with_parent_thread};
 use crate::qemu::{
     remove_file_if_exists, remove_stale_socket, resolve_binary, wait_first_output, wait_listening,
 };
@@ -23,12 +23,15 @@ const CONTROL_LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 pub struct CrosvmBackend {
     /// The `crosvm` binary (a bare name is looked up in PATH).
     pub crosvm: PathBuf,
+    /// As [`crate::QemuBackend::kill_with_parent_thread`].
+    pub kill_with_parent_thread: bool,
 }
 
 impl CrosvmBackend {
     pub fn new(crosvm: impl Into<PathBuf>) -> Self {
         CrosvmBackend {
             crosvm: crosvm.into(),
+            kill_with_parent_thread: false,
         }
     }
 
@@ -136,17 +139,16 @@ impl Hypervisor for CrosvmBackend {
         let err = out.try_clone().map_err(io(&log))?;
         let args = self.args(spec);
         tracing::info!(vm = %spec.name, "starting {} {:?}", crosvm.display(), args);
-        let child = Command::new(&crosvm)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| HypervisorError::Spawn {
-                what: "crosvm",
-                path: crosvm.clone(),
-                source,
-            })?;
+        let mut cmd = Command::new(&crosvm);
+        cmd.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
+        if self.kill_with_parent_thread {
+            die_with_parent_thread(&mut cmd);
+        }
+        let child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
+            what: "crosvm",
+            path: crosvm.clone(),
+            source,
+        })?;
         let mut vmm = OwnedChild {
             what: "crosvm",
             child,

@@ -261,6 +261,20 @@ impl Drop for VmHandle {
     }
 }
 
+/// Makes the process `cmd` starts die (SIGKILL) when the thread that starts it ends.
+pub(crate) fn die_with_parent_thread(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn control_error(action: &str, reason: impl std::fmt::Display) -> HypervisorError {
     HypervisorError::Control {
         action: action.to_string(),

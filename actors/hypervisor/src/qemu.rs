@@ -13,12 +13,11 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::handle::{OwnedChild, VmControl, VmHandle, log_tail};
+use crate::handle::{OwnedChild, VmControl, VmHandle, die_with_parent_thread, log_tail};
 use crate::unix_listen::is_listening;
 use crate::{DiskSpec, Hypervisor, HypervisorError, VmSpec};
 
@@ -116,9 +115,9 @@ pub struct QemuBackend {
     pub start_attempts: u32,
     /// How long a vhost-user backend may take to listen on its socket.
     pub backend_listen_timeout: Duration,
-    /// Kill the VM's processes when the thread that started them dies (PR_SET_PDEATHSIG). For
-    /// tests, so a killed test run leaves no QEMU behind; a daemon that starts VMs from
-    /// short-lived threads must leave it off.
+    /// Kill the VM's processes when the thread that started them dies (PR_SET_PDEATHSIG), so
+    /// a killed test run or daemon leaves no VM behind. Only for callers that start each VM
+    /// from a thread that lives as long as the VM (crosd does; a pool thread would not).
     pub kill_with_parent_thread: bool,
     /// Passed to a TCG guest as `tsc_early_khz=`. Under TCG the guest's TSC is the host's, and
     /// the kernel's own TSC calibration against the emulated PIT fails when the host is busy,
@@ -304,15 +303,7 @@ impl QemuBackend {
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         if self.kill_with_parent_thread {
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent_thread(&mut cmd);
         }
         let child = cmd.spawn().map_err(|source| HypervisorError::Spawn {
             what,

@@ -28,9 +28,18 @@ pub fn select(config: &HypervisorConfig) -> Result<Arc<dyn Hypervisor>, CrosErro
     match config.kind {
         // `auto` stays QEMU until our VMM has booted termina on hardware KVM; `crosvm` is
         // chosen explicitly, and only where `crosvm probe` passes.
-        HypervisorKind::Auto | HypervisorKind::Qemu => Ok(Arc::new(QemuBackend::new(crosvm))),
+        // Each VM is started from its watcher thread, which lives as long as the VM
+        // (VmWatcher::start): its processes can die with that thread, so a crosd killed outright
+        // leaves no VM behind.
+        HypervisorKind::Auto | HypervisorKind::Qemu => Ok(Arc::new(QemuBackend {
+            kill_with_parent_thread: true,
+            ..QemuBackend::new(crosvm)
+        })),
         HypervisorKind::Crosvm => match crosvm_unavailable(&crosvm) {
-            None => Ok(Arc::new(CrosvmBackend::new(crosvm))),
+            None => Ok(Arc::new(CrosvmBackend {
+                kill_with_parent_thread: true,
+                ..CrosvmBackend::new(crosvm)
+            })),
             Some(reason) => Err(CrosError::unsupported(reason)),
         },
     }

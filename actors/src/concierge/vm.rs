@@ -101,63 +101,49 @@ pub struct VmWatcher {
 }
 
 impl VmWatcher {
-    pub fn spawn(
-        mut handle: VmHandle,
+    /// Starts the VM on a thread of its own, which then watches it until it exits. The thread
+    /// that starts the VM's processes lives exactly as long as they do, so the backend can tie
+    /// their lives to it (PR_SET_PDEATHSIG): a crosd killed outright takes its VMs along rather
+    /// than leaving a VM that a restarted crosd would boot a second time on the same disk.
+    pub async fn start(
+        hypervisor: Arc<dyn Hypervisor>,
+        spec: VmSpec,
         console: PathBuf,
         on_exit: impl FnOnce(VmExit) + Send + 'static,
-    ) -> VmWatcher {
+    ) -> Result<VmWatcher, CrosError> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
         let (commands, command_rx) = std::sync::mpsc::channel();
         let (exit_tx, exited) = tokio::sync::watch::channel(None);
-        let pid = handle.pid();
-        std::thread::spawn(move || {
-            let status = 'watch: loop {
-                while let Ok(command) = command_rx.try_recv() {
-                    match command {
-                        WatcherCommand::Stop(grace) => break 'watch handle.stop(grace),
-                        WatcherCommand::RequestShutdown(done) => {
-                            let _ = done.send(handle.request_shutdown().map_err(|e| e.to_string()));
-                        }
-                        WatcherCommand::ResizeDisk { index, size, done } => {
-                            let _ = done
-                                .send(handle.resize_disk(index, size).map_err(|e| e.to_string()));
-                        }
+        let name = spec.name.clone();
+        let backend = hypervisor.name();
+        std::thread::Builder::new()
+            .name(format!("vm-{name}"))
+            .spawn(move || {
+                let handle = match hypervisor.start(&spec) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
                     }
-                }
-                match handle.wait_timeout(Duration::from_millis(100)) {
-                    Ok(Some(status)) => break Ok(status),
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
-                }
-                if let Some((what, status, log)) = handle.exited_helper() {
-                    tracing::warn!(pid, what, %status, log = %log.display(), "a device backend of the VM exited; stopping the VM");
-                    break handle.stop(KILL_GRACE);
-                }
-            };
-            let exit = match status {
-                Ok(s) => VmExit {
-                    success: s.success(),
-                    detail: format!("hypervisor {s}"),
-                },
-                Err(e) => VmExit {
-                    success: false,
-                    detail: format!("waiting for the hypervisor: {e}"),
-                },
-            };
-            let exit = if exit.success {
-                exit
-            } else {
-                VmExit {
-                    detail: format!("{}; console:\n{}", exit.detail, console_tail(&console)),
-                    ..exit
-                }
-            };
-            let _ = exit_tx.send(Some(exit.clone()));
-            on_exit(exit);
-        });
-        VmWatcher {
-            commands,
-            exited,
-            pid,
+                };
+                let _ = started_tx.send(Ok(handle.pid()));
+                watch(handle, command_rx, exit_tx, console, on_exit);
+            })
+            .map_err(|e| {
+                CrosError::internal(format!("cannot start a thread for VM {name}: {e}"))
+            })?;
+        match started.await {
+            Ok(Ok(pid)) => Ok(VmWatcher {
+                commands,
+                exited,
+                pid,
+            }),
+            Ok(Err(e)) => Err(CrosError::unavailable(format!(
+                "cannot start VM {name} with {backend}: {e}"
+            ))),
+            Err(_) => Err(CrosError::internal(format!(
+                "the start of VM {name} ended without a result"
+            ))),
         }
     }
 
@@ -222,6 +208,60 @@ impl VmWatcher {
         };
         tokio::time::timeout(timeout, exited).await.ok().flatten()
     }
+}
+
+/// The watcher thread's work once the VM runs: carries out concierge's commands, waits for the
+/// VMM (or a dead device backend) and reports how the VM ended.
+fn watch(
+    mut handle: VmHandle,
+    command_rx: std::sync::mpsc::Receiver<WatcherCommand>,
+    exit_tx: tokio::sync::watch::Sender<Option<VmExit>>,
+    console: PathBuf,
+    on_exit: impl FnOnce(VmExit),
+) {
+    let pid = handle.pid();
+    let status = 'watch: loop {
+        while let Ok(command) = command_rx.try_recv() {
+            match command {
+                WatcherCommand::Stop(grace) => break 'watch handle.stop(grace),
+                WatcherCommand::RequestShutdown(done) => {
+                    let _ = done.send(handle.request_shutdown().map_err(|e| e.to_string()));
+                }
+                WatcherCommand::ResizeDisk { index, size, done } => {
+                    let _ = done.send(handle.resize_disk(index, size).map_err(|e| e.to_string()));
+                }
+            }
+        }
+        match handle.wait_timeout(Duration::from_millis(100)) {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        if let Some((what, status, log)) = handle.exited_helper() {
+            tracing::warn!(pid, what, %status, log = %log.display(), "a device backend of the VM exited; stopping the VM");
+            break handle.stop(KILL_GRACE);
+        }
+    };
+    let exit = match status {
+        Ok(s) => VmExit {
+            success: s.success(),
+            detail: format!("hypervisor {s}"),
+        },
+        Err(e) => VmExit {
+            success: false,
+            detail: format!("waiting for the hypervisor: {e}"),
+        },
+    };
+    let exit = if exit.success {
+        exit
+    } else {
+        VmExit {
+            detail: format!("{}; console:\n{}", exit.detail, console_tail(&console)),
+            ..exit
+        }
+    };
+    let _ = exit_tx.send(Some(exit.clone()));
+    on_exit(exit);
 }
 
 /// The last lines of the console log, for error messages.
@@ -327,31 +367,20 @@ pub async fn boot(
     });
     spec.console_log = plan.console_log();
 
-    let hv = hypervisor.clone();
-    let started = tokio::task::spawn_blocking(move || hv.start(&spec)).await;
-    let handle = match started {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            bridge.abort();
-            return Err(CrosError::unavailable(format!(
-                "cannot start VM {} with {}: {e}",
-                plan.name,
-                hypervisor.name()
-            )));
-        }
-        Err(e) => {
-            bridge.abort();
-            return Err(CrosError::internal(format!(
-                "hypervisor start task failed: {e}"
-            )));
-        }
-    };
     let console = plan.console_log();
     let bridge_abort = bridge.abort_handle();
-    let watcher = VmWatcher::spawn(handle, console.clone(), move |exit| {
+    let started = VmWatcher::start(hypervisor, spec, console.clone(), move |exit| {
         bridge_abort.abort();
         on_exit(exit);
-    });
+    })
+    .await;
+    let watcher = match started {
+        Ok(w) => w,
+        Err(e) => {
+            bridge.abort();
+            return Err(e);
+        }
+    };
 
     let result = async {
         tokio::select! {
