@@ -450,7 +450,7 @@ fn guest_df_size(crosd: &Crosd) -> u64 {
 #[test]
 fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
     const GIB: u64 = 1 << 30;
-    let crosd = Crosd::start();
+    let mut crosd = Crosd::start();
     let disk = crosd.state.join("disks").join("termina.img");
     vmc_ok(&crosd, &["create", "--size", "2G", "termina"]);
     start_termina(&crosd, "start for resize");
@@ -520,6 +520,73 @@ fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
         regrown > shrunk + GIB && regrown <= 4 * GIB,
         "df says {regrown} bytes after an offline grow from {shrunk} to 4 GiB"
     );
+
+    // kill -9 crosd in the middle of a shrink: the VM goes with it (no orphan QEMU for the
+    // next crosd to boot a second time on the same disk), the operation is reported failed (or
+    // done, if it beat the kill), the disk has its old size or its new one, and the guest's
+    // files are intact at the next boot.
+    let qemu = qemu_pid(&crosd);
+    let ops = crosd.state.join("disk_ops");
+    let records = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".json")
+                            .map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let before = records(&ops);
+    let resizer = Command::new(bin("vmc"))
+        .args(["resize", "termina", "2560M"])
+        .env("CROSD_SOCKET", &crosd.socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    // The operation's record is written before vmc hears of it: its name is the uuid.
+    let uuid = loop {
+        if let Some(new) = records(&ops).into_iter().find(|r| !before.contains(r)) {
+            break new;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the resize never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    crosd.kill9_and_restart();
+    let o = resizer.wait_with_output().unwrap();
+    assert!(!o.status.success(), "vmc lost its crosd: {}", text(&o));
+    let start = Instant::now();
+    while alive(qemu) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "QEMU (pid {qemu}) outlived the crosd that started it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let o = vmc_ok(&crosd, &["disk-op-status", "--json", &uuid]);
+    let op: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let size = std::fs::metadata(&disk).unwrap().len();
+    eprintln!("resize interrupted by kill -9: {op}, disk of {size} bytes");
+    match op["state"].as_str() {
+        Some("Failed") => assert!(
+            size == 4 * GIB || size == 2560 << 20,
+            "an interrupted resize left a disk of {size} bytes"
+        ),
+        Some("Done") => assert_eq!(size, 2560 << 20),
+        other => panic!("resize state after a crash: {other:?} ({op})"),
+    }
+    start_termina(&crosd, "start after a crash mid-resize");
+    let o = crosd.vsh(&["sha256sum", "/mnt/stateful/blob"], b"");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), written, "{}", text(&o));
+    assert!(guest_df_size(&crosd) <= size);
     vmc_ok(&crosd, &["stop", "termina"]);
 }
 
