@@ -891,6 +891,24 @@ mod tests {
         }
     }
 
+    /// Polls DiskImageStatus until the operation has ended.
+    async fn wait_done(c: &actix::Addr<Concierge>, uuid: &str) -> DiskOpInfo {
+        loop {
+            let status = ConciergeRequest::DiskImageStatus {
+                uuid: uuid.to_string(),
+            };
+            let Body::ConciergeReply(ConciergeReply::DiskOperation { op }) =
+                c.send(deliver(status)).await.unwrap()
+            else {
+                panic!("status must answer")
+            };
+            if op.state != DiskOpState::Running {
+                return op;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn ask(c: Concierge, req: ConciergeRequest) -> Body {
         c.start().send(deliver(req)).await.unwrap()
     }
@@ -1050,19 +1068,7 @@ mod tests {
         else {
             panic!("a grow must start")
         };
-        let op = loop {
-            let Body::ConciergeReply(ConciergeReply::DiskOperation { op }) =
-                ask(ConciergeRequest::DiskImageStatus { uuid: uuid.clone() })
-                    .await
-                    .unwrap()
-            else {
-                panic!("status must answer")
-            };
-            if op.state != DiskOpState::Running {
-                break op;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let op = wait_done(&c, &uuid).await;
         assert_eq!(
             (op.state, op.kind, op.percent),
             (DiskOpState::Done, DiskOpKind::Resize, 100),
@@ -1128,30 +1134,12 @@ mod tests {
             assert!(e.message.contains(needle), "{e}");
         }
 
-        let wait = |uuid: String| {
-            let ask = &ask;
-            async move {
-                loop {
-                    let Body::ConciergeReply(ConciergeReply::DiskOperation { op }) =
-                        ask(ConciergeRequest::DiskImageStatus { uuid: uuid.clone() })
-                            .await
-                            .unwrap()
-                    else {
-                        panic!("status must answer")
-                    };
-                    if op.state != DiskOpState::Running {
-                        return op;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
         let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
             ask(export(out.display().to_string())).await.unwrap()
         else {
             panic!("export must start")
         };
-        let op = wait(uuid.clone()).await;
+        let op = wait_done(&c, &uuid).await;
         assert_eq!(
             (op.state, op.percent, op.kind),
             (DiskOpState::Done, 100, DiskOpKind::Export)
@@ -1176,7 +1164,7 @@ mod tests {
         else {
             panic!("import must start")
         };
-        assert_eq!(wait(uuid).await.state, DiskOpState::Done);
+        assert_eq!(wait_done(&c, &uuid).await.state, DiskOpState::Done);
         let back = std::fs::read(&disk).unwrap();
         assert_eq!(back.len(), 8 << 20);
         assert_eq!(&back[1 << 20..(1 << 20) + 14], b"stateful bytes");

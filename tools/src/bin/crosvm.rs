@@ -196,6 +196,13 @@ struct RunArgs {
     stop_timeout: u64,
 }
 
+/// The line a vhost-user backend prints once its socket accepts connections, for scripts
+/// and tests that start one by hand.
+fn announce_listening(socket: &std::path::Path) {
+    println!("listening on {}", socket.display());
+    let _ = std::io::stdout().flush();
+}
+
 /// The seccomp filter of a vhost-user backend process, unless `--no-seccomp`; with it, the
 /// handler that reports a denied call.
 fn vhost_user_filter(no_seccomp: bool) -> anyhow::Result<Option<cros_vmm::seccomp::BpfProgram>> {
@@ -321,10 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cros_vmm::vhost_user::vsock::serve(
                 &socket,
                 &config,
-                || {
-                    println!("listening on {}", socket.display());
-                    let _ = std::io::stdout().flush();
-                },
+                || announce_listening(&socket),
                 filter.as_ref(),
             )
             .with_context(|| {
@@ -351,10 +355,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cros_vmm::vhost_user::blk::serve(
                 &socket,
                 &config,
-                || {
-                    println!("listening on {}", socket.display());
-                    let _ = std::io::stdout().flush();
-                },
+                || announce_listening(&socket),
                 filter.as_ref(),
             )
             .with_context(|| {
