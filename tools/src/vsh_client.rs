@@ -216,7 +216,7 @@ impl VshSession {
         loop {
             let msg: GuestMessage = match read_message(&mut self.stream, MAX_VSH_FRAME) {
                 Ok(m) => m,
-                Err(FrameError::Closed) => {
+                Err(e) if is_hang_up(&e) => {
                     return Ok(SessionExit {
                         code: NO_EXIT_STATUS,
                         reported: false,
@@ -244,6 +244,16 @@ impl VshSession {
                     .map_err(VshError::Local)?;
             }
         }
+    }
+}
+
+/// The guest side went away: a clean end, or a reset (a peer that closes with our input still
+/// unread resets the connection instead of ending it).
+fn is_hang_up(e: &FrameError) -> bool {
+    match e {
+        FrameError::Closed => true,
+        FrameError::Io(io) => io.kind() == io::ErrorKind::ConnectionReset,
+        _ => false,
     }
 }
 

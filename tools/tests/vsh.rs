@@ -532,7 +532,24 @@ fn vsh_interactive_ctrl_c_interrupts_the_remote_command() {
 
 /// A hostile or broken guest, played by a scripted server (a real vshd never misbehaves this
 /// way, and the guest is untrusted): it answers READY, then sends `then` and hangs up.
+/// How a scripted guest ends its connection.
+enum HangUp {
+    /// Half-closes and reads whatever the client still sends: the client sees a clean end.
+    Clean,
+    /// Waits for the client to send something and closes with it unread: the client's next
+    /// read after the script fails with ECONNRESET.
+    Reset,
+}
+
 fn scripted_guest(dir: &Path, then: Vec<cros_messages::vsh::GuestMessage>) -> PathBuf {
+    scripted_guest_ending(dir, then, HangUp::Clean)
+}
+
+fn scripted_guest_ending(
+    dir: &Path,
+    then: Vec<cros_messages::vsh::GuestMessage>,
+    hang_up: HangUp,
+) -> PathBuf {
     use cros_messages::framing::{read_message, write_message};
     use cros_messages::vsh::{
         ConnectionStatus, MAX_VSH_FRAME, SetupConnectionRequest, SetupConnectionResponse,
@@ -552,6 +569,16 @@ fn scripted_guest(dir: &Path, then: Vec<cros_messages::vsh::GuestMessage>) -> Pa
             // The frame limit is the server's own check; bypass it to send what a hostile
             // guest could.
             write_message(&mut s, &msg, usize::MAX).unwrap();
+        }
+        match hang_up {
+            HangUp::Clean => {
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            }
+            HangUp::Reset => {
+                let mut first = [0u8; 1];
+                let _ = s.read_exact(&mut first);
+            }
         }
     });
     path
@@ -594,4 +621,23 @@ fn guest_hanging_up_without_status_gives_123() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("without an exit status"), "{err}");
     assert_eq!(out.status.code(), Some(123));
+}
+
+#[test]
+fn guest_resetting_the_connection_is_a_hang_up_too() {
+    use cros_messages::vsh::GuestMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let path = scripted_guest_ending(
+        dir.path(),
+        vec![GuestMessage::Stdout(b"partial".to_vec())],
+        HangUp::Reset,
+    );
+    let stream = UnixStream::connect(&path).unwrap();
+    let session = VshSession::start(stream, &request(&["x"], true), DEFAULT_SETUP_TIMEOUT).unwrap();
+    // Input the guest leaves unread when it closes: the close becomes a reset.
+    session.sender().stdin(b"never read").unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = session.relay_output(&mut out, &mut err).unwrap();
+    assert_eq!((exit.code, exit.reported), (123, false));
+    assert_eq!(out, b"partial");
 }
