@@ -27,11 +27,13 @@ impl Maitred {
             .arg(format!("unix:{}", sock.display()))
             .spawn()
             .unwrap();
+        // Readiness, not a timing assertion: the socket file exists from bind(), but connects
+        // are refused until listen().
         let start = Instant::now();
-        while !sock.exists() {
+        while UnixStream::connect(&sock).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
-                "maitred did not create its socket"
+                "maitred never listened on its socket"
             );
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -100,10 +100,11 @@ impl Crosd {
             .spawn()
             .unwrap();
         let start = Instant::now();
-        while !socket.exists() {
+        // The file exists from bind(); connects are refused until listen().
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "crosd did not create its socket"
+                "crosd never listened on its socket"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

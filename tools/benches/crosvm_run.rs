@@ -99,7 +99,7 @@ fn stop_once(payload: &Path, dir: &Path) -> Duration {
     let mut line = String::new();
     stdout.read_line(&mut line).expect("guest output");
     assert_eq!(line, "ready\n");
-    while !ctrl.exists() {
+    while std::os::unix::net::UnixStream::connect(&ctrl).is_err() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let start = Instant::now();

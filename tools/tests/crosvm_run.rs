@@ -199,7 +199,11 @@ fn start_with_control(
         .expect("cannot start crosvm run");
     // A hang guard, not a timing assertion.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !(ctrl.exists() && std::fs::read_to_string(&log).is_ok_and(|s| s == ready)) {
+    // The socket file exists from bind(); connects are refused until listen(). The log is
+    // checked first so that the control socket sees one probe, not one per poll.
+    while !(std::fs::read_to_string(&log).is_ok_and(|s| s == ready)
+        && std::os::unix::net::UnixStream::connect(&ctrl).is_ok())
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "VM never got ready: {:?}",
