@@ -70,7 +70,8 @@ start_crosd() {
     "$BIN/crosd" --state-dir "$state" --run-dir "$run" --socket "$CROSD_SOCKET" "$@" >"$run/crosd.log" 2>&1 &
     CROSD_PID=$!
     for _ in $(seq 100); do
-        [ -S "$CROSD_SOCKET" ] && return 0
+        # The socket file appears at bind(), before crosd listens: ask it something instead.
+        [ -S "$CROSD_SOCKET" ] && "$BIN/crosmsg" list >/dev/null 2>&1 && return 0
         kill -0 "$CROSD_PID" 2>/dev/null || { cat "$run/crosd.log" >&2; die "crosd exited during start-up"; }
         sleep 0.1
     done
