@@ -149,9 +149,6 @@ fn check_socket_path(path: &Path) -> Result<(), ServeError> {
 /// idea of the config struct's size, which may be larger than ours.
 fn config_slice(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
     let mut out = vec![0u8; size as usize];
-    if let Some(src) = config.get(offset as usize..) {
-        let n = src.len().min(out.len());
-        out[..n].copy_from_slice(&src[..n]);
-    }
+    crate::devices::virtio::read_config_window(config, offset.into(), &mut out);
     out
 }

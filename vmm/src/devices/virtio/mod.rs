@@ -49,6 +49,16 @@ pub fn single_queue(queues: Vec<Queue>) -> Result<Queue, ActivateError> {
         .ok_or(ActivateError::QueueCount { got, want: 1 })
 }
 
+/// Fills `data` from the device's config space at `offset`, zeros past its end: the guest (or
+/// a vhost-user frontend) may read any offset and width, never out of bounds.
+pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// The interrupt of one virtio-mmio device: its InterruptStatus register and the irqfd that
 /// raises its line in the in-kernel IOAPIC.
 #[derive(Clone)]

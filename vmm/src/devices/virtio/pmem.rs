@@ -206,12 +206,7 @@ impl VirtioDevice for Pmem {
     fn ack_features(&mut self, _features: u64) {}
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config();
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::read_config_window(&self.config(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

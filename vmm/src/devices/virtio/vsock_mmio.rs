@@ -194,14 +194,7 @@ impl VirtioDevice for VsockMmio {
     fn ack_features(&mut self, _features: u64) {}
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset)
-            .ok()
-            .and_then(|o| self.config_space.get(o..))
-        {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        super::read_config_window(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
