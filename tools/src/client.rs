@@ -229,10 +229,17 @@ impl Client {
         }
         // Wait for the first byte without consuming anything: a timeout here leaves the stream
         // in step (no frame was started), so the connection stays usable.
-        if self.reader.buffer().is_empty() {
+        // A signal (vmc's Ctrl-C handler) interrupts the wait; that is no error: wait again, as
+        // read_exact does for the rest of the frame. The caller sees the signal's flag itself.
+        while self.reader.buffer().is_empty() {
             match self.reader.fill_buf() {
                 Ok([]) => return Err(ClientError::Protocol(FrameError::Closed)),
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if Instant::now() >= deadline {
+                        return Err(self.timed_out());
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -310,4 +317,54 @@ fn client_name() -> String {
         })
         .filter(|n| cros_messages::addr::valid_name(n))
         .unwrap_or_else(|| "client".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cros_messages::Hello;
+    use cros_messages::bus::BusReply;
+    use std::os::unix::net::UnixListener;
+
+    extern "C" fn ignore(_: libc::c_int) {}
+
+    /// A signal that lands while the client waits for a reply (vmc's Ctrl-C handler installs
+    /// one without SA_RESTART) must not fail the request: the reply still comes.
+    #[test]
+    fn a_signal_while_waiting_for_the_reply_is_not_an_error() {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crosd.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A stand-in for crosd (its bus is tested elsewhere): handshake, then one slow reply.
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _: Hello = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+            framing::write_message(&mut s, &Hello::new(Addr::host("bus")), MAX_CONTROL_FRAME)
+                .unwrap();
+            let req: Envelope = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let reply = req.reply(1, Body::BusReply(BusReply::Subscribed {}));
+            framing::write_message(&mut s, &reply, MAX_CONTROL_FRAME).unwrap();
+        });
+        let action = SigAction::new(
+            SigHandler::Handler(ignore),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, which is async-signal-safe.
+        unsafe { sigaction(Signal::SIGUSR1, &action) }.unwrap();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let signaller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: `me` is the test's thread, alive until it joins this one.
+            assert_eq!(unsafe { libc::pthread_kill(me, libc::SIGUSR1) }, 0);
+        });
+        let mut client = Client::connect(&path).unwrap();
+        let reply = client.subscribe(Vec::new(), Duration::from_secs(10));
+        signaller.join().unwrap();
+        server.join().unwrap();
+        reply.unwrap();
+    }
 }
