@@ -243,6 +243,29 @@ fn disk_identity(path: &Path) -> (u64, u64, i64, i64) {
     (m.ino(), m.size(), m.mtime(), m.mtime_nsec())
 }
 
+/// `vmc ARGS` against `crosd` in the background, its stderr piped.
+fn spawn_vmc(crosd: &Crosd, args: &[&str]) -> std::process::Child {
+    Command::new(bin("vmc"))
+        .args(args)
+        .env("CROSD_SOCKET", &crosd.socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `probe` until it yields; fails the test after `timeout`, naming what never happened
+/// (a hang guard, not a timing assertion).
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn leftovers(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -367,20 +390,12 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
     drop(f);
     let partial = out.join("crash.zst.partial");
     let crash = out.join("crash.zst");
-    let exporter = Command::new(bin("vmc"))
-        .args(["export", "termina", crash.to_str().unwrap()])
-        .env("CROSD_SOCKET", &crosd.socket)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !partial.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the export never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let exporter = spawn_vmc(&crosd, &["export", "termina", crash.to_str().unwrap()]);
+    wait_for(
+        "the export to start writing",
+        Duration::from_secs(30),
+        || partial.exists().then_some(()),
+    );
     crosd.kill9_and_restart();
     let o = exporter.wait_with_output().unwrap();
     assert!(!o.status.success(), "the export cannot have finished");
@@ -402,20 +417,12 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
     assert!(!partial.exists(), "the partial export survived the restart");
 
     // Ctrl-C in vmc cancels the export: neither the partial nor the export file is left.
-    let exporter = Command::new(bin("vmc"))
-        .args(["export", "termina", crash.to_str().unwrap()])
-        .env("CROSD_SOCKET", &crosd.socket)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !partial.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the second export never started writing"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let exporter = spawn_vmc(&crosd, &["export", "termina", crash.to_str().unwrap()]);
+    wait_for(
+        "the second export to start writing",
+        Duration::from_secs(30),
+        || partial.exists().then_some(()),
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(exporter.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -542,35 +549,19 @@ fn disk_grows_online_and_shrinks_no_further_than_its_filesystem() {
             .unwrap_or_default()
     };
     let before = records(&ops);
-    let resizer = Command::new(bin("vmc"))
-        .args(["resize", "termina", "2560M"])
-        .env("CROSD_SOCKET", &crosd.socket)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
+    let resizer = spawn_vmc(&crosd, &["resize", "termina", "2560M"]);
     // The operation's record is written before vmc hears of it: its name is the uuid.
-    let uuid = loop {
-        if let Some(new) = records(&ops).into_iter().find(|r| !before.contains(r)) {
-            break new;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the resize never started"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let uuid = wait_for("the resize to start", Duration::from_secs(60), || {
+        records(&ops).into_iter().find(|r| !before.contains(r))
+    });
     crosd.kill9_and_restart();
     let o = resizer.wait_with_output().unwrap();
     assert!(!o.status.success(), "vmc lost its crosd: {}", text(&o));
-    let start = Instant::now();
-    while alive(qemu) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "QEMU (pid {qemu}) outlived the crosd that started it"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        &format!("QEMU (pid {qemu}) to die with the crosd that started it"),
+        Duration::from_secs(10),
+        || (!alive(qemu)).then_some(()),
+    );
     let o = vmc_ok(&crosd, &["disk-op-status", "--json", &uuid]);
     let op: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let size = std::fs::metadata(&disk).unwrap().len();
