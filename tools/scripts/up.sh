@@ -42,7 +42,8 @@ $keep || trap cleanup EXIT
 
 log "crosmsg list (the actors crosd runs)"
 "$bin/crosmsg" list
-if ! "$bin/vmc" list | grep -q '^termina '; then
+# GetVmInfo answers only for a running VM (`vmc list` also lists disks, under the same name).
+if ! "$bin/crosmsg" send concierge '{"GetVmInfo":{"name":"termina"}}' >/dev/null 2>&1; then
     log "vmc start termina"
     "$bin/vmc" start --no-shell --timeout 300 termina
 fi
