@@ -1,49 +1,11 @@
-//! Starting crosd's host actors, and what they share.
+//! Starting crosd's host actors (their configuration is in [`crate::config`]).
 
 use crate::bus::BusHandle;
+use crate::config::HostConfig;
 use crate::supervisor::{SupervisorError, spawn_supervised_on};
 use crate::{cicerone, concierge, imageloader, seneschal, vmlog_forwarder};
 use actix::Arbiter;
-use cros_messages::{ActorKind, Addr, Body, CrosError};
-use std::path::PathBuf;
-
-/// Where the host actors keep their state, and how VMs are run.
-#[derive(Debug, Clone)]
-pub struct HostConfig {
-    /// Persistent state: components, disks, logs (`/var/lib/crosd`).
-    pub state_dir: PathBuf,
-    /// Runtime state: sockets, per-VM runtime dirs (`/run/crosd`).
-    pub run_dir: PathBuf,
-    pub hypervisor: HypervisorConfig,
-}
-
-impl HostConfig {
-    /// Default hypervisor settings (`auto`, helper binaries beside this program).
-    pub fn new(state_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            state_dir: state_dir.into(),
-            run_dir: run_dir.into(),
-            hypervisor: HypervisorConfig::default(),
-        }
-    }
-}
-
-/// Which hypervisor backend concierge boots VMs with (`crosd --hypervisor`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum HypervisorKind {
-    /// crosvm where /dev/kvm can boot a stock kernel, else qemu.
-    #[default]
-    Auto,
-    Qemu,
-    Crosvm,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct HypervisorConfig {
-    pub kind: HypervisorKind,
-    /// Where the `crosvm` binary (VMM and vhost-user backends) is; default: beside this program.
-    pub bin_dir: Option<PathBuf>,
-}
+use cros_messages::{ActorKind, Addr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -109,10 +71,4 @@ pub async fn spawn_host_actor(
         other => return Err(SpawnError::NotHostActor(other.name().to_string())),
     }
     Ok(())
-}
-
-/// The reply of an actor handed a body of another actor's family (the bus checks families
-/// before delivery, so this only fires for a mis-registered route).
-pub(crate) fn not_mine(actor: &str, body: &Body) -> Body {
-    CrosError::invalid(format!("{actor} does not handle {}", body.type_name())).into()
 }

@@ -1,6 +1,6 @@
 //! postcard encode/decode of a typical envelope (a StartVm request and a VmInfo reply).
 
-use cros_messages::concierge::{ConciergeReply, ConciergeRequest, VmInfo, VmStatus};
+use cros_messages::concierge::{ConciergeReply, ConciergeRequest, StartVm, VmInfo, VmStatus};
 use cros_messages::framing::{decode, encode_frame};
 use cros_messages::{Addr, Body, Envelope};
 
@@ -14,17 +14,11 @@ fn start_vm() -> Envelope {
         7,
         Addr::client(3),
         Addr::host("concierge"),
-        Body::Concierge(ConciergeRequest::StartVm {
-            name: "termina".into(),
+        Body::Concierge(ConciergeRequest::StartVm(StartVm {
             owner_id: "user".into(),
-            disks: vec![],
-            cpus: 2,
-            memory_mib: 1024,
             kernel_params: vec!["quiet".into()],
-            start_termina: true,
-            timeout_secs: 120,
-            component_version: None,
-        }),
+            ..StartVm::named("termina")
+        })),
     )
 }
 

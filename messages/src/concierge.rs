@@ -18,28 +18,7 @@ fn default_start_timeout() -> u32 {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ConciergeRequest {
-    StartVm {
-        name: String,
-        #[serde(default)]
-        owner_id: String,
-        /// Extra disks; the stateful disk named after the VM is always first.
-        #[serde(default)]
-        disks: Vec<DiskSpec>,
-        #[serde(default = "default_cpus")]
-        cpus: u32,
-        #[serde(default = "default_memory_mib")]
-        memory_mib: u32,
-        #[serde(default)]
-        kernel_params: Vec<String>,
-        #[serde(default = "default_true")]
-        start_termina: bool,
-        /// Seconds to wait for VmReady and StartTermina together.
-        #[serde(default = "default_start_timeout")]
-        timeout_secs: u32,
-        /// Component version to boot; the newest verified one when absent.
-        #[serde(default)]
-        component_version: Option<String>,
-    },
+    StartVm(StartVm),
     StopVm {
         name: String,
         #[serde(default)]
@@ -115,6 +94,50 @@ pub enum ConciergeRequest {
     CancelDiskImageOperation {
         uuid: String,
     },
+}
+
+/// StartVm: boot a VM from the termina component (REFERENCE.md's StartVm sequence). Passed whole
+/// from the request into concierge's boot plan.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartVm {
+    pub name: String,
+    #[serde(default)]
+    pub owner_id: String,
+    /// Extra disks; the stateful disk named after the VM is always first.
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    #[serde(default = "default_cpus")]
+    pub cpus: u32,
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub kernel_params: Vec<String>,
+    #[serde(default = "default_true")]
+    pub start_termina: bool,
+    /// Seconds to wait for VmReady and StartTermina together.
+    #[serde(default = "default_start_timeout")]
+    pub timeout_secs: u32,
+    /// Component version to boot; the newest verified one when absent.
+    #[serde(default)]
+    pub component_version: Option<String>,
+}
+
+impl StartVm {
+    /// A request with every field at its default (what `{"StartVm":{"name":…}}` means).
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            owner_id: String::new(),
+            disks: Vec::new(),
+            cpus: default_cpus(),
+            memory_mib: default_memory_mib(),
+            kernel_params: Vec::new(),
+            start_termina: true,
+            timeout_secs: default_start_timeout(),
+            component_version: None,
+        }
+    }
 }
 
 /// A disk to attach to a VM.

@@ -12,6 +12,7 @@ use crate::tremplin::{TremplinEvent, TremplinReply, TremplinRequest};
 use crate::vmlog::{VmlogReply, VmlogRequest};
 use crate::{ActorKind, Addr, CrosError, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 /// First frame each side of every connection sends.
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -77,6 +78,13 @@ impl Envelope {
 }
 
 /// Whether a body asks, answers, or announces.
+/// Slack added to a timeout a request carries itself (see [`Body::timeout`]).
+pub const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(30);
+/// REFERENCE.md: StartTermina may take up to 150 s (mkfs, mount, grow).
+pub const START_TERMINA_TIMEOUT: Duration = Duration::from_secs(150);
+/// btrfs resizes move data around; under emulation that takes a while.
+pub const RESIZE_FILESYSTEM_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum BodyKind {
@@ -189,6 +197,24 @@ impl Body {
             | Body::GarconReply(_)
             | Body::CrosvmReply(_) => BodyKind::Reply,
             _ => BodyKind::Request,
+        }
+    }
+
+    /// How long this request may take, when it says so itself: StartVm waits `timeout_secs`
+    /// (plus slack, so concierge's own, more specific timeout error wins over a generic one),
+    /// StartTermina as long as REFERENCE.md allows it, a guest filesystem resize up to ten
+    /// minutes. `None`: the sender's default deadline. The bus, bridges and clients all ask here,
+    /// so no caller special-cases a request.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Body::Concierge(ConciergeRequest::StartVm(start)) => {
+                Some(Duration::from_secs(u64::from(start.timeout_secs)) + REQUEST_TIMEOUT_SLACK)
+            }
+            Body::Maitred(MaitredRequest::StartTermina { .. }) => Some(START_TERMINA_TIMEOUT),
+            Body::Maitred(MaitredRequest::ResizeFilesystem { .. }) => {
+                Some(RESIZE_FILESYSTEM_TIMEOUT)
+            }
+            _ => None,
         }
     }
 

@@ -88,6 +88,20 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
         .into_owned();
     assert_ne!(guest, host, "vsh must run in the guest");
 
+    // maitred is an actor on the bus like any other: crosmsg reaches it through the VM's bridge.
+    let o = crosd.run(
+        "crosmsg",
+        &["send", "maitred@termina", r#"{"GetKernelVersion":{}}"#],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let reply: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        reply["KernelVersion"]["release"],
+        kernel_release(),
+        "{}",
+        text(&o)
+    );
+
     let o = crosd.vsh(&["sh", "-c", "exit 7"], b"");
     assert_eq!(o.status.code(), Some(7), "{}", text(&o));
 
@@ -124,6 +138,16 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!alive(pid), "QEMU (pid {pid}) still runs after vmc stop");
     assert_no_vms(&crosd);
+    // The VM's bridges went with it.
+    let o = crosd.run(
+        "crosmsg",
+        &["send", "maitred@termina", r#"{"GetKernelVersion":{}}"#],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no actor maitred@termina is registered"),
+        "{}",
+        text(&o)
+    );
 
     // The stateful disk keeps the file across stop and start.
     start_termina(&crosd, "second start");

@@ -21,6 +21,15 @@ pub const SOCKET_ENV: &str = "CROSD_SOCKET";
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default wait for a reply.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Added to a request's own timeout, so crosd's reply (a timeout error naming what did not
+/// answer) arrives before the client gives up on it.
+const REPLY_SLACK: Duration = Duration::from_secs(10);
+
+/// How long to wait for the reply to `body`: its own timeout (StartVm's `timeout_secs`, …, see
+/// [`Body::timeout`]) plus slack, else [`DEFAULT_TIMEOUT`].
+pub fn request_timeout(body: &Body) -> Duration {
+    body.timeout().map_or(DEFAULT_TIMEOUT, |t| t + REPLY_SLACK)
+}
 
 /// The socket to use: `flag` (`--socket`), else `$CROSD_SOCKET`, else [`DEFAULT_SOCKET`].
 pub fn socket_path(flag: Option<&Path>) -> PathBuf {

@@ -17,7 +17,6 @@ pub(crate) use registry::Route;
 
 use actix::{Arbiter, MailboxError, Message, Recipient};
 use cros_messages::bus::{ActorInfo, BusReply, BusRequest};
-use cros_messages::concierge::ConciergeRequest;
 use cros_messages::{ActorKind, Addr, Body, BodyKind, CrosError, Envelope, PROTOCOL_VERSION};
 use events::Subscriptions;
 use futures_util::FutureExt;
@@ -28,7 +27,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Name of the bus itself as an actor.
 pub const BUS_ACTOR: &str = "bus";
@@ -36,14 +35,28 @@ pub const BUS_ACTOR: &str = "bus";
 /// How long a request may take when its body names no timeout of its own.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Slack added to a timeout a request carries itself (StartVm's `timeout_secs`), so the actor's
-/// own, more specific timeout error wins over the bus's generic one.
-const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(30);
-
 /// An envelope delivered to an actor's mailbox; the actor answers with the reply body (errors
 /// as [`Body::Error`]).
 pub struct Deliver {
     pub env: Envelope,
+    /// When the asker stops waiting. An actor whose answer waits on something else (a bridge
+    /// on its guest) gives up then too, so no work outlives the request it serves.
+    pub deadline: Instant,
+}
+
+impl Deliver {
+    /// `env`, to be answered within the bus's deadline for its body.
+    pub fn new(env: Envelope, within: Duration) -> Self {
+        Self {
+            env,
+            deadline: Instant::now() + within,
+        }
+    }
+
+    /// What is left of the deadline.
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
 }
 
 impl Message for Deliver {
@@ -175,12 +188,7 @@ impl BusHandle {
 
     /// How long the bus waits for the reply to `body`.
     pub fn deadline_for(&self, body: &Body) -> Duration {
-        match body {
-            Body::Concierge(ConciergeRequest::StartVm { timeout_secs, .. }) => {
-                Duration::from_secs(u64::from(*timeout_secs)) + REQUEST_TIMEOUT_SLACK
-            }
-            _ => self.inner.default_deadline,
-        }
+        body.timeout().unwrap_or(self.inner.default_deadline)
     }
 
     /// Routes a request envelope and returns the reply envelope (an error reply when the actor is
@@ -443,7 +451,7 @@ fn deliver_to(
 ) -> impl Future<Output = Body> + Send + use<> {
     let (family, variant) = (env.body.family(), env.body.variant());
     let to = env.to.clone();
-    let pending = deadline::with_deadline(recipient.send(Deliver { env }), deadline);
+    let pending = deadline::with_deadline(recipient.send(Deliver::new(env, deadline)), deadline);
     async move {
         match pending.await {
             Some(Ok(body)) => body,
@@ -457,6 +465,12 @@ fn deliver_to(
             .into(),
         }
     }
+}
+
+/// The reply of an actor handed a body of another actor's family (the bus checks families
+/// before delivery, so this only fires for a mis-registered route).
+pub(crate) fn not_mine(actor: &str, body: &Body) -> Body {
+    CrosError::invalid(format!("{actor} does not handle {}", body.type_name())).into()
 }
 
 /// The request family an actor kind expects (`Concierge`, `VmlogForwarder`, …).

@@ -1,7 +1,8 @@
 //! Bus tests: real actors on real arbiters, real mailboxes, a real trace file.
 
 use super::*;
-use crate::host::{HostConfig, start_host_actors};
+use crate::config::HostConfig;
+use crate::host::start_host_actors;
 use crate::supervisor::spawn_supervised;
 use actix::{Actor, Context, Handler, ResponseFuture};
 use cros_messages::ErrorKind;

@@ -4,8 +4,8 @@
 //! concierge may send those). Talking to tremplin and garcon needs the guest bridges of later
 //! issues; until then container requests for a known VM answer `Unsupported` saying so.
 
+use crate::bus::not_mine;
 use crate::bus::{BusHandle, Deliver};
-use crate::host::not_mine;
 use actix::{Actor, Context, Handler, MessageResult};
 use cros_messages::addr::valid_name;
 use cros_messages::cicerone::{CiceroneReply, CiceroneRequest};

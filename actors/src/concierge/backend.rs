@@ -6,7 +6,7 @@ use std::sync::Arc;
 use cros_hypervisor::{CrosvmBackend, Hypervisor, QemuBackend};
 use cros_messages::CrosError;
 
-use crate::host::{HypervisorConfig, HypervisorKind};
+use crate::config::{HypervisorConfig, HypervisorKind};
 
 /// Where crosd's helper binaries are: the configured directory, else the directory of this
 /// program (for a test binary in target/<profile>/deps, the profile directory above it).

@@ -1,21 +1,24 @@
 //! concierge: VMs and their disks (REFERENCE.md, "Concierge").
 //!
-//! StartVm allocates a cid and a runtime directory, boots the termina component through the
-//! hypervisor backend, waits for maitred's VmReady on host port 7777 and runs StartTermina;
-//! StopVm asks maitred to shut down, then stops the hypervisor. A VM whose hypervisor exits on
-//! its own is reported stopped with the reason and its resources are freed.
+//! StartVm allocates a cid and a runtime directory, bridges the VM onto the bus (`maitred@<vm>`,
+//! see [`crate::bridge`]), boots the termina component through the hypervisor backend, waits for
+//! maitred's VmReady (an event the bridge on host port 7777 publishes) and asks maitred@<vm> for
+//! StartTermina; StopVm asks maitred@<vm> to shut down, then stops the hypervisor. concierge never
+//! opens a connection to a guest itself. A VM whose hypervisor exits on its own is reported
+//! stopped with the reason and its resources (bridges included) are freed.
+//!
+//! This file holds the VM table and the dispatch of requests; the disk requests are in
+//! [`disk_requests`].
 
 mod backend;
-mod bridge;
 mod disk;
 mod disk_op;
+mod disk_requests;
 mod extra_disks;
-mod guest;
 mod resize;
 mod vm;
 
 pub use backend::bin_dir;
-pub use guest::connect_guest_port;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,13 +31,16 @@ use actix::{
 use cros_hypervisor::Hypervisor;
 use cros_messages::addr::valid_name;
 use cros_messages::concierge::{
-    ConciergeEvent, ConciergeReply, ConciergeRequest, DiskOpInfo, DiskOpKind, DiskOpState,
-    StopReason, VmInfo, VmStatus,
+    ConciergeEvent, ConciergeReply, ConciergeRequest, StartVm, StopReason, VmInfo, VmStatus,
 };
-use cros_messages::{Addr, Body, CrosError};
+use cros_messages::maitred::MaitredEvent;
+use cros_messages::{Addr, Body, CrosError, Envelope};
 
-use crate::bus::{BusHandle, Deliver};
-use crate::host::{HostConfig, not_mine};
+use crate::bridge::GuestBridges;
+use crate::bus::not_mine;
+use crate::bus::{BusHandle, Deliver, EventSink};
+use crate::config::HostConfig;
+use disk_requests::DiskOp;
 use vm::{BootPlan, VmExit, VmWatcher};
 
 /// Bounds on what StartVm may ask for.
@@ -50,6 +56,10 @@ struct VmEntry {
     run_dir: PathBuf,
     /// Set once the VM is running; shared with a StopVm in progress.
     watcher: Option<Arc<VmWatcher>>,
+    /// The VM's guest actors on the bus; dropped (unregistered) when the VM is forgotten.
+    bridges: Option<GuestBridges>,
+    /// Fired by maitred's VmReady while the VM boots.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
     /// Tells this VM apart from an earlier one of the same name.
     generation: u64,
 }
@@ -62,21 +72,6 @@ pub struct Concierge {
     next_generation: u64,
     /// Disk exports and imports by uuid: running ones and those of earlier runs.
     disk_ops: BTreeMap<String, DiskOp>,
-}
-
-enum DiskOp {
-    Live(Arc<disk_op::Operation>),
-    /// Finished before this concierge started (read back from STATE/disk_ops).
-    Past(DiskOpInfo),
-}
-
-impl DiskOp {
-    fn info(&self) -> DiskOpInfo {
-        match self {
-            DiskOp::Live(op) => op.info(),
-            DiskOp::Past(info) => info.clone(),
-        }
-    }
 }
 
 /// Sent by a VM's watcher thread when its hypervisor exits.
@@ -144,38 +139,10 @@ impl Concierge {
                     vm_info: v.info.clone(),
                 })))
             }
-            ConciergeRequest::StartVm {
-                name,
-                cpus,
-                memory_mib,
-                kernel_params,
-                start_termina,
-                timeout_secs,
-                component_version,
-                disks,
-                ..
-            } => {
-                match self.plan_start(
-                    &name,
-                    cpus,
-                    memory_mib,
-                    kernel_params,
-                    start_termina,
-                    timeout_secs,
-                    component_version,
-                ) {
-                    Ok((mut plan, hv)) => {
-                        match extra_disks::plan(&disks, std::slice::from_ref(&plan.stateful)) {
-                            Ok(extra) => {
-                                plan.extra_disks = extra;
-                                self.start_vm(plan, hv, ctx)
-                            }
-                            Err(e) => ready(Body::Error(e)),
-                        }
-                    }
-                    Err(e) => ready(Body::Error(e)),
-                }
-            }
+            ConciergeRequest::StartVm(start) => match self.plan_start(start) {
+                Ok((plan, hv)) => self.start_vm(plan, hv, ctx),
+                Err(e) => ready(Body::Error(e)),
+            },
             ConciergeRequest::StopVm { name, .. } => self.stop_vm(&name),
             ConciergeRequest::StopAllVms {} => self.stop_all(),
             ConciergeRequest::SuspendVm { name, .. } | ConciergeRequest::ResumeVm { name, .. } => {
@@ -220,19 +187,7 @@ impl Concierge {
                     .map(|op| ConciergeReply::DiskOperation { op: op.info() }),
             )),
             ConciergeRequest::CancelDiskImageOperation { uuid } => {
-                ready(reply(self.disk_op(&uuid).and_then(|op| {
-                    if let DiskOp::Live(live) = op {
-                        if live.info().kind == DiskOpKind::Resize {
-                            // Its steps are each atomic and short; stopping between them would
-                            // only leave the filesystem and the disk at different sizes.
-                            return Err(CrosError::precondition(format!(
-                                "disk operation {uuid} is a resize, which cannot be cancelled"
-                            )));
-                        }
-                        live.cancel();
-                    }
-                    Ok(ConciergeReply::DiskOperation { op: op.info() })
-                })))
+                ready(reply(self.cancel_disk_op(&uuid)))
             }
         }
     }
@@ -244,52 +199,44 @@ impl Concierge {
             .ok_or_else(|| CrosError::not_found(format!("no VM named {name:?} is running")))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn plan_start(
-        &self,
-        name: &str,
-        cpus: u32,
-        memory_mib: u32,
-        kernel_params: Vec<String>,
-        start_termina: bool,
-        timeout_secs: u32,
-        component_version: Option<String>,
-    ) -> Result<(BootPlan, Arc<dyn Hypervisor>), CrosError> {
+    /// Checks a StartVm request and turns it into the boot plan, with the backend to boot on.
+    fn plan_start(&self, start: StartVm) -> Result<(BootPlan, Arc<dyn Hypervisor>), CrosError> {
+        let name = start.name.as_str();
         check_name(name)?;
         self.check_no_disk_op(name)?;
         if self.vms.contains_key(name) {
             return Err(vm::already_running(name));
         }
-        if cpus == 0 || cpus > MAX_CPUS {
+        if start.cpus == 0 || start.cpus > MAX_CPUS {
             return Err(CrosError::invalid(format!(
-                "cpus {cpus} is outside 1..={MAX_CPUS}"
+                "cpus {} is outside 1..={MAX_CPUS}",
+                start.cpus
             )));
         }
-        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&start.memory_mib) {
             return Err(CrosError::invalid(format!(
-                "memory_mib {memory_mib} is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}"
+                "memory_mib {} is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB}",
+                start.memory_mib
             )));
         }
-        if timeout_secs == 0 || timeout_secs > MAX_START_TIMEOUT {
+        if start.timeout_secs == 0 || start.timeout_secs > MAX_START_TIMEOUT {
             return Err(CrosError::invalid(format!(
-                "timeout_secs {timeout_secs} is outside 1..={MAX_START_TIMEOUT}"
+                "timeout_secs {} is outside 1..={MAX_START_TIMEOUT}",
+                start.timeout_secs
             )));
         }
-        vm::check_kernel_params(&kernel_params)?;
+        vm::check_kernel_params(&start.kernel_params)?;
         let hv = self.hypervisor.clone()?;
         let cid = vm::allocate_cid(self.vms.values().map(|v| v.info.cid));
+        let stateful = disk::disk_path(&self.config.state_dir, name);
+        let extra_disks = extra_disks::plan(&start.disks, std::slice::from_ref(&stateful))?;
         let plan = BootPlan {
-            name: name.to_string(),
             cid,
             run_dir: self.config.run_dir.join(format!("vm.{cid}")),
-            stateful: disk::disk_path(&self.config.state_dir, name),
-            cpus,
-            memory_mib,
-            kernel_params,
-            start_termina,
-            timeout: Duration::from_secs(u64::from(timeout_secs)),
-            component_version,
-            extra_disks: Vec::new(),
+            stateful,
+            timeout: Duration::from_secs(u64::from(start.timeout_secs)),
+            extra_disks,
+            request: start,
         };
         Ok((plan, hv))
     }
@@ -300,7 +247,8 @@ impl Concierge {
         hv: Arc<dyn Hypervisor>,
         ctx: &mut Context<Self>,
     ) -> Reply {
-        let name = plan.name.clone();
+        let name = plan.request.name.clone();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let generation = self.next_generation;
         self.next_generation += 1;
         let info = VmInfo {
@@ -320,6 +268,8 @@ impl Concierge {
                 info,
                 run_dir: plan.run_dir.clone(),
                 watcher: None,
+                bridges: None,
+                ready: Some(ready_tx),
                 generation,
             },
         );
@@ -335,11 +285,11 @@ impl Concierge {
                 exit,
             })
         };
-        let boot = vm::boot(plan, self.bus.clone(), hv, on_exit);
+        let boot = vm::boot(plan, self.bus.clone(), hv, ready, on_exit);
         Box::pin(
             boot.into_actor(self)
                 .map(move |result, act, _ctx| match result {
-                    Ok(watcher) => {
+                    Ok(vm::Booted { watcher, bridges }) => {
                         let Some(entry) = act
                             .vms
                             .get_mut(&name)
@@ -352,6 +302,7 @@ impl Concierge {
                         entry.info.status = VmStatus::Running;
                         entry.info.pid = watcher.pid;
                         entry.watcher = Some(Arc::new(watcher));
+                        entry.bridges = Some(bridges);
                         let vm_info = entry.info.clone();
                         tracing::info!(vm = %name, pid = vm_info.pid, "VM running");
                         act.publish(ConciergeEvent::VmStarted {
@@ -384,7 +335,7 @@ impl Concierge {
                 entry.info.status
             ))));
         };
-        let (generation, uds) = (entry.generation, PathBuf::from(&entry.info.vsock_socket));
+        let generation = entry.generation;
         if let Some(e) = self.vms.get_mut(name) {
             e.info.status = VmStatus::Stopping;
         }
@@ -392,8 +343,8 @@ impl Concierge {
             name: name.to_string(),
         });
         let name = name.to_string();
-        let stop_name = name.clone();
-        let fut = async move { vm::stop(&stop_name, &uds, &watcher).await };
+        let (stop_name, bus) = (name.clone(), self.bus.clone());
+        let fut = async move { vm::stop(&bus, &stop_name, &watcher).await };
         Box::pin(fut.into_actor(self).map(move |exit, act, _| {
             act.finish(&name, generation, StopReason::Requested, exit.detail);
             Body::ConciergeReply(ConciergeReply::VmStopped { name })
@@ -405,25 +356,23 @@ impl Concierge {
         for (name, e) in self.vms.iter_mut() {
             if let (Some(w), VmStatus::Running) = (e.watcher.clone(), e.info.status) {
                 e.info.status = VmStatus::Stopping;
-                running.push((
-                    name.clone(),
-                    e.generation,
-                    PathBuf::from(&e.info.vsock_socket),
-                    w,
-                ));
+                running.push((name.clone(), e.generation, w));
             }
         }
         for (name, ..) in &running {
             self.publish(ConciergeEvent::VmStopping { name: name.clone() });
         }
-        let fut = async move {
-            let mut done = Vec::new();
-            for (name, generation, uds, watcher) in running {
-                let exit = vm::stop(&name, &uds, &watcher).await;
-                done.push((name, generation, exit));
-            }
-            done
-        };
+        // In parallel: one VM that takes its full shutdown timeout holds up none of the others.
+        let bus = self.bus.clone();
+        let fut = futures_util::future::join_all(running.into_iter().map(
+            move |(name, generation, watcher)| {
+                let bus = bus.clone();
+                async move {
+                    let exit = vm::stop(&bus, &name, &watcher).await;
+                    (name, generation, exit)
+                }
+            },
+        ));
         Box::pin(fut.into_actor(self).map(|done, act, _| {
             let count = done.len() as u32;
             for (name, generation, exit) in done {
@@ -431,324 +380,6 @@ impl Concierge {
             }
             Body::ConciergeReply(ConciergeReply::AllVmsStopped { count })
         }))
-    }
-
-    /// Stops the VM first when it runs (as StopVm does), then deletes its disk.
-    fn destroy_disk(&mut self, name: &str) -> Reply {
-        if let Err(e) = check_name(name).and_then(|_| self.check_no_disk_op(name)) {
-            return ready(Body::Error(e));
-        }
-        if !self.vms.contains_key(name) {
-            return ready(reply(self.remove_disk(name)));
-        }
-        let name = name.to_string();
-        Box::pin(
-            self.stop_vm(&name)
-                .map(move |stopped, act, _| match stopped {
-                    Body::Error(e) => Body::Error(CrosError::new(
-                        e.kind,
-                        format!(
-                            "cannot destroy the disk of {name:?}: stopping the VM failed: {}",
-                            e.message
-                        ),
-                    )),
-                    _ => reply(act.remove_disk(&name)),
-                }),
-        )
-    }
-
-    fn remove_disk(&mut self, name: &str) -> Result<ConciergeReply, CrosError> {
-        if self.vms.contains_key(name) {
-            return Err(CrosError::precondition(format!(
-                "VM {name:?} is running again: its disk was not destroyed"
-            )));
-        }
-        let path = disk::disk_path(&self.config.state_dir, name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(ConciergeReply::DiskImageDestroyed {
-                name: name.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CrosError::not_found(
-                format!("VM {name:?} has no disk image"),
-            )),
-            Err(e) => Err(CrosError::internal(format!(
-                "remove {}: {e}",
-                path.display()
-            ))),
-        }
-    }
-
-    fn disk_op(&self, uuid: &str) -> Result<&DiskOp, CrosError> {
-        self.disk_ops
-            .get(uuid)
-            .ok_or_else(|| CrosError::not_found(format!("no disk operation {uuid:?}")))
-    }
-
-    /// Refuses to touch a disk that an export or import is working on.
-    fn check_no_disk_op(&self, name: &str) -> Result<(), CrosError> {
-        let busy = self.disk_ops.values().find_map(|op| match op {
-            DiskOp::Live(live) => {
-                let info = live.info();
-                (info.name == name && info.state == DiskOpState::Running).then_some(info)
-            }
-            DiskOp::Past(_) => None,
-        });
-        match busy {
-            Some(info) => Err(CrosError::precondition(format!(
-                "the disk of {name:?} is busy: {} {} is running",
-                info.kind, info.uuid
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn export_disk(
-        &mut self,
-        name: &str,
-        path: &str,
-        digest_path: Option<&str>,
-        force: bool,
-    ) -> Result<ConciergeReply, CrosError> {
-        check_name(name)?;
-        self.check_no_disk_op(name)?;
-        if self.vms.contains_key(name) && !force {
-            return Err(CrosError::precondition(format!(
-                "VM {name:?} is running: stop it before exporting its disk, or force the export"
-            )));
-        }
-        let disk = disk::disk_path(&self.config.state_dir, name);
-        if !disk.exists() {
-            return Err(CrosError::not_found(format!(
-                "VM {name:?} has no disk image"
-            )));
-        }
-        let dst = absolute(path, "export file")?;
-        let digest = digest_path
-            .map(|d| absolute(d, "digest file"))
-            .transpose()?;
-        let disks_dir = disk::disks_dir(&self.config.state_dir);
-        if std::iter::once(&dst)
-            .chain(digest.as_ref())
-            .any(|p| p.parent() == Some(disks_dir.as_path()))
-        {
-            return Err(CrosError::invalid(format!(
-                "export file {path:?}: not into {}, where it could replace a disk",
-                disks_dir.display()
-            )));
-        }
-        if dst == disk || digest.as_ref() == Some(&disk) || digest.as_ref() == Some(&dst) {
-            return Err(CrosError::invalid(format!(
-                "export file {path:?} and digest file must differ from each other and from the disk"
-            )));
-        }
-        let mut partial = vec![disk_op::partial_path(&dst)];
-        partial.extend(digest.as_deref().map(disk_op::partial_path));
-        let op = self.new_disk_op(DiskOpKind::Export, name, &dst, partial)?;
-        let uuid = op.info().uuid;
-        op.spawn(move |op| disk_op::export(&disk, &dst, digest.as_deref(), op))
-            .map_err(|e| CrosError::internal(e.to_string()))?;
-        Ok(ConciergeReply::DiskImageOperation { uuid })
-    }
-
-    /// Checks the request (a shrink against the guest's filesystem minimum first), then starts
-    /// the resize as a disk operation.
-    fn resize_disk(&mut self, name: &str, size: u64) -> Reply {
-        let plan = match self.plan_resize(name, size) {
-            Ok(plan) => plan,
-            Err(e) => return ready(Body::Error(e)),
-        };
-        let name = name.to_string();
-        let checked = async move { resize::check_shrink(&plan).await.map(|()| plan) };
-        Box::pin(checked.into_actor(self).map(move |checked, act, _| {
-            reply(checked.and_then(|plan| act.start_resize(&name, plan)))
-        }))
-    }
-
-    /// The VM `name` when it is up (not starting or stopping), with what reaching its guest
-    /// and its VMM takes.
-    fn running_vm(&self, name: &str) -> Option<resize::RunningVm> {
-        let entry = self.vms.get(name)?;
-        let watcher = entry.watcher.clone()?;
-        (entry.info.status == VmStatus::Running).then(|| resize::RunningVm {
-            name: name.to_string(),
-            vsock_socket: PathBuf::from(&entry.info.vsock_socket),
-            watcher,
-            disk_index: vm::STATEFUL_DISK_INDEX,
-        })
-    }
-
-    /// Every disk image; a running VM's disk gets the minimum its filesystem can shrink to
-    /// from maitred (the smallest size a resize accepts otherwise).
-    fn list_disks(&self) -> Reply {
-        let disks = match disk::list(&self.config.state_dir) {
-            Ok(d) => d,
-            Err(e) => return ready(Body::Error(e)),
-        };
-        let running: Vec<(usize, resize::RunningVm)> = disks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| self.running_vm(&d.name).map(|vm| (i, vm)))
-            .collect();
-        if running.is_empty() {
-            return ready(reply(Ok(ConciergeReply::Disks { disks })));
-        }
-        let with_minimums = async move {
-            let mut disks = disks;
-            for (i, vm) in running {
-                match tokio::time::timeout(MIN_SIZE_QUERY, resize::minimum_size(&vm)).await {
-                    Ok(Ok(min)) => disks[i].min_size = disk::smallest_disk_for(min),
-                    Ok(Err(e)) => {
-                        tracing::warn!(vm = %vm.name, error = %e, "no filesystem minimum from maitred")
-                    }
-                    Err(_) => {
-                        tracing::warn!(vm = %vm.name, "maitred did not give its filesystem minimum in time")
-                    }
-                }
-            }
-            Body::ConciergeReply(ConciergeReply::Disks { disks })
-        };
-        Box::pin(with_minimums.into_actor(self))
-    }
-
-    fn plan_resize(&self, name: &str, size: u64) -> Result<resize::ResizePlan, CrosError> {
-        check_name(name)?;
-        self.check_no_disk_op(name)?;
-        resize::check_size(size, disk::MIN_AUTO_SIZE)?;
-        let disk = disk::disk_path(&self.config.state_dir, name);
-        let from = std::fs::metadata(&disk)
-            .map_err(|_| CrosError::not_found(format!("VM {name:?} has no disk image")))?
-            .len();
-        let running = match (self.vms.get(name), self.running_vm(name)) {
-            (None, _) => None,
-            (Some(_), Some(vm)) => Some(vm),
-            (Some(e), None) => {
-                return Err(CrosError::precondition(format!(
-                    "VM {name:?} is {}: resize its disk once it runs or has stopped",
-                    e.info.status
-                )));
-            }
-        };
-        if size < from && running.is_none() {
-            return Err(CrosError::precondition(format!(
-                "VM {name:?} is not running: start it to shrink its disk (its filesystem must \
-                 shrink first, inside the VM)"
-            )));
-        }
-        Ok(resize::ResizePlan {
-            disk,
-            from,
-            to: size,
-            running,
-        })
-    }
-
-    fn start_resize(
-        &mut self,
-        name: &str,
-        plan: resize::ResizePlan,
-    ) -> Result<ConciergeReply, CrosError> {
-        // Another operation may have started while the shrink was being checked.
-        self.check_no_disk_op(name)?;
-        let op = self.new_disk_op(DiskOpKind::Resize, name, &plan.disk.clone(), Vec::new())?;
-        let uuid = op.info().uuid;
-        op.spawn(move |op| {
-            // The steps talk to maitred and wait on the VMM: async work, on this operation's
-            // own thread so the concierge never waits on a guest.
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| disk_op::DiskOpError::Step {
-                    step: "starting the resize",
-                    reason: e.to_string(),
-                })?;
-            runtime.block_on(resize::run(op, plan))
-        })
-        .map_err(|e| CrosError::internal(e.to_string()))?;
-        Ok(ConciergeReply::DiskImageOperation { uuid })
-    }
-
-    fn import_disk(
-        &mut self,
-        name: &str,
-        path: &str,
-        digest_path: Option<&str>,
-    ) -> Result<ConciergeReply, CrosError> {
-        check_name(name)?;
-        self.check_no_disk_op(name)?;
-        if self.vms.contains_key(name) {
-            return Err(CrosError::precondition(format!(
-                "VM {name:?} is running: stop it before importing a disk over it"
-            )));
-        }
-        let src = absolute(path, "import file")?;
-        if !src.is_file() {
-            return Err(CrosError::not_found(format!(
-                "import file {path:?} is not a readable file"
-            )));
-        }
-        let digest = digest_path
-            .map(|d| absolute(d, "digest file"))
-            .transpose()?;
-        let disk = disk::disk_path(&self.config.state_dir, name);
-        let dir = disk::disks_dir(&self.config.state_dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| CrosError::internal(format!("create {}: {e}", dir.display())))?;
-        let uuid = disk_op::new_uuid().map_err(|e| CrosError::internal(e.to_string()))?;
-        let tmp = dir.join(format!(".{name}.img.import-{uuid}"));
-        let op = self.new_disk_op_with(
-            uuid.clone(),
-            DiskOpKind::Import,
-            name,
-            &src,
-            vec![tmp.clone()],
-        )?;
-        op.spawn(move |op| disk_op::import(&src, digest.as_deref(), &disk, &tmp, op))
-            .map_err(|e| CrosError::internal(e.to_string()))?;
-        Ok(ConciergeReply::DiskImageOperation { uuid })
-    }
-
-    fn new_disk_op(
-        &mut self,
-        kind: DiskOpKind,
-        name: &str,
-        path: &std::path::Path,
-        partial: Vec<PathBuf>,
-    ) -> Result<Arc<disk_op::Operation>, CrosError> {
-        let uuid = disk_op::new_uuid().map_err(|e| CrosError::internal(e.to_string()))?;
-        self.new_disk_op_with(uuid, kind, name, path, partial)
-    }
-
-    fn new_disk_op_with(
-        &mut self,
-        uuid: String,
-        kind: DiskOpKind,
-        name: &str,
-        path: &std::path::Path,
-        partial: Vec<PathBuf>,
-    ) -> Result<Arc<disk_op::Operation>, CrosError> {
-        let bus = self.bus.clone();
-        let on_progress = Box::new(move |uuid: &str, percent: u8| {
-            bus.publish(
-                &Self::me(),
-                Body::ConciergeEvent(ConciergeEvent::DiskImageProgress {
-                    uuid: uuid.to_string(),
-                    percent,
-                }),
-            )
-        });
-        let op = disk_op::Operation::create(
-            &self.config.state_dir,
-            uuid.clone(),
-            kind,
-            name,
-            path,
-            partial,
-            on_progress,
-        )
-        .map_err(|e| CrosError::internal(e.to_string()))?;
-        tracing::info!(%uuid, %kind, vm = name, path = %path.display(), "disk operation started");
-        self.disk_ops.insert(uuid, DiskOp::Live(op.clone()));
-        Ok(op)
     }
 
     /// Forgets a VM that is gone: keeps its console log under STATE/logs, removes its runtime
@@ -785,18 +416,6 @@ impl Concierge {
     }
 }
 
-/// crosd resolves nothing against its own working directory: clients send absolute paths.
-fn absolute(path: &str, what: &str) -> Result<PathBuf, CrosError> {
-    let p = PathBuf::from(path);
-    if p.is_absolute() && p.file_name().is_some() {
-        Ok(p)
-    } else {
-        Err(CrosError::invalid(format!(
-            "{what} {path:?} must be an absolute path to a file"
-        )))
-    }
-}
-
 fn check_name(name: &str) -> Result<(), CrosError> {
     if valid_name(name) {
         Ok(())
@@ -809,6 +428,18 @@ fn check_name(name: &str) -> Result<(), CrosError> {
 
 impl Actor for Concierge {
     type Context = Context<Self>;
+
+    /// Guest actors' events reach concierge through the bus: the bridge on a VM's port 7777
+    /// publishes maitred's VmReady from `maitred@<vm>`.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let me = ctx.address();
+        let sink: EventSink = Arc::new(move |env| {
+            me.do_send(GuestEvent(env));
+            me.connected()
+        });
+        self.bus
+            .subscribe(Self::me(), vec!["MaitredEvent".into()], sink);
+    }
 
     /// crosd is going away (or this actor is being replaced): stop every VM's processes so no
     /// hypervisor outlives its daemon.
@@ -844,6 +475,37 @@ impl Handler<Deliver> for Concierge {
     }
 }
 
+/// An event a guest actor published (see [`Actor::started`]).
+struct GuestEvent(Envelope);
+
+impl Message for GuestEvent {
+    type Result = ();
+}
+
+impl Handler<GuestEvent> for Concierge {
+    type Result = ();
+
+    fn handle(&mut self, GuestEvent(env): GuestEvent, _ctx: &mut Context<Self>) {
+        let Body::MaitredEvent(MaitredEvent::VmReady {}) = env.body else {
+            return;
+        };
+        // The bridge set `from` to the VM the connection came from; a VM can only ready itself.
+        let ready = env
+            .from
+            .vm
+            .as_deref()
+            .filter(|_| env.from.actor == "maitred" && env.from.container.is_none())
+            .and_then(|vm| self.vms.get_mut(vm))
+            .and_then(|entry| entry.ready.take());
+        match ready {
+            Some(tx) => {
+                let _ = tx.send(());
+            }
+            None => tracing::debug!(from = %env.from, "VmReady from a VM that is not booting"),
+        }
+    }
+}
+
 impl Handler<VmExited> for Concierge {
     type Result = ();
 
@@ -871,7 +533,7 @@ mod tests {
     use crate::bus::BusConfig;
     use cros_messages::ErrorKind;
 
-    fn concierge(dir: &std::path::Path) -> Concierge {
+    pub(super) fn concierge(dir: &std::path::Path) -> Concierge {
         Concierge::new(
             BusHandle::new(BusConfig::default()).unwrap(),
             HostConfig::new(dir, dir.join("run")),
@@ -879,34 +541,17 @@ mod tests {
     }
 
     /// A client's request to the concierge, as the bus delivers it.
-    fn deliver(r: ConciergeRequest) -> Deliver {
-        Deliver {
-            env: cros_messages::Envelope::new(
+    pub(super) fn deliver(r: ConciergeRequest) -> Deliver {
+        Deliver::new(
+            cros_messages::Envelope::new(
                 1,
                 1,
                 Addr::client(1),
                 Concierge::me(),
                 Body::Concierge(r),
             ),
-        }
-    }
-
-    /// Polls DiskImageStatus until the operation has ended.
-    async fn wait_done(c: &actix::Addr<Concierge>, uuid: &str) -> DiskOpInfo {
-        loop {
-            let status = ConciergeRequest::DiskImageStatus {
-                uuid: uuid.to_string(),
-            };
-            let Body::ConciergeReply(ConciergeReply::DiskOperation { op }) =
-                c.send(deliver(status)).await.unwrap()
-            else {
-                panic!("status must answer")
-            };
-            if op.state != DiskOpState::Running {
-                return op;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Duration::from_secs(60),
+        )
     }
 
     async fn ask(c: Concierge, req: ConciergeRequest) -> Body {
@@ -991,182 +636,5 @@ mod tests {
             ask(concierge(dir.path()), ConciergeRequest::StopAllVms {}).await,
             Body::ConciergeReply(ConciergeReply::AllVmsStopped { count: 0 })
         );
-    }
-
-    #[actix::test]
-    async fn disks_are_created_listed_and_destroyed() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = concierge(dir.path()).start();
-        let req = deliver;
-        let created = c
-            .send(req(ConciergeRequest::CreateDiskImage {
-                name: "termina".into(),
-                owner_id: String::new(),
-                size: 0,
-            }))
-            .await
-            .unwrap();
-        assert!(
-            matches!(
-                created,
-                Body::ConciergeReply(ConciergeReply::DiskImage { .. })
-            ),
-            "{created:?}"
-        );
-        let Body::ConciergeReply(ConciergeReply::Disks { disks }) =
-            c.send(req(ConciergeRequest::ListVmDisks {})).await.unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(disks.len(), 1);
-        let destroyed = c
-            .send(req(ConciergeRequest::DestroyDiskImage {
-                name: "termina".into(),
-                owner_id: String::new(),
-            }))
-            .await
-            .unwrap();
-        assert_eq!(
-            destroyed,
-            Body::ConciergeReply(ConciergeReply::DiskImageDestroyed {
-                name: "termina".into()
-            })
-        );
-        assert!(!disk::disk_path(dir.path(), "termina").exists());
-    }
-
-    #[actix::test]
-    async fn a_stopped_vms_disk_grows_and_is_not_shrunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = concierge(dir.path()).start();
-        let ask = |r| c.send(deliver(r));
-        let resize = |size| ConciergeRequest::ResizeDiskImage {
-            name: "termina".into(),
-            owner_id: String::new(),
-            size,
-        };
-        let disk = disk::disk_path(dir.path(), "termina");
-        let err = |body: Body| match body {
-            Body::Error(e) => e.message,
-            other => panic!("must fail: {other:?}"),
-        };
-        assert!(err(ask(resize(2 << 30)).await.unwrap()).contains("no disk image"));
-        ask(ConciergeRequest::CreateDiskImage {
-            name: "termina".into(),
-            owner_id: String::new(),
-            size: 1 << 30,
-        })
-        .await
-        .unwrap();
-        let bad = err(ask(resize((2 << 30) + 1)).await.unwrap());
-        assert!(bad.contains("multiple of 4096"), "{bad}");
-        let bad = err(ask(resize(512 << 20)).await.unwrap());
-        assert!(bad.contains("at least"), "{bad}");
-
-        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
-            ask(resize(3 << 30)).await.unwrap()
-        else {
-            panic!("a grow must start")
-        };
-        let op = wait_done(&c, &uuid).await;
-        assert_eq!(
-            (op.state, op.kind, op.percent),
-            (DiskOpState::Done, DiskOpKind::Resize, 100),
-            "{op:?}"
-        );
-        let meta = std::fs::metadata(&disk).unwrap();
-        assert_eq!(meta.len(), 3 << 30);
-        // Still sparse: growing writes no data.
-        assert!(std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20);
-
-        // The filesystem inside must shrink first, which needs the VM.
-        let refused = err(ask(resize(2 << 30)).await.unwrap());
-        assert!(refused.contains("start it to shrink"), "{refused}");
-        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 3 << 30);
-    }
-
-    #[actix::test]
-    async fn export_and_import_run_as_operations_by_uuid() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = concierge(dir.path()).start();
-        let ask = |r| c.send(deliver(r));
-        let disk = disk::disk_path(dir.path(), "termina");
-        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
-        let f = std::fs::File::create(&disk).unwrap();
-        f.set_len(8 << 20).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&f, b"stateful bytes", 1 << 20).unwrap();
-        drop(f);
-        let out = dir.path().join("termina.zst");
-        let export = |path: String| ConciergeRequest::ExportDiskImage {
-            name: "termina".into(),
-            owner_id: String::new(),
-            path,
-            digest_path: None,
-            force: false,
-        };
-        // Bad input is refused with the reason, before any operation starts.
-        for (req, needle) in [
-            (export("relative.zst".into()), "absolute"),
-            (
-                export(disk::disk_path(dir.path(), "other").display().to_string()),
-                "could replace a disk",
-            ),
-            (
-                ConciergeRequest::ExportDiskImage {
-                    name: "nodisk".into(),
-                    owner_id: String::new(),
-                    path: out.display().to_string(),
-                    digest_path: None,
-                    force: false,
-                },
-                "no disk image",
-            ),
-            (
-                ConciergeRequest::DiskImageStatus {
-                    uuid: "nope".into(),
-                },
-                "no disk operation",
-            ),
-        ] {
-            let Body::Error(e) = ask(req).await.unwrap() else {
-                panic!("{needle}: must fail")
-            };
-            assert!(e.message.contains(needle), "{e}");
-        }
-
-        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
-            ask(export(out.display().to_string())).await.unwrap()
-        else {
-            panic!("export must start")
-        };
-        let op = wait_done(&c, &uuid).await;
-        assert_eq!(
-            (op.state, op.percent, op.kind),
-            (DiskOpState::Done, 100, DiskOpKind::Export)
-        );
-        assert!(
-            dir.path()
-                .join("disk_ops")
-                .join(format!("{uuid}.json"))
-                .exists()
-        );
-
-        std::fs::write(&disk, b"replaced soon").unwrap();
-        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) =
-            ask(ConciergeRequest::ImportDiskImage {
-                name: "termina".into(),
-                owner_id: String::new(),
-                path: out.display().to_string(),
-                digest_path: None,
-            })
-            .await
-            .unwrap()
-        else {
-            panic!("import must start")
-        };
-        assert_eq!(wait_done(&c, &uuid).await.state, DiskOpState::Done);
-        let back = std::fs::read(&disk).unwrap();
-        assert_eq!(back.len(), 8 << 20);
-        assert_eq!(&back[1 << 20..(1 << 20) + 14], b"stateful bytes");
     }
 }

@@ -11,24 +11,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cros_messages::envelope::RESIZE_FILESYSTEM_TIMEOUT;
 use cros_messages::maitred::{MaitredReply, MaitredRequest};
-use cros_messages::{Addr, Body, CrosError, ports};
+use cros_messages::{Body, CrosError};
 
 use super::disk_op::{DiskOpError, Operation};
-use super::guest::GuestConnection;
-use super::vm::VmWatcher;
+use super::vm::{VmWatcher, ask_maitred};
+use crate::bus::BusHandle;
 
 /// Disk sizes are whole 4 KiB blocks, as CreateDiskImage's.
 const BLOCK: u64 = 4096;
-/// btrfs resizes can move data around; under emulation that takes a while.
-const FILESYSTEM_TIMEOUT: Duration = Duration::from_secs(600);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The running VM whose disk is resized.
 #[derive(Clone)]
 pub struct RunningVm {
     pub name: String,
-    pub vsock_socket: PathBuf,
+    /// maitred@<name> is reached through the bus.
+    pub bus: BusHandle,
     pub watcher: Arc<VmWatcher>,
     /// The stateful disk's place in the VM's disk list.
     pub disk_index: usize,
@@ -60,31 +60,20 @@ pub fn check_size(size: u64, min: u64) -> Result<(), CrosError> {
     Ok(())
 }
 
-async fn maitred(vm: &RunningVm) -> Result<GuestConnection, CrosError> {
-    GuestConnection::open(
-        &vm.vsock_socket,
-        ports::MAITRED,
-        Addr::host("concierge"),
-        "maitred",
-        &vm.name,
-    )
-    .await
-}
-
 /// The smallest size the VM's filesystem can shrink to, from maitred.
-pub async fn minimum_size(vm: &RunningVm) -> Result<u64, CrosError> {
-    match maitred(vm)
-        .await?
-        .request(
-            Body::Maitred(MaitredRequest::GetMinimumSize {}),
-            QUERY_TIMEOUT,
-        )
-        .await?
+pub async fn minimum_size(vm: &RunningVm, deadline: Duration) -> Result<u64, CrosError> {
+    match ask_maitred(
+        &vm.bus,
+        &vm.name,
+        MaitredRequest::GetMinimumSize {},
+        deadline,
+    )
+    .await?
     {
-        Body::MaitredReply(MaitredReply::MinimumSize { bytes }) => Ok(bytes),
+        MaitredReply::MinimumSize { bytes } => Ok(bytes),
         other => Err(CrosError::internal(format!(
             "maitred answered GetMinimumSize with {}",
-            other.type_name()
+            Body::MaitredReply(other).type_name()
         ))),
     }
 }
@@ -94,7 +83,7 @@ pub async fn check_shrink(plan: &ResizePlan) -> Result<(), CrosError> {
     let Some(vm) = plan.running.as_ref().filter(|_| plan.shrinks()) else {
         return Ok(());
     };
-    let min = minimum_size(vm).await?;
+    let min = minimum_size(vm, QUERY_TIMEOUT).await?;
     if plan.to < min {
         return Err(CrosError::invalid(format!(
             "cannot shrink the disk of {:?} to {} bytes: its filesystem needs at least {min} bytes",
@@ -131,15 +120,8 @@ fn set_file_size(disk: &Path, size: u64) -> Result<(), DiskOpError> {
 }
 
 async fn resize_filesystem(vm: &RunningVm, size: u64) -> Result<(), DiskOpError> {
-    let mut maitred = maitred(vm).await.map_err(|e| DiskOpError::Step {
-        step: "reaching maitred",
-        reason: e.message,
-    })?;
-    maitred
-        .request(
-            Body::Maitred(MaitredRequest::ResizeFilesystem { size }),
-            FILESYSTEM_TIMEOUT,
-        )
+    let req = MaitredRequest::ResizeFilesystem { size };
+    ask_maitred(&vm.bus, &vm.name, req, RESIZE_FILESYSTEM_TIMEOUT)
         .await
         .map(drop)
         .map_err(|e| DiskOpError::Step {

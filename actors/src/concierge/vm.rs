@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cros_hypervisor::{DiskSpec, Hypervisor, VmHandle, VmSpec, VsockSpec};
+use cros_messages::concierge::StartVm;
 use cros_messages::imageloader::{ImageloaderReply, ImageloaderRequest, LoadedComponent};
 use cros_messages::maitred::{MaitredReply, MaitredRequest};
 use cros_messages::termina::{ROOTFS_SERIAL, STATEFUL_SERIAL, TOOLS_SERIAL};
-use cros_messages::vmlog::VmlogRequest;
 use cros_messages::{Addr, Body, CrosError, ErrorKind, ports};
 
-use super::bridge::{listen_guest_port, serve_bridge, wait_for_vm_ready};
-use super::guest::GuestConnection;
+use crate::bridge::GuestBridges;
 use crate::bus::BusHandle;
 
 /// The component concierge boots.
@@ -26,24 +25,22 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// Console lines quoted in boot errors.
 const CONSOLE_TAIL_LINES: usize = 15;
 
-/// What StartVm asked for, checked.
+/// What StartVm asked for, checked, with what concierge chose for it.
 #[derive(Debug, Clone)]
 pub struct BootPlan {
-    pub name: String,
+    pub request: StartVm,
     pub cid: u32,
     pub run_dir: PathBuf,
     pub stateful: PathBuf,
-    pub cpus: u32,
-    pub memory_mib: u32,
-    pub kernel_params: Vec<String>,
-    pub start_termina: bool,
     pub timeout: Duration,
-    pub component_version: Option<String>,
-    /// StartVm's extra disks, attached after the stateful disk.
+    /// StartVm's extra disks, checked, attached after the stateful disk.
     pub extra_disks: Vec<DiskSpec>,
 }
 
 impl BootPlan {
+    pub fn name(&self) -> &str {
+        &self.request.name
+    }
     pub fn vsock_uds(&self) -> PathBuf {
         self.run_dir.join("vsock.sock")
     }
@@ -293,120 +290,88 @@ async fn load_component(
     }
 }
 
-/// Only log records may come from a guest's vm_syslog.
-fn vm_syslog_allowed(body: &Body) -> bool {
-    matches!(body, Body::VmlogForwarder(VmlogRequest::Records { .. }))
+/// How concierge asks maitred of VM `vm` for something: through the bus, like any actor.
+pub async fn ask_maitred(
+    bus: &BusHandle,
+    vm: &str,
+    req: MaitredRequest,
+    deadline: Duration,
+) -> Result<MaitredReply, CrosError> {
+    let what = Body::Maitred(req.clone()).type_name();
+    match bus
+        .request_with_deadline(
+            &Addr::host("concierge"),
+            &Addr::in_vm("maitred", vm),
+            Body::Maitred(req),
+            deadline,
+        )
+        .await?
+    {
+        Body::MaitredReply(reply) => Ok(reply),
+        other => Err(CrosError::internal(format!(
+            "maitred@{vm} answered {what} with {}",
+            other.type_name()
+        ))),
+    }
 }
 
-/// Boots the VM of `plan`; on any failure every process started is stopped again.
+/// A booted VM: its processes and its bridges onto the bus.
+pub struct Booted {
+    pub watcher: VmWatcher,
+    pub bridges: GuestBridges,
+}
+
+/// Boots the VM of `plan`; on any failure every process started is stopped again. `ready`
+/// fires when maitred's VmReady reaches concierge (through the VM's bridge on port 7777).
 pub async fn boot(
     plan: BootPlan,
     bus: BusHandle,
     hypervisor: Arc<dyn Hypervisor>,
+    ready: tokio::sync::oneshot::Receiver<()>,
     on_exit: impl FnOnce(VmExit) + Send + 'static,
-) -> Result<VmWatcher, CrosError> {
-    let component = load_component(&bus, plan.component_version.clone()).await?;
+) -> Result<Booted, CrosError> {
+    let name = plan.name().to_string();
+    let component = load_component(&bus, plan.request.component_version.clone()).await?;
     if !plan.stateful.exists() {
         return Err(CrosError::not_found(format!(
-            "VM {} has no disk at {}: create it with CreateDiskImage first (vmc start does)",
-            plan.name,
+            "VM {name} has no disk at {}: create it with CreateDiskImage first (vmc start does)",
             plan.stateful.display()
         )));
     }
     std::fs::create_dir_all(&plan.run_dir)
         .map_err(|e| CrosError::internal(format!("create {}: {e}", plan.run_dir.display())))?;
     let uds = plan.vsock_uds();
-    // Guest → host listeners exist before the guest can dial them.
-    let ready = listen_guest_port(&uds, ports::CONCIERGE_STARTUP)?;
-    let vmlog = listen_guest_port(&uds, ports::VMLOG_FORWARDER)?;
-    let bridge = tokio::task::spawn_local(serve_bridge(
-        vmlog,
-        bus.clone(),
-        plan.name.clone(),
-        "vm_syslog",
-        Addr::host("vmlog_forwarder"),
-        vm_syslog_allowed,
-    ));
-
-    let mut spec = VmSpec::new(plan.name.clone(), &component.kernel, &plan.run_dir);
-    spec.initrd = component.initrd.as_ref().map(PathBuf::from);
-    spec.cmdline = std::iter::once(format!(
-        "console=ttyS0 panic=-1 quiet crosd.vm={}",
-        plan.name
-    ))
-    .chain(plan.kernel_params.iter().cloned())
-    .collect::<Vec<_>>()
-    .join(" ");
-    spec.mem_mib = plan.memory_mib;
-    spec.cpus = plan.cpus;
-    // The stateful disk's index must stay STATEFUL_DISK_INDEX (resize addresses it by index).
-    spec.disks = vec![
-        DiskSpec {
-            path: component.rootfs.clone().into(),
-            read_only: true,
-            serial: Some(ROOTFS_SERIAL.into()),
-            online_resize: false,
-        },
-        DiskSpec {
-            path: component.tools.clone().into(),
-            read_only: true,
-            serial: Some(TOOLS_SERIAL.into()),
-            online_resize: false,
-        },
-        DiskSpec {
-            path: plan.stateful.clone(),
-            read_only: false,
-            serial: Some(STATEFUL_SERIAL.into()),
-            online_resize: true,
-        },
-    ];
-    spec.disks.extend(plan.extra_disks.iter().cloned());
-    spec.vsock = Some(VsockSpec {
-        guest_cid: plan.cid,
-        uds_path: uds.clone(),
-    });
-    spec.console_log = plan.console_log();
-
+    // The host ports listen before the guest can dial them.
+    let bridges = GuestBridges::start(&bus, &name, &uds)?;
+    let spec = vm_spec(&plan, &component);
     let console = plan.console_log();
-    let bridge_abort = bridge.abort_handle();
-    let started = VmWatcher::start(hypervisor, spec, console.clone(), move |exit| {
-        bridge_abort.abort();
-        on_exit(exit);
-    })
-    .await;
-    let watcher = match started {
-        Ok(w) => w,
-        Err(e) => {
-            bridge.abort();
-            return Err(e);
-        }
-    };
+    let watcher = VmWatcher::start(hypervisor, spec, console.clone(), on_exit).await?;
 
     let result = async {
         tokio::select! {
-            r = tokio::time::timeout(plan.timeout, wait_for_vm_ready(&ready, &plan.name)) => match r {
-                Ok(r) => r?,
+            r = tokio::time::timeout(plan.timeout, ready) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(CrosError::internal(format!("VM {name} was forgotten while it booted"))),
                 Err(_) => return Err(CrosError::timeout(format!(
-                    "VM {} sent no VmReady within {:?}; last console lines:\n{}", plan.name, plan.timeout, console_tail(&console)
+                    "VM {name} sent no VmReady within {:?}; last console lines:\n{}", plan.timeout, console_tail(&console)
                 ))),
             },
             exit = watcher.wait_exit(plan.timeout + Duration::from_secs(1)) => {
                 let detail = exit.map(|e| e.detail).unwrap_or_else(|| "no exit status".into());
-                return Err(CrosError::unavailable(format!("VM {} stopped before it was ready: {detail}", plan.name)));
+                return Err(CrosError::unavailable(format!("VM {name} stopped before it was ready: {detail}")));
             }
         }
-        tracing::info!(vm = %plan.name, "VmReady");
-        if plan.start_termina {
-            let mut maitred = GuestConnection::open(&uds, ports::MAITRED, Addr::host("concierge"), "maitred", &plan.name).await?;
-            let req = Body::Maitred(MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: false });
-            match maitred.request(req, plan.timeout).await? {
-                Body::MaitredReply(MaitredReply::TerminaStarted { partial_data_loss, free_bytes }) => {
+        tracing::info!(vm = %name, "VmReady");
+        if plan.request.start_termina {
+            let req = MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: false };
+            match ask_maitred(&bus, &name, req, plan.timeout).await? {
+                MaitredReply::TerminaStarted { partial_data_loss, free_bytes } => {
                     if partial_data_loss {
-                        tracing::warn!(vm = %plan.name, "stateful disk needed usebackuproot: some data may be lost");
+                        tracing::warn!(vm = %name, "stateful disk needed usebackuproot: some data may be lost");
                     }
-                    tracing::info!(vm = %plan.name, free_bytes, "termina started");
+                    tracing::info!(vm = %name, free_bytes, "termina started");
                 }
-                other => return Err(CrosError::internal(format!("maitred answered StartTermina with {}", other.type_name()))),
+                other => return Err(CrosError::internal(format!("maitred answered StartTermina with {}", Body::MaitredReply(other).type_name()))),
             }
         }
         Ok(())
@@ -417,39 +382,58 @@ pub async fn boot(
         watcher.wait_exit(KILL_GRACE + Duration::from_secs(5)).await;
         return Err(e);
     }
-    Ok(watcher)
+    Ok(Booted { watcher, bridges })
+}
+
+/// The hypervisor's view of the plan: the component's kernel and images, the stateful disk at
+/// [`STATEFUL_DISK_INDEX`] (resize addresses it by index), the extra disks, vsock.
+fn vm_spec(plan: &BootPlan, component: &LoadedComponent) -> VmSpec {
+    let req = &plan.request;
+    let mut spec = VmSpec::new(req.name.clone(), &component.kernel, &plan.run_dir);
+    spec.initrd = component.initrd.as_ref().map(PathBuf::from);
+    spec.cmdline = std::iter::once(format!(
+        "console=ttyS0 panic=-1 quiet crosd.vm={}",
+        req.name
+    ))
+    .chain(req.kernel_params.iter().cloned())
+    .collect::<Vec<_>>()
+    .join(" ");
+    spec.mem_mib = req.memory_mib;
+    spec.cpus = req.cpus;
+    let disk = |path: PathBuf, read_only, serial: &str, online_resize| DiskSpec {
+        path,
+        read_only,
+        serial: Some(serial.into()),
+        online_resize,
+    };
+    spec.disks = vec![
+        disk(component.rootfs.clone().into(), true, ROOTFS_SERIAL, false),
+        disk(component.tools.clone().into(), true, TOOLS_SERIAL, false),
+        disk(plan.stateful.clone(), false, STATEFUL_SERIAL, true),
+    ];
+    spec.disks.extend(plan.extra_disks.iter().cloned());
+    spec.vsock = Some(VsockSpec {
+        guest_cid: plan.cid,
+        uds_path: plan.vsock_uds(),
+    });
+    spec.console_log = plan.console_log();
+    spec
 }
 
 /// Stops a VM: maitred Shutdown; if maitred does not answer or the VM stays up, the ACPI power
 /// button; then the VMM, SIGTERM, SIGKILL. Returns how it ended.
-pub async fn stop(name: &str, uds: &Path, watcher: &VmWatcher) -> VmExit {
+pub async fn stop(bus: &BusHandle, name: &str, watcher: &VmWatcher) -> VmExit {
     if let Some(exit) = watcher.wait_exit(Duration::ZERO).await {
         return exit;
     }
-    let acknowledged = match GuestConnection::open(
-        uds,
-        ports::MAITRED,
-        Addr::host("concierge"),
-        "maitred",
-        name,
-    )
-    .await
-    {
-        Ok(mut maitred) => match maitred
-            .request(Body::Maitred(MaitredRequest::Shutdown {}), SHUTDOWN_TIMEOUT)
-            .await
-        {
+    let acknowledged =
+        match ask_maitred(bus, name, MaitredRequest::Shutdown {}, SHUTDOWN_TIMEOUT).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(vm = name, error = %e, "maitred Shutdown failed");
                 false
             }
-        },
-        Err(e) => {
-            tracing::warn!(vm = name, error = %e, "cannot reach maitred");
-            false
-        }
-    };
+        };
     if acknowledged && let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
         return exit;
     }

@@ -12,7 +12,8 @@ pub const TOOLS_FILE: &str = "vm_tools.img";
 pub const INITRD_FILE: &str = "initramfs.img";
 
 use crate::bus::Deliver;
-use crate::host::{HostConfig, not_mine};
+use crate::bus::not_mine;
+use crate::config::HostConfig;
 use actix::{Actor, Context, Handler, ResponseFuture};
 use cros_messages::addr::valid_name;
 use cros_messages::imageloader::{

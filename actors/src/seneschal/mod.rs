@@ -4,7 +4,7 @@
 //! StartServer answers `Unsupported` and requests naming a handle answer `NotFound`.
 
 use crate::bus::Deliver;
-use crate::host::not_mine;
+use crate::bus::not_mine;
 use actix::{Actor, Context, Handler, MessageResult};
 use cros_messages::seneschal::{SeneschalReply, SeneschalRequest, ServerInfo};
 use cros_messages::{Body, CrosError};

@@ -5,7 +5,8 @@
 //! Records are accepted only from an address inside a VM.
 
 use crate::bus::Deliver;
-use crate::host::{HostConfig, not_mine};
+use crate::bus::not_mine;
+use crate::config::HostConfig;
 use actix::{Actor, Context, Handler, MessageResult};
 use cros_messages::addr::valid_name;
 use cros_messages::vmlog::{LogRecord, VmlogReply, VmlogRequest};

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use cros_actors::host::{HypervisorConfig, HypervisorKind};
+use cros_actors::{HypervisorConfig, HypervisorKind};
 use cros_tools::daemon::{
     DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME, termination_signal,
 };

@@ -13,11 +13,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use cros_messages::concierge::{
     ConciergeEvent, ConciergeReply, ConciergeRequest, DiskImageStatus, DiskOpInfo, DiskOpState,
-    VmInfo,
+    StartVm, VmInfo,
 };
 use cros_messages::vmlog::{VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body};
-use cros_tools::client::{Client, DEFAULT_TIMEOUT};
+use cros_tools::client::{self, Client, DEFAULT_TIMEOUT};
 
 #[derive(Parser)]
 #[command(
@@ -425,22 +425,15 @@ fn start_vm(
             }
         })
     };
-    let req = Body::Concierge(ConciergeRequest::StartVm {
-        name: name.into(),
-        owner_id: String::new(),
-        disks: vec![],
+    let req = Body::Concierge(ConciergeRequest::StartVm(StartVm {
         cpus,
         memory_mib,
         kernel_params,
-        start_termina: true,
         timeout_secs,
         component_version,
-    });
-    let reply = client.call(
-        &concierge(),
-        req,
-        Duration::from_secs(u64::from(timeout_secs) + 60),
-    );
+        ..StartVm::named(name)
+    }));
+    let reply = client.call(&concierge(), req.clone(), client::request_timeout(&req));
     done.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     match reply.with_context(|| format!("cannot start {name}"))? {

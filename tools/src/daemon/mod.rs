@@ -8,8 +8,8 @@
 pub mod connection;
 pub mod socket;
 
+use cros_actors::HypervisorConfig;
 use cros_actors::bus::BusError;
-use cros_actors::host::HypervisorConfig;
 use cros_actors::host::SpawnError;
 use cros_actors::{BusConfig, BusHandle, HostConfig, start_host_actors};
 use socket::{AccessPolicy, SocketError, SocketGroup, bind_control_socket};

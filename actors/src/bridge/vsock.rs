@@ -1,15 +1,14 @@
-//! Talking to a guest's actors through the VM's hybrid vsock socket: `CONNECT <port>\n`,
-//! `OK <hostport>\n`, then framed envelopes after the Hello handshake.
+//! The host ends of a VM's hybrid vsock (ARCHITECTURE.md, "The guest boundary"): connecting to
+//! a guest port through the VM's socket (`CONNECT <port>\n`, `OK <hostport>\n`), and binding the
+//! Unix socket a guest reaches when it dials host port P (`vsock.sock_P`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
-use cros_messages::framing::MAX_CONTROL_FRAME;
-use cros_messages::framing::tokio_io::{handshake, read_message, write_message};
+use cros_messages::CrosError;
 use cros_messages::hybrid_vsock::{MAX_REPLY_LINE, connect_request, parse_connect_reply};
-use cros_messages::{Addr, Body, CrosError, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 
 /// Connects to guest vsock `port` through the VM's hybrid vsock socket `uds`.
 pub async fn connect_guest_port(uds: &Path, port: u32) -> Result<UnixStream, CrosError> {
@@ -54,74 +53,16 @@ pub async fn connect_guest_port(uds: &Path, port: u32) -> Result<UnixStream, Cro
     }
 }
 
-/// A connection to one guest actor (maitred, tremplin) that sends requests one at a time.
-pub struct GuestConnection {
-    stream: UnixStream,
-    me: Addr,
-    peer: Addr,
-    next_id: u64,
-}
-
-impl GuestConnection {
-    /// Connects to `port` and handshakes; the peer's Hello must name `expected_actor` in `vm`.
-    pub async fn open(
-        uds: &Path,
-        port: u32,
-        me: Addr,
-        expected_actor: &str,
-        vm: &str,
-    ) -> Result<Self, CrosError> {
-        let mut stream = connect_guest_port(uds, port).await?;
-        let hello = handshake(&mut stream, &me)
-            .await
-            .map_err(|e| e.to_cros_error())?;
-        // The guest is untrusted: it may only speak for its own actor in its own VM.
-        if hello.actor.actor != expected_actor || hello.actor.vm.as_deref() != Some(vm) {
-            return Err(CrosError::new(
-                cros_messages::ErrorKind::PermissionDenied,
-                format!(
-                    "guest port {port} of VM {vm} answered as {}, expected {expected_actor}@{vm}",
-                    hello.actor
-                ),
-            ));
-        }
-        Ok(Self {
-            stream,
-            me,
-            peer: hello.actor,
-            next_id: 1,
-        })
-    }
-
-    /// Sends `body` and waits at most `timeout` for the reply body (error replies are `Err`).
-    pub async fn request(&mut self, body: Body, timeout: Duration) -> Result<Body, CrosError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let what = body.type_name();
-        let env = Envelope::new(id, id, self.me.clone(), self.peer.clone(), body);
-        let exchange = async {
-            write_message(&mut self.stream, &env, MAX_CONTROL_FRAME).await?;
-            loop {
-                let reply: Envelope = read_message(&mut self.stream, MAX_CONTROL_FRAME).await?;
-                if reply.reply_to == Some(id) {
-                    return Ok::<Body, cros_messages::FrameError>(reply.body);
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(Body::Error(e))) => Err(e),
-            Ok(Ok(body)) => Ok(body),
-            Ok(Err(e)) => Err(CrosError::unavailable(format!(
-                "{} ({what}): {}",
-                self.peer,
-                e.to_cros_error().message
-            ))),
-            Err(_) => Err(CrosError::timeout(format!(
-                "{} did not answer {what} within {timeout:?}",
-                self.peer
-            ))),
-        }
-    }
+/// Binds the host side of guest→host port `port`: `<uds>_<port>`, replacing a stale socket
+/// file. The socket is 0600 whatever the umask: only crosd (and the VMM, as root) use it.
+pub fn listen_guest_port(uds: &Path, port: u32) -> Result<UnixListener, CrosError> {
+    let path = format!("{}_{port}", uds.display());
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| CrosError::internal(format!("cannot listen on {path}: {e}")))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| CrosError::internal(format!("chmod {path}: {e}")))?;
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -1,0 +1,42 @@
+//! What the host actors are configured with. Its own module, below every actor, so that actors
+//! and [`crate::host`] (which starts them) do not import each other.
+
+use std::path::PathBuf;
+
+/// Where the host actors keep their state, and how VMs are run.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Persistent state: components, disks, logs (`/var/lib/crosd`).
+    pub state_dir: PathBuf,
+    /// Runtime state: sockets, per-VM runtime dirs (`/run/crosd`).
+    pub run_dir: PathBuf,
+    pub hypervisor: HypervisorConfig,
+}
+
+impl HostConfig {
+    /// Default hypervisor settings (`auto`, helper binaries beside this program).
+    pub fn new(state_dir: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            run_dir: run_dir.into(),
+            hypervisor: HypervisorConfig::default(),
+        }
+    }
+}
+
+/// Which hypervisor backend concierge boots VMs with (`crosd --hypervisor`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HypervisorKind {
+    /// crosvm where /dev/kvm can boot a stock kernel, else qemu.
+    #[default]
+    Auto,
+    Qemu,
+    Crosvm,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HypervisorConfig {
+    pub kind: HypervisorKind,
+    /// Where the `crosvm` binary (VMM and vhost-user backends) is; default: beside this program.
+    pub bin_dir: Option<PathBuf>,
+}
