@@ -2,6 +2,9 @@
 //! and [`crate::host`] (which starts them) do not import each other.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use cros_hypervisor::Hypervisor;
 
 /// Where the host actors keep their state, and how VMs are run.
 #[derive(Debug, Clone)]
@@ -34,9 +37,21 @@ pub enum HypervisorKind {
     Crosvm,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct HypervisorConfig {
     pub kind: HypervisorKind,
     /// Where the `crosvm` binary (VMM and vhost-user backends) is; default: beside this program.
     pub bin_dir: Option<PathBuf>,
+    /// A backend given in-process instead of `kind` (isolated replay's stand-in).
+    pub backend: Option<Arc<dyn Hypervisor>>,
+}
+
+impl std::fmt::Debug for HypervisorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HypervisorConfig")
+            .field("kind", &self.kind)
+            .field("bin_dir", &self.bin_dir)
+            .field("backend", &self.backend.as_ref().map(|b| b.name()))
+            .finish()
+    }
 }

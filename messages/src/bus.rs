@@ -26,6 +26,19 @@ pub enum BusReply {
     Subscribed {},
 }
 
+/// What the bus itself announces.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+pub enum BusEvent {
+    /// crosd is up: what it runs with. The first record of every trace, so that an isolated
+    /// replay elsewhere can tell the recording's directories from its own.
+    DaemonStarted {
+        state_dir: String,
+        run_dir: String,
+        hypervisor: String,
+    },
+}
+
 /// One registered actor.
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The [`Envelope`] every message travels in, its [`Body`], and the connection [`Hello`].
 
-use crate::bus::{BusReply, BusRequest};
+use crate::bus::{BusEvent, BusReply, BusRequest};
 use crate::cicerone::{CiceroneEvent, CiceroneReply, CiceroneRequest};
 use crate::concierge::{ConciergeEvent, ConciergeReply, ConciergeRequest};
 use crate::crosvm::{CrosvmReply, CrosvmRequest};
@@ -124,6 +124,8 @@ pub enum Body {
     Crosvm(CrosvmRequest),
     CrosvmReply(CrosvmReply),
     Error(CrosError),
+    /// After `Error` so that the postcard tags of the variants before it stay as they were.
+    BusEvent(BusEvent),
 }
 
 macro_rules! variant_name {
@@ -147,6 +149,7 @@ impl Body {
             self,
             Bus,
             BusReply,
+            BusEvent,
             Imageloader,
             ImageloaderReply,
             Concierge,
@@ -181,7 +184,8 @@ impl Body {
     pub fn kind(&self) -> BodyKind {
         match self {
             Body::Error(_) => BodyKind::Error,
-            Body::ConciergeEvent(_)
+            Body::BusEvent(_)
+            | Body::ConciergeEvent(_)
             | Body::CiceroneEvent(_)
             | Body::MaitredEvent(_)
             | Body::TremplinEvent(_)

@@ -38,6 +38,8 @@ pub fn termina_component() -> &'static Path {
 /// A running crosd; SIGTERM on drop, which stops its VMs.
 pub struct Crosd {
     hypervisor: &'static str,
+    /// `--trace` file, when recording.
+    pub trace: Option<PathBuf>,
     child: Child,
     pub socket: PathBuf,
     pub state: PathBuf,
@@ -52,9 +54,18 @@ impl Crosd {
         Self::start_on("qemu", |_| {})
     }
 
+    /// [`Crosd::start`], recording every routed envelope to `self.trace` (`crosd --trace`).
+    pub fn start_traced() -> Crosd {
+        Self::start_with("qemu", |_| {}, true)
+    }
+
     /// Starts crosd with `--hypervisor HYPERVISOR`; `tamper` may change the installed copy of
     /// the component before crosd sees it.
     pub fn start_on(hypervisor: &'static str, tamper: impl FnOnce(&Path)) -> Crosd {
+        Self::start_with(hypervisor, tamper, false)
+    }
+
+    fn start_with(hypervisor: &'static str, tamper: impl FnOnce(&Path), traced: bool) -> Crosd {
         let scratch = bin_dir().join("e2e/tmp");
         std::fs::create_dir_all(&scratch).unwrap();
         let dir = tempfile::tempdir_in(scratch).unwrap();
@@ -69,9 +80,11 @@ impl Crosd {
         tamper(&installed);
         let run_dir = dir.path().join("run");
         let socket = run_dir.join("crosd.sock");
-        let child = Self::spawn(dir.path(), hypervisor);
+        let trace = traced.then(|| dir.path().join("crosd.trace"));
+        let child = Self::spawn(dir.path(), hypervisor, trace.as_deref());
         Crosd {
             hypervisor,
+            trace,
             child,
             socket,
             state,
@@ -82,7 +95,7 @@ impl Crosd {
 
     /// Runs crosd on `dir`'s state and run directories (log appended to dir/crosd.log) and
     /// waits for its socket.
-    fn spawn(dir: &Path, hypervisor: &str) -> Child {
+    fn spawn(dir: &Path, hypervisor: &str, trace: Option<&Path>) -> Child {
         let run_dir = dir.join("run");
         let socket = run_dir.join("crosd.sock");
         let log = std::fs::OpenOptions::new()
@@ -96,6 +109,12 @@ impl Crosd {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--hypervisor", hypervisor])
+            .args(
+                trace
+                    .map(|t| [Path::new("--trace"), t])
+                    .into_iter()
+                    .flatten(),
+            )
             .stderr(log)
             .spawn()
             .unwrap();
@@ -118,7 +137,7 @@ impl Crosd {
         self.child.wait().unwrap();
         // The dead daemon's socket file stays behind; wait for the new one.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = Self::spawn(self.dir.path(), self.hypervisor);
+        self.child = Self::spawn(self.dir.path(), self.hypervisor, self.trace.as_deref());
     }
 
     /// Runs a workspace binary against this crosd.
@@ -162,8 +181,9 @@ impl Crosd {
     }
 }
 
-impl Drop for Crosd {
-    fn drop(&mut self) {
+impl Crosd {
+    /// SIGTERM, and waits (at most 30 s) for crosd to exit: its trace is complete afterwards.
+    pub fn terminate(&mut self) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -177,6 +197,12 @@ impl Drop for Crosd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Crosd {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }
 

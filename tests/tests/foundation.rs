@@ -438,16 +438,25 @@ fn trace_show_stats_and_replay_reproduce_a_session() {
     let out = crosmsg(&socket, &["trace", "show", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
-    assert_eq!(lines.len(), 20, "10 requests and 10 replies: {lines:#?}");
-    assert!(
-        lines[2].contains("-> concierge Concierge::ListVms id=1"),
-        "{}",
-        lines[2]
+    assert_eq!(
+        lines.len(),
+        21,
+        "what crosd ran with, 10 requests and 10 replies: {lines:#?}"
     );
     assert!(
-        lines[3].contains("concierge -> client-") && lines[3].contains("reply_to=1"),
+        lines[0].contains("bus -> bus BusEvent::DaemonStarted"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[3].contains("-> concierge Concierge::ListVms id=1"),
         "{}",
         lines[3]
+    );
+    assert!(
+        lines[4].contains("concierge -> client-") && lines[4].contains("reply_to=1"),
+        "{}",
+        lines[4]
     );
 
     let out = crosmsg(
@@ -455,10 +464,17 @@ fn trace_show_stats_and_replay_reproduce_a_session() {
         &["trace", "show", "--json", trace.to_str().unwrap()],
     );
     assert!(out.status.success());
-    let first: serde_json::Value =
-        serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
-    assert_eq!(first["type"], "Bus::ListActors");
-    assert_eq!(first["envelope"]["to"]["actor"], "bus");
+    let records: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started = &records[0]["envelope"]["body"]["BusEvent"]["DaemonStarted"];
+    assert_eq!(
+        started["state_dir"],
+        dir.path().join("state").display().to_string()
+    );
+    assert_eq!(records[1]["type"], "Bus::ListActors");
+    assert_eq!(records[1]["envelope"]["to"]["actor"], "bus");
 
     let out = crosmsg(&socket, &["trace", "stats", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -669,3 +669,100 @@ fn termina_boots_on_our_own_vmm_where_kvm_can_run_linux() {
     vmc_ok(&crosd, &["stop", "termina"]);
     assert_no_vms(&crosd);
 }
+
+/// A copy of `trace` with every envelope passed through `change`.
+fn rewrite_trace(trace: &Path, out: &Path, mut change: impl FnMut(&mut cros_messages::Envelope)) {
+    use cros_messages::trace::{TraceReader, TraceRecord, TraceWriter};
+    let reader = TraceReader::new(std::fs::File::open(trace).unwrap()).unwrap();
+    let mut writer = TraceWriter::new(std::fs::File::create(out).unwrap()).unwrap();
+    for item in reader {
+        let (_, rec) = item.unwrap();
+        let mut env = rec.decode_envelope().unwrap();
+        change(&mut env);
+        writer
+            .append(&TraceRecord::new(rec.mono_ns, rec.wall_ns, &env).unwrap())
+            .unwrap();
+    }
+    writer.flush().unwrap();
+}
+
+fn crosmsg_trace(args: &[&str]) -> Output {
+    Command::new(bin("crosmsg"))
+        .arg("trace")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_traced_start_and_stop_replays_in_isolation() {
+    let mut crosd = Crosd::start_traced();
+    vmc_ok(&crosd, &["create", "--size", "2G", "termina"]);
+    start_termina(&crosd, "traced start");
+    let o = crosd.run(
+        "crosmsg",
+        &["send", "maitred@termina", r#"{"GetKernelVersion":{}}"#],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    vmc_ok(&crosd, &["stop", "termina"]);
+    crosd.terminate();
+    let trace = crosd.trace.clone().unwrap();
+    let trace_arg = trace.to_str().unwrap();
+
+    // Every host<->guest envelope went through the bus, so the trace has them.
+    let o = crosmsg_trace(&["show", trace_arg]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    for needle in [
+        "maitred@termina -> concierge MaitredEvent::VmReady",
+        "concierge -> maitred@termina Maitred::StartTermina",
+        "maitred@termina -> concierge MaitredReply::TerminaStarted",
+        "concierge -> maitred@termina Maitred::Shutdown",
+        "-> maitred@termina Maitred::GetKernelVersion",
+        "vm_syslog@termina -> vmlog_forwarder VmlogForwarder::Records",
+    ] {
+        assert!(
+            shown.contains(needle),
+            "trace show lacks {needle:?}:\n{shown}"
+        );
+    }
+
+    // concierge alone, no VM: its requests to imageloader and maitred@termina are answered from
+    // the trace, a stand-in takes the hypervisor's place, and every reply matches the recording.
+    let o = crosmsg_trace(&["replay", trace_arg, "--actor", "concierge"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("isolated replay of concierge:\n{out}");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.contains(": 0 divergence(s)"), "{out}");
+    let replayed: usize = out
+        .split("replayed ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {out}"));
+    assert!(
+        replayed >= 4,
+        "create, create-or-exists, start and stop at least: {out}"
+    );
+
+    // A trace in which maitred failed StartTermina is not what this concierge recorded.
+    let mutated = trace.with_extension("mutated");
+    rewrite_trace(&trace, &mutated, |env| {
+        if let cros_messages::Body::MaitredReply(
+            cros_messages::maitred::MaitredReply::TerminaStarted { .. },
+        ) = env.body
+        {
+            env.body = cros_messages::CrosError::internal("mkfs.btrfs failed").into();
+        }
+    });
+    let o = crosmsg_trace(&["replay", mutated.to_str().unwrap(), "--actor", "concierge"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("isolated replay of the mutated trace:\n{out}");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        out.contains("DIVERGENCE")
+            && out.contains("Concierge::StartVm")
+            && out.contains("mkfs.btrfs failed"),
+        "{out}"
+    );
+}

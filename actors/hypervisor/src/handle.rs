@@ -44,6 +44,11 @@ pub(crate) enum VmControl {
     /// (as ChromeOS concierge drives crosvm through its control interface) so this crate does
     /// not link the VMM.
     Crosvm { crosvm: PathBuf, socket: PathBuf },
+    /// Isolated replay's stand-in ([`crate::standin`]): the power button closes its switch.
+    StandIn {
+        switches: crate::standin::PowerSwitches,
+        vm: String,
+    },
 }
 
 /// The processes of one running VM: the VMM itself (QEMU, crosvm) and its helpers (vhost-user
@@ -105,6 +110,10 @@ impl VmHandle {
                 std::thread::spawn(move || child.wait());
                 Ok(())
             }
+            Some(VmControl::StandIn { switches, vm }) => {
+                crate::standin::power_off(switches, vm);
+                Ok(())
+            }
             None => Err(control_error(action, "this VM has no control socket")),
         }
     }
@@ -151,6 +160,10 @@ impl VmHandle {
                     ))
                 }
             }
+            Some(VmControl::StandIn { .. }) => Err(control_error(
+                &action,
+                "the replay's stand-in hypervisor has no disks",
+            )),
             None => Err(control_error(&action, "this VM has no control socket")),
         }
     }

@@ -5,7 +5,8 @@
 //! them, so a failed start or a panicking caller leaves no stray VMM behind.
 //!
 //! Backends: [`qemu::QemuBackend`] (QEMU microvm, TCG or KVM, with our vhost-user-vsock backend
-//! process) and [`crosvm::CrosvmBackend`] (our own VMM, for hosts whose KVM boots Linux).
+//! process) and [`crosvm::CrosvmBackend`] (our own VMM, for hosts whose KVM boots Linux); and
+//! [`standin::StandInBackend`], which runs no VM, for isolated replay.
 
 pub mod crosvm;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod initramfs;
 pub mod qemu;
 pub mod qmp;
 pub mod spec;
+pub mod standin;
 mod unix_listen;
 
 pub use crosvm::CrosvmBackend;
@@ -22,6 +24,7 @@ pub use handle::VmHandle;
 pub use initramfs::{Initramfs, InitramfsError};
 pub use qemu::{Accel, QemuBackend, VhostUserVsockBackend};
 pub use spec::{DiskSpec, VmSpec, VsockSpec};
+pub use standin::StandInBackend;
 
 /// A way to run a VM. Implementations must stop every process they started when the start fails.
 pub trait Hypervisor: Send + Sync {

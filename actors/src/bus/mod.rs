@@ -162,8 +162,24 @@ impl BusHandle {
     }
 
     pub(crate) fn register_route(&self, addr: Addr, route: Route) {
-        tracing::debug!(actor = %addr, "registered");
-        self.inner.registry.insert(addr, route);
+        if self.inner.registry.insert(addr.clone(), route) {
+            tracing::debug!(actor = %addr, "registered");
+        } else {
+            tracing::debug!(actor = %addr, "pinned: registration ignored");
+        }
+    }
+
+    /// Registers `recipient` at `addr` for good: later registrations and unregistrations of
+    /// `addr` are ignored. Isolated replay pins its trace responders so that the replayed actor's
+    /// own registrations (a VM's guest bridges) do not replace them.
+    pub fn pin(&self, addr: Addr, recipient: Recipient<Deliver>) {
+        self.inner.registry.pin(
+            addr,
+            Route {
+                recipient: Arc::new(recipient),
+                restarts: RestartCounter::default(),
+            },
+        );
     }
 
     pub fn unregister(&self, addr: &Addr) {

@@ -36,21 +36,48 @@ pub(crate) struct Route {
 /// Named routes. Reads (every routed message) take a shared lock only.
 #[derive(Default)]
 pub(crate) struct Registry {
-    routes: RwLock<HashMap<Addr, Route>>,
+    routes: RwLock<HashMap<Addr, Entry>>,
+}
+
+/// A registered route; `pinned` routes stay whatever else registers or unregisters the address
+/// (isolated replay keeps its trace responders where the replayed actor registers bridges).
+#[derive(Clone)]
+pub(crate) struct Entry {
+    route: Route,
+    pinned: bool,
 }
 
 impl Registry {
     /// Adds or replaces the route for `addr` (a restarted actor replaces its dead mailbox).
-    pub fn insert(&self, addr: Addr, route: Route) {
-        self.write().insert(addr, route);
+    /// Returns false, changing nothing, when `addr` is pinned.
+    pub fn insert(&self, addr: Addr, route: Route) -> bool {
+        self.set(addr, route, false)
+    }
+
+    /// Adds the route for `addr` for good: later inserts and removes leave it.
+    pub fn pin(&self, addr: Addr, route: Route) {
+        self.set(addr, route, true);
+    }
+
+    fn set(&self, addr: Addr, route: Route, pinned: bool) -> bool {
+        let mut routes = self.write();
+        if !pinned && routes.get(&addr).is_some_and(|e| e.pinned) {
+            return false;
+        }
+        routes.insert(addr, Entry { route, pinned });
+        true
     }
 
     pub fn remove(&self, addr: &Addr) -> Option<Route> {
-        self.write().remove(addr)
+        let mut routes = self.write();
+        if routes.get(addr).is_some_and(|e| e.pinned) {
+            return None;
+        }
+        routes.remove(addr).map(|e| e.route)
     }
 
     pub fn get(&self, addr: &Addr) -> Option<Arc<Recipient<Deliver>>> {
-        self.read().get(addr).map(|r| r.recipient.clone())
+        self.read().get(addr).map(|e| e.route.recipient.clone())
     }
 
     pub fn contains(&self, addr: &Addr) -> bool {
@@ -62,9 +89,9 @@ impl Registry {
         let mut actors: Vec<ActorInfo> = self
             .read()
             .iter()
-            .map(|(addr, r)| ActorInfo {
+            .map(|(addr, e)| ActorInfo {
                 addr: addr.clone(),
-                restarts: r.restarts.get(),
+                restarts: e.route.restarts.get(),
             })
             .collect();
         actors.sort_by(|a, b| a.addr.cmp(&b.addr));
@@ -73,10 +100,10 @@ impl Registry {
 
     // A poisoned lock only means a panic happened while it was held; the map itself is always
     // consistent (every mutation is a single insert/remove), so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Addr, Route>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Addr, Entry>> {
         self.routes.read().unwrap_or_else(|p| p.into_inner())
     }
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Addr, Route>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Addr, Entry>> {
         self.routes.write().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -311,3 +311,46 @@ async fn colocated_actor_panics_without_taking_its_thread_down() {
     let info = bus.actors().into_iter().find(|a| a.addr == echo).unwrap();
     assert_eq!(info.restarts, 1);
 }
+
+/// Answers every Ping with Pong 1 (a stand-in for a trace responder).
+struct One;
+
+impl Actor for One {
+    type Context = Context<Self>;
+}
+
+impl Handler<Deliver> for One {
+    type Result = ResponseFuture<Body>;
+
+    fn handle(&mut self, _msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
+        Box::pin(async { Body::BusReply(BusReply::Pong { seq: 1 }) })
+    }
+}
+
+#[actix::test]
+async fn a_pinned_route_outlives_registrations_and_unregistrations() {
+    let bus = BusHandle::new(BusConfig::default()).unwrap();
+    let addr = Addr::host("echo");
+    bus.pin(addr.clone(), One.start().recipient());
+    bus.register(addr.clone(), Echo.start().recipient());
+    bus.unregister(&addr);
+    assert!(bus.is_registered(&addr));
+    let reply = bus.request(&me(), &addr, ping(7)).await;
+    assert_eq!(reply, Ok(Body::BusReply(BusReply::Pong { seq: 1 })));
+}
+
+#[test]
+fn a_request_that_names_its_timeout_gets_it_and_others_the_default() {
+    let bus = BusHandle::new(BusConfig {
+        default_deadline: Duration::from_secs(7),
+        ..BusConfig::default()
+    })
+    .unwrap();
+    let start: cros_messages::concierge::ConciergeRequest =
+        serde_json::from_str(r#"{"StartVm":{"name":"t","timeout_secs":100}}"#).unwrap();
+    assert_eq!(
+        bus.deadline_for(&Body::Concierge(start)),
+        Duration::from_secs(100) + cros_messages::envelope::REQUEST_TIMEOUT_SLACK
+    );
+    assert_eq!(bus.deadline_for(&ping(1)), Duration::from_secs(7));
+}

@@ -24,6 +24,9 @@ pub fn bin_dir(config: &HypervisorConfig) -> PathBuf {
 
 /// The backend VMs are booted with, or why none can be.
 pub fn select(config: &HypervisorConfig) -> Result<Arc<dyn Hypervisor>, CrosError> {
+    if let Some(backend) = &config.backend {
+        return Ok(backend.clone());
+    }
     let crosvm = bin_dir(config).join("crosvm");
     match config.kind {
         // `auto` stays QEMU until our VMM has booted termina on hardware KVM; `crosvm` is
@@ -82,6 +85,7 @@ mod tests {
         let config = HypervisorConfig {
             kind: HypervisorKind::Crosvm,
             bin_dir: Some("/nonexistent/bin".into()),
+            backend: None,
         };
         let Err(err) = select(&config) else {
             panic!("the crosvm backend cannot be selected yet");

@@ -106,6 +106,7 @@ fn main() -> ExitCode {
         hypervisor: HypervisorConfig {
             kind: args.hypervisor.into(),
             bin_dir: args.bin_dir,
+            backend: None,
         },
     };
     let system = actix::System::new();

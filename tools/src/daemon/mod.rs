@@ -12,6 +12,8 @@ use cros_actors::HypervisorConfig;
 use cros_actors::bus::BusError;
 use cros_actors::host::SpawnError;
 use cros_actors::{BusConfig, BusHandle, HostConfig, start_host_actors};
+use cros_messages::Body;
+use cros_messages::bus::BusEvent;
 use socket::{AccessPolicy, SocketError, SocketGroup, bind_control_socket};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -116,6 +118,15 @@ impl Daemon {
                 run_dir: config.run_dir.clone(),
                 hypervisor: config.hypervisor.clone(),
             };
+            // First in the trace: an isolated replay maps these directories onto its own.
+            bus.publish(
+                bus.addr(),
+                Body::BusEvent(BusEvent::DaemonStarted {
+                    state_dir: host.state_dir.display().to_string(),
+                    run_dir: host.run_dir.display().to_string(),
+                    hypervisor: format!("{:?}", host.hypervisor.kind).to_lowercase(),
+                }),
+            );
             if let Err(e) = start_host_actors(&bus, &host).await {
                 bus.shutdown();
                 return Err(DaemonError::from(e));

@@ -3,20 +3,37 @@
 //! * Against a running crosd ([`replay_to_daemon`]): the requests clients sent are sent again,
 //!   in order, over one connection; each reply is compared with the recorded one.
 //! * Isolated ([`replay_actor`]): a fresh instance of one host actor, on a private bus, gets its
-//!   recorded inbox in order (with the original senders); requests it sends to other actors are
-//!   answered from the trace. Its replies are compared with the recorded ones, and requests it
-//!   sends that the trace does not have (or does not send that it has) are divergences too.
+//!   recorded inbox in order (requests and events, with the original senders); requests it sends
+//!   to other actors — host actors and guest actors (`maitred@termina`) alike — are answered from
+//!   the trace. Its replies are compared with the recorded ones, and requests it sends that the
+//!   trace does not have (or does not send that it has) are divergences too. Each inbound
+//!   request runs as its own task, as on crosd's bus; an inbound envelope is delivered once the
+//!   actor has sent every request the recording has it sending before that envelope, and a
+//!   recorded reply is compared when the trace reaches it — so a VM start that waits for
+//!   maitred's VmReady event gets the event at the point the recording did.
 //!
-//! Replies are compared by body only: ids, times and trace ids differ on every run. Client
-//! addresses (`client-7`) inside error messages are normalised, since the replaying connection
-//! gets a new number.
+//! Replaying concierge needs one thing the trace cannot give: the hypervisor process it spawns
+//! and watches. [`cros_hypervisor::StandInBackend`] stands in for it (a placeholder process, no
+//! VM), and powers off when the trace shows the guest's maitred acknowledging Shutdown, as the
+//! real guest does. Guest bridges that the replayed concierge registers for its VMs are ignored:
+//! the trace's responders for `maitred@<vm>` are pinned on the replay's bus.
+//!
+//! Replies are compared by body only: ids, times and trace ids differ on every run, and so does
+//! the VMM's pid in a VmInfo (a replay's stand-in is another process). Client addresses
+//! (`client-7`) inside error messages are normalised, since the replaying connection gets a new
+//! number; an isolated replay runs in scratch directories, so its state and run directories are
+//! mapped onto the recording's (from the trace's `DaemonStarted` record) before comparing.
 
 use super::Trace;
 use crate::client::{Client, ClientError};
 use actix::{Actor, Context, Handler, MessageResult};
-use cros_actors::{BusConfig, BusHandle, Deliver, HostConfig, spawn_host_actor};
+use cros_actors::{BusConfig, BusHandle, Deliver, HostConfig, HypervisorConfig, spawn_host_actor};
+use cros_hypervisor::StandInBackend;
+use cros_messages::bus::BusEvent;
+use cros_messages::concierge::{ConciergeReply, VmInfo};
+use cros_messages::maitred::MaitredRequest;
 use cros_messages::{ActorKind, Addr, Body, BodyKind, CrosError, Envelope};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -78,15 +95,17 @@ fn exchanges(trace: &Trace, is_wanted: impl Fn(&Envelope) -> bool) -> Vec<Exchan
     }
     trace
         .envelopes()
-        .filter(|(_, env)| {
-            env.reply_to.is_none() && env.body.kind() == BodyKind::Request && is_wanted(env)
-        })
+        .filter(|(_, env)| is_request(env) && is_wanted(env))
         .map(|(entry, env)| Exchange {
             offset: entry.offset,
             reply: replies.remove(&(env.from.clone(), env.id)),
             request: env,
         })
         .collect()
+}
+
+fn is_request(env: &Envelope) -> bool {
+    env.reply_to.is_none() && env.body.kind() == BodyKind::Request
 }
 
 /// Replaces every `client-<digits>` with `client-*`.
@@ -106,11 +125,51 @@ fn normalise_clients(s: &str) -> String {
     out
 }
 
+/// What differs between a recording and its replay on every run, made equal before comparing.
+#[derive(Default)]
+struct Normaliser {
+    /// (the replay's, the recording's) directory, as text.
+    dirs: Vec<(String, String)>,
+}
+
+impl Normaliser {
+    /// The replay's view of `body` in the recording's terms.
+    fn replayed(&self, body: &Body) -> Body {
+        if self.dirs.is_empty() {
+            return body.clone();
+        }
+        let Ok(mut text) = serde_json::to_string(body) else {
+            return body.clone();
+        };
+        for (ours, theirs) in &self.dirs {
+            text = text.replace(ours.as_str(), theirs);
+        }
+        serde_json::from_str(&text).unwrap_or_else(|_| body.clone())
+    }
+}
+
+/// `body` without what no two runs share: client numbers in errors, VMM pids.
 fn comparable(body: &Body) -> Body {
     match body {
         Body::Error(e) => Body::Error(CrosError::new(e.kind, normalise_clients(&e.message))),
+        Body::ConciergeReply(reply) => Body::ConciergeReply(match reply.clone() {
+            ConciergeReply::VmStarted { vm_info } => ConciergeReply::VmStarted {
+                vm_info: without_pid(vm_info),
+            },
+            ConciergeReply::VmInfo { vm_info } => ConciergeReply::VmInfo {
+                vm_info: without_pid(vm_info),
+            },
+            ConciergeReply::Vms { vms } => ConciergeReply::Vms {
+                vms: vms.into_iter().map(without_pid).collect(),
+            },
+            other => other,
+        }),
         other => other.clone(),
     }
+}
+
+fn without_pid(info: VmInfo) -> VmInfo {
+    VmInfo { pid: 0, ..info }
 }
 
 fn json(body: &Body) -> String {
@@ -170,12 +229,53 @@ pub fn replay_to_daemon(
     Ok(report)
 }
 
+/// Which recorded outbound requests the replayed actor has sent (by trace offset).
+#[derive(Default)]
+struct Sent {
+    offsets: Mutex<BTreeSet<u64>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Sent {
+    fn mark(&self, offset: u64) {
+        self.offsets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(offset);
+        self.changed.notify_waiters();
+    }
+
+    fn all(&self, wanted: &[u64]) -> bool {
+        let sent = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+        wanted.iter().all(|o| sent.contains(o))
+    }
+
+    /// Waits (at most `timeout`) until every request at `wanted` was sent; a request never sent
+    /// is reported at the end as one the replay did not send.
+    async fn wait_for(&self, wanted: &[u64], timeout: Duration) {
+        let all_sent = async {
+            loop {
+                let changed = self.changed.notified();
+                if self.all(wanted) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, all_sent).await;
+    }
+}
+
 /// Answers requests to one address from the trace.
 struct TraceResponder {
     addr: Addr,
     /// Recorded (request, reply) pairs not yet used, in order.
     recorded: VecDeque<(Exchange, Body)>,
     divergences: Arc<Mutex<Vec<Divergence>>>,
+    sent: Arc<Sent>,
+    /// The replay's stand-in hypervisor, powered off when this responder (a guest's maitred)
+    /// acknowledges Shutdown, as the real guest powers off then.
+    stand_in: Option<Arc<StandInBackend>>,
 }
 
 impl Actor for TraceResponder {
@@ -192,7 +292,16 @@ impl Handler<Deliver> for TraceResponder {
             .iter()
             .position(|(ex, _)| ex.request.body == env.body && ex.request.from == env.from);
         MessageResult(match pos.and_then(|i| self.recorded.remove(i)) {
-            Some((_, reply)) => reply,
+            Some((ex, reply)) => {
+                self.sent.mark(ex.offset);
+                let shutdown = env.body == Body::Maitred(MaitredRequest::Shutdown {});
+                if let (Some(stand_in), Some(vm), true) = (&self.stand_in, &self.addr.vm, shutdown)
+                    && reply.kind() != BodyKind::Error
+                {
+                    stand_in.power_off(vm);
+                }
+                reply
+            }
             None => {
                 let what = format!(
                     "{} sent {} to {} which the trace does not have: {}",
@@ -215,6 +324,29 @@ impl Handler<Deliver> for TraceResponder {
     }
 }
 
+/// How long an isolated replay waits for the actor to send what the recording has it send
+/// before the next inbound envelope.
+const OUTBOUND_WAIT: Duration = Duration::from_secs(10);
+
+/// The recording crosd's state and run directories, from its `DaemonStarted` record.
+fn recorded_dirs(trace: &Trace) -> Option<(String, String)> {
+    trace.envelopes().find_map(|(_, env)| match env.body {
+        Body::BusEvent(BusEvent::DaemonStarted {
+            state_dir, run_dir, ..
+        }) => Some((state_dir, run_dir)),
+        _ => None,
+    })
+}
+
+/// The backend the recorded VMs ran on (what a stand-in answers to): "qemu" unless the trace
+/// shows crosvm.
+fn recorded_backend(trace: &Trace) -> &'static str {
+    let crosvm = trace.envelopes().any(|(_, env)| {
+        matches!(&env.body, Body::ConciergeReply(ConciergeReply::VmStarted { vm_info }) if vm_info.hypervisor == "crosvm")
+    });
+    if crosvm { "crosvm" } else { "qemu" }
+}
+
 /// Replays actor `name` in isolation. `state_dir` is the state the fresh actor sees (a new
 /// empty directory when None). Must run inside an actix `System`.
 pub async fn replay_actor(
@@ -230,16 +362,31 @@ pub async fn replay_actor(
     let target = Addr::host(kind.name());
     let scratch = tempfile::tempdir().map_err(ReplayError::Scratch)?;
     let state: PathBuf = state_dir.map_or_else(|| scratch.path().join("state"), Path::to_path_buf);
+    let run = scratch.path().join("run");
     let bus = BusHandle::new(BusConfig::default()).map_err(|e| ReplayError::Start {
         actor: name.to_string(),
         reason: e.to_string(),
     })?;
+    let stand_in = Arc::new(StandInBackend::new(recorded_backend(trace)));
+    let normaliser = Normaliser {
+        dirs: recorded_dirs(trace)
+            .map(|(s, r)| {
+                vec![
+                    (state.display().to_string(), s),
+                    (run.display().to_string(), r),
+                ]
+            })
+            .unwrap_or_default(),
+    };
 
     // Outbound requests of the actor, answered from the trace by one responder per address.
     let divergences = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(Sent::default());
+    let mut outbound_offsets = Vec::new();
     let mut responders: HashMap<Addr, VecDeque<(Exchange, Body)>> = HashMap::new();
     for ex in exchanges(trace, |env| env.from == target) {
         if let Some(reply) = ex.reply.clone() {
+            outbound_offsets.push(ex.offset);
             responders
                 .entry(ex.request.to.clone())
                 .or_default()
@@ -248,17 +395,26 @@ pub async fn replay_actor(
     }
     let mut responder_addrs = Vec::new();
     for (addr, recorded) in responders {
+        let is_guest_maitred = addr.actor == "maitred" && addr.vm.is_some();
         let responder = TraceResponder {
             addr: addr.clone(),
             recorded,
             divergences: divergences.clone(),
+            sent: sent.clone(),
+            stand_in: is_guest_maitred.then(|| stand_in.clone()),
         }
         .start();
-        bus.register(addr.clone(), responder.clone().recipient());
+        bus.pin(addr.clone(), responder.clone().recipient());
         responder_addrs.push(responder);
     }
 
-    let host = HostConfig::new(state, scratch.path().join("run"));
+    let host = HostConfig {
+        hypervisor: HypervisorConfig {
+            backend: Some(stand_in.clone()),
+            ..HypervisorConfig::default()
+        },
+        ..HostConfig::new(state, run)
+    };
     spawn_host_actor(&bus, &host, kind)
         .await
         .map_err(|e| ReplayError::Start {
@@ -267,13 +423,43 @@ pub async fn replay_actor(
         })?;
 
     let mut report = ReplayReport::default();
-    for ex in exchanges(trace, |env| env.to == target) {
-        let Some(recorded) = &ex.reply else {
-            report.skipped += 1;
-            continue;
-        };
-        let reply = bus.route(ex.request.clone()).await;
-        compare(&ex, recorded, &reply.body, &mut report);
+    let mut pending: HashMap<(Addr, u64), (Exchange, tokio::task::JoinHandle<Envelope>)> =
+        HashMap::new();
+    for (entry, env) in trace.envelopes() {
+        let before: Vec<u64> = outbound_offsets
+            .iter()
+            .copied()
+            .filter(|o| *o < entry.offset)
+            .collect();
+        if env.to == target && is_request(&env) {
+            sent.wait_for(&before, OUTBOUND_WAIT).await;
+            let key = (env.from.clone(), env.id);
+            let (bus, request) = (bus.clone(), env.clone());
+            let reply = tokio::task::spawn_local(async move { bus.route(request).await });
+            let ex = Exchange {
+                offset: entry.offset,
+                request: env,
+                reply: None,
+            };
+            pending.insert(key, (ex, reply));
+        } else if env.to == target && env.body.kind() == BodyKind::Event {
+            sent.wait_for(&before, OUTBOUND_WAIT).await;
+            bus.publish(&env.from, env.body);
+        } else if env.from == target
+            && let Some(id) = env.reply_to
+            && let Some((ex, reply)) = pending.remove(&(env.to.clone(), id))
+        {
+            let got = match reply.await {
+                Ok(reply) => normaliser.replayed(&reply.body),
+                Err(e) => CrosError::internal(format!("the replayed request failed: {e}")).into(),
+            };
+            compare(&ex, &env.body, &got, &mut report);
+        }
+    }
+    // Requests whose reply the trace does not have (it was cut short) are not compared.
+    for (_, (_, reply)) in pending {
+        reply.abort();
+        report.skipped += 1;
     }
     bus.shutdown();
     // Recorded outbound requests the fresh actor never sent.
@@ -298,6 +484,7 @@ pub async fn replay_actor(
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..),
     );
+    report.divergences.sort_by_key(|d| d.offset);
     Ok(report)
 }
 
