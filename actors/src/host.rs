@@ -48,8 +48,11 @@ pub async fn spawn_host_actor(
             .await?
         }
         ActorKind::Concierge => {
+            // Shared by every instance the supervisor builds: a restarted concierge takes over
+            // the VMs of the one that crashed.
+            let handover = std::sync::Arc::new(concierge::Handover::default());
             spawn_supervised_on(bus, addr, &here, move || {
-                concierge::Concierge::new(bus2.clone(), config.clone())
+                concierge::Concierge::with_handover(bus2.clone(), config.clone(), handover.clone())
             })
             .await?
         }

@@ -35,6 +35,7 @@ fn vm_info() -> Envelope {
                 seneschal_handle: 1,
                 status: VmStatus::Running,
                 hypervisor: "qemu".into(),
+                detail: String::new(),
                 vsock_socket: "/run/crosd/vm.3/vsock.sock".into(),
             },
         }),

@@ -175,6 +175,9 @@ pub struct VmInfo {
     /// reaches a guest listener (vsh dials vshd on 9001 through it). Empty when unknown.
     #[serde(default)]
     pub vsock_socket: String,
+    /// For a VM reported `Stopped`: why it stopped.
+    #[serde(default)]
+    pub detail: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -284,6 +287,8 @@ pub enum StopReason {
     HypervisorExited,
     /// crosd is shutting down.
     DaemonShutdown,
+    /// crosd was killed (SIGKILL, a crash) while the VM ran; the VM died with it.
+    DaemonKilled,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

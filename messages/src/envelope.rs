@@ -80,6 +80,9 @@ impl Envelope {
 /// Whether a body asks, answers, or announces.
 /// Slack added to a timeout a request carries itself (see [`Body::timeout`]).
 pub const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(30);
+/// REFERENCE.md's StopVm: maitred's Shutdown (30 s), the VMM's exit (10 s), the power button
+/// (10 s), then SIGTERM and SIGKILL.
+pub const STOP_VM_TIMEOUT: Duration = Duration::from_secs(70);
 /// REFERENCE.md: StartTermina may take up to 150 s (mkfs, mount, grow).
 pub const START_TERMINA_TIMEOUT: Duration = Duration::from_secs(150);
 /// btrfs resizes move data around; under emulation that takes a while.
@@ -214,6 +217,11 @@ impl Body {
             Body::Concierge(ConciergeRequest::StartVm(start)) => {
                 Some(Duration::from_secs(u64::from(start.timeout_secs)) + REQUEST_TIMEOUT_SLACK)
             }
+            Body::Concierge(
+                ConciergeRequest::StopVm { .. }
+                | ConciergeRequest::StopAllVms {}
+                | ConciergeRequest::DestroyDiskImage { .. },
+            ) => Some(STOP_VM_TIMEOUT),
             Body::Maitred(MaitredRequest::StartTermina { .. }) => Some(START_TERMINA_TIMEOUT),
             Body::Maitred(MaitredRequest::ResizeFilesystem { .. }) => {
                 Some(RESIZE_FILESYSTEM_TIMEOUT)

@@ -182,21 +182,31 @@ impl Crosd {
 }
 
 impl Crosd {
-    /// SIGTERM, and waits (at most 30 s) for crosd to exit: its trace is complete afterwards.
-    pub fn terminate(&mut self) {
+    /// SIGTERM, and waits (at most 60 s: crosd stops its VMs in order first) for crosd to exit;
+    /// its trace is complete afterwards. Its exit status, None when it had to be killed.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
+    }
+
+    /// A fresh crosd on the same state, after [`Crosd::terminate`].
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path(), self.hypervisor, self.trace.as_deref());
     }
 }
 

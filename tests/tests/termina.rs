@@ -766,3 +766,74 @@ fn a_traced_start_and_stop_replays_in_isolation() {
         "{out}"
     );
 }
+
+#[test]
+fn crosd_stopped_or_killed_loses_no_guest_data() {
+    let mut crosd = Crosd::start();
+    start_termina(&crosd, "first start");
+    // Written, not synced: only an orderly shutdown of the guest puts it on the disk in time.
+    let o = crosd.vsh(
+        &[
+            "sh",
+            "-c",
+            "echo unsynced-$((6*7)) > /mnt/stateful/unsynced",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let qemu = qemu_pid(&crosd);
+    let status = crosd.terminate();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "crosd exits 0 after SIGTERM: {status:?}\n{}",
+        crosd.log()
+    );
+    assert!(!alive(qemu), "QEMU (pid {qemu}) outlived crosd");
+    let log = crosd.log();
+    assert!(
+        log.contains("stopping every VM") && log.contains("VMs stopped"),
+        "crosd stopped the VM in order:\n{log}"
+    );
+
+    crosd.restart();
+    start_termina(&crosd, "start after SIGTERM");
+    let o = crosd.vsh(&["cat", "/mnt/stateful/unsynced"], b"");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "unsynced-42",
+        "{}",
+        text(&o)
+    );
+
+    // Killed outright, crosd takes its VM with it; the next crosd says what happened.
+    let qemu = qemu_pid(&crosd);
+    crosd.kill9_and_restart();
+    wait_for(
+        &format!("QEMU (pid {qemu}) to die with its crosd"),
+        Duration::from_secs(10),
+        || (!alive(qemu)).then_some(()),
+    );
+    let o = vmc_ok(&crosd, &["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let vm = &listed["vms"][0];
+    assert_eq!(vm["name"], "termina", "{listed}");
+    assert_eq!(vm["status"], "Stopped", "{listed}");
+    assert!(
+        vm["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("was killed")),
+        "{listed}"
+    );
+    let o = vmc_ok(&crosd, &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Stopped"),
+        "{}",
+        text(&o)
+    );
+    // Its disk is as the VM left it: it boots, and the file is there.
+    start_termina(&crosd, "start after SIGKILL");
+    let o = crosd.vsh(&["cat", "/mnt/stateful/unsynced"], b"");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "unsynced-42");
+    vmc_ok(&crosd, &["stop", "termina"]);
+    assert_no_vms(&crosd);
+}

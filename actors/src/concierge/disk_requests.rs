@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::{ActorFutureExt, WrapFuture};
 use cros_messages::concierge::{
@@ -48,7 +49,7 @@ impl Concierge {
     }
 
     /// Stops the VM first when it runs (as StopVm does), then deletes its disk.
-    pub(super) fn destroy_disk(&mut self, name: &str) -> Reply {
+    pub(super) fn destroy_disk(&mut self, name: &str, deadline: Instant) -> Reply {
         if let Err(e) = check_name(name).and_then(|_| self.check_no_disk_op(name)) {
             return ready(Body::Error(e));
         }
@@ -57,7 +58,7 @@ impl Concierge {
         }
         let name = name.to_string();
         Box::pin(
-            self.stop_vm(&name)
+            self.stop_vm(&name, deadline)
                 .map(move |stopped, act, _| match stopped {
                     Body::Error(e) => Body::Error(CrosError::new(
                         e.kind,

@@ -15,15 +15,18 @@ mod disk;
 mod disk_op;
 mod disk_requests;
 mod extra_disks;
+mod handover;
 mod resize;
 mod vm;
+mod vm_record;
 
 pub use backend::bin_dir;
+pub use handover::Handover;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, ResponseActFuture, WrapFuture,
@@ -70,6 +73,10 @@ pub struct Concierge {
     hypervisor: Result<Arc<dyn Hypervisor>, CrosError>,
     vms: BTreeMap<String, VmEntry>,
     next_generation: u64,
+    /// VMs found dead at start (crosd was killed while they ran), until they start again.
+    stopped: BTreeMap<String, VmInfo>,
+    /// Where this instance's VMs go if it dies, and where the next one finds them.
+    handover: Arc<Handover>,
     /// Disk exports and imports by uuid: running ones and those of earlier runs.
     disk_ops: BTreeMap<String, DiskOp>,
 }
@@ -99,7 +106,14 @@ fn reply(r: Result<ConciergeReply, CrosError>) -> Body {
 }
 
 impl Concierge {
+    /// A concierge of its own (tests, isolated replay).
     pub fn new(bus: BusHandle, config: HostConfig) -> Self {
+        Self::with_handover(bus, config, Arc::default())
+    }
+
+    /// A concierge that takes over the VMs of an earlier instance that died, if `handover` holds
+    /// them; otherwise it looks for VMs a killed crosd left behind.
+    pub fn with_handover(bus: BusHandle, config: HostConfig, handover: Arc<Handover>) -> Self {
         let hypervisor = backend::select(&config.hypervisor);
         let disk_ops = disk_op::recover(&config.state_dir)
             .into_iter()
@@ -111,12 +125,22 @@ impl Concierge {
                 (op.info().uuid, op)
             })
             .collect();
+        let table = handover.take().unwrap_or_else(|| handover::VmTable {
+            vms: BTreeMap::new(),
+            next_generation: 1,
+            stopped: vm_record::recover(&config.run_dir, &config.state_dir.join("logs"))
+                .into_iter()
+                .map(|info| (info.name.clone(), info))
+                .collect(),
+        });
         Self {
             bus,
             config,
             hypervisor,
-            vms: BTreeMap::new(),
-            next_generation: 1,
+            vms: table.vms,
+            next_generation: table.next_generation,
+            stopped: table.stopped,
+            handover,
             disk_ops,
         }
     }
@@ -129,10 +153,17 @@ impl Concierge {
         self.bus.publish(&Self::me(), Body::ConciergeEvent(event));
     }
 
-    fn handle_request(&mut self, req: ConciergeRequest, ctx: &mut Context<Self>) -> Reply {
+    /// `deadline`: when the asker stops waiting (stopping VMs fits its steps into it).
+    fn handle_request(&mut self, req: ConciergeRequest, deadline: Instant) -> Reply {
         match req {
             ConciergeRequest::ListVms {} => ready(reply(Ok(ConciergeReply::Vms {
-                vms: self.vms.values().map(|v| v.info.clone()).collect(),
+                vms: self
+                    .vms
+                    .values()
+                    .map(|v| &v.info)
+                    .chain(self.stopped.values())
+                    .cloned()
+                    .collect(),
             }))),
             ConciergeRequest::GetVmInfo { name, .. } => {
                 ready(reply(self.vm(&name).map(|v| ConciergeReply::VmInfo {
@@ -140,11 +171,11 @@ impl Concierge {
                 })))
             }
             ConciergeRequest::StartVm(start) => match self.plan_start(start) {
-                Ok((plan, hv)) => self.start_vm(plan, hv, ctx),
+                Ok((plan, hv)) => self.start_vm(plan, hv),
                 Err(e) => ready(Body::Error(e)),
             },
-            ConciergeRequest::StopVm { name, .. } => self.stop_vm(&name),
-            ConciergeRequest::StopAllVms {} => self.stop_all(),
+            ConciergeRequest::StopVm { name, .. } => self.stop_vm(&name, deadline),
+            ConciergeRequest::StopAllVms {} => self.stop_all(deadline),
             ConciergeRequest::SuspendVm { name, .. } | ConciergeRequest::ResumeVm { name, .. } => {
                 ready(reply(self.vm(&name).and_then(|_| {
                     Err(CrosError::unsupported(format!(
@@ -157,7 +188,7 @@ impl Concierge {
                     disk::create(&self.config.state_dir, &name, size)
                 })))
             }
-            ConciergeRequest::DestroyDiskImage { name, .. } => self.destroy_disk(&name),
+            ConciergeRequest::DestroyDiskImage { name, .. } => self.destroy_disk(&name, deadline),
             ConciergeRequest::ListVmDisks {} => self.list_disks(),
             ConciergeRequest::ExportDiskImage {
                 name,
@@ -241,12 +272,7 @@ impl Concierge {
         Ok((plan, hv))
     }
 
-    fn start_vm(
-        &mut self,
-        plan: BootPlan,
-        hv: Arc<dyn Hypervisor>,
-        ctx: &mut Context<Self>,
-    ) -> Reply {
+    fn start_vm(&mut self, plan: BootPlan, hv: Arc<dyn Hypervisor>) -> Reply {
         let name = plan.request.name.clone();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let generation = self.next_generation;
@@ -261,7 +287,9 @@ impl Concierge {
             status: VmStatus::Starting,
             hypervisor: hv.name().to_string(),
             vsock_socket: plan.vsock_uds().display().to_string(),
+            detail: String::new(),
         };
+        self.stopped.remove(&name);
         self.vms.insert(
             name.clone(),
             VmEntry {
@@ -276,10 +304,11 @@ impl Concierge {
         self.publish(ConciergeEvent::VmStartingUp { name: name.clone() });
         tracing::info!(vm = %name, cid = plan.cid, hypervisor = hv.name(), "starting VM");
 
-        let addr = ctx.address();
+        // To whichever concierge instance is current when it happens (see handover.rs).
+        let handover = self.handover.clone();
         let exited_name = name.clone();
         let on_exit = move |exit| {
-            addr.do_send(VmExited {
+            handover.vm_exited(VmExited {
                 name: exited_name,
                 generation,
                 exit,
@@ -303,6 +332,9 @@ impl Concierge {
                         entry.info.pid = watcher.pid;
                         entry.watcher = Some(Arc::new(watcher));
                         entry.bridges = Some(bridges);
+                        if let Err(e) = vm_record::write(&entry.run_dir, &entry.info) {
+                            tracing::warn!(vm = %name, error = %e, "cannot record the running VM");
+                        }
                         let vm_info = entry.info.clone();
                         tracing::info!(vm = %name, pid = vm_info.pid, "VM running");
                         act.publish(ConciergeEvent::VmStarted {
@@ -324,7 +356,7 @@ impl Concierge {
         )
     }
 
-    fn stop_vm(&mut self, name: &str) -> Reply {
+    fn stop_vm(&mut self, name: &str, deadline: Instant) -> Reply {
         let entry = match self.vm(name) {
             Ok(e) => e,
             Err(e) => return ready(Body::Error(e)),
@@ -344,14 +376,14 @@ impl Concierge {
         });
         let name = name.to_string();
         let (stop_name, bus) = (name.clone(), self.bus.clone());
-        let fut = async move { vm::stop(&bus, &stop_name, &watcher).await };
+        let fut = async move { vm::stop(&bus, &stop_name, &watcher, deadline).await };
         Box::pin(fut.into_actor(self).map(move |exit, act, _| {
             act.finish(&name, generation, StopReason::Requested, exit.detail);
             Body::ConciergeReply(ConciergeReply::VmStopped { name })
         }))
     }
 
-    fn stop_all(&mut self) -> Reply {
+    fn stop_all(&mut self, deadline: Instant) -> Reply {
         let mut running = Vec::new();
         for (name, e) in self.vms.iter_mut() {
             if let (Some(w), VmStatus::Running) = (e.watcher.clone(), e.info.status) {
@@ -368,7 +400,7 @@ impl Concierge {
             move |(name, generation, watcher)| {
                 let bus = bus.clone();
                 async move {
-                    let exit = vm::stop(&bus, &name, &watcher).await;
+                    let exit = vm::stop(&bus, &name, &watcher, deadline).await;
                     (name, generation, exit)
                 }
             },
@@ -432,18 +464,36 @@ impl Actor for Concierge {
     /// Guest actors' events reach concierge through the bus: the bridge on a VM's port 7777
     /// publishes maitred's VmReady from `maitred@<vm>`.
     fn started(&mut self, ctx: &mut Self::Context) {
-        let me = ctx.address();
-        let sink: EventSink = Arc::new(move |env| {
-            me.do_send(GuestEvent(env));
-            me.connected()
+        self.handover.set_current(ctx.address().downgrade());
+        for info in self.stopped.values() {
+            self.bus.publish(
+                &Self::me(),
+                Body::ConciergeEvent(ConciergeEvent::VmStopped {
+                    name: info.name.clone(),
+                    reason: StopReason::DaemonKilled,
+                    detail: vm_record::exit_of(info).detail,
+                }),
+            );
+        }
+        let me = ctx.address().downgrade();
+        let sink: EventSink = Arc::new(move |env| match me.upgrade() {
+            Some(me) => {
+                me.do_send(GuestEvent(env));
+                true
+            }
+            None => false,
         });
         self.bus
             .subscribe(Self::me(), vec!["MaitredEvent".into()], sink);
     }
 
-    /// crosd is going away (or this actor is being replaced): stop every VM's processes so no
-    /// hypervisor outlives its daemon.
+    /// crosd is going away: stop every VM's processes so no hypervisor outlives its daemon (the
+    /// daemon has asked for StopAllVms first; this is for what did not stop in time). An
+    /// instance that stops while crosd runs hands its VMs over instead (see [`Drop`]).
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if !self.bus.is_shutting_down() {
+            return;
+        }
         let watchers: Vec<(String, u64, Arc<VmWatcher>)> = self
             .vms
             .iter()
@@ -464,12 +514,27 @@ impl Actor for Concierge {
     }
 }
 
+/// A concierge that dies while crosd runs (a panic: the supervisor builds the next one) hands its
+/// VMs over instead of stopping them; at crosd's shutdown, [`Actor::stopped`] has stopped them.
+impl Drop for Concierge {
+    fn drop(&mut self) {
+        if self.bus.is_shutting_down() || self.vms.is_empty() && self.stopped.is_empty() {
+            return;
+        }
+        self.handover.put(handover::VmTable {
+            vms: std::mem::take(&mut self.vms),
+            next_generation: self.next_generation,
+            stopped: std::mem::take(&mut self.stopped),
+        });
+    }
+}
+
 impl Handler<Deliver> for Concierge {
     type Result = ResponseActFuture<Self, Body>;
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
         match msg.env.body {
-            Body::Concierge(req) => self.handle_request(req, ctx),
+            Body::Concierge(req) => self.handle_request(req, msg.deadline),
             other => ready(not_mine("concierge", &other)),
         }
     }
@@ -532,6 +597,7 @@ mod tests {
     use super::*;
     use crate::bus::BusConfig;
     use cros_messages::ErrorKind;
+    use cros_messages::concierge::VmStatus;
 
     pub(super) fn concierge(dir: &std::path::Path) -> Concierge {
         Concierge::new(
@@ -627,6 +693,120 @@ mod tests {
             addr.send(req(ConciergeRequest::ListVms {})).await.unwrap(),
             Body::ConciergeReply(ConciergeReply::Vms { vms: vec![] })
         );
+    }
+
+    /// Answers LoadComponent with a component whose files nobody reads (the stand-in
+    /// hypervisor boots nothing).
+    struct FakeImageloader;
+
+    impl Actor for FakeImageloader {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Deliver> for FakeImageloader {
+        type Result = actix::MessageResult<Deliver>;
+        fn handle(&mut self, _: Deliver, _: &mut Context<Self>) -> Self::Result {
+            let component = cros_messages::imageloader::LoadedComponent {
+                name: vm::TERMINA_COMPONENT.into(),
+                version: "1".into(),
+                kernel: "/nonexistent/vm_kernel".into(),
+                rootfs: "/nonexistent/vm_rootfs.img".into(),
+                tools: "/nonexistent/vm_tools.img".into(),
+                initrd: None,
+            };
+            actix::MessageResult(Body::ImageloaderReply(
+                cros_messages::imageloader::ImageloaderReply::Loaded { component },
+            ))
+        }
+    }
+
+    async fn vms(c: &actix::Addr<Concierge>) -> Vec<VmInfo> {
+        match c.send(deliver(ConciergeRequest::ListVms {})).await.unwrap() {
+            Body::ConciergeReply(ConciergeReply::Vms { vms }) => vms,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn until<F: std::future::Future<Output = bool>>(
+        what: &str,
+        mut probe: impl FnMut() -> F,
+    ) {
+        let start = Instant::now();
+        while !probe().await {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What a supervisor restart does (a fresh instance on the same handover), with the VM
+    /// process a stand-in: the new instance runs the old one's VM and hears of its exit.
+    #[actix::test]
+    async fn a_concierge_that_died_hands_its_running_vms_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = BusHandle::new(BusConfig::default()).unwrap();
+        bus.register(
+            Addr::host("imageloader"),
+            FakeImageloader.start().recipient(),
+        );
+        let stand_in = Arc::new(cros_hypervisor::StandInBackend::new("qemu"));
+        let config = HostConfig {
+            hypervisor: crate::config::HypervisorConfig {
+                backend: Some(stand_in.clone()),
+                ..Default::default()
+            },
+            ..HostConfig::new(dir.path(), dir.path().join("run"))
+        };
+        let handover = Arc::new(Handover::default());
+        let first = Concierge::with_handover(bus.clone(), config.clone(), handover.clone()).start();
+        first
+            .send(deliver(ConciergeRequest::CreateDiskImage {
+                name: "termina".into(),
+                owner_id: String::new(),
+                size: 1 << 30,
+            }))
+            .await
+            .unwrap();
+        let start = StartVm {
+            start_termina: false,
+            ..StartVm::named("termina")
+        };
+        let started = first.send(deliver(ConciergeRequest::StartVm(start)));
+        let booting = tokio::spawn(started);
+        until("the VM is starting", || async {
+            !vms(&first).await.is_empty()
+        })
+        .await;
+        bus.publish(
+            &Addr::in_vm("maitred", "termina"),
+            Body::MaitredEvent(MaitredEvent::VmReady {}),
+        );
+        let reply = booting.await.unwrap().unwrap();
+        assert!(
+            matches!(
+                reply,
+                Body::ConciergeReply(ConciergeReply::VmStarted { .. })
+            ),
+            "{reply:?}"
+        );
+
+        drop(first);
+        until("the dead instance handed its table over", || async {
+            handover.holds_table()
+        })
+        .await;
+        let second = Concierge::with_handover(bus.clone(), config, handover.clone()).start();
+        let adopted = vms(&second).await;
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(
+            (adopted[0].name.as_str(), adopted[0].status),
+            ("termina", VmStatus::Running)
+        );
+        // The VM's exit reaches the instance that runs it now.
+        assert!(stand_in.power_off("termina"));
+        until("the new instance saw the VM exit", || async {
+            vms(&second).await.is_empty()
+        })
+        .await;
     }
 
     #[actix::test]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cros_hypervisor::{DiskSpec, Hypervisor, VmHandle, VmSpec, VsockSpec};
 use cros_messages::concierge::StartVm;
@@ -218,7 +218,17 @@ fn watch(
 ) {
     let pid = handle.pid();
     let status = 'watch: loop {
-        while let Ok(command) = command_rx.try_recv() {
+        loop {
+            let command = match command_rx.try_recv() {
+                Ok(command) => command,
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                // Nobody holds the VM's watcher any more (its boot was lost with a crashed
+                // concierge): nobody could ever stop it, so stop it now.
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    tracing::warn!(pid, "the VM's watcher was dropped: stopping the VM");
+                    break 'watch handle.stop(KILL_GRACE);
+                }
+            };
             match command {
                 WatcherCommand::Stop(grace) => break 'watch handle.stop(grace),
                 WatcherCommand::RequestShutdown(done) => {
@@ -421,45 +431,52 @@ fn vm_spec(plan: &BootPlan, component: &LoadedComponent) -> VmSpec {
 }
 
 /// Stops a VM: maitred Shutdown; if maitred does not answer or the VM stays up, the ACPI power
-/// button; then the VMM, SIGTERM, SIGKILL. Returns how it ended.
-pub async fn stop(bus: &BusHandle, name: &str, watcher: &VmWatcher) -> VmExit {
+/// button; then the VMM, SIGTERM, SIGKILL. The gentle steps get what is left of `deadline` after
+/// the time the forced stop needs, so a stop asked to finish by then does (crosd's own shutdown
+/// gives every VM the same bounded time). Returns how it ended.
+pub async fn stop(bus: &BusHandle, name: &str, watcher: &VmWatcher, deadline: Instant) -> VmExit {
+    // SIGTERM, the grace, SIGKILL and the reaping.
+    let forced = KILL_GRACE + Duration::from_secs(5);
+    let gentle_until = deadline.checked_sub(forced).unwrap_or_else(Instant::now);
+    let left = |step: Duration| step.min(gentle_until.saturating_duration_since(Instant::now()));
     if let Some(exit) = watcher.wait_exit(Duration::ZERO).await {
         return exit;
     }
-    let acknowledged =
-        match ask_maitred(bus, name, MaitredRequest::Shutdown {}, SHUTDOWN_TIMEOUT).await {
+    let shutdown = left(SHUTDOWN_TIMEOUT);
+    let acknowledged = !shutdown.is_zero()
+        && match ask_maitred(bus, name, MaitredRequest::Shutdown {}, shutdown).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(vm = name, error = %e, "maitred Shutdown failed");
                 false
             }
         };
-    if acknowledged && let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
+    if acknowledged && let Some(exit) = watcher.wait_exit(left(EXIT_AFTER_SHUTDOWN)).await {
         return exit;
     }
     // A guest whose maitred is gone may still honour the power button (the kernel's ACPI
     // button driver), which is kinder to its filesystems than a signal to the VMM.
-    match watcher.request_shutdown().await {
-        Ok(()) => {
-            tracing::warn!(vm = name, "pressed the VM's power button");
-            if let Some(exit) = watcher.wait_exit(EXIT_AFTER_SHUTDOWN).await {
-                return exit;
+    let button = left(EXIT_AFTER_SHUTDOWN);
+    if !button.is_zero() {
+        match watcher.request_shutdown().await {
+            Ok(()) => {
+                tracing::warn!(vm = name, "pressed the VM's power button");
+                if let Some(exit) = watcher.wait_exit(left(EXIT_AFTER_SHUTDOWN)).await {
+                    return exit;
+                }
             }
+            Err(e) => tracing::warn!(vm = name, error = %e, "cannot press the VM's power button"),
         }
-        Err(e) => tracing::warn!(vm = name, error = %e, "cannot press the VM's power button"),
     }
     tracing::warn!(
         vm = name,
         "VM still running after Shutdown and the power button: SIGTERM, then SIGKILL"
     );
     watcher.stop(KILL_GRACE);
-    watcher
-        .wait_exit(KILL_GRACE + Duration::from_secs(5))
-        .await
-        .unwrap_or(VmExit {
-            success: false,
-            detail: "the hypervisor did not exit after SIGKILL".into(),
-        })
+    watcher.wait_exit(forced).await.unwrap_or(VmExit {
+        success: false,
+        detail: "the hypervisor did not exit after SIGKILL".into(),
+    })
 }
 
 /// Lowest free context id from 3 up.

@@ -41,8 +41,8 @@ enum LogFormat {
 /// seneschal, vmlog_forwarder) behind a Unix control socket that crosmsg, vmc and vsh use.
 ///
 /// Logging follows RUST_LOG (default: info), e.g. RUST_LOG=debug or RUST_LOG=cros_actors=debug.
-/// SIGTERM or SIGINT stops it gracefully: no new connections, in-flight requests finish, the
-/// socket is removed.
+/// SIGTERM or SIGINT stops it gracefully: no new connections, in-flight requests finish, every
+/// VM is stopped in order as `vmc stop` does (within --vm-stop-timeout), the socket is removed.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -70,6 +70,10 @@ struct Args {
     /// Directory holding the `crosvm` binary (VMM and vhost-user backends) [default: beside crosd].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// At SIGTERM/SIGINT, the seconds the running VMs get, all together and in parallel, to stop
+    /// in order (maitred Shutdown, then the power button, then the VMM) before they are killed.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    vm_stop_timeout: u64,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             bin_dir: args.bin_dir,
             backend: None,
         },
+        vm_stop_timeout: std::time::Duration::from_secs(args.vm_stop_timeout),
     };
     let system = actix::System::new();
     let result = system.block_on(async {

@@ -242,6 +242,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "{:<16} {:<9} {:>4} {:>8}  {}",
                         vm.name, vm.status, vm.cid, vm.pid, vm.hypervisor
                     );
+                    if !vm.detail.is_empty() {
+                        println!("  {}", vm.detail);
+                    }
                 }
             }
             println!();

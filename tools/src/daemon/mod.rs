@@ -12,8 +12,9 @@ use cros_actors::HypervisorConfig;
 use cros_actors::bus::BusError;
 use cros_actors::host::SpawnError;
 use cros_actors::{BusConfig, BusHandle, HostConfig, start_host_actors};
-use cros_messages::Body;
 use cros_messages::bus::BusEvent;
+use cros_messages::concierge::{ConciergeReply, ConciergeRequest};
+use cros_messages::{Addr, Body};
 use socket::{AccessPolicy, SocketError, SocketGroup, bind_control_socket};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub const SOCKET_NAME: &str = "crosd.sock";
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown gives the running VMs, all together, to stop in order.
+pub const DEFAULT_VM_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -38,6 +41,9 @@ pub struct DaemonConfig {
     /// Record every routed envelope to this file.
     pub trace: Option<PathBuf>,
     pub hypervisor: HypervisorConfig,
+    /// At shutdown, every VM is stopped as `vmc stop` does (maitred Shutdown, power button,
+    /// VMM), all in parallel, within this time.
+    pub vm_stop_timeout: Duration,
 }
 
 impl DaemonConfig {
@@ -51,6 +57,7 @@ impl DaemonConfig {
             socket_group: None,
             trace: None,
             hypervisor: HypervisorConfig::default(),
+            vm_stop_timeout: DEFAULT_VM_STOP_TIMEOUT,
         }
     }
 }
@@ -81,6 +88,7 @@ pub struct Daemon {
     bus: BusHandle,
     policy: Arc<AccessPolicy>,
     socket: PathBuf,
+    vm_stop_timeout: Duration,
 }
 
 impl Daemon {
@@ -153,6 +161,7 @@ impl Daemon {
             bus,
             policy: Arc::new(AccessPolicy::new(group)),
             socket: config.socket.clone(),
+            vm_stop_timeout: config.vm_stop_timeout,
         })
     }
 
@@ -207,11 +216,29 @@ impl Daemon {
         {
             tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
         }
+        stop_vms(&self.bus, self.vm_stop_timeout).await;
         self.bus.shutdown();
         if let Err(e) = std::fs::remove_file(&self.socket) {
             tracing::warn!(socket = %self.socket.display(), error = %e, "cannot remove socket");
         }
         tracing::info!("crosd stopped");
+    }
+}
+
+/// Stops every VM in order, as `vmc stop` does, so that what a guest wrote reaches its disk;
+/// VMs still running after `timeout` are killed when the actors stop.
+async fn stop_vms(bus: &BusHandle, timeout: Duration) {
+    let stop = Body::Concierge(ConciergeRequest::StopAllVms {});
+    tracing::info!("stopping every VM (at most {timeout:?})");
+    match bus
+        .request_with_deadline(bus.addr(), &Addr::host("concierge"), stop, timeout)
+        .await
+    {
+        Ok(Body::ConciergeReply(ConciergeReply::AllVmsStopped { count })) => {
+            tracing::info!(count, "VMs stopped")
+        }
+        Ok(other) => tracing::warn!(reply = %other.type_name(), "unexpected StopAllVms reply"),
+        Err(e) => tracing::warn!(error = %e, "VMs did not all stop in order; killing the rest"),
     }
 }
 
