@@ -440,8 +440,14 @@ fn trace_show_stats_and_replay_reproduce_a_session() {
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(
         lines.len(),
-        21,
-        "what crosd ran with, 10 requests and 10 replies: {lines:#?}"
+        23,
+        "what crosd ran with, 10 requests and 10 replies, and the StopAllVms of its shutdown: \
+         {lines:#?}"
+    );
+    assert!(
+        lines[21].contains("bus -> concierge Concierge::StopAllVms"),
+        "{}",
+        lines[21]
     );
     assert!(
         lines[0].contains("bus -> bus BusEvent::DaemonStarted"),
