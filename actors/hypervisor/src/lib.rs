@@ -7,8 +7,10 @@
 //! Backends: [`qemu::QemuBackend`] (QEMU microvm, TCG or KVM, with our vhost-user-vsock backend
 //! process) and [`crosvm::CrosvmBackend`] (our own VMM, for hosts whose KVM boots Linux).
 
+pub mod console;
 pub mod crosvm;
 pub mod error;
+pub mod fsutil;
 pub mod handle;
 pub mod initramfs;
 pub mod qemu;
