@@ -266,11 +266,7 @@ fn watch(
 
 /// The last lines of the console log, for error messages.
 pub fn console_tail(console: &Path) -> String {
-    let text = std::fs::read(console)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+    cros_hypervisor::console::tail(console, CONSOLE_TAIL_LINES)
 }
 
 async fn load_component(
