@@ -4,7 +4,8 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use cros_actors::host::{HypervisorConfig, HypervisorKind};
 use cros_tools::daemon::{
-    DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME, termination_signal,
+    DEFAULT_MAX_CLIENTS, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME,
+    limits::raise_fd_limit, termination_signal,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,14 +43,16 @@ enum LogFormat {
 ///
 /// Logging follows RUST_LOG (default: info), e.g. RUST_LOG=debug or RUST_LOG=cros_actors=debug.
 /// SIGTERM or SIGINT stops it gracefully: no new connections, in-flight requests finish, the
-/// socket is removed.
+/// socket is removed. One crosd per state directory: STATE/crosd.lock is held while it runs.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Persistent state: components, disks, logs.
+    /// Persistent state: components, disks, logs. Created 0700 when missing; locked
+    /// (STATE/crosd.lock) so that a second crosd on it exits at once.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Runtime state: the control socket and per-VM runtime directories.
+    /// Runtime state: the control socket and per-VM runtime directories. Created 0700 (0710
+    /// with the socket group, with --socket-group) when missing.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// Control socket path [default: RUN_DIR/crosd.sock]. Refuses to start when another crosd
@@ -70,6 +73,9 @@ struct Args {
     /// Directory holding the `crosvm` binary (VMM and vhost-user backends) [default: beside crosd].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
+    /// Control connections served at once; more are refused with an error saying so.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -94,6 +100,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    raise_fd_limit();
     let config = DaemonConfig {
         socket: args
             .socket
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
             kind: args.hypervisor.into(),
             bin_dir: args.bin_dir,
         },
+        max_clients: args.max_clients,
     };
     let system = actix::System::new();
     let result = system.block_on(async {
