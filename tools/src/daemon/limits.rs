@@ -15,16 +15,12 @@ pub fn raise_fd_limit() -> u64 {
         }
     };
     if soft >= hard {
-        tracing::info!(limit = soft, "RLIMIT_NOFILE already at its hard limit");
+        tracing::info!("RLIMIT_NOFILE is already at its hard limit {soft}");
         return soft;
     }
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
         Ok(()) => {
-            tracing::info!(
-                from = soft,
-                to = hard,
-                "raised RLIMIT_NOFILE to its hard limit"
-            );
+            tracing::info!("raised RLIMIT_NOFILE from {soft} to its hard limit {hard}");
             hard
         }
         Err(e) => {
