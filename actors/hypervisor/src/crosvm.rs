@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use crate::console::{ConsolePipe, MAX_CONSOLE_BYTES};
 use crate::fsutil::ensure_private_dir;
 use crate::handle::{OwnedChild, VmControl, VmHandle, die_with_parent_thread};
-use crate::qemu::{remove_console_logs, remove_stale_socket, resolve_binary, wait_first_output};
+use crate::qemu::{
+    remove_console_logs, remove_stale_socket, resolve_binary, wait_first_output, wait_listening,
+};
 use crate::{Hypervisor, HypervisorError, VmSpec};
 
 /// How long `crosvm run` may take to set the VM up and listen on its control socket.
@@ -169,7 +171,11 @@ impl Hypervisor for CrosvmBackend {
         let mut handle =
             VmHandle::new(vmm, Vec::new(), spec.console_log.clone(), 1).with_console(logger);
         // Whoever sees the VM running may control it at once: the control socket comes first.
-        handle.wait_vmm_listening(&Self::control_socket(spec), CONTROL_LISTEN_TIMEOUT)?;
+        wait_listening(
+            handle.vmm_mut(),
+            &Self::control_socket(spec),
+            CONTROL_LISTEN_TIMEOUT,
+        )?;
         let mut handle = handle.with_control(VmControl::Crosvm {
             crosvm: crosvm.clone(),
             socket: Self::control_socket(spec),

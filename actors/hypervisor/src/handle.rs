@@ -164,14 +164,9 @@ impl VmHandle {
         }
     }
 
-    /// Waits until the VMM listens on `socket` (its control socket), as
-    /// [`crate::qemu::wait_listening`] waits for a backend.
-    pub(crate) fn wait_vmm_listening(
-        &mut self,
-        socket: &Path,
-        timeout: Duration,
-    ) -> Result<(), HypervisorError> {
-        crate::qemu::wait_listening(&mut self.vmm, socket, timeout)
+    /// The VMM process, for a backend's start-up checks.
+    pub(crate) fn vmm_mut(&mut self) -> &mut OwnedChild {
+        &mut self.vmm
     }
 
     /// Process id of the VMM (QEMU or crosvm).
