@@ -39,11 +39,22 @@ impl Crosd {
     }
 
     fn start_with(dir: &Path, state: &Path, extra: &[&str]) -> Crosd {
+        Self::start_custom(dir, state, extra, |_| {})
+    }
+
+    /// As [`Crosd::start_with`], with `customize` applied to the command first (a umask, a
+    /// resource limit).
+    fn start_custom(
+        dir: &Path,
+        state: &Path,
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Crosd {
         let run = dir.join("run");
         let socket = run.join("crosd.sock");
         let log = dir.join(format!("crosd-{}.log", now_ns()));
-        let child = Command::new(bin("crosd"))
-            .arg("--state-dir")
+        let mut cmd = Command::new(bin("crosd"));
+        cmd.arg("--state-dir")
             .arg(state)
             .arg("--run-dir")
             .arg(&run)
@@ -51,9 +62,9 @@ impl Crosd {
             .env("RUST_LOG", "debug")
             .env_remove("CROSD_SOCKET")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn crosd");
+            .stderr(std::fs::File::create(&log).unwrap());
+        customize(&mut cmd);
+        let child = cmd.spawn().expect("spawn crosd");
         let mut d = Crosd {
             child: Some(child),
             socket,
@@ -276,7 +287,7 @@ fn second_crosd_on_the_same_socket_is_refused() {
     let d = Crosd::start(dir.path(), &[]);
     let out = Command::new(bin("crosd"))
         .arg("--state-dir")
-        .arg(&d.state)
+        .arg(dir.path().join("state2"))
         .arg("--socket")
         .arg(&d.socket)
         .arg("--run-dir")
@@ -284,13 +295,109 @@ fn second_crosd_on_the_same_socket_is_refused() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let pid = d.child.as_ref().unwrap().id();
     assert!(
-        stderr(&out).contains("another crosd is already serving"),
+        stderr(&out).contains("another crosd is already serving")
+            && stderr(&out).contains(&format!("pid {pid}")),
         "{}",
         stderr(&out)
     );
     // The first one is unharmed.
     assert!(d.crosmsg(&["list"]).status.success());
+}
+
+/// crosd on `state` and `run` in the foreground, for runs expected to fail at start.
+fn crosd_output(state: &Path, run: &Path) -> Output {
+    Command::new(bin("crosd"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--run-dir")
+        .arg(run)
+        .env_remove("CROSD_SOCKET")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn second_crosd_on_the_same_state_directory_exits_naming_it_and_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let pid = d.child.as_ref().unwrap().id();
+    // Another socket, the same disks: refused all the same.
+    let out = crosd_output(&d.state, &dir.path().join("run2"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("state directory {} is in use", d.state.display()))
+            && err.contains(&format!("pid {pid}"))
+            && err.contains("crosd.lock"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("run2/crosd.sock").exists(),
+        "it stopped before binding"
+    );
+    assert!(d.crosmsg(&["list"]).status.success());
+}
+
+/// Two crosd started at the same moment on one state directory, with a stale socket file
+/// left where both want theirs: each time exactly one serves and the other exits with the
+/// lock's message, never both replacing the "stale" socket.
+#[test]
+fn two_crosd_starting_at_once_never_both_take_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+    std::fs::create_dir_all(&run).unwrap();
+    let socket = run.join("crosd.sock");
+    for round in 0..5 {
+        // A socket nobody listens on, as the SIGKILLed winner of the round before leaves it.
+        let _ = std::fs::remove_file(&socket);
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let start = |_| {
+            Command::new(bin("crosd"))
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--run-dir")
+                .arg(&run)
+                .env_remove("CROSD_SOCKET")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut pair: Vec<Child> = (0..2).map(start).collect();
+        // The loser exits at once; the winner serves until told to stop.
+        let started = Instant::now();
+        let loser = loop {
+            if let Some(i) = (0..2).find(|&i| pair[i].try_wait().unwrap().is_some()) {
+                break i;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "round {round}: both kept running"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let out = pair.remove(loser).wait_with_output().unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("is in use by another crosd"),
+            "{}",
+            stderr(&out)
+        );
+        let mut winner = pair.pop().unwrap();
+        let started = Instant::now();
+        while !crosmsg(&socket, &["list"]).status.success() {
+            assert!(
+                winner.try_wait().unwrap().is_none(),
+                "round {round}: the winner died"
+            );
+            assert!(started.elapsed() < PATIENCE, "round {round}: nobody serves");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe { libc::kill(winner.id() as i32, libc::SIGKILL) };
+        winner.wait().unwrap();
+    }
 }
 
 #[test]
@@ -727,4 +834,188 @@ fn json_log_format_writes_json_lines() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every log line is JSON"))
         .find(|v| v["fields"]["message"] == "crosd ready");
     assert!(ready.is_some(), "{text}");
+}
+
+/// Sets the umask of the crosd `cmd` starts.
+fn with_umask(cmd: &mut Command, mask: libc::mode_t) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(mask);
+            Ok(())
+        });
+    }
+}
+
+/// Sets RLIMIT_NOFILE of the crosd `cmd` starts.
+fn with_fd_limit(cmd: &mut Command, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn directories_socket_and_locks_are_private_under_umask_000() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let d = Crosd::start_custom(dir.path(), &state, &[], |cmd| with_umask(cmd, 0));
+    assert_eq!(mode_of(&state), 0o700);
+    assert_eq!(mode_of(&dir.path().join("run")), 0o700);
+    assert_eq!(mode_of(&d.socket), 0o600);
+    assert_eq!(mode_of(&state.join("crosd.lock")), 0o600);
+    assert_eq!(mode_of(&dir.path().join("run/crosd.sock.lock")), 0o600);
+    // The lock names its holder.
+    let pid = d.child.as_ref().unwrap().id();
+    assert_eq!(
+        std::fs::read_to_string(state.join("crosd.lock"))
+            .unwrap()
+            .trim(),
+        pid.to_string()
+    );
+}
+
+/// The soft limit of `pid`'s open files, from /proc.
+fn soft_fd_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let d = Crosd::start_custom(dir.path(), &state, &[], |cmd| with_fd_limit(cmd, 256, 4096));
+    assert_eq!(soft_fd_limit(d.child.as_ref().unwrap().id()), 4096);
+    let log = d.log_text();
+    assert!(
+        log.contains("raised RLIMIT_NOFILE from 256 to its hard limit 4096"),
+        "{log}"
+    );
+}
+
+/// One control client on its own thread: connects, waits until all are connected, asks for
+/// the actor list.
+fn list_actors_raw(socket: &Path, all_connected: &std::sync::Barrier) -> Vec<String> {
+    let mut s = raw_connection(socket);
+    all_connected.wait();
+    let req = Envelope::new(
+        1,
+        1,
+        Addr::host("e2e"),
+        Addr::host("bus"),
+        Body::Bus(cros_messages::bus::BusRequest::ListActors {}),
+    );
+    framing::write_message(&mut s, &req, MAX_CONTROL_FRAME).unwrap();
+    let reply: Envelope = framing::read_message(&mut s, MAX_CONTROL_FRAME).unwrap();
+    match reply.body {
+        Body::BusReply(cros_messages::bus::BusReply::Actors { actors }) => {
+            actors.into_iter().map(|a| a.addr.actor).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_hundred_concurrent_control_clients_all_get_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &[]);
+    let all_connected = std::sync::Arc::new(std::sync::Barrier::new(100));
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let (socket, all) = (d.socket.clone(), all_connected.clone());
+            std::thread::spawn(move || list_actors_raw(&socket, &all))
+        })
+        .collect();
+    for c in clients {
+        let actors = c.join().unwrap();
+        assert!(actors.iter().any(|a| a == "concierge"), "{actors:?}");
+    }
+}
+
+#[test]
+fn clients_over_max_clients_are_refused_with_a_reason_and_served_once_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Crosd::start(dir.path(), &["--max-clients", "2"]);
+    let held: Vec<UnixStream> = (0..2).map(|_| raw_connection(&d.socket)).collect();
+    let out = d.crosmsg(&["list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("at most 2 control connections"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        d.log_text().contains("refusing a control connection"),
+        "{}",
+        d.log_text()
+    );
+    drop(held);
+    let start = Instant::now();
+    while !d.crosmsg(&["list"]).status.success() {
+        assert!(start.elapsed() < PATIENCE, "the slots never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With a hard limit of 64 descriptors, 200 connections that never say Hello exhaust crosd's
+/// descriptors: the ones it cannot take are closed (not left hanging in the backlog), and once
+/// the others go, crosd answers again: the accept loop did not give up.
+#[test]
+fn the_accept_loop_keeps_working_after_running_out_of_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let d = Crosd::start_custom(dir.path(), &state, &["--max-clients", "1000"], |cmd| {
+        with_fd_limit(cmd, 64, 64)
+    });
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        match UnixStream::connect(&d.socket) {
+            Ok(s) => held.push(s),
+            // A full backlog while crosd is busy closing: enough pressure already.
+            Err(_) => break,
+        }
+    }
+    let start = Instant::now();
+    while !d.log_text().contains("out of file descriptors") {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "crosd never ran out: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Some connection was closed by crosd rather than left unanswered.
+    let closed = held.iter_mut().any(|s| {
+        s.set_nonblocking(true).unwrap();
+        matches!(std::io::Read::read(s, &mut [0u8; 1]), Ok(0))
+    });
+    assert!(closed, "no connection was closed");
+    drop(held);
+    let start = Instant::now();
+    while !d.crosmsg(&["list"]).status.success() {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "crosd stopped accepting: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

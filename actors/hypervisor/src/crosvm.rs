@@ -1,6 +1,6 @@
 //! The `crosvm` backend: our own VMM (`crosvm run`, vmm/) on KVM. Disks become virtio-blk
-//! devices with their serials, the vsock device runs in the VMM process, the console goes to
-//! the spec's log, and the VMM listens on a control socket in the run directory. Only for
+//! devices with their serials, the vsock device runs in the VMM process, the console goes
+//! through a pipe into the spec's bounded log (see [`crate::console`]), and the VMM listens on a control socket in the run directory. Only for
 //! hosts whose /dev/kvm can boot a stock kernel (`crosvm probe`); elsewhere the `qemu` backend
 //! runs VMs.
 
@@ -9,9 +9,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::console::{ConsolePipe, MAX_CONSOLE_BYTES};
+use crate::fsutil::ensure_private_dir;
 use crate::handle::{OwnedChild, VmControl, VmHandle, die_with_parent_thread};
 use crate::qemu::{
-    remove_file_if_exists, remove_stale_socket, resolve_binary, wait_first_output, wait_listening,
+    remove_console_logs, remove_stale_socket, resolve_binary, wait_first_output, wait_listening,
 };
 use crate::{Hypervisor, HypervisorError, VmSpec};
 
@@ -40,8 +42,8 @@ impl CrosvmBackend {
         spec.run_dir.join("crosvm.sock")
     }
 
-    /// The `crosvm run` arguments for `spec`.
-    pub fn args(&self, spec: &VmSpec) -> Vec<OsString> {
+    /// The `crosvm run` arguments for `spec`, writing the guest console to `console_path`.
+    pub fn args(&self, spec: &VmSpec, console_path: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "run".into(),
             "--cpus".into(),
@@ -75,7 +77,7 @@ impl CrosvmBackend {
         }
         args.extend([
             "--serial-log".into(),
-            spec.console_log.clone().into(),
+            console_path.into(),
             "--socket".into(),
             Self::control_socket(spec).into(),
         ]);
@@ -128,8 +130,8 @@ impl Hypervisor for CrosvmBackend {
             let path = path.to_path_buf();
             move |source| HypervisorError::Io { path, source }
         };
-        fs::create_dir_all(&spec.run_dir).map_err(io(&spec.run_dir))?;
-        remove_file_if_exists(&spec.console_log)?;
+        ensure_private_dir(&spec.run_dir).map_err(io(&spec.run_dir))?;
+        remove_console_logs(&spec.console_log)?;
         remove_stale_socket(&Self::control_socket(spec))?;
         if let Some(vsock) = &spec.vsock {
             remove_stale_socket(&vsock.uds_path)?;
@@ -137,10 +139,14 @@ impl Hypervisor for CrosvmBackend {
         let log = spec.run_dir.join("crosvm.log");
         let out = fs::File::create(&log).map_err(io(&log))?;
         let err = out.try_clone().map_err(io(&log))?;
-        let args = self.args(spec);
+        // The VMM appends the console to the pipe (`--serial-log /dev/fd/N`); the logger keeps
+        // the log bounded, as for QEMU.
+        let console = ConsolePipe::new().map_err(io(&spec.console_log))?;
+        let args = self.args(spec, &console.vmm_path());
         tracing::info!(vm = %spec.name, "starting {} {:?}", crosvm.display(), args);
         let mut cmd = Command::new(&crosvm);
         cmd.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
+        console.pass_to(&mut cmd);
         if self.kill_with_parent_thread {
             die_with_parent_thread(&mut cmd);
         }
@@ -154,18 +160,26 @@ impl Hypervisor for CrosvmBackend {
             child,
             log,
         };
+        let logger = match console.start_logging(&spec.console_log, MAX_CONSOLE_BYTES) {
+            Ok(logger) => logger,
+            Err(e) => {
+                let _ = vmm.child.kill();
+                let _ = vmm.child.wait();
+                return Err(io(&spec.console_log)(e));
+            }
+        };
+        let mut handle =
+            VmHandle::new(vmm, Vec::new(), spec.console_log.clone(), 1).with_console(logger);
         // Whoever sees the VM running may control it at once: the control socket comes first.
         wait_listening(
-            &mut vmm,
+            handle.vmm_mut(),
             &Self::control_socket(spec),
             CONTROL_LISTEN_TIMEOUT,
         )?;
-        let mut handle = VmHandle::new(vmm, Vec::new(), spec.console_log.clone(), 1).with_control(
-            VmControl::Crosvm {
-                crosvm: crosvm.clone(),
-                socket: Self::control_socket(spec),
-            },
-        );
+        let mut handle = handle.with_control(VmControl::Crosvm {
+            crosvm: crosvm.clone(),
+            socket: Self::control_socket(spec),
+        });
         wait_first_output("crosvm", &mut handle, spec, 1)?;
         Ok(handle)
     }
@@ -208,7 +222,7 @@ mod tests {
             guest_cid: 3,
             uds_path: dir.path().join("vsock.sock"),
         });
-        let args = strings(&CrosvmBackend::new("crosvm").args(&spec));
+        let args = strings(&CrosvmBackend::new("crosvm").args(&spec, Path::new("/dev/fd/9")));
         let sock = dir.path().join("crosvm.sock");
         let want: Vec<String> = [
             "run",
@@ -235,7 +249,7 @@ mod tests {
         .chain([
             dir.path().join("vsock.sock").display().to_string(),
             "--serial-log".into(),
-            spec.console_log.display().to_string(),
+            "/dev/fd/9".into(),
             "--socket".into(),
             sock.display().to_string(),
         ])

@@ -6,6 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::HypervisorError;
+use crate::console::{ConsoleLogger, read_end};
 use crate::qmp;
 
 /// One process of a VM, with the name used in logs and errors.
@@ -61,6 +62,8 @@ pub struct VmHandle {
     start_attempts: u32,
     exit: Option<ExitStatus>,
     control: Option<VmControl>,
+    /// Copies the VMM's console pipe into `console_log`; finished once the VMM has exited.
+    console: Option<ConsoleLogger>,
 }
 
 impl VmHandle {
@@ -77,7 +80,13 @@ impl VmHandle {
             start_attempts,
             exit: None,
             control: None,
+            console: None,
         }
+    }
+
+    pub(crate) fn with_console(mut self, console: ConsoleLogger) -> Self {
+        self.console = Some(console);
+        self
     }
 
     pub(crate) fn with_control(mut self, control: VmControl) -> Self {
@@ -166,6 +175,11 @@ impl VmHandle {
             )),
             None => Err(control_error(&action, "this VM has no control socket")),
         }
+    }
+
+    /// The VMM process, for a backend's start-up checks.
+    pub(crate) fn vmm_mut(&mut self) -> &mut OwnedChild {
+        &mut self.vmm
     }
 
     /// Process id of the VMM (QEMU or crosvm).
@@ -261,9 +275,14 @@ impl VmHandle {
         self.stop_helpers();
     }
 
+    /// Runs once the VMM has exited: stops the helpers and waits until the console log holds
+    /// all the VMM wrote (its end of the pipe is closed now, so that wait is short).
     fn stop_helpers(&mut self) {
         for h in &mut self.helpers {
             h.kill_and_reap();
+        }
+        if let Some(console) = &mut self.console {
+            console.finish();
         }
     }
 }
@@ -297,9 +316,7 @@ fn control_error(action: &str, reason: impl std::fmt::Display) -> HypervisorErro
 
 /// The last `max` bytes of a log file, for error messages ("" when unreadable).
 pub(crate) fn log_tail(path: &Path, max: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
-        return String::new();
-    };
-    let start = bytes.len().saturating_sub(max);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
+    read_end(path, max as u64)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Errors building an initramfs.
@@ -217,17 +217,15 @@ impl Initramfs {
         out
     }
 
-    /// Writes the archive to `path` (atomically: a temporary file renamed into place).
+    /// Writes the archive to `path` (atomically and durably: see
+    /// [`crate::fsutil::write_atomically`]).
     pub fn write_to(&self, path: &Path) -> Result<(), InitramfsError> {
-        let werr = |e| InitramfsError::Write {
-            path: path.to_path_buf(),
-            source: e,
-        };
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&self.to_bytes()).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        fs::rename(&tmp, path).map_err(werr)
+        crate::fsutil::write_atomically(path, &self.to_bytes(), 0o644).map_err(|e| {
+            InitramfsError::Write {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        })
     }
 }
 

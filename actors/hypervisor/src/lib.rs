@@ -8,8 +8,10 @@
 //! process) and [`crosvm::CrosvmBackend`] (our own VMM, for hosts whose KVM boots Linux); and
 //! [`standin::StandInBackend`], which runs no VM, for isolated replay.
 
+pub mod console;
 pub mod crosvm;
 pub mod error;
+pub mod fsutil;
 pub mod handle;
 pub mod initramfs;
 pub mod qemu;

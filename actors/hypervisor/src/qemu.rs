@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::console::{ConsolePipe, MAX_CONSOLE_BYTES, rotated_path};
+use crate::fsutil::ensure_private_dir;
 use crate::handle::{OwnedChild, VmControl, VmHandle, die_with_parent_thread, log_tail};
 use crate::unix_listen::is_listening;
 use crate::{DiskSpec, Hypervisor, HypervisorError, VmSpec};
@@ -165,8 +167,14 @@ impl QemuBackend {
         spec.run_dir.join("qmp.sock")
     }
 
-    /// The QEMU arguments for `spec`, connecting to the vhost-user backends on `sockets`.
-    pub fn qemu_args(&self, spec: &VmSpec, sockets: &VhostUserSockets) -> Vec<OsString> {
+    /// The QEMU arguments for `spec`, connecting to the vhost-user backends on `sockets` and
+    /// writing the guest console to `console_path`.
+    pub fn qemu_args(
+        &self,
+        spec: &VmSpec,
+        sockets: &VhostUserSockets,
+        console_path: &Path,
+    ) -> Vec<OsString> {
         let accel = match self.accel {
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
@@ -197,8 +205,10 @@ impl QemuBackend {
             "none",
             "-no-reboot",
         ]);
+        // The console goes into a pipe (the chardev's path, see ConsolePipe) that crosd copies
+        // into the bounded, rotated console log; QEMU never writes the log itself.
         let mut console = OsString::from("file,id=console,path=");
-        console.push(&spec.console_log);
+        console.push(qemu_escape_commas(console_path));
         a.push("-chardev".into());
         a.push(console);
         a.extend(["-serial", "chardev:console"].map(OsString::from));
@@ -293,6 +303,7 @@ impl QemuBackend {
         program: &Path,
         args: &[OsString],
         log: &Path,
+        console: Option<&ConsolePipe>,
     ) -> Result<OwnedChild, HypervisorError> {
         let io_err = |source| HypervisorError::Io {
             path: log.to_path_buf(),
@@ -302,6 +313,9 @@ impl QemuBackend {
         let err = out.try_clone().map_err(io_err)?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        if let Some(console) = console {
+            console.pass_to(&mut cmd);
+        }
         if self.kill_with_parent_thread {
             die_with_parent_thread(&mut cmd);
         }
@@ -332,7 +346,7 @@ impl QemuBackend {
             hint: " (build it: cargo build -p cros-tools --bin crosvm)",
         })?;
         remove_stale_socket(socket)?;
-        let mut backend = self.spawn(what, &resolved, args, log)?;
+        let mut backend = self.spawn(what, &resolved, args, log, None)?;
         wait_listening(&mut backend, socket, self.backend_listen_timeout)?;
         Ok(backend)
     }
@@ -391,15 +405,20 @@ impl QemuBackend {
         let started = self
             .start_vhost_user_backends(spec, &mut helpers)
             .and_then(|sockets| {
-                remove_file_if_exists(&spec.console_log)?;
+                remove_console_logs(&spec.console_log)?;
                 remove_stale_socket(&Self::qmp_socket(spec))?;
-                let args = self.qemu_args(spec, &sockets);
+                let console = ConsolePipe::new().map_err(|source| HypervisorError::Io {
+                    path: spec.console_log.clone(),
+                    source,
+                })?;
+                let args = self.qemu_args(spec, &sockets, &console.vmm_path());
                 let log = spec.run_dir.join("qemu.log");
                 tracing::info!(vm = %spec.name, attempt, "starting {} {:?}", qemu.display(), args);
-                self.spawn("QEMU", qemu, &args, &log)
+                let vmm = self.spawn("QEMU", qemu, &args, &log, Some(&console))?;
+                Ok((vmm, console))
             });
-        let vmm = match started {
-            Ok(vmm) => vmm,
+        let (vmm, console) = match started {
+            Ok(started) => started,
             Err(e) => {
                 // No handle owns the backends yet: stop the ones that did start.
                 for mut helper in helpers {
@@ -414,6 +433,14 @@ impl QemuBackend {
                 socket: Self::qmp_socket(spec),
                 online_resize: spec.disks.iter().map(|d| d.online_resize).collect(),
             });
+        // The handle owns QEMU from here: on an error below, dropping it kills QEMU.
+        let logger = console
+            .start_logging(&spec.console_log, MAX_CONSOLE_BYTES)
+            .map_err(|source| HypervisorError::Io {
+                path: spec.console_log.clone(),
+                source,
+            })?;
+        handle = handle.with_console(logger);
         wait_first_output("QEMU", &mut handle, spec, attempt)?;
         Ok(handle)
     }
@@ -431,7 +458,7 @@ impl Hypervisor for QemuBackend {
             path: self.qemu.clone(),
             hint: " (install it: apt-get install -y --no-install-recommends qemu-system-x86)",
         })?;
-        fs::create_dir_all(&spec.run_dir).map_err(|source| HypervisorError::Io {
+        ensure_private_dir(&spec.run_dir).map_err(|source| HypervisorError::Io {
             path: spec.run_dir.clone(),
             source,
         })?;
@@ -538,6 +565,12 @@ pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), HypervisorError> 
         }),
         _ => Ok(()),
     }
+}
+
+/// The console log of an earlier start, and its rotated part: a new start begins afresh.
+pub(crate) fn remove_console_logs(console_log: &Path) -> Result<(), HypervisorError> {
+    remove_file_if_exists(console_log)?;
+    remove_file_if_exists(&rotated_path(console_log))
 }
 
 /// A socket file left by an earlier run would make the backend's bind fail.
@@ -651,7 +684,7 @@ mod tests {
             vsock: Some("/run/vm/vu.sock".into()),
             disks: vec![Some("/run/vm/blk,0.sock".into()), None],
         };
-        let args = strings(&backend.qemu_args(&spec, &sockets));
+        let args = strings(&backend.qemu_args(&spec, &sockets, Path::new("/dev/fd/7")));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,accel=tcg,memory-backend=mem"]
@@ -676,7 +709,7 @@ mod tests {
         assert_eq!(
             value_after(&args, "-chardev"),
             [
-                "file,id=console,path=/run/vm/console.log",
+                "file,id=console,path=/dev/fd/7",
                 "socket,id=qmp,server=on,wait=off,path=/run/vm/qmp.sock",
                 "socket,id=blk0,path=/run/vm/blk,,0.sock",
                 "socket,id=vsock,path=/run/vm/vu.sock"
@@ -705,7 +738,11 @@ mod tests {
         let spec = VmSpec::new("t", "/k/vmlinuz", "/run/vm");
         let mut backend = QemuBackend::new("crosvm");
         backend.accel = Accel::Kvm;
-        let args = strings(&backend.qemu_args(&spec, &VhostUserSockets::default()));
+        let args = strings(&backend.qemu_args(
+            &spec,
+            &VhostUserSockets::default(),
+            Path::new("/dev/fd/7"),
+        ));
         assert_eq!(
             value_after(&args, "-M"),
             ["microvm,accel=kvm,memory-backend=mem"]
@@ -987,5 +1024,51 @@ mod tests {
                     .contains(") Z");
             assert!(!alive, "VMM {pid} still running after the failed start");
         }
+    }
+
+    /// A stand-in QEMU that writes its console flat out (4 MiB, to the file its `-chardev
+    /// file,id=console,path=` names, as QEMU does) and then stays up: the console log stays
+    /// under its bound while it runs, and after the stop it ends with the last line written.
+    #[test]
+    fn a_console_written_flat_out_stays_bounded_and_keeps_its_last_lines() {
+        let (dir, spec) = files();
+        let script = dir.path().join("chatty-vmm");
+        fs::write(
+            &script,
+            "#!/bin/sh\n\
+             for a in \"$@\"; do case \"$a\" in file,id=console,path=*) out=${a#file,id=console,path=};; esac; done\n\
+             exec >\"$out\"\n\
+             pad=$(printf '%100d' 0); i=0\n\
+             while [ $i -lt 40000 ]; do echo \"guest line $i $pad\"; i=$((i+1)); done\n\
+             echo 'guest: last line'\n\
+             exec sleep 60\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        let mut backend = QemuBackend::new("crosvm");
+        backend.qemu = script;
+        let mut handle = backend.start(&spec).unwrap();
+        let run_mode = fs::metadata(&spec.run_dir).unwrap().mode() & 0o777;
+        assert_eq!(run_mode, 0o700, "the VM's run directory is private");
+        let rotated = rotated_path(&spec.console_log);
+        // Until the writer is done: the last line reached the log.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !crate::console::tail(&spec.console_log, 1).contains("last line") {
+            for f in [&spec.console_log, &rotated] {
+                let len = fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                assert!(len <= MAX_CONSOLE_BYTES, "{} is {len} bytes", f.display());
+            }
+            assert!(Instant::now() < deadline, "the writer never finished");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        handle.kill();
+        let tail = crate::console::tail(&spec.console_log, 2);
+        assert!(
+            tail.starts_with("guest line 39999 ") && tail.ends_with("\nguest: last line"),
+            "{tail}"
+        );
+        assert!(fs::metadata(&spec.console_log).unwrap().len() <= MAX_CONSOLE_BYTES);
+        assert!(fs::metadata(&rotated).unwrap().len() <= MAX_CONSOLE_BYTES);
     }
 }

@@ -3,6 +3,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use cros_hypervisor::fsutil::commit_file;
 use cros_messages::CrosError;
 use cros_messages::concierge::{ConciergeReply, DiskImageStatus, VmDiskInfo};
 
@@ -58,15 +59,18 @@ pub fn create(state_dir: &Path, name: &str, size: u64) -> Result<ConciergeReply,
     } else {
         size
     };
-    // Create under a temporary name and rename, so a crash never leaves a disk of the wrong size.
+    // Create under a temporary name, fsync, rename and fsync the directory, so a crash never
+    // leaves a disk of the wrong size, nor loses one that was reported created.
     let tmp = dir.join(format!(".{name}.img.partial"));
     let f = std::fs::File::create(&tmp)
         .map_err(|e| CrosError::internal(format!("create {}: {e}", tmp.display())))?;
     f.set_len(size)
         .map_err(|e| CrosError::internal(format!("size {}: {e}", tmp.display())))?;
     drop(f);
-    std::fs::rename(&tmp, &path)
-        .map_err(|e| CrosError::internal(format!("rename to {}: {e}", path.display())))?;
+    commit_file(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CrosError::internal(format!("sync and rename to {}: {e}", path.display()))
+    })?;
     Ok(ConciergeReply::DiskImage {
         status: DiskImageStatus::Created,
         path: path.display().to_string(),
@@ -145,6 +149,10 @@ mod tests {
         };
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), size);
+        assert!(
+            !disks_dir(dir.path()).join(".termina.img.partial").exists(),
+            "the temporary disk was renamed into place"
+        );
         assert!(size >= MIN_AUTO_SIZE && size % BLOCK == 0);
         assert!(meta.blocks() * 512 < 1 << 20, "a new disk is sparse");
         let again = create(dir.path(), "termina", 0).unwrap();

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use cros_hypervisor::fsutil::{commit_file, write_atomically};
 use cros_messages::concierge::{DiskOpInfo, DiskOpKind, DiskOpState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -79,12 +80,8 @@ pub fn ops_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("disk_ops")
 }
 
-/// `<path>.partial`: where an export writes before renaming.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
-}
+/// `<path>.partial`: where an export (and every atomic write) goes before its rename.
+pub use cros_hypervisor::fsutil::partial_path;
 
 pub fn new_uuid() -> Result<String, DiskOpError> {
     let mut bytes = [0u8; 16];
@@ -165,7 +162,8 @@ impl Operation {
         }
     }
 
-    /// Written atomically (temp file + rename) so a crash never leaves half a record.
+    /// Written atomically and durably (temp file, fsync, rename, fsync of the directory) so a
+    /// crash never leaves half a record, or none where the operation had started.
     fn persist(&self) -> Result<(), DiskOpError> {
         let record = OpRecord {
             info: self.info(),
@@ -269,9 +267,7 @@ fn write_record(path: &Path, record: &OpRecord) -> Result<(), DiskOpError> {
         path: path.to_path_buf(),
         source: io::Error::other(e),
     })?;
-    let tmp = partial_path(path);
-    std::fs::write(&tmp, json).map_err(io_err("write", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
+    write_atomically(path, &json, 0o600).map_err(io_err("write", path))
 }
 
 fn remove_partials(files: &[PathBuf]) {
@@ -453,18 +449,16 @@ pub fn export(
         path: tmp.clone(),
         source: e.into_error(),
     })?;
-    out.sync_all().map_err(io_err("sync", &tmp))?;
     drop(out);
     if let Some(digest) = digest {
         let name = dst
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let dtmp = partial_path(digest);
-        std::fs::write(&dtmp, format!("{sha}  {name}\n")).map_err(io_err("write", &dtmp))?;
-        std::fs::rename(&dtmp, digest).map_err(io_err("rename", digest))?;
+        write_atomically(digest, format!("{sha}  {name}\n").as_bytes(), 0o644)
+            .map_err(io_err("write", digest))?;
     }
-    std::fs::rename(&tmp, dst).map_err(io_err("rename", dst))
+    commit_file(&tmp, dst).map_err(io_err("sync and rename into place", dst))
 }
 
 /// The SHA-256 a `sha256sum`-style file names (its first word, 64 hex digits).
@@ -582,10 +576,9 @@ pub fn import(
         }
     }
     out.set_len(pos).map_err(io_err("size", tmp))?;
-    out.sync_all().map_err(io_err("sync", tmp))?;
     drop(out);
     op.check_cancelled()?;
-    std::fs::rename(tmp, disk).map_err(io_err("rename", disk))
+    commit_file(tmp, disk).map_err(io_err("sync and rename into place", disk))
 }
 
 #[cfg(test)]
@@ -639,12 +632,44 @@ mod tests {
         // A bound only against a hung worker, not a performance check.
         for _ in 0..6000 {
             let info = op.info();
-            if info.state != DiskOpState::Running {
+            // The state changes before finish() has recorded it and sent the last event; the
+            // worker leaves the live list after that.
+            if info.state != DiskOpState::Running && live_op(&info.uuid).is_none() {
                 return info;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         panic!("operation did not finish: {:?}", op.info())
+    }
+
+    /// The record on disk after each call, read back as a fresh crosd would read it.
+    fn record_on_disk(state: &Path, uuid: &str) -> OpRecord {
+        let path = ops_dir(state).join(format!("{uuid}.json"));
+        assert!(!partial_path(&path).exists(), "no temporary record left");
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_record_is_complete_on_disk_after_create_progress_and_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("out.zst.partial");
+        let o = op(dir.path(), DiskOpKind::Export, vec![partial.clone()]);
+        let uuid = o.info().uuid;
+        let r = record_on_disk(dir.path(), &uuid);
+        assert_eq!(r.info.state, DiskOpState::Running);
+        assert_eq!(r.partial_files, vec![partial]);
+        // The first progress step is recorded at once (later ones at most once a second).
+        o.progress(5, 10);
+        assert_eq!(record_on_disk(dir.path(), &uuid).info.percent, 50);
+        o.finish(Ok(()));
+        let r = record_on_disk(dir.path(), &uuid);
+        assert_eq!((r.info.state, r.info.percent), (DiskOpState::Done, 100));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(ops_dir(dir.path()).join(format!("{uuid}.json")))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -273,11 +273,7 @@ fn watch(
 
 /// The last lines of the console log, for error messages.
 pub fn console_tail(console: &Path) -> String {
-    let text = std::fs::read(console)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
+    cros_hypervisor::console::tail(console, CONSOLE_TAIL_LINES)
 }
 
 async fn load_component(
@@ -348,7 +344,7 @@ pub async fn boot(
             plan.stateful.display()
         )));
     }
-    std::fs::create_dir_all(&plan.run_dir)
+    cros_hypervisor::fsutil::ensure_private_dir(&plan.run_dir)
         .map_err(|e| CrosError::internal(format!("create {}: {e}", plan.run_dir.display())))?;
     let uds = plan.vsock_uds();
     // The host ports listen before the guest can dial them.

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use cros_hypervisor::fsutil::write_atomically;
 use cros_messages::concierge::{VmInfo, VmStatus};
 use serde::{Deserialize, Serialize};
 
@@ -31,9 +32,7 @@ pub fn write(run_dir: &Path, info: &VmInfo) -> std::io::Result<()> {
         pid: info.pid,
         hypervisor: info.hypervisor.clone(),
     };
-    let tmp = run_dir.join(format!(".{RECORD}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&record)?)?;
-    std::fs::rename(&tmp, run_dir.join(RECORD))
+    write_atomically(&run_dir.join(RECORD), &serde_json::to_vec(&record)?, 0o600)
 }
 
 /// The VMs a previous crosd left running in `run_root` (its runtime directories `vm.<cid>`):

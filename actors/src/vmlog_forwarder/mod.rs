@@ -1,13 +1,15 @@
 //! vmlog_forwarder: writes the logs vm_syslog ships from each VM (host port 9999).
 //!
 //! Records arrive through concierge's guest bridge, which addresses them from `vm_syslog@<vm>`;
-//! they are appended to STATE/logs/<vm>.log, rotated to <vm>.log.1 past [`MAX_LOG_BYTES`].
+//! they are appended to STATE/logs/<vm>.log, rotated to <vm>.log.1 before a batch would take
+//! it past [`MAX_LOG_BYTES`] (the same [`RotatingLog`] keeps the guest console bounded).
 //! Records are accepted only from an address inside a VM.
 
 use crate::bus::Deliver;
 use crate::bus::not_mine;
 use crate::config::HostConfig;
 use actix::{Actor, Context, Handler, MessageResult};
+use cros_hypervisor::console::RotatingLog;
 use cros_messages::addr::valid_name;
 use cros_messages::vmlog::{LogRecord, VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body, CrosError, ErrorKind};
@@ -70,9 +72,6 @@ impl VmlogForwarder {
             CrosError::internal(format!("cannot write {}: {e}", path.display()))
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
-            std::fs::rename(&path, dir.join(format!("{vm}.log.1"))).map_err(io)?;
-        }
         let mut text = String::new();
         for r in records {
             // Guest text is untrusted: one record stays one line.
@@ -91,12 +90,9 @@ impl VmlogForwarder {
                 message
             ));
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        RotatingLog::open(&path, MAX_LOG_BYTES, 0o644)
+            .and_then(|mut log| log.append(text.as_bytes()))
             .map_err(io)?;
-        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(io)?;
         self.logs.insert(vm.to_string(), path.clone());
         Ok(())
     }
@@ -161,6 +157,32 @@ mod tests {
             text,
             "1.500000000 Info kernel: hello\n1.500000000 Info kernel: two lines\n"
         );
+    }
+
+    #[test]
+    fn a_vm_log_is_rotated_at_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = VmlogForwarder::new(HostConfig::new(dir.path(), dir.path().join("run")));
+        let from = Addr::in_vm("vm_syslog", "termina");
+        let records = vec![LogRecord {
+            time_ns: 1,
+            severity: cros_messages::vmlog::Severity::Info,
+            source: "kernel".into(),
+            message: "x".repeat(64 << 10),
+        }];
+        let log = dir.path().join("logs/termina.log");
+        for _ in 0..100 {
+            f.handle_request(
+                &from,
+                VmlogRequest::Records {
+                    records: records.clone(),
+                },
+            )
+            .unwrap();
+            assert!(std::fs::metadata(&log).unwrap().len() <= MAX_LOG_BYTES);
+        }
+        let rotated = std::fs::metadata(dir.path().join("logs/termina.log.1")).unwrap();
+        assert!(rotated.len() > MAX_LOG_BYTES / 2 && rotated.len() <= MAX_LOG_BYTES);
     }
 
     #[test]

@@ -4,7 +4,8 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use cros_actors::{HypervisorConfig, HypervisorKind};
 use cros_tools::daemon::{
-    DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME, termination_signal,
+    DEFAULT_MAX_CLIENTS, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME,
+    limits::raise_fd_limit, termination_signal,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,13 +44,16 @@ enum LogFormat {
 /// Logging follows RUST_LOG (default: info), e.g. RUST_LOG=debug or RUST_LOG=cros_actors=debug.
 /// SIGTERM or SIGINT stops it gracefully: no new connections, in-flight requests finish, every
 /// VM is stopped in order as `vmc stop` does (within --vm-stop-timeout), the socket is removed.
+/// One crosd per state directory: STATE/crosd.lock is held while it runs.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Persistent state: components, disks, logs.
+    /// Persistent state: components, disks, logs. Created 0700 when missing; locked
+    /// (STATE/crosd.lock) so that a second crosd on it exits at once.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
-    /// Runtime state: the control socket and per-VM runtime directories.
+    /// Runtime state: the control socket and per-VM runtime directories. Created 0700 (0710
+    /// with the socket group, with --socket-group) when missing.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
     /// Control socket path [default: RUN_DIR/crosd.sock]. Refuses to start when another crosd
@@ -74,6 +78,9 @@ struct Args {
     /// in order (maitred Shutdown, then the power button, then the VMM) before they are killed.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     vm_stop_timeout: u64,
+    /// Control connections served at once; more are refused with an error saying so.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
+    max_clients: usize,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -98,6 +105,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    raise_fd_limit();
     let config = DaemonConfig {
         socket: args
             .socket
@@ -113,6 +121,7 @@ fn main() -> ExitCode {
             backend: None,
         },
         vm_stop_timeout: std::time::Duration::from_secs(args.vm_stop_timeout),
+        max_clients: args.max_clients,
     };
     let system = actix::System::new();
     let result = system.block_on(async {

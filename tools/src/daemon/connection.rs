@@ -1,13 +1,19 @@
 //! One control-socket connection: handshake, then requests in and replies/events out.
 //!
 //! The reader routes each request as its own task, so a slow request never holds up the next;
-//! replies and subscribed events go through one channel to the writer, which batches whatever
-//! is queued into one write. On shutdown the reader stops, and the writer finishes once every
-//! in-flight request has sent its reply.
+//! replies and subscribed events go through one bounded queue to the writer, which batches
+//! whatever is queued into one write. On shutdown the reader stops, and the writer finishes
+//! once every in-flight request has sent its reply.
+//!
+//! A client that does not read what it is sent fills the queue. Replies then wait (the reader
+//! stops reading requests, so the client is slowed, not buffered); an event that finds the
+//! queue full cuts the connection off instead: events cannot wait (the bus publishes to every
+//! subscriber from the publisher's thread) and dropping one silently would leave the client
+//! waiting forever for a VmStarted it lost, while a closed connection is an error it sees.
 
 use super::socket::AccessPolicy;
 use cros_actors::BusHandle;
-use cros_actors::bus::{RouteNow, channel_sink};
+use cros_actors::bus::{EventSink, RouteNow};
 use cros_messages::bus::BusRequest;
 use cros_messages::framing::{self, MAX_CONTROL_FRAME, tokio_io};
 use cros_messages::{Addr, Body, CrosError, Envelope, ErrorKind, FrameError, PROTOCOL_VERSION};
@@ -21,8 +27,66 @@ use tokio::sync::{Semaphore, mpsc, watch};
 /// Requests one connection may have in flight at once.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
+/// Replies and events queued for one connection's writer; an event that finds this many
+/// queued cuts the connection off.
+pub const MAX_QUEUED: usize = 1024;
+
 /// How long a peer may take to say Hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a refused peer may take to say Hello and read why it is refused.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tells a peer crosd will not serve why (after the handshake, as one error frame), then
+/// closes. Bounded by [`REFUSAL_TIMEOUT`], so a silent peer holds its descriptor briefly.
+pub async fn refuse(mut stream: UnixStream, n: u64, bus: BusHandle, why: CrosError) {
+    let client = Addr::client(n);
+    let told = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        tokio_io::handshake(&mut stream, bus.addr()).await?;
+        let frame = error_envelope(&bus, &client, None, why);
+        tokio_io::write_message(&mut stream, &frame, MAX_CONTROL_FRAME).await
+    })
+    .await;
+    if let Ok(Err(e)) = told {
+        tracing::debug!(%client, error = %e, "refused peer left early");
+    }
+}
+
+/// The event sink of a subscribed connection: queues without waiting, and on a full queue
+/// cuts the connection off (`cut_off`) and ends the subscription.
+fn bounded_sink(
+    tx: mpsc::Sender<Envelope>,
+    cut_off: Arc<watch::Sender<bool>>,
+    client: Addr,
+) -> EventSink {
+    Arc::new(move |env| match tx.try_send(env) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(env)) => {
+            tracing::warn!(
+                %client,
+                event = env.body.type_name(),
+                "client does not read: {MAX_QUEUED} replies and events are queued for it; \
+                 closing its connection rather than losing events"
+            );
+            cut_off.send_replace(true);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    })
+}
+
+/// Queues `env` for the writer, waiting for room unless the connection is cut off meanwhile;
+/// false once nothing more can be sent.
+async fn queue(
+    tx: &mpsc::Sender<Envelope>,
+    env: Envelope,
+    cut: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(env) => sent.is_ok(),
+        _ = cut.wait_for(|c| *c) => false,
+    }
+}
 
 /// Serves connection `n` until the peer closes, sends garbage it cannot recover from, or
 /// `shutdown` fires.
@@ -76,13 +140,16 @@ pub async fn serve(
     tracing::debug!(%client, peer = %peer.actor, "connected");
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
-    let (tx, rx) = mpsc::unbounded_channel::<Envelope>();
+    let (tx, rx) = mpsc::channel::<Envelope>(MAX_QUEUED);
     let writer = actix::spawn(write_loop(wr, rx, client.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let (cut_tx, mut cut) = watch::channel(false);
+    let cut_tx = Arc::new(cut_tx);
 
     loop {
         let frame = tokio::select! {
             _ = shutdown.changed() => break,
+            _ = cut.wait_for(|c| *c) => break,
             frame = tokio_io::read_frame(&mut rd, MAX_CONTROL_FRAME) => frame,
         };
         let payload = match frame {
@@ -91,7 +158,8 @@ pub async fn serve(
             Err(e @ FrameError::TooLarge { .. }) => {
                 // The oversized payload is still in the stream: answer, then close.
                 tracing::warn!(%client, error = %e, "refusing frame; closing");
-                let _ = tx.send(error_envelope(&bus, &client, None, e.to_cros_error()));
+                let err = error_envelope(&bus, &client, None, e.to_cros_error());
+                queue(&tx, err, &mut cut).await;
                 break;
             }
             Err(e) => {
@@ -105,7 +173,9 @@ pub async fn serve(
                 // The frame boundary is intact, so the connection can go on.
                 tracing::warn!(%client, error = %e, "malformed envelope");
                 let err = CrosError::invalid(format!("malformed envelope: {e}"));
-                let _ = tx.send(error_envelope(&bus, &client, None, err));
+                if !queue(&tx, error_envelope(&bus, &client, None, err), &mut cut).await {
+                    break;
+                }
                 continue;
             }
         };
@@ -119,17 +189,30 @@ pub async fn serve(
                     env.v
                 ),
             );
-            let _ = tx.send(error_envelope(&bus, &client, Some(env.id), err));
+            if !queue(
+                &tx,
+                error_envelope(&bus, &client, Some(env.id), err),
+                &mut cut,
+            )
+            .await
+            {
+                break;
+            }
             continue;
         }
         if matches!(env.body, Body::Bus(BusRequest::Subscribe { .. })) && env.to == *bus.addr() {
-            let _ = tx.send(bus.subscribe_request(&env, channel_sink(tx.clone())));
+            let sink = bounded_sink(tx.clone(), cut_tx.clone(), client.clone());
+            if !queue(&tx, bus.subscribe_request(&env, sink), &mut cut).await {
+                break;
+            }
             continue;
         }
         // Requests the bus answers itself need no task.
         match bus.route_now(env) {
             RouteNow::Replied(reply) => {
-                let _ = tx.send(reply);
+                if !queue(&tx, reply, &mut cut).await {
+                    break;
+                }
             }
             RouteNow::NeedsActor(env) => {
                 // At most MAX_IN_FLIGHT requests per connection: past that, stop reading until
@@ -139,7 +222,8 @@ pub async fn serve(
                 };
                 let (bus, tx) = (bus.clone(), tx.clone());
                 actix::spawn(async move {
-                    let _ = tx.send(bus.route(env).await);
+                    // Fails only once the writer is gone (the connection was cut off).
+                    let _ = tx.send(bus.route(env).await).await;
                     drop(permit);
                 });
             }
@@ -147,6 +231,13 @@ pub async fn serve(
     }
     bus.unsubscribe(&client);
     drop(tx);
+    if *cut.borrow() {
+        // The writer may be stuck writing to a peer that never reads: stop it; the replies
+        // of in-flight requests then have nowhere to go and are dropped.
+        writer.abort();
+        tracing::warn!(%client, "connection cut off");
+        return;
+    }
     // In-flight requests hold senders; the writer ends after their replies are written.
     let _ = writer.await;
     tracing::debug!(%client, "disconnected");
@@ -164,11 +255,7 @@ fn error_envelope(
     env
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Envelope>,
-    client: Addr,
-) {
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Envelope>, client: Addr) {
     let mut buf = Vec::new();
     let mut peer_gone = false;
     while let Some(env) = rx.recv().await {

@@ -1,5 +1,7 @@
 //! crosd's control socket: creating it safely and deciding who may connect.
 
+use super::lock::{HeldLock, LockError};
+use cros_hypervisor::fsutil::create_dir_with_mode;
 use nix::unistd::{Gid, Group, Uid, User};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -8,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    #[error("another crosd is already serving {} (it accepted a connection); stop it first", .0.display())]
-    AlreadyRunning(PathBuf),
+    #[error("another crosd is already serving {} ({holder}); stop it first", path.display())]
+    AlreadyRunning { path: PathBuf, holder: String },
     #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
     NotASocket(PathBuf),
     #[error("unknown group {0:?} for --socket-group")]
@@ -101,20 +103,59 @@ fn user_in_group(uid: u32, group: &SocketGroup) -> bool {
     matches!(Group::from_gid(Gid::from_raw(group.gid)), Ok(Some(g)) if g.mem.contains(&user.name))
 }
 
-/// Creates the control socket at `path`: refuses when a live crosd answers there, replaces a
-/// stale socket file, never replaces anything that is not a socket. The socket is 0600, or 0660
-/// owned by `group` when one is given; the umask keeps it private from the moment it exists.
+/// Creates directory `dir` for the control socket when it is missing: 0700, or 0710 with group
+/// `group` so that the group's members can reach the socket in it (but not list it). An
+/// existing directory is left as it is.
+pub fn create_socket_dir(dir: &Path, group: Option<&SocketGroup>) -> Result<(), SocketError> {
+    let mode = if group.is_some() { 0o710 } else { 0o700 };
+    let created =
+        create_dir_with_mode(dir, mode).map_err(io_err("cannot create socket directory", dir))?;
+    if let (true, Some(g)) = (created, group) {
+        std::os::unix::fs::chown(dir, None, Some(g.gid))
+            .map_err(io_err("cannot give the socket directory to the group", dir))?;
+    }
+    Ok(())
+}
+
+/// The bound control socket and the lock that makes it this crosd's.
+#[derive(Debug)]
+pub struct ControlSocket {
+    pub listener: UnixListener,
+    pub lock: HeldLock,
+}
+
+/// Creates the control socket at `path`. First takes `PATH.lock`, so that of two crosd starting
+/// at once only one goes on to look at the socket file; then refuses when a live crosd answers
+/// there, replaces a stale socket file, and never replaces anything that is not a socket. The
+/// socket is 0600, or 0660 owned by `group` when one is given; the umask keeps it private from
+/// the moment it exists.
 pub fn bind_control_socket(
     path: &Path,
     group: Option<&SocketGroup>,
-) -> Result<UnixListener, SocketError> {
+) -> Result<ControlSocket, SocketError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_socket_dir(dir, group)?;
+    }
+    let lock = HeldLock::socket(path).map_err(|e| match e {
+        LockError::Held { holder, lock, .. } => SocketError::AlreadyRunning {
+            path: path.to_path_buf(),
+            holder: format!("{holder} holds {}", lock.display()),
+        },
+        LockError::Io { lock, source } => io_err("cannot lock", &lock)(source),
+    })?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
                 return Err(SocketError::NotASocket(path.to_path_buf()));
             }
             match UnixStream::connect(path) {
-                Ok(_) => return Err(SocketError::AlreadyRunning(path.to_path_buf())),
+                // Only a process that does not take the lock (an older crosd) can be here.
+                Ok(_) => {
+                    return Err(SocketError::AlreadyRunning {
+                        path: path.to_path_buf(),
+                        holder: "it accepted a connection".into(),
+                    });
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                     tracing::info!(socket = %path.display(), "removing stale socket left by an earlier crosd");
                     std::fs::remove_file(path)
@@ -125,9 +166,6 @@ pub fn bind_control_socket(
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("cannot inspect", path)(e)),
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
     }
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let bound = UnixListener::bind(path);
@@ -143,25 +181,58 @@ pub fn bind_control_socket(
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io_err("cannot set the mode of", path))?;
-    Ok(listener)
+    Ok(ControlSocket { listener, lock })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
     fn socket_is_private_and_a_live_one_is_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/crosd.sock");
-        let listener = bind_control_socket(&path, None).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let socket = bind_control_socket(&path, None).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.path().join("run")), 0o700);
         let err = bind_control_socket(&path, None).unwrap_err();
-        assert!(matches!(err, SocketError::AlreadyRunning(_)), "{err}");
-        drop(listener);
-        // Now nobody accepts: the file is stale and gets replaced.
+        let msg = err.to_string();
+        assert!(matches!(err, SocketError::AlreadyRunning { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(socket);
+        // Now nobody holds the lock or accepts: the file is stale and gets replaced.
         let _again = bind_control_socket(&path, None).unwrap();
+    }
+
+    /// A process that serves the socket without the lock (as a crosd from before the lock
+    /// did) is still detected by connecting.
+    #[test]
+    fn a_listener_without_the_lock_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crosd.sock");
+        let _old = UnixListener::bind(&path).unwrap();
+        let err = bind_control_socket(&path, None).unwrap_err();
+        assert!(err.to_string().contains("accepted a connection"), "{err}");
+    }
+
+    #[test]
+    fn a_group_socket_directory_lets_the_group_reach_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/crosd.sock");
+        // Debian's `daemon` group (gid 1): chown to a group needs root or membership.
+        let group = SocketGroup::lookup("daemon").unwrap();
+        let _socket = bind_control_socket(&path, Some(&group)).unwrap();
+        let run = std::fs::metadata(dir.path().join("run")).unwrap();
+        assert_eq!(run.permissions().mode() & 0o777, 0o710);
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&run), group.gid);
+        assert_eq!(mode(&path), 0o660);
     }
 
     #[test]
