@@ -2,8 +2,10 @@
 //! vm_syslog on 9999; tremplin on 7778 and garcon on 8889 later).
 //!
 //! Every connection is served on a task of its own, so a guest that connects and stays silent
-//! holds up nothing but itself: its Hello must come within [`HELLO_TIMEOUT`], and a VM has at most
-//! [`MAX_CONNECTIONS_PER_PORT`] connections open on each port (more are closed at once).
+//! holds up nothing but itself: its Hello must come within [`Limits::hello`], a connection that
+//! sends nothing for [`Limits::idle`] is closed (the guest's actors reconnect when they have
+//! something to say), and a VM has at most [`Limits::connections`] connections open on each port
+//! (more are closed at once).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -20,6 +22,26 @@ use crate::bus::BusHandle;
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections one VM may hold open on one host port.
 pub const MAX_CONNECTIONS_PER_PORT: usize = 16;
+/// How long a guest connection may stay silent.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What one guest may hold of the host's resources on a port.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub hello: Duration,
+    pub idle: Duration,
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            hello: HELLO_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            connections: MAX_CONNECTIONS_PER_PORT,
+        }
+    }
+}
 
 /// A host port of a VM and what may come in on it.
 #[derive(Clone, Copy)]
@@ -35,7 +57,13 @@ pub struct GuestPort {
 
 /// Accepts `port`'s connections from VM `vm` until the listener fails or the task is aborted
 /// (the VM stopped).
-pub async fn serve(listener: UnixListener, bus: BusHandle, vm: String, port: GuestPort) {
+pub async fn serve(
+    listener: UnixListener,
+    bus: BusHandle,
+    vm: String,
+    port: GuestPort,
+    limits: Limits,
+) {
     let guest = Addr::in_vm(port.guest_actor, vm.as_str());
     let open = Rc::new(Cell::new(0usize));
     loop {
@@ -46,14 +74,14 @@ pub async fn serve(listener: UnixListener, bus: BusHandle, vm: String, port: Gue
                 return;
             }
         };
-        if open.get() >= MAX_CONNECTIONS_PER_PORT {
-            tracing::warn!(%guest, port = port.port, "guest connection refused: {MAX_CONNECTIONS_PER_PORT} already open");
+        if open.get() >= limits.connections {
+            tracing::warn!(%guest, port = port.port, open = limits.connections, "guest connection refused: too many open");
             continue;
         }
         open.set(open.get() + 1);
         let (bus, guest, open) = (bus.clone(), guest.clone(), open.clone());
         tokio::task::spawn_local(async move {
-            if let Err(e) = connection(s, &bus, &guest, port).await {
+            if let Err(e) = connection(s, &bus, &guest, port, limits).await {
                 tracing::debug!(%guest, port = port.port, error = %e, "guest connection ended");
             }
             open.set(open.get() - 1);
@@ -64,8 +92,10 @@ pub async fn serve(listener: UnixListener, bus: BusHandle, vm: String, port: Gue
 /// Why a guest connection was dropped.
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
-    #[error("no Hello within {HELLO_TIMEOUT:?}")]
-    HelloTimeout,
+    #[error("no Hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("nothing sent for {0:?}")]
+    Idle(Duration),
     #[error("introduced itself as {claimed}, expected {expected}")]
     WrongActor { claimed: Addr, expected: Addr },
     #[error(transparent)]
@@ -77,11 +107,12 @@ async fn connection(
     bus: &BusHandle,
     guest: &Addr,
     port: GuestPort,
+    limits: Limits,
 ) -> Result<(), ConnectionError> {
     let host = Addr::host(port.host_actor);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, handshake(&mut s, &host))
+    let hello = tokio::time::timeout(limits.hello, handshake(&mut s, &host))
         .await
-        .map_err(|_| ConnectionError::HelloTimeout)??;
+        .map_err(|_| ConnectionError::HelloTimeout(limits.hello))??;
     if &hello.actor != guest {
         tracing::warn!(expected = %guest, claimed = %hello.actor, port = port.port, "guest connection refused: wrong actor");
         return Err(ConnectionError::WrongActor {
@@ -90,10 +121,12 @@ async fn connection(
         });
     }
     loop {
-        let env: Envelope = match read_message(&mut s, MAX_CONTROL_FRAME).await {
-            Ok(env) => env,
-            Err(FrameError::Closed) => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let next = tokio::time::timeout(limits.idle, read_message(&mut s, MAX_CONTROL_FRAME));
+        let env: Envelope = match next.await {
+            Ok(Ok(env)) => env,
+            Ok(Err(FrameError::Closed)) => return Ok(()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(ConnectionError::Idle(limits.idle)),
         };
         // Whatever the guest wrote, it speaks for this actor only.
         let env = Envelope {

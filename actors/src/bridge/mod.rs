@@ -89,6 +89,7 @@ impl GuestBridges {
                     bus.clone(),
                     vm.to_string(),
                     port,
+                    inbound::Limits::default(),
                 )));
         }
         for (actor, port) in GUEST_ACTORS {

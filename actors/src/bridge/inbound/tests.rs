@@ -20,19 +20,31 @@ fn records() -> Body {
 
 /// Port 7777 as concierge's StartupListener, for VM `termina`, served at `dir/vsock.sock_7777`.
 fn startup_port(dir: &Path, bus: &BusHandle) -> std::path::PathBuf {
-    let port = GuestPort {
+    serve_port(dir, bus, startup())
+}
+
+fn startup() -> GuestPort {
+    GuestPort {
         port: 7777,
         guest_actor: "maitred",
         host_actor: "concierge",
         allowed: |b| matches!(b, Body::MaitredEvent(MaitredEvent::VmReady {})),
-    };
-    serve_port(dir, bus, port)
+    }
 }
 
 fn serve_port(dir: &Path, bus: &BusHandle, port: GuestPort) -> std::path::PathBuf {
+    serve_port_with(dir, bus, port, Limits::default())
+}
+
+fn serve_port_with(
+    dir: &Path,
+    bus: &BusHandle,
+    port: GuestPort,
+    limits: Limits,
+) -> std::path::PathBuf {
     let uds = dir.join("vsock.sock");
     let listener = crate::bridge::vsock::listen_guest_port(&uds, port.port).unwrap();
-    tokio::task::spawn_local(serve(listener, bus.clone(), "termina".into(), port));
+    tokio::task::spawn_local(serve(listener, bus.clone(), "termina".into(), port, limits));
     dir.join(format!("vsock.sock_{}", port.port))
 }
 
@@ -180,4 +192,22 @@ async fn allowed_requests_reach_the_host_actor_and_others_are_refused() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[actix::test]
+async fn a_connection_that_stays_silent_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = BusHandle::new(BusConfig::default()).unwrap();
+    let limits = Limits {
+        idle: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let path = serve_port_with(dir.path(), &bus, startup(), limits);
+    let mut s = dial(&path, maitred()).await;
+    let end = tokio::time::timeout(
+        Duration::from_secs(5),
+        read_message::<Envelope, _>(&mut s, MAX_CONTROL_FRAME),
+    )
+    .await;
+    assert!(matches!(end, Ok(Err(_))), "closed by the host: {end:?}");
 }
