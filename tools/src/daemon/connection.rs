@@ -4,16 +4,22 @@
 //! replies and subscribed events go through one channel to the writer, which batches whatever
 //! is queued into one write. On shutdown the reader stops, and the writer finishes once every
 //! in-flight request has sent its reply.
+//!
+//! Who the peer is comes from the kernel (SO_PEERCRED) and is registered on the bus for the
+//! connection's life, so concierge knows each request's owner whatever the client wrote; files
+//! the client passed with a request go with it (see [`super::passed_files`]).
 
+use super::passed_files::{self, FilesInFlight, FrameReader, MAX_FILES_PER_REQUEST};
 use super::socket::AccessPolicy;
 use cros_actors::BusHandle;
+use cros_actors::bus::clients::Peer;
 use cros_actors::bus::{RouteNow, channel_sink};
 use cros_messages::bus::BusRequest;
 use cros_messages::framing::{self, MAX_CONTROL_FRAME, tokio_io};
 use cros_messages::{Addr, Body, CrosError, Envelope, ErrorKind, FrameError, PROTOCOL_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -35,7 +41,8 @@ pub async fn serve(
 ) {
     let client = Addr::client(n);
     let mut stream = stream;
-    let refusal = match stream.peer_cred() {
+    let cred = stream.peer_cred();
+    let refusal = match &cred {
         Ok(cred) => policy
             .check(cred.uid(), cred.gid())
             .err()
@@ -73,9 +80,17 @@ pub async fn serve(
         let _ = tokio_io::write_message(&mut stream, &frame, MAX_CONTROL_FRAME).await;
         return;
     }
-    tracing::debug!(%client, peer = %peer.actor, "connected");
+    let Ok(cred) = cred else { return };
+    let owner = Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    };
+    tracing::debug!(%client, peer = %peer.actor, uid = owner.uid, "connected");
+    bus.clients().add_peer(client.clone(), owner);
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
+    let mut rd = FrameReader::new(rd);
+    let files_in_flight = FilesInFlight::default();
     let (tx, rx) = mpsc::unbounded_channel::<Envelope>();
     let writer = actix::spawn(write_loop(wr, rx, client.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -83,10 +98,10 @@ pub async fn serve(
     loop {
         let frame = tokio::select! {
             _ = shutdown.changed() => break,
-            frame = tokio_io::read_frame(&mut rd, MAX_CONTROL_FRAME) => frame,
+            frame = rd.read_frame(MAX_CONTROL_FRAME) => frame,
         };
-        let payload = match frame {
-            Ok(p) => p,
+        let passed_files::Frame { payload, files } = match frame {
+            Ok(f) => f,
             Err(FrameError::Closed) => break,
             Err(e @ FrameError::TooLarge { .. }) => {
                 // The oversized payload is still in the stream: answer, then close.
@@ -126,9 +141,32 @@ pub async fn serve(
             let _ = tx.send(bus.subscribe_request(&env, channel_sink(tx.clone())));
             continue;
         }
+        let reservation = if files.is_empty() {
+            None
+        } else {
+            let reserved = (files.len() <= MAX_FILES_PER_REQUEST)
+                .then(|| files_in_flight.reserve(files.len()))
+                .flatten();
+            let Some(reserved) = reserved else {
+                let err = CrosError::invalid(format!(
+                    "{} files passed with {}: at most {MAX_FILES_PER_REQUEST} per request and {} \
+                     per connection at once",
+                    files.len(),
+                    env.body.type_name(),
+                    passed_files::MAX_FILES_IN_FLIGHT
+                ));
+                let _ = tx.send(error_envelope(&bus, &client, Some(env.id), err));
+                continue;
+            };
+            bus.clients().put_files(client.clone(), env.id, files);
+            Some(reserved)
+        };
+        let request_id = env.id;
         // Requests the bus answers itself need no task.
         match bus.route_now(env) {
             RouteNow::Replied(reply) => {
+                drop(bus.clients().take_files(&client, request_id));
+                drop(reservation);
                 let _ = tx.send(reply);
             }
             RouteNow::NeedsActor(env) => {
@@ -137,9 +175,13 @@ pub async fn serve(
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
-                let (bus, tx) = (bus.clone(), tx.clone());
+                let (bus, tx, client) = (bus.clone(), tx.clone(), client.clone());
                 actix::spawn(async move {
-                    let _ = tx.send(bus.route(env).await);
+                    let reply = bus.route(env).await;
+                    // What the actor did not take is closed now.
+                    drop(bus.clients().take_files(&client, request_id));
+                    drop(reservation);
+                    let _ = tx.send(reply);
                     drop(permit);
                 });
             }
@@ -149,6 +191,8 @@ pub async fn serve(
     drop(tx);
     // In-flight requests hold senders; the writer ends after their replies are written.
     let _ = writer.await;
+    // Only now: an in-flight request still acts for this peer.
+    bus.clients().remove_peer(&client);
     tracing::debug!(%client, "disconnected");
 }
 

@@ -6,6 +6,7 @@
 //! is flushed and the socket removed. Both run inside an actix `System`.
 
 pub mod connection;
+pub mod passed_files;
 pub mod socket;
 
 use cros_actors::HypervisorConfig;
