@@ -704,6 +704,92 @@ mod tests {
         );
     }
 
+    /// A VM entry as StartVm makes it, still starting (no process: none is needed here).
+    fn starting_vm(dir: &std::path::Path, name: &str, owner: u32) -> VmEntry {
+        VmEntry {
+            info: VmInfo {
+                name: name.into(),
+                owner_id: owner::owner_id(owner),
+                cid: 3,
+                pid: 0,
+                ipv4: String::new(),
+                seneschal_handle: 0,
+                status: VmStatus::Starting,
+                hypervisor: "qemu".into(),
+                vsock_socket: String::new(),
+            },
+            owner,
+            held_files: Vec::new(),
+            run_dir: dir.join(name),
+            watcher: None,
+            bridges: None,
+            ready: None,
+            generation: 1,
+        }
+    }
+
+    #[actix::test]
+    async fn a_user_sees_and_stops_only_its_own_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = concierge(dir.path());
+        let root = owner::ROOT;
+        for (name, owner) in [("rootvm", root), ("uservm", 4321)] {
+            c.vms
+                .insert(name.into(), starting_vm(dir.path(), name, owner));
+        }
+        let user = Addr::client(7);
+        let peer = crate::bus::clients::Peer {
+            uid: 4321,
+            gid: 4321,
+            pid: None,
+        };
+        c.bus.clients().add_peer(user.clone(), peer);
+        let c = c.start();
+        let ask = |from: &Addr, r| c.send(deliver_from(from.clone(), 1, r));
+        let names = |body: Body| match body {
+            Body::ConciergeReply(ConciergeReply::Vms { vms }) => vms
+                .into_iter()
+                .map(|v| (v.name, v.owner_id))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let err = |body: Body| match body {
+            Body::Error(e) => e,
+            other => panic!("must fail: {other:?}"),
+        };
+        assert_eq!(
+            names(ask(&user, ConciergeRequest::ListVms {}).await.unwrap()),
+            [("uservm".into(), "4321".into())]
+        );
+        assert_eq!(
+            names(c.send(deliver(ConciergeRequest::ListVms {})).await.unwrap()).len(),
+            2,
+            "root sees all"
+        );
+        for req in [
+            ConciergeRequest::GetVmInfo {
+                name: "rootvm".into(),
+                owner_id: "0".into(),
+            },
+            ConciergeRequest::StopVm {
+                name: "rootvm".into(),
+                owner_id: "0".into(),
+            },
+        ] {
+            let e = err(ask(&user, req).await.unwrap());
+            assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+            assert!(e.message.contains("no VM named \"rootvm\""), "{e}");
+        }
+        // Its own VM it may stop (once it runs: this one is still starting).
+        let stop = ConciergeRequest::StopVm {
+            name: "uservm".into(),
+            owner_id: String::new(),
+        };
+        let e = err(ask(&user, stop).await.unwrap());
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.message.contains("Starting"), "{e}");
+    }
+
     #[actix::test]
     async fn stop_all_with_no_vms_stops_none() {
         let dir = tempfile::tempdir().unwrap();

@@ -353,6 +353,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 digest_path: digest.as_deref().map(absolute).transpose()?,
                 force,
             };
+            // Before the partial files exist: a Ctrl-C from here on cancels and removes them.
+            catch_sigint();
             let mut targets = vec![file.clone()];
             targets.extend(digest.clone());
             let partial = PartialExport::create(&targets, force)?;
