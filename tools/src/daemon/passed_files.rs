@@ -305,6 +305,128 @@ mod tests {
         ));
     }
 
+    /// A test actor (`taker`) that takes the files passed with its request and tells the test
+    /// what they hold.
+    struct Taker {
+        bus: cros_actors::BusHandle,
+        got: std::sync::mpsc::Sender<Vec<String>>,
+    }
+
+    impl actix::Actor for Taker {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<cros_actors::Deliver> for Taker {
+        type Result = actix::ResponseFuture<cros_messages::Body>;
+
+        fn handle(&mut self, msg: cros_actors::Deliver, _: &mut Self::Context) -> Self::Result {
+            let files = self.bus.clients().take_files(&msg.env.from, msg.env.id);
+            let _ = self.got.send(files.into_iter().map(read_back).collect());
+            let pong = cros_messages::Body::BusReply(cros_messages::bus::BusReply::Pong { seq: 1 });
+            Box::pin(std::future::ready(pong))
+        }
+    }
+
+    /// Whether the write end of a pipe is closed everywhere (the read end sees EOF at once).
+    fn closed_everywhere(read_end: &OwnedFd) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(nix::unistd::read(read_end.as_raw_fd(), &mut buf), Ok(0))
+    }
+
+    /// The real daemon and client: files reach the actor with their request, and whatever no
+    /// actor took is closed once the reply is back.
+    #[test]
+    fn the_daemon_hands_passed_files_to_the_request_and_closes_the_rest() {
+        use crate::client::Client;
+        use crate::daemon::{Daemon, DaemonConfig};
+        use cros_messages::bus::BusRequest;
+        use cros_messages::concierge::ConciergeRequest;
+        use cros_messages::{Addr, Body};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let config = DaemonConfig::new(dir.path().join("state"), dir.path().join("run"));
+        let socket = config.socket.clone();
+        let (got_tx, got_rx) = std::sync::mpsc::channel();
+        let (bus_tx, bus_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let daemon = std::thread::spawn(move || {
+            actix::System::new().block_on(async move {
+                let d = Daemon::start(&config).await.unwrap();
+                let bus = d.bus().clone();
+                let taker_bus = bus.clone();
+                cros_actors::spawn_supervised(d.bus(), Addr::host("taker"), move || Taker {
+                    bus: taker_bus.clone(),
+                    got: got_tx.clone(),
+                })
+                .await
+                .unwrap();
+                bus_tx.send(bus).unwrap();
+                d.run_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            })
+        });
+        let bus = bus_rx.recv().unwrap();
+        let timeout = Duration::from_secs(10);
+        let mut client = Client::connect(&socket).unwrap();
+        let ping = || Body::Bus(BusRequest::Ping { seq: 1 });
+
+        let (a, b) = (tmpfile("alpha"), tmpfile("beta"));
+        client
+            .call_with_files(
+                &Addr::host("taker"),
+                ping(),
+                &[a.as_fd(), b.as_fd()],
+                timeout,
+            )
+            .unwrap();
+        assert_eq!(got_rx.recv().unwrap(), ["alpha", "beta"]);
+
+        // Files with requests that take none: one concierge answers, one the bus answers.
+        let requests = [
+            (
+                Addr::host("concierge"),
+                Body::Concierge(ConciergeRequest::ListVms {}),
+            ),
+            (Addr::host("bus"), ping()),
+        ];
+        for (to, body) in requests {
+            let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+            client
+                .call_with_files(&to, body, &[write_end.as_fd()], timeout)
+                .unwrap();
+            drop(write_end);
+            assert!(
+                closed_everywhere(&read_end),
+                "crosd still holds the file sent to {to}"
+            );
+        }
+        assert_eq!(bus.clients().pending_files(), 0);
+        let me = bus
+            .clients()
+            .peer(&Addr::client(1))
+            .expect("the peer is known");
+        assert_eq!(me.uid, nix::unistd::geteuid().as_raw());
+
+        // Too many at once: refused, and closed.
+        let many: Vec<std::fs::File> = (0..=MAX_FILES_PER_REQUEST).map(|_| tmpfile("x")).collect();
+        let fds: Vec<_> = many.iter().map(|f| f.as_fd()).collect();
+        let err = client
+            .call_with_files(&Addr::host("taker"), ping(), &fds, timeout)
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 16"), "{err}");
+        assert_eq!(bus.clients().pending_files(), 0);
+
+        drop(client);
+        stop_tx.send(()).unwrap();
+        daemon.join().unwrap();
+        assert!(
+            bus.clients().peer(&Addr::client(1)).is_none(),
+            "forgotten at close"
+        );
+    }
+
     #[test]
     fn a_connection_holds_a_bounded_number_of_files() {
         let budget = FilesInFlight::default();
