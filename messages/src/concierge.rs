@@ -15,6 +15,9 @@ fn default_start_timeout() -> u32 {
     120
 }
 
+/// Requests to concierge. Each acts for the uid of the client's connection (SO_PEERCRED), not
+/// for the `owner_id` it carries: that is read only from root (or crosd's own user), to act
+/// for the user it names (a decimal uid), and ignored from anyone else.
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ConciergeRequest {
