@@ -9,7 +9,7 @@
 //! connection's life, so concierge knows each request's owner whatever the client wrote; files
 //! the client passed with a request go with it (see [`super::passed_files`]).
 
-use super::passed_files::{self, FilesInFlight, FrameReader, MAX_FILES_PER_REQUEST};
+use super::passed_files::{self, FilesInFlight, FrameReader};
 use super::socket::AccessPolicy;
 use cros_actors::BusHandle;
 use cros_actors::bus::clients::Peer;
@@ -141,25 +141,12 @@ pub async fn serve(
             let _ = tx.send(bus.subscribe_request(&env, channel_sink(tx.clone())));
             continue;
         }
-        let reservation = if files.is_empty() {
-            None
-        } else {
-            let reserved = (files.len() <= MAX_FILES_PER_REQUEST)
-                .then(|| files_in_flight.reserve(files.len()))
-                .flatten();
-            let Some(reserved) = reserved else {
-                let err = CrosError::invalid(format!(
-                    "{} files passed with {}: at most {MAX_FILES_PER_REQUEST} per request and {} \
-                     per connection at once",
-                    files.len(),
-                    env.body.type_name(),
-                    passed_files::MAX_FILES_IN_FLIGHT
-                ));
+        let reservation = match files_in_flight.attach(&bus, &env, files) {
+            Ok(r) => r,
+            Err(err) => {
                 let _ = tx.send(error_envelope(&bus, &client, Some(env.id), err));
                 continue;
-            };
-            bus.clients().put_files(client.clone(), env.id, files);
-            Some(reserved)
+            }
         };
         let request_id = env.id;
         // Requests the bus answers itself need no task.

@@ -184,6 +184,34 @@ pub struct Reservation {
 }
 
 impl FilesInFlight {
+    /// Puts the files that came with request `env` where its actor takes them (the bus's
+    /// client table), counted against this connection until the reservation is dropped; no
+    /// reservation for a request without files. Too many files: the error to answer with (the
+    /// files are closed).
+    pub fn attach(
+        &self,
+        bus: &cros_actors::BusHandle,
+        env: &cros_messages::Envelope,
+        files: Vec<OwnedFd>,
+    ) -> Result<Option<Reservation>, cros_messages::CrosError> {
+        if files.is_empty() {
+            return Ok(None);
+        }
+        let reserved = (files.len() <= MAX_FILES_PER_REQUEST)
+            .then(|| self.reserve(files.len()))
+            .flatten();
+        let Some(reserved) = reserved else {
+            return Err(cros_messages::CrosError::invalid(format!(
+                "{} files passed with {}: at most {MAX_FILES_PER_REQUEST} per request and \
+                 {MAX_FILES_IN_FLIGHT} per connection at once",
+                files.len(),
+                env.body.type_name(),
+            )));
+        };
+        bus.clients().put_files(env.from.clone(), env.id, files);
+        Ok(Some(reserved))
+    }
+
     /// Room for `n` more files, or `None` when that would pass the limit.
     pub fn reserve(&self, n: usize) -> Option<Reservation> {
         let reserved = self
