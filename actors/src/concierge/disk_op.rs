@@ -245,6 +245,9 @@ impl Operation {
         };
         if state != DiskOpState::Done {
             remove_partials(&self.partial_files);
+        } else {
+            // Before the state says Done: whoever sees Done has been sent the 100% event.
+            (self.on_progress)(&self.info().uuid, 100);
         }
         {
             let mut info = self.lock();
@@ -259,9 +262,6 @@ impl Operation {
         tracing::info!(uuid = %info.uuid, kind = %info.kind, vm = %info.name, %state, %message, "disk operation finished");
         if let Err(e) = self.persist() {
             tracing::warn!(error = %e, "cannot record the end of a disk operation");
-        }
-        if state == DiskOpState::Done {
-            (self.on_progress)(&info.uuid, 100);
         }
     }
 }
