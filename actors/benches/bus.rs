@@ -64,6 +64,13 @@ fn own_thread_fixture() -> Fixture {
         })
         .await
         .expect("concierge");
+        // The benchmark's client, as a control connection registers it.
+        let peer = cros_actors::bus::clients::Peer {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            pid: None,
+        };
+        bus.clients().add_peer(Addr::client(1), peer);
         bus
     });
     Fixture {

@@ -37,6 +37,10 @@ pub enum BusEvent {
         run_dir: String,
         hypervisor: String,
     },
+    /// Control connection `client` is user `uid` (the kernel's word, SO_PEERCRED). Recorded in
+    /// the trace only, never published: an isolated replay gives the recorded requests the
+    /// owners they had.
+    ClientConnected { client: Addr, uid: u32, gid: u32 },
 }
 
 /// One registered actor.

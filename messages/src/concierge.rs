@@ -15,6 +15,9 @@ fn default_start_timeout() -> u32 {
     120
 }
 
+/// Requests to concierge. Each acts for the uid of the client's connection (SO_PEERCRED), not
+/// for the `owner_id` it carries: that is read only from root (or crosd's own user), to act
+/// for the user it names (a decimal uid), and ignored from anyone else.
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum ConciergeRequest {
@@ -55,8 +58,14 @@ pub enum ConciergeRequest {
         owner_id: String,
     },
     ListVmDisks {},
-    /// Writes the VM's disk as a zstd stream to `path` (a path on the host running crosd);
-    /// refused while the VM runs unless `force`. Replies `DiskImageOperation` at once.
+    /// Writes the VM's disk as a zstd stream; refused while the VM runs unless `force`. Replies
+    /// `DiskImageOperation` at once.
+    ///
+    /// The client opens the files and passes them with the request (SCM_RIGHTS): the export
+    /// target first, then the digest file when `digest_path` is set. `path` and `digest_path`
+    /// then only name them in messages; crosd never opens them. Without passed files (root or
+    /// crosd's own user only, e.g. `crosmsg send`), crosd writes `<path>.partial` itself and
+    /// renames it to `path`, refusing an existing `path` unless `force`.
     ExportDiskImage {
         name: String,
         #[serde(default)]
@@ -70,6 +79,8 @@ pub enum ConciergeRequest {
     },
     /// Replaces the VM's disk with the zstd stream at `path` once the whole stream (and the
     /// digest, when given) checked out; refused while the VM runs. Replies `DiskImageOperation`.
+    /// Files are passed as for `ExportDiskImage`: the stream first, then the digest; both must
+    /// be regular files, the digest at most a few hundred bytes.
     ImportDiskImage {
         name: String,
         #[serde(default)]
@@ -199,6 +210,9 @@ pub struct VmDiskInfo {
     pub min_size: u64,
     pub available_space: u64,
     pub vm_type: String,
+    /// The uid that owns the disk (decimal); disks from before owners were recorded are root's.
+    #[serde(default)]
+    pub owner_id: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -274,6 +288,9 @@ pub struct DiskOpInfo {
     pub total_bytes: u64,
     /// Why it failed; empty otherwise.
     pub message: String,
+    /// The uid that started it (decimal); records from before owners were kept are root's.
+    #[serde(default)]
+    pub owner_id: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

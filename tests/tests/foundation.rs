@@ -544,7 +544,12 @@ fn trace_show_stats_and_replay_reproduce_a_session() {
 
     let out = crosmsg(&socket, &["trace", "show", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    let all: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    // Who each of the 10 connections was (trace only: an isolated replay needs the owners).
+    let (connected, lines): (Vec<String>, Vec<String>) = all
+        .into_iter()
+        .partition(|l| l.contains("bus -> bus BusEvent::ClientConnected"));
+    assert_eq!(connected.len(), 10, "{connected:#?}");
     assert_eq!(
         lines.len(),
         23,
@@ -586,8 +591,11 @@ fn trace_show_stats_and_replay_reproduce_a_session() {
         started["state_dir"],
         dir.path().join("state").display().to_string()
     );
-    assert_eq!(records[1]["type"], "Bus::ListActors");
-    assert_eq!(records[1]["envelope"]["to"]["actor"], "bus");
+    assert_eq!(records[1]["type"], "BusEvent::ClientConnected");
+    let connected = &records[1]["envelope"]["body"]["BusEvent"]["ClientConnected"];
+    assert_eq!(connected["uid"], nix::unistd::geteuid().as_raw());
+    assert_eq!(records[2]["type"], "Bus::ListActors");
+    assert_eq!(records[2]["envelope"]["to"]["actor"], "bus");
 
     let out = crosmsg(&socket, &["trace", "stats", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

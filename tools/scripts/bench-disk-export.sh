@@ -49,7 +49,7 @@ exp=() imp=() zc=() zd=()
 for r in $(seq "$runs"); do
     log "run $r of $runs"
     sync
-    t0=$(now_ns); "$bin/vmc" export bench "$work/bench.zst" 2>/dev/null; exp+=($(( $(now_ns) - t0 )))
+    t0=$(now_ns); "$bin/vmc" export --force bench "$work/bench.zst" 2>/dev/null; exp+=($(( $(now_ns) - t0 )))
     t0=$(now_ns); "$bin/vmc" import bench "$work/bench.zst" 2>/dev/null; imp+=($(( $(now_ns) - t0 )))
     t0=$(now_ns); zstd -1 -q -f "$work/original.img" -o "$work/ref.zst"; zc+=($(( $(now_ns) - t0 )))
     t0=$(now_ns); zstd -d -q -f "$work/ref.zst" -o "$work/ref.img"; zd+=($(( $(now_ns) - t0 )))

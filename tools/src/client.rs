@@ -3,12 +3,17 @@
 //! A connection opens with the Hello handshake, then carries framed [`Envelope`]s: requests
 //! out, replies and (after [`Client::subscribe`]) events in. Events that arrive while waiting
 //! for a reply are queued for [`Client::next_event`].
+//!
+//! Files a request names are opened here, by the client, and passed with the request's frame
+//! ([`Client::request_with_files`], SCM_RIGHTS): crosd uses them without ever opening a
+//! client's path with its own privileges.
 
 use cros_messages::bus::{ActorInfo, BusReply, BusRequest};
 use cros_messages::framing::{self, MAX_CONTROL_FRAME};
 use cros_messages::{Addr, Body, BodyKind, CrosError, Envelope, FrameError};
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -134,6 +139,18 @@ impl Client {
         body: Body,
         timeout: Duration,
     ) -> Result<Body, ClientError> {
+        self.request_with_files(to, body, &[], timeout)
+    }
+
+    /// [`Client::request`], passing `files` with the request (in this order; which request
+    /// takes which is in its message's docs).
+    pub fn request_with_files(
+        &mut self,
+        to: &Addr,
+        body: Body,
+        files: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<Body, ClientError> {
         if self.broken {
             return Err(ClientError::Desynchronized);
         }
@@ -141,7 +158,7 @@ impl Client {
         self.next_id += 1;
         let request = body.type_name();
         let env = Envelope::new(id, id, self.me.clone(), to.clone(), body);
-        if let Err(e) = framing::write_message(&mut self.writer, &env, MAX_CONTROL_FRAME) {
+        if let Err(e) = self.send(&env, files) {
             return Err(self.why_closed().unwrap_or(ClientError::Protocol(e)));
         }
         let deadline = Instant::now() + timeout;
@@ -172,10 +189,55 @@ impl Client {
 
     /// Like [`Client::request`], with an error reply as `Err(ClientError::Remote)`.
     pub fn call(&mut self, to: &Addr, body: Body, timeout: Duration) -> Result<Body, ClientError> {
-        match self.request(to, body, timeout)? {
+        self.call_with_files(to, body, &[], timeout)
+    }
+
+    /// Like [`Client::request_with_files`], with an error reply as `Err(ClientError::Remote)`.
+    pub fn call_with_files(
+        &mut self,
+        to: &Addr,
+        body: Body,
+        files: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<Body, ClientError> {
+        match self.request_with_files(to, body, files, timeout)? {
             Body::Error(e) => Err(ClientError::Remote(e)),
             other => Ok(other),
         }
+    }
+
+    /// Writes `env` as one frame; `files` go with its first byte, in one `sendmsg`, so crosd
+    /// pairs them with this frame.
+    fn send(&mut self, env: &Envelope, files: &[BorrowedFd<'_>]) -> Result<(), FrameError> {
+        if files.is_empty() {
+            return framing::write_message(&mut self.writer, env, MAX_CONTROL_FRAME);
+        }
+        use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+        let frame = framing::encode_frame(env)?;
+        if frame.len() - 4 > MAX_CONTROL_FRAME {
+            return Err(FrameError::TooLarge {
+                len: frame.len() - 4,
+                max: MAX_CONTROL_FRAME,
+            });
+        }
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [ControlMessage::ScmRights(&raw)];
+        let sent = loop {
+            match sendmsg::<()>(
+                self.writer.as_raw_fd(),
+                &[IoSlice::new(&frame)],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
+                Ok(n) => break n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(FrameError::Io(e.into())),
+            }
+        };
+        // A short write sent the files with the part that went; the rest follows plainly.
+        self.writer.write_all(&frame[sent..])?;
+        Ok(())
     }
 
     /// The registered actors.

@@ -5,6 +5,7 @@
 //! sends straight into that actor's mailbox, so a request costs one mailbox hop each way. Every
 //! routed envelope is handed to the trace recorder when one is configured.
 
+pub mod clients;
 mod deadline;
 mod events;
 mod recorder;
@@ -115,6 +116,7 @@ struct Inner {
     default_deadline: Duration,
     arbiters: Mutex<Vec<Arbiter>>,
     shutting_down: AtomicBool,
+    clients: clients::ClientTable,
 }
 
 impl BusHandle {
@@ -133,6 +135,7 @@ impl BusHandle {
                 default_deadline: config.default_deadline,
                 arbiters: Mutex::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
+                clients: clients::ClientTable::default(),
             }),
         })
     }
@@ -140,6 +143,11 @@ impl BusHandle {
     /// The bus's own address (`bus`).
     pub fn addr(&self) -> &Addr {
         &self.inner.me
+    }
+
+    /// Control-socket peers and the files they passed with requests (see [`clients`]).
+    pub fn clients(&self) -> &clients::ClientTable {
+        &self.inner.clients
     }
 
     /// A fresh envelope id, unique within this bus.

@@ -111,6 +111,8 @@ pub fn list(state_dir: &Path) -> Result<Vec<VmDiskInfo>, CrosError> {
             min_size: MIN_AUTO_SIZE,
             available_space: available,
             vm_type: "termina".into(),
+            // Filled in by concierge from the disk's owner record.
+            owner_id: String::new(),
         });
     }
     disks.sort_by(|a, b| a.name.cmp(&b.name));

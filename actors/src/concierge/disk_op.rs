@@ -2,9 +2,11 @@
 //!
 //! Each runs on its own thread in 1 MiB chunks, checks for cancellation between chunks, and is
 //! recorded in STATE/disk_ops/<uuid>.json so that a crosd killed mid-operation can, on its next
-//! start, remove the partial files and report the operation as failed. Nothing is ever written
-//! in place: an export goes to `<FILE>.partial` and an import to a temporary file beside the
-//! disk, renamed over the target only once complete (and, for an import, verified).
+//! start, remove the partial files and report the operation as failed. The disk is never
+//! written in place: an import goes to a temporary file beside the disk, renamed over it only
+//! once complete and verified. The export target and the import stream are open files (see
+//! [`super::client_files`]): the client's own, passed over the socket, or, for an
+//! administrator, a `<FILE>.partial` crosd made and renames once complete.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -49,8 +51,6 @@ pub enum DiskOpError {
         expected: String,
         actual: String,
     },
-    #[error("bad digest file {}: {reason}", path.display())]
-    BadDigestFile { path: PathBuf, reason: String },
     /// A step of a resize that the VMM or the guest refused.
     #[error("{step}: {reason}")]
     Step { step: &'static str, reason: String },
@@ -109,11 +109,13 @@ pub struct Operation {
 
 impl Operation {
     /// Records a new RUNNING operation on disk; `partial_files` are removed if it fails.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         state_dir: &Path,
         uuid: String,
         kind: DiskOpKind,
         name: &str,
+        owner_id: String,
         path: &Path,
         partial_files: Vec<PathBuf>,
         on_progress: ProgressFn,
@@ -132,6 +134,7 @@ impl Operation {
                 processed_bytes: 0,
                 total_bytes: 0,
                 message: String::new(),
+                owner_id,
             }),
             partial_files,
             cancel: AtomicBool::new(false),
@@ -240,6 +243,9 @@ impl Operation {
         };
         if state != DiskOpState::Done {
             remove_partials(&self.partial_files);
+        } else {
+            // Before the state says Done: whoever sees Done has been sent the 100% event.
+            (self.on_progress)(&self.info().uuid, 100);
         }
         {
             let mut info = self.lock();
@@ -254,9 +260,6 @@ impl Operation {
         tracing::info!(uuid = %info.uuid, kind = %info.kind, vm = %info.name, %state, %message, "disk operation finished");
         if let Err(e) = self.persist() {
             tracing::warn!(error = %e, "cannot record the end of a disk operation");
-        }
-        if state == DiskOpState::Done {
-            (self.on_progress)(&info.uuid, 100);
         }
     }
 }
@@ -393,24 +396,29 @@ fn next_data(file: &File, pos: u64, size: u64) -> (u64, u64) {
 
 static ZEROS: [u8; CHUNK] = [0; CHUNK];
 
-/// Writes disk `src` to `dst` as one zstd frame (with content size and checksum), and the
-/// SHA-256 of `dst` to `digest` in `sha256sum` format. Holes are fed to the compressor as
-/// zeros without reading them.
+/// Writes disk `src` into `out` (labelled `dst` in messages) as one zstd frame (with a
+/// checksum), and the SHA-256 of what it wrote into `digest` in `sha256sum` format, naming
+/// `dst`'s file name. Both files are emptied first. Holes are fed to the compressor as zeros
+/// without reading them.
 pub fn export(
     src: &Path,
+    out: &File,
     dst: &Path,
-    digest: Option<&Path>,
+    digest: Option<(&File, &Path)>,
     op: &Operation,
 ) -> Result<(), DiskOpError> {
     let disk = File::open(src).map_err(io_err("open", src))?;
     let size = disk.metadata().map_err(io_err("stat", src))?.len();
-    let tmp = partial_path(dst);
-    let out = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let tmp = dst;
+    let mut out = out;
+    out.set_len(0)
+        .and_then(|_| std::io::Seek::rewind(&mut out))
+        .map_err(io_err("empty", tmp))?;
     let mut enc = zstd::stream::write::Encoder::new(
         Hashing::new(BufWriter::with_capacity(CHUNK, out)),
         ZSTD_LEVEL,
     )
-    .map_err(io_err("start compressing into", &tmp))?;
+    .map_err(io_err("start compressing into", tmp))?;
     // One worker thread, as the `zstd` command uses by default: compression overlaps reading,
     // and blocks are split as `zstd -1` splits them. No content-size field: import reads the
     // stream to its end anyway, and without it the file is no larger than `zstd -1`'s.
@@ -418,7 +426,7 @@ pub fn export(
         .and_then(|_| enc.include_checksum(true))
         .and_then(|_| enc.include_contentsize(false))
         .and_then(|_| enc.set_pledged_src_size(Some(size)))
-        .map_err(io_err("set up compression of", &tmp))?;
+        .map_err(io_err("set up compression of", tmp))?;
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     op.progress(0, size);
@@ -427,7 +435,7 @@ pub fn export(
         while pos < data {
             op.check_cancelled()?;
             let n = (data - pos).min(CHUNK as u64) as usize;
-            enc.write_all(&ZEROS[..n]).map_err(io_err("write", &tmp))?;
+            enc.write_all(&ZEROS[..n]).map_err(io_err("write", tmp))?;
             pos += n as u64;
             op.progress(pos, size);
         }
@@ -436,40 +444,39 @@ pub fn export(
             let n = (hole - pos).min(CHUNK as u64) as usize;
             disk.read_exact_at(&mut buf[..n], pos)
                 .map_err(io_err("read", src))?;
-            enc.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
+            enc.write_all(&buf[..n]).map_err(io_err("write", tmp))?;
             pos += n as u64;
             op.progress(pos, size);
         }
     }
     op.check_cancelled()?;
-    let hashing = enc.finish().map_err(io_err("finish", &tmp))?;
+    let hashing = enc.finish().map_err(io_err("finish", tmp))?;
     let sha = hex(&hashing.hash.finalize());
     let out = hashing.inner.into_inner().map_err(|e| DiskOpError::Io {
         what: "flush",
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source: e.into_error(),
     })?;
-    drop(out);
-    if let Some(digest) = digest {
+    out.sync_all().map_err(io_err("sync", tmp))?;
+    if let Some((digest, label)) = digest {
         let name = dst
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        write_atomically(digest, format!("{sha}  {name}\n").as_bytes(), 0o644)
-            .map_err(io_err("write", digest))?;
+        digest
+            .set_len(0)
+            .and_then(|_| digest.write_all_at(format!("{sha}  {name}\n").as_bytes(), 0))
+            .and_then(|_| digest.sync_all())
+            .map_err(io_err("write", label))?;
     }
-    commit_file(&tmp, dst).map_err(io_err("sync and rename into place", dst))
+    Ok(())
 }
 
-/// The SHA-256 a `sha256sum`-style file names (its first word, 64 hex digits).
-fn read_digest(path: &Path) -> Result<String, DiskOpError> {
-    let text = std::fs::read_to_string(path).map_err(io_err("read", path))?;
+/// The SHA-256 a `sha256sum`-style line names (its first word, 64 hex digits), lower case.
+pub fn parse_digest(text: &str) -> Result<String, String> {
     let word = text.split_whitespace().next().unwrap_or("").to_lowercase();
     if word.len() != 64 || !word.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(DiskOpError::BadDigestFile {
-            path: path.to_path_buf(),
-            reason: "it does not start with a SHA-256 of 64 hex digits".into(),
-        });
+        return Err("it does not start with a SHA-256 of 64 hex digits".into());
     }
     Ok(word)
 }
@@ -506,18 +513,20 @@ fn is_zero(block: &[u8]) -> bool {
     block.iter().fold(0u8, |acc, &b| acc | b) == 0
 }
 
-/// Decodes the zstd stream `src` into `tmp` (sparse: zero runs stay holes), checks the
-/// stream's own checksum and, when given, the file's SHA-256 against `digest`, and only then
-/// renames `tmp` over `disk`. On any error `disk` is untouched.
+/// Decodes the zstd stream in `input` (labelled `src`) into `tmp` (sparse: zero runs stay
+/// holes), checks the stream's own checksum and, when given, the file's SHA-256 against the
+/// one `digest` (the SHA-256 and the digest file's label) names, and only then renames `tmp`
+/// over `disk`. On any error `disk` is untouched.
 pub fn import(
+    input: &File,
     src: &Path,
-    digest: Option<&Path>,
+    digest: Option<(&str, &Path)>,
     disk: &Path,
     tmp: &Path,
     op: &Operation,
 ) -> Result<(), DiskOpError> {
-    let expected = digest.map(read_digest).transpose()?;
-    let input = File::open(src).map_err(io_err("open", src))?;
+    let mut input = input;
+    std::io::Seek::rewind(&mut input).map_err(io_err("read", src))?;
     let total = input.metadata().map_err(io_err("stat", src))?.len();
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader = Hashing::new(Counting {
@@ -564,13 +573,13 @@ pub fn import(
         return Err(corrupt("the stream holds an empty disk".into()));
     }
     let hashing = rest.into_inner();
-    if let (Some(expected), Some(digest)) = (expected, digest) {
+    if let Some((expected, digest)) = digest {
         let actual = hex(&hashing.hash.finalize());
         if actual != expected {
             return Err(DiskOpError::DigestMismatch {
                 path: src.to_path_buf(),
                 digest: digest.to_path_buf(),
-                expected,
+                expected: expected.to_string(),
                 actual,
             });
         }
@@ -621,11 +630,38 @@ mod tests {
             uuid,
             kind,
             "termina",
+            "0".into(),
             Path::new("/x"),
             partial,
             Box::new(|_, _| {}),
         )
         .unwrap()
+    }
+
+    /// `export` into new files at `dst` and `digest`, as a client would pass them.
+    fn export_to(
+        disk: &Path,
+        dst: &Path,
+        digest: Option<&Path>,
+        op: &Operation,
+    ) -> Result<(), DiskOpError> {
+        let out = File::create(dst).unwrap();
+        let digest = digest.map(|d| (File::create(d).unwrap(), d));
+        export(disk, &out, dst, digest.as_ref().map(|(f, d)| (f, *d)), op)
+    }
+
+    /// `import` from the file at `src`, checked against the digest file at `digest`.
+    fn import_from(
+        src: &Path,
+        digest: Option<&Path>,
+        disk: &Path,
+        tmp: &Path,
+        op: &Operation,
+    ) -> Result<(), DiskOpError> {
+        let input = File::open(src).unwrap();
+        let expected = digest.map(|d| parse_digest(&std::fs::read_to_string(d).unwrap()).unwrap());
+        let digest = expected.as_deref().zip(digest);
+        import(&input, src, digest, disk, tmp, op)
     }
 
     fn wait_done(op: &Operation) -> DiskOpInfo {
@@ -682,8 +718,7 @@ mod tests {
         );
         let original = sparse_disk(&disk);
         let ex = op(dir.path(), DiskOpKind::Export, vec![]);
-        export(&disk, &export_file, Some(&digest), &ex).unwrap();
-        assert!(!partial_path(&export_file).exists());
+        export_to(&disk, &export_file, Some(&digest), &ex).unwrap();
         let exported = std::fs::read(&export_file).unwrap();
         // 3 MiB of noise plus well-compressible text and zeros.
         assert!(exported.len() < 4 * MIB as usize, "{}", exported.len());
@@ -697,7 +732,7 @@ mod tests {
         let imported = dir.path().join("new.img");
         let tmp = dir.path().join(".new.img.import");
         let im = op(dir.path(), DiskOpKind::Import, vec![tmp.clone()]);
-        import(&export_file, Some(&digest), &imported, &tmp, &im).unwrap();
+        import_from(&export_file, Some(&digest), &imported, &tmp, &im).unwrap();
         assert!(!tmp.exists());
         assert!(std::fs::read(&imported).unwrap() == original);
         let meta = std::fs::metadata(&imported).unwrap();
@@ -718,7 +753,7 @@ mod tests {
             dir.path().join("src.sha256"),
         );
         sparse_disk(&src);
-        export(
+        export_to(
             &src,
             &export_file,
             Some(&digest),
@@ -750,7 +785,7 @@ mod tests {
             let im = op(dir.path(), DiskOpKind::Import, vec![tmp.clone()]);
             let tmp2 = tmp.clone();
             let (old2, bad2, dig2) = (old_disk.clone(), bad.clone(), dig.map(Path::to_path_buf));
-            im.spawn(move |op| import(&bad2, dig2.as_deref(), &old2, &tmp2, op))
+            im.spawn(move |op| import_from(&bad2, dig2.as_deref(), &old2, &tmp2, op))
                 .unwrap();
             let info = wait_done(&im);
             assert_eq!(info.state, DiskOpState::Failed, "{what}: {info:?}");
@@ -776,8 +811,9 @@ mod tests {
         let partial = partial_path(&dst);
         let ex = op(dir.path(), DiskOpKind::Export, vec![partial.clone()]);
         ex.cancel();
-        let (d, o) = (disk.clone(), dst.clone());
-        ex.spawn(move |op| export(&d, &o, None, op)).unwrap();
+        // Into the partial file, as crosd exports for an administrator.
+        let (d, o) = (disk.clone(), partial.clone());
+        ex.spawn(move |op| export_to(&d, &o, None, op)).unwrap();
         let info = wait_done(&ex);
         assert_eq!(info.state, DiskOpState::Cancelled);
         assert!(!dst.exists() && !partial.exists());
@@ -841,6 +877,7 @@ mod tests {
             new_uuid().unwrap(),
             DiskOpKind::Export,
             "termina",
+            "0".into(),
             Path::new("/x"),
             vec![],
             Box::new(move |uuid, percent| {
@@ -851,7 +888,7 @@ mod tests {
         )
         .unwrap();
         let (d, o) = (disk.clone(), dir.path().join("out.zst"));
-        ex.spawn(move |op| export(&d, &o, None, op)).unwrap();
+        ex.spawn(move |op| export_to(&d, &o, None, op)).unwrap();
         assert_eq!(wait_done(&ex).state, DiskOpState::Done);
         let events = events.lock().unwrap();
         let uuid = ex.info().uuid;
@@ -868,14 +905,10 @@ mod tests {
 
     #[test]
     fn digest_file_must_hold_a_sha256() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().join("d");
-        std::fs::write(&d, "xyz  file\n").unwrap();
-        assert!(matches!(
-            read_digest(&d),
-            Err(DiskOpError::BadDigestFile { .. })
-        ));
-        std::fs::write(&d, format!("{}  file\n", "AB".repeat(32))).unwrap();
-        assert_eq!(read_digest(&d).unwrap(), "ab".repeat(32));
+        assert!(parse_digest("xyz  file\n").is_err());
+        assert_eq!(
+            parse_digest(&format!("{}  file\n", "AB".repeat(32))).unwrap(),
+            "ab".repeat(32)
+        );
     }
 }

@@ -1,7 +1,12 @@
 //! concierge's disk requests: CreateDiskImage and DestroyDiskImage, ListVmDisks, and the long
 //! operations (export, import, resize) it runs by uuid. The VM table and the dispatch of every
 //! request stay in the module root; this file holds what the disk requests do with them.
+//!
+//! Every request acts for a [`Caller`]: a disk or operation of another owner answers as if it
+//! did not exist (see [`owner`]), and the files of an export or import are the client's own
+//! (see [`client_files`]).
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,8 +17,10 @@ use cros_messages::concierge::{
 };
 use cros_messages::{Body, CrosError};
 
+use super::owner::{self, Caller};
 use super::{
-    Concierge, MIN_SIZE_QUERY, Reply, check_name, disk, disk_op, ready, reply, resize, vm,
+    Concierge, MIN_SIZE_QUERY, Reply, check_name, client_files, disk, disk_op, ready, reply,
+    resize, vm,
 };
 
 pub(super) enum DiskOp {
@@ -32,9 +39,44 @@ impl DiskOp {
 }
 
 impl Concierge {
+    /// The owner of VM `name`'s disk when `caller` may use it; otherwise the error for a disk
+    /// that does not exist.
+    pub(super) fn visible_disk(&self, caller: &Caller, name: &str) -> Result<u32, CrosError> {
+        check_name(name)?;
+        match owner::disk_owner(&self.config.state_dir, name) {
+            Some(o) if caller.may_use(o) => Ok(o),
+            _ => Err(owner::no_disk(name)),
+        }
+    }
+
+    /// Creates the disk of VM `name` for `caller`, recording the owner first; a name another
+    /// owner's disk holds is refused.
+    pub(super) fn create_disk(
+        &self,
+        caller: &Caller,
+        name: &str,
+        size: u64,
+    ) -> Result<ConciergeReply, CrosError> {
+        check_name(name)?;
+        self.check_no_disk_op(name)?;
+        let state = &self.config.state_dir;
+        match owner::disk_owner(state, name) {
+            Some(o) if !caller.may_use(o) => Err(taken(name)),
+            Some(_) => disk::create(state, name, size),
+            None => {
+                owner::set_disk_owner(state, name, caller.uid)?;
+                disk::create(state, name, size)
+            }
+        }
+    }
+
     /// Cancels a running export or import (resizes cannot be cancelled).
-    pub(super) fn cancel_disk_op(&self, uuid: &str) -> Result<ConciergeReply, CrosError> {
-        let op = self.disk_op(uuid)?;
+    pub(super) fn cancel_disk_op(
+        &self,
+        caller: &Caller,
+        uuid: &str,
+    ) -> Result<ConciergeReply, CrosError> {
+        let op = self.disk_op(caller, uuid)?;
         if let DiskOp::Live(live) = op {
             if live.info().kind == DiskOpKind::Resize {
                 // Its steps are each atomic and short; stopping between them would only leave
@@ -49,8 +91,15 @@ impl Concierge {
     }
 
     /// Stops the VM first when it runs (as StopVm does), then deletes its disk.
-    pub(super) fn destroy_disk(&mut self, name: &str, deadline: Instant) -> Reply {
-        if let Err(e) = check_name(name).and_then(|_| self.check_no_disk_op(name)) {
+    pub(super) fn destroy_disk(&mut self, caller: &Caller, name: &str, deadline: Instant) -> Reply {
+        if let Err(e) = check_name(name)
+            .and_then(|_| self.check_no_disk_op(name))
+            .and_then(|_| match self.vms.get(name) {
+                // A running VM's disk may be gone from under it; its owner still decides.
+                Some(e) if caller.may_use(e.owner) => Ok(()),
+                _ => self.visible_disk(caller, name).map(|_| ()),
+            })
+        {
             return ready(Body::Error(e));
         }
         if !self.vms.contains_key(name) {
@@ -58,7 +107,7 @@ impl Concierge {
         }
         let name = name.to_string();
         Box::pin(
-            self.stop_vm(&name, deadline)
+            self.stop_vm(caller, &name, deadline)
                 .map(move |stopped, act, _| match stopped {
                     Body::Error(e) => Body::Error(CrosError::new(
                         e.kind,
@@ -80,9 +129,12 @@ impl Concierge {
         }
         let path = disk::disk_path(&self.config.state_dir, name);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(ConciergeReply::DiskImageDestroyed {
-                name: name.to_string(),
-            }),
+            Ok(()) => {
+                owner::remove_disk_owner(&self.config.state_dir, name);
+                Ok(ConciergeReply::DiskImageDestroyed {
+                    name: name.to_string(),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CrosError::not_found(
                 format!("VM {name:?} has no disk image"),
             )),
@@ -93,9 +145,11 @@ impl Concierge {
         }
     }
 
-    pub(super) fn disk_op(&self, uuid: &str) -> Result<&DiskOp, CrosError> {
+    /// Operation `uuid` when `caller` may see it.
+    pub(super) fn disk_op(&self, caller: &Caller, uuid: &str) -> Result<&DiskOp, CrosError> {
         self.disk_ops
             .get(uuid)
+            .filter(|op| caller.may_use(owner::parse_owner_id(&op.info().owner_id)))
             .ok_or_else(|| CrosError::not_found(format!("no disk operation {uuid:?}")))
     }
 
@@ -117,14 +171,17 @@ impl Concierge {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn export_disk(
         &mut self,
+        caller: &Caller,
+        files: Vec<OwnedFd>,
         name: &str,
         path: &str,
         digest_path: Option<&str>,
         force: bool,
     ) -> Result<ConciergeReply, CrosError> {
-        check_name(name)?;
+        let owner = self.visible_disk(caller, name)?;
         self.check_no_disk_op(name)?;
         if self.vms.contains_key(name) && !force {
             return Err(CrosError::precondition(format!(
@@ -132,42 +189,44 @@ impl Concierge {
             )));
         }
         let disk = disk::disk_path(&self.config.state_dir, name);
-        if !disk.exists() {
-            return Err(CrosError::not_found(format!(
-                "VM {name:?} has no disk image"
-            )));
-        }
-        let dst = absolute(path, "export file")?;
-        let digest = digest_path
-            .map(|d| absolute(d, "digest file"))
-            .transpose()?;
         let disks_dir = disk::disks_dir(&self.config.state_dir);
-        if std::iter::once(&dst)
-            .chain(digest.as_ref())
-            .any(|p| p.parent() == Some(disks_dir.as_path()))
-        {
-            return Err(CrosError::invalid(format!(
-                "export file {path:?}: not into {}, where it could replace a disk",
-                disks_dir.display()
-            )));
-        }
-        if dst == disk || digest.as_ref() == Some(&disk) || digest.as_ref() == Some(&dst) {
-            return Err(CrosError::invalid(format!(
-                "export file {path:?} and digest file must differ from each other and from the disk"
-            )));
-        }
-        let mut partial = vec![disk_op::partial_path(&dst)];
-        partial.extend(digest.as_deref().map(disk_op::partial_path));
-        let op = self.new_disk_op(DiskOpKind::Export, name, &dst, partial)?;
+        let target = client_files::export_target(
+            caller,
+            files,
+            path,
+            digest_path,
+            force,
+            &disk,
+            &disks_dir,
+        )?;
+        let partial = target.renames.iter().map(|(p, _)| p.clone()).collect();
+        let op = self.new_disk_op(DiskOpKind::Export, name, owner, &target.out_label, partial)?;
         let uuid = op.info().uuid;
-        op.spawn(move |op| disk_op::export(&disk, &dst, digest.as_deref(), op))
-            .map_err(|e| CrosError::internal(e.to_string()))?;
+        op.spawn(move |op| {
+            let digest = target.digest.as_ref().map(|(f, l)| (f, l.as_path()));
+            let done = disk_op::export(&disk, &target.out, &target.out_label, digest, op)
+                .and_then(|()| finish_export(&target));
+            if done.is_err() {
+                // A half-written export must not pass for one (crosd's own partial files are
+                // removed; a client's file is emptied, and vmc removes what it created).
+                let _ = target.out.set_len(0);
+                if let Some((f, _)) = &target.digest {
+                    let _ = f.set_len(0);
+                }
+            }
+            done
+        })
+        .map_err(|e| CrosError::internal(e.to_string()))?;
         Ok(ConciergeReply::DiskImageOperation { uuid })
     }
 
     /// Checks the request (a shrink against the guest's filesystem minimum first), then starts
     /// the resize as a disk operation.
-    pub(super) fn resize_disk(&mut self, name: &str, size: u64) -> Reply {
+    pub(super) fn resize_disk(&mut self, caller: &Caller, name: &str, size: u64) -> Reply {
+        let owner = match self.visible_disk(caller, name) {
+            Ok(o) => o,
+            Err(e) => return ready(Body::Error(e)),
+        };
         let plan = match self.plan_resize(name, size) {
             Ok(plan) => plan,
             Err(e) => return ready(Body::Error(e)),
@@ -175,7 +234,7 @@ impl Concierge {
         let name = name.to_string();
         let checked = async move { resize::check_shrink(&plan).await.map(|()| plan) };
         Box::pin(checked.into_actor(self).map(move |checked, act, _| {
-            reply(checked.and_then(|plan| act.start_resize(&name, plan)))
+            reply(checked.and_then(|plan| act.start_resize(&name, owner, plan)))
         }))
     }
 
@@ -192,11 +251,20 @@ impl Concierge {
         })
     }
 
-    /// Every disk image; a running VM's disk gets the minimum its filesystem can shrink to
-    /// from maitred (the smallest size a resize accepts otherwise).
-    pub(super) fn list_disks(&self) -> Reply {
-        let disks = match disk::list(&self.config.state_dir) {
-            Ok(d) => d,
+    /// The disk images `caller` may see, with their owners; a running VM's disk gets the
+    /// minimum its filesystem can shrink to from maitred (the smallest size a resize accepts
+    /// otherwise).
+    pub(super) fn list_disks(&self, caller: &Caller) -> Reply {
+        let state = &self.config.state_dir;
+        let disks: Vec<_> = match disk::list(state) {
+            Ok(d) => d
+                .into_iter()
+                .filter_map(|mut d| {
+                    let o = owner::disk_owner(state, &d.name).unwrap_or(owner::ROOT);
+                    d.owner_id = owner::owner_id(o);
+                    caller.may_use(o).then_some(d)
+                })
+                .collect(),
             Err(e) => return ready(Body::Error(e)),
         };
         let running: Vec<(usize, resize::RunningVm)> = disks
@@ -261,11 +329,18 @@ impl Concierge {
     pub(super) fn start_resize(
         &mut self,
         name: &str,
+        owner: u32,
         plan: resize::ResizePlan,
     ) -> Result<ConciergeReply, CrosError> {
         // Another operation may have started while the shrink was being checked.
         self.check_no_disk_op(name)?;
-        let op = self.new_disk_op(DiskOpKind::Resize, name, &plan.disk.clone(), Vec::new())?;
+        let op = self.new_disk_op(
+            DiskOpKind::Resize,
+            name,
+            owner,
+            &plan.disk.clone(),
+            Vec::new(),
+        )?;
         let uuid = op.info().uuid;
         op.spawn(move |op| {
             // The steps talk to maitred and wait on the VMM: async work, on this operation's
@@ -283,28 +358,35 @@ impl Concierge {
         Ok(ConciergeReply::DiskImageOperation { uuid })
     }
 
+    /// Replaces (or creates) the disk of VM `name` from the client's export; a new disk
+    /// belongs to `caller`.
     pub(super) fn import_disk(
         &mut self,
+        caller: &Caller,
+        files: Vec<OwnedFd>,
         name: &str,
         path: &str,
         digest_path: Option<&str>,
     ) -> Result<ConciergeReply, CrosError> {
         check_name(name)?;
+        let state = &self.config.state_dir;
+        let existing = owner::disk_owner(state, name);
+        let owner = match existing {
+            Some(o) if !caller.may_use(o) => return Err(taken(name)),
+            Some(o) => o,
+            None => caller.uid,
+        };
         self.check_no_disk_op(name)?;
         if self.vms.contains_key(name) {
             return Err(CrosError::precondition(format!(
                 "VM {name:?} is running: stop it before importing a disk over it"
             )));
         }
-        let src = absolute(path, "import file")?;
-        if !src.is_file() {
-            return Err(CrosError::not_found(format!(
-                "import file {path:?} is not a readable file"
-            )));
+        let source = client_files::import_source(caller, files, path, digest_path)?;
+        if existing.is_none() {
+            // Before the disk appears: no disk is ever seen without its owner.
+            owner::set_disk_owner(state, name, owner)?;
         }
-        let digest = digest_path
-            .map(|d| absolute(d, "digest file"))
-            .transpose()?;
         let disk = disk::disk_path(&self.config.state_dir, name);
         let dir = disk::disks_dir(&self.config.state_dir);
         std::fs::create_dir_all(&dir)
@@ -315,11 +397,18 @@ impl Concierge {
             uuid.clone(),
             DiskOpKind::Import,
             name,
-            &src,
+            owner,
+            &source.src_label,
             vec![tmp.clone()],
         )?;
-        op.spawn(move |op| disk_op::import(&src, digest.as_deref(), &disk, &tmp, op))
-            .map_err(|e| CrosError::internal(e.to_string()))?;
+        op.spawn(move |op| {
+            let digest = source
+                .digest
+                .as_ref()
+                .map(|(d, l)| (d.as_str(), l.as_path()));
+            disk_op::import(&source.src, &source.src_label, digest, &disk, &tmp, op)
+        })
+        .map_err(|e| CrosError::internal(e.to_string()))?;
         Ok(ConciergeReply::DiskImageOperation { uuid })
     }
 
@@ -327,11 +416,12 @@ impl Concierge {
         &mut self,
         kind: DiskOpKind,
         name: &str,
+        owner: u32,
         path: &std::path::Path,
         partial: Vec<PathBuf>,
     ) -> Result<Arc<disk_op::Operation>, CrosError> {
         let uuid = disk_op::new_uuid().map_err(|e| CrosError::internal(e.to_string()))?;
-        self.new_disk_op_with(uuid, kind, name, path, partial)
+        self.new_disk_op_with(uuid, kind, name, owner, path, partial)
     }
 
     pub(super) fn new_disk_op_with(
@@ -339,6 +429,7 @@ impl Concierge {
         uuid: String,
         kind: DiskOpKind,
         name: &str,
+        owner: u32,
         path: &std::path::Path,
         partial: Vec<PathBuf>,
     ) -> Result<Arc<disk_op::Operation>, CrosError> {
@@ -357,6 +448,7 @@ impl Concierge {
             uuid.clone(),
             kind,
             name,
+            owner::owner_id(owner),
             path,
             partial,
             on_progress,
@@ -366,6 +458,33 @@ impl Concierge {
         self.disk_ops.insert(uuid, DiskOp::Live(op.clone()));
         Ok(op)
     }
+}
+
+/// What a caller is told when the name it wants is another owner's disk.
+fn taken(name: &str) -> CrosError {
+    CrosError::new(
+        cros_messages::ErrorKind::PermissionDenied,
+        format!("the name {name:?} is taken: another user's VM has a disk of that name"),
+    )
+}
+
+/// Renames crosd's own partial files over their targets once an export is complete (an
+/// administrator's export by path); never over an existing file unless forced.
+fn finish_export(target: &client_files::ExportTarget) -> Result<(), disk_op::DiskOpError> {
+    use nix::fcntl::{RenameFlags, renameat2};
+    let flags = if target.replace {
+        RenameFlags::empty()
+    } else {
+        RenameFlags::RENAME_NOREPLACE
+    };
+    for (partial, dst) in &target.renames {
+        renameat2(None, partial, None, dst, flags).map_err(|e| disk_op::DiskOpError::Io {
+            what: "rename to",
+            path: dst.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
 }
 
 /// crosd resolves nothing against its own working directory: clients send absolute paths.
@@ -382,7 +501,7 @@ pub(super) fn absolute(path: &str, what: &str) -> Result<PathBuf, CrosError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{concierge, deliver};
+    use super::super::tests::{concierge, deliver, deliver_from};
     use super::*;
     use actix::Actor;
     use cros_messages::concierge::ConciergeRequest;
@@ -404,6 +523,134 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[actix::test]
+    async fn a_user_sees_and_controls_only_its_own_disks_and_operations() {
+        use crate::bus::clients::Peer;
+        use cros_messages::{Addr, ErrorKind};
+        let dir = tempfile::tempdir().unwrap();
+        let c = concierge(dir.path());
+        let bus = c.bus.clone();
+        let c = c.start();
+        let (alice, bob) = (Addr::client(7), Addr::client(8));
+        for (client, uid) in [(&alice, 4321), (&bob, 5555)] {
+            let peer = Peer {
+                uid,
+                gid: uid,
+                pid: None,
+            };
+            bus.clients().add_peer(client.clone(), peer);
+        }
+        let create = |name: &str| ConciergeRequest::CreateDiskImage {
+            name: name.into(),
+            owner_id: String::new(),
+            size: 1 << 30,
+        };
+        let list = |from: &Addr| {
+            let req = deliver_from(from.clone(), 1, ConciergeRequest::ListVmDisks {});
+            let c = c.clone();
+            async move {
+                let Body::ConciergeReply(ConciergeReply::Disks { disks }) =
+                    c.send(req).await.unwrap()
+                else {
+                    panic!("ListVmDisks must answer")
+                };
+                disks
+                    .into_iter()
+                    .map(|d| (d.name, d.owner_id))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let err = |body: Body| match body {
+            Body::Error(e) => e,
+            other => panic!("must fail: {other:?}"),
+        };
+        c.send(deliver(create("rootvm"))).await.unwrap();
+        let made = c
+            .send(deliver_from(alice.clone(), 2, create("alicevm")))
+            .await
+            .unwrap();
+        assert!(matches!(made, Body::ConciergeReply(_)), "{made:?}");
+        let root = nix::unistd::geteuid().as_raw().to_string();
+        assert_eq!(list(&alice).await, [("alicevm".into(), "4321".into())]);
+        assert!(list(&bob).await.is_empty());
+        assert_eq!(
+            list(&Addr::host("tester")).await,
+            [("alicevm".into(), "4321".into()), ("rootvm".into(), root)]
+        );
+        // Another owner's disk is as good as absent, and its name is not free.
+        let e = err(c
+            .send(deliver_from(
+                bob.clone(),
+                3,
+                ConciergeRequest::DestroyDiskImage {
+                    name: "alicevm".into(),
+                    owner_id: "4321".into(),
+                },
+            ))
+            .await
+            .unwrap());
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+        assert!(disk::disk_path(dir.path(), "alicevm").exists());
+        let e = err(c
+            .send(deliver_from(bob.clone(), 4, create("alicevm")))
+            .await
+            .unwrap());
+        assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+        // A user's export by path alone is refused: crosd does not open its paths.
+        let out = dir.path().join("alice.zst");
+        let export = |name: &str| ConciergeRequest::ExportDiskImage {
+            name: name.into(),
+            owner_id: String::new(),
+            path: out.display().to_string(),
+            digest_path: None,
+            force: false,
+        };
+        let e = err(c
+            .send(deliver_from(alice.clone(), 5, export("alicevm")))
+            .await
+            .unwrap());
+        assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");
+        assert!(e.message.contains("vmc"), "{e}");
+        assert!(!out.exists());
+        // With the file passed, it runs; bob cannot see the operation.
+        let passed =
+            || -> Vec<std::os::fd::OwnedFd> { vec![std::fs::File::create(&out).unwrap().into()] };
+        bus.clients().put_files(alice.clone(), 6, passed());
+        let e = err(c
+            .send(deliver_from(alice.clone(), 6, export("rootvm")))
+            .await
+            .unwrap());
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+        assert_eq!(bus.clients().pending_files(), 0, "taken, and closed");
+        bus.clients().put_files(alice.clone(), 7, passed());
+        let Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) = c
+            .send(deliver_from(alice.clone(), 7, export("alicevm")))
+            .await
+            .unwrap()
+        else {
+            panic!("alice's export must start")
+        };
+        let status = |from: &Addr| {
+            deliver_from(
+                from.clone(),
+                9,
+                ConciergeRequest::DiskImageStatus { uuid: uuid.clone() },
+            )
+        };
+        let e = err(c.send(status(&bob)).await.unwrap());
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+        let op = wait_done(&c, &uuid).await;
+        assert_eq!(
+            (op.state, op.owner_id.as_str()),
+            (DiskOpState::Done, "4321")
+        );
+        assert!(matches!(
+            c.send(status(&alice)).await.unwrap(),
+            Body::ConciergeReply(ConciergeReply::DiskOperation { .. })
+        ));
+        assert!(std::fs::metadata(&out).unwrap().len() > 0);
     }
 
     #[actix::test]

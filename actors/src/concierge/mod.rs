@@ -8,14 +8,17 @@
 //! stopped with the reason and its resources (bridges included) are freed.
 //!
 //! This file holds the VM table and the dispatch of requests; the disk requests are in
-//! [`disk_requests`].
+//! [`disk_requests`]. Every request acts for a [`Caller`] (the client's uid, see [`owner`]): a
+//! client sees and controls only the VMs, disks and operations it owns; root sees all.
 
 mod backend;
+mod client_files;
 mod disk;
 mod disk_op;
 mod disk_requests;
 mod extra_disks;
 mod handover;
+mod owner;
 mod resize;
 mod vm;
 mod vm_record;
@@ -24,6 +27,7 @@ pub use backend::bin_dir;
 pub use handover::Handover;
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +48,7 @@ use crate::bus::not_mine;
 use crate::bus::{BusHandle, Deliver, EventSink};
 use crate::config::HostConfig;
 use disk_requests::DiskOp;
+use owner::Caller;
 use vm::{BootPlan, VmExit, VmWatcher};
 
 /// Bounds on what StartVm may ask for.
@@ -56,6 +61,12 @@ const MIN_SIZE_QUERY: Duration = Duration::from_secs(5);
 
 struct VmEntry {
     info: VmInfo,
+    /// The uid that owns the VM (the owner of its stateful disk).
+    owner: u32,
+    /// Extra disk images the client passed, open for as long as the VM may use them (the
+    /// hypervisor opens them through crosd's /proc/<pid>/fd); only ever dropped.
+    #[allow(dead_code)]
+    held_files: Vec<OwnedFd>,
     run_dir: PathBuf,
     /// Set once the VM is running; shared with a StopVm in progress.
     watcher: Option<Arc<VmWatcher>>,
@@ -130,7 +141,16 @@ impl Concierge {
             next_generation: 1,
             stopped: vm_record::recover(&config.run_dir, &config.state_dir.join("logs"))
                 .into_iter()
-                .map(|info| (info.name.clone(), info))
+                .map(|info| {
+                    // A VM is its disk owner's.
+                    let uid =
+                        owner::disk_owner(&config.state_dir, &info.name).unwrap_or(owner::ROOT);
+                    let info = VmInfo {
+                        owner_id: owner::owner_id(uid),
+                        ..info
+                    };
+                    (info.name.clone(), info)
+                })
                 .collect(),
         });
         Self {
@@ -153,43 +173,58 @@ impl Concierge {
         self.bus.publish(&Self::me(), Body::ConciergeEvent(event));
     }
 
-    /// `deadline`: when the asker stops waiting (stopping VMs fits its steps into it).
-    fn handle_request(&mut self, req: ConciergeRequest, deadline: Instant) -> Reply {
+    /// `files`: what the client passed with the request (export and import targets, extra
+    /// disks); dropped, so closed, unless the request keeps them. `deadline`: when the asker
+    /// stops waiting (stopping VMs fits its steps into it).
+    fn handle_request(
+        &mut self,
+        req: ConciergeRequest,
+        caller: Caller,
+        files: Vec<OwnedFd>,
+        deadline: Instant,
+    ) -> Reply {
         match req {
             ConciergeRequest::ListVms {} => ready(reply(Ok(ConciergeReply::Vms {
                 vms: self
                     .vms
                     .values()
+                    .filter(|v| caller.may_use(v.owner))
                     .map(|v| &v.info)
-                    .chain(self.stopped.values())
+                    .chain(
+                        self.stopped
+                            .values()
+                            .filter(|i| caller.may_use(owner::parse_owner_id(&i.owner_id))),
+                    )
                     .cloned()
                     .collect(),
             }))),
             ConciergeRequest::GetVmInfo { name, .. } => {
-                ready(reply(self.vm(&name).map(|v| ConciergeReply::VmInfo {
-                    vm_info: v.info.clone(),
+                ready(reply(self.vm(&caller, &name).map(|v| {
+                    ConciergeReply::VmInfo {
+                        vm_info: v.info.clone(),
+                    }
                 })))
             }
-            ConciergeRequest::StartVm(start) => match self.plan_start(start) {
-                Ok((plan, hv)) => self.start_vm(plan, hv),
+            ConciergeRequest::StartVm(start) => match self.plan_start(&caller, start, files) {
+                Ok(planned) => self.start_vm(planned),
                 Err(e) => ready(Body::Error(e)),
             },
-            ConciergeRequest::StopVm { name, .. } => self.stop_vm(&name, deadline),
-            ConciergeRequest::StopAllVms {} => self.stop_all(deadline),
+            ConciergeRequest::StopVm { name, .. } => self.stop_vm(&caller, &name, deadline),
+            ConciergeRequest::StopAllVms {} => self.stop_all(&caller, deadline),
             ConciergeRequest::SuspendVm { name, .. } | ConciergeRequest::ResumeVm { name, .. } => {
-                ready(reply(self.vm(&name).and_then(|_| {
+                ready(reply(self.vm(&caller, &name).and_then(|_| {
                     Err(CrosError::unsupported(format!(
                         "cannot suspend or resume {name:?}: not supported by the qemu backend yet"
                     )))
                 })))
             }
             ConciergeRequest::CreateDiskImage { name, size, .. } => {
-                ready(reply(check_name(&name).and_then(|_| {
-                    disk::create(&self.config.state_dir, &name, size)
-                })))
+                ready(reply(self.create_disk(&caller, &name, size)))
             }
-            ConciergeRequest::DestroyDiskImage { name, .. } => self.destroy_disk(&name, deadline),
-            ConciergeRequest::ListVmDisks {} => self.list_disks(),
+            ConciergeRequest::DestroyDiskImage { name, .. } => {
+                self.destroy_disk(&caller, &name, deadline)
+            }
+            ConciergeRequest::ListVmDisks {} => self.list_disks(&caller),
             ConciergeRequest::ExportDiskImage {
                 name,
                 path,
@@ -197,6 +232,8 @@ impl Concierge {
                 force,
                 ..
             } => ready(reply(self.export_disk(
+                &caller,
+                files,
                 &name,
                 &path,
                 digest_path.as_deref(),
@@ -208,36 +245,53 @@ impl Concierge {
                 digest_path,
                 ..
             } => ready(reply(self.import_disk(
+                &caller,
+                files,
                 &name,
                 &path,
                 digest_path.as_deref(),
             ))),
-            ConciergeRequest::ResizeDiskImage { name, size, .. } => self.resize_disk(&name, size),
+            ConciergeRequest::ResizeDiskImage { name, size, .. } => {
+                self.resize_disk(&caller, &name, size)
+            }
             ConciergeRequest::DiskImageStatus { uuid } => ready(reply(
-                self.disk_op(&uuid)
+                self.disk_op(&caller, &uuid)
                     .map(|op| ConciergeReply::DiskOperation { op: op.info() }),
             )),
             ConciergeRequest::CancelDiskImageOperation { uuid } => {
-                ready(reply(self.cancel_disk_op(&uuid)))
+                ready(reply(self.cancel_disk_op(&caller, &uuid)))
             }
         }
     }
 
-    fn vm(&self, name: &str) -> Result<&VmEntry, CrosError> {
+    /// VM `name` when `caller` may see it; the same error as for no VM otherwise.
+    fn vm(&self, caller: &Caller, name: &str) -> Result<&VmEntry, CrosError> {
         check_name(name)?;
         self.vms
             .get(name)
+            .filter(|v| caller.may_use(v.owner))
             .ok_or_else(|| CrosError::not_found(format!("no VM named {name:?} is running")))
     }
 
     /// Checks a StartVm request and turns it into the boot plan, with the backend to boot on.
-    fn plan_start(&self, start: StartVm) -> Result<(BootPlan, Arc<dyn Hypervisor>), CrosError> {
+    fn plan_start(
+        &self,
+        caller: &Caller,
+        start: StartVm,
+        files: Vec<OwnedFd>,
+    ) -> Result<PlannedStart, CrosError> {
         let name = start.name.as_str();
         check_name(name)?;
         self.check_no_disk_op(name)?;
         if self.vms.contains_key(name) {
             return Err(vm::already_running(name));
         }
+        // The VM is its disk's owner's; a caller who may not use the disk may not boot it.
+        let owner = match owner::disk_owner(&self.config.state_dir, name) {
+            Some(o) if caller.may_use(o) => o,
+            Some(_) => return Err(owner::no_disk(name)),
+            None => caller.uid,
+        };
         if start.cpus == 0 || start.cpus > MAX_CPUS {
             return Err(CrosError::invalid(format!(
                 "cpus {} is outside 1..={MAX_CPUS}",
@@ -260,26 +314,38 @@ impl Concierge {
         let hv = self.hypervisor.clone()?;
         let cid = vm::allocate_cid(self.vms.values().map(|v| v.info.cid));
         let stateful = disk::disk_path(&self.config.state_dir, name);
-        let extra_disks = extra_disks::plan(&start.disks, std::slice::from_ref(&stateful))?;
+        let extra =
+            extra_disks::plan(caller, &start.disks, files, std::slice::from_ref(&stateful))?;
         let plan = BootPlan {
             cid,
             run_dir: self.config.run_dir.join(format!("vm.{cid}")),
             stateful,
             timeout: Duration::from_secs(u64::from(start.timeout_secs)),
-            extra_disks,
+            extra_disks: extra.disks,
             request: start,
         };
-        Ok((plan, hv))
+        Ok(PlannedStart {
+            plan,
+            hypervisor: hv,
+            owner,
+            held_files: extra.held_files,
+        })
     }
 
-    fn start_vm(&mut self, plan: BootPlan, hv: Arc<dyn Hypervisor>) -> Reply {
+    fn start_vm(&mut self, planned: PlannedStart) -> Reply {
+        let PlannedStart {
+            plan,
+            hypervisor: hv,
+            owner,
+            held_files,
+        } = planned;
         let name = plan.request.name.clone();
         let (ready_tx, ready) = tokio::sync::oneshot::channel();
         let generation = self.next_generation;
         self.next_generation += 1;
         let info = VmInfo {
             name: name.clone(),
-            owner_id: String::new(),
+            owner_id: owner::owner_id(owner),
             cid: plan.cid,
             pid: 0,
             ipv4: String::new(),
@@ -294,6 +360,8 @@ impl Concierge {
             name.clone(),
             VmEntry {
                 info,
+                owner,
+                held_files,
                 run_dir: plan.run_dir.clone(),
                 watcher: None,
                 bridges: None,
@@ -356,8 +424,8 @@ impl Concierge {
         )
     }
 
-    fn stop_vm(&mut self, name: &str, deadline: Instant) -> Reply {
-        let entry = match self.vm(name) {
+    fn stop_vm(&mut self, caller: &Caller, name: &str, deadline: Instant) -> Reply {
+        let entry = match self.vm(caller, name) {
             Ok(e) => e,
             Err(e) => return ready(Body::Error(e)),
         };
@@ -383,9 +451,13 @@ impl Concierge {
         }))
     }
 
-    fn stop_all(&mut self, deadline: Instant) -> Reply {
+    /// Stops every running VM `caller` may control.
+    fn stop_all(&mut self, caller: &Caller, deadline: Instant) -> Reply {
         let mut running = Vec::new();
         for (name, e) in self.vms.iter_mut() {
+            if !caller.may_use(e.owner) {
+                continue;
+            }
             if let (Some(w), VmStatus::Running) = (e.watcher.clone(), e.info.status) {
                 e.info.status = VmStatus::Stopping;
                 running.push((name.clone(), e.generation, w));
@@ -446,6 +518,14 @@ impl Concierge {
             detail,
         });
     }
+}
+
+/// A checked StartVm: the boot plan, the backend to boot on, and what the VM entry keeps.
+struct PlannedStart {
+    plan: BootPlan,
+    hypervisor: Arc<dyn Hypervisor>,
+    owner: u32,
+    held_files: Vec<OwnedFd>,
 }
 
 fn check_name(name: &str) -> Result<(), CrosError> {
@@ -533,8 +613,19 @@ impl Handler<Deliver> for Concierge {
     type Result = ResponseActFuture<Self, Body>;
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
-        match msg.env.body {
-            Body::Concierge(req) => self.handle_request(req, msg.deadline),
+        let Envelope { id, from, body, .. } = msg.env;
+        match body {
+            Body::Concierge(req) => {
+                let files = if from.is_client() {
+                    self.bus.clients().take_files(&from, id)
+                } else {
+                    Vec::new()
+                };
+                match Caller::of(&self.bus, &from, &req) {
+                    Ok(caller) => self.handle_request(req, caller, files, msg.deadline),
+                    Err(e) => ready(Body::Error(e)),
+                }
+            }
             other => ready(not_mine("concierge", &other)),
         }
     }
@@ -606,16 +697,16 @@ mod tests {
         )
     }
 
-    /// A client's request to the concierge, as the bus delivers it.
+    /// A request of crosd itself (a host actor, so an administrator's) to the concierge.
     pub(super) fn deliver(r: ConciergeRequest) -> Deliver {
+        deliver_from(Addr::host("tester"), 1, r)
+    }
+
+    /// A request as the bus delivers it from `from` (a client connection: register its peer on
+    /// the concierge's bus first).
+    pub(super) fn deliver_from(from: Addr, id: u64, r: ConciergeRequest) -> Deliver {
         Deliver::new(
-            cros_messages::Envelope::new(
-                1,
-                1,
-                Addr::client(1),
-                Concierge::me(),
-                Body::Concierge(r),
-            ),
+            cros_messages::Envelope::new(id, id, from, Concierge::me(), Body::Concierge(r)),
             Duration::from_secs(60),
         )
     }
@@ -807,6 +898,93 @@ mod tests {
             vms(&second).await.is_empty()
         })
         .await;
+    }
+
+    /// A VM entry as StartVm makes it, still starting (no process: none is needed here).
+    fn starting_vm(dir: &std::path::Path, name: &str, owner: u32) -> VmEntry {
+        VmEntry {
+            info: VmInfo {
+                name: name.into(),
+                owner_id: owner::owner_id(owner),
+                cid: 3,
+                pid: 0,
+                ipv4: String::new(),
+                seneschal_handle: 0,
+                status: VmStatus::Starting,
+                hypervisor: "qemu".into(),
+                vsock_socket: String::new(),
+                detail: String::new(),
+            },
+            owner,
+            held_files: Vec::new(),
+            run_dir: dir.join(name),
+            watcher: None,
+            bridges: None,
+            ready: None,
+            generation: 1,
+        }
+    }
+
+    #[actix::test]
+    async fn a_user_sees_and_stops_only_its_own_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = concierge(dir.path());
+        let root = owner::ROOT;
+        for (name, owner) in [("rootvm", root), ("uservm", 4321)] {
+            c.vms
+                .insert(name.into(), starting_vm(dir.path(), name, owner));
+        }
+        let user = Addr::client(7);
+        let peer = crate::bus::clients::Peer {
+            uid: 4321,
+            gid: 4321,
+            pid: None,
+        };
+        c.bus.clients().add_peer(user.clone(), peer);
+        let c = c.start();
+        let ask = |from: &Addr, r| c.send(deliver_from(from.clone(), 1, r));
+        let names = |body: Body| match body {
+            Body::ConciergeReply(ConciergeReply::Vms { vms }) => vms
+                .into_iter()
+                .map(|v| (v.name, v.owner_id))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let err = |body: Body| match body {
+            Body::Error(e) => e,
+            other => panic!("must fail: {other:?}"),
+        };
+        assert_eq!(
+            names(ask(&user, ConciergeRequest::ListVms {}).await.unwrap()),
+            [("uservm".into(), "4321".into())]
+        );
+        assert_eq!(
+            names(c.send(deliver(ConciergeRequest::ListVms {})).await.unwrap()).len(),
+            2,
+            "root sees all"
+        );
+        for req in [
+            ConciergeRequest::GetVmInfo {
+                name: "rootvm".into(),
+                owner_id: "0".into(),
+            },
+            ConciergeRequest::StopVm {
+                name: "rootvm".into(),
+                owner_id: "0".into(),
+            },
+        ] {
+            let e = err(ask(&user, req).await.unwrap());
+            assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+            assert!(e.message.contains("no VM named \"rootvm\""), "{e}");
+        }
+        // Its own VM it may stop (once it runs: this one is still starting).
+        let stop = ConciergeRequest::StopVm {
+            name: "uservm".into(),
+            owner_id: String::new(),
+        };
+        let e = err(ask(&user, stop).await.unwrap());
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition, "{e}");
+        assert!(e.message.contains("Starting"), "{e}");
     }
 
     #[actix::test]

@@ -1,9 +1,18 @@
 //! vmc: start, stop, list VMs, manage their disks and read their logs through crosd (as
 //! ChromeOS's `vmc`).
+//!
+//! Every file vmc names to crosd (export target, import stream, digest, extra disks) is opened
+//! here, with the user's own access, and passed over the socket; crosd never opens a user's
+//! path. An export writes into `FILE.partial` (created new, so two exports never share it) and
+//! vmc renames it to FILE once the export is done, never over an existing FILE unless
+//! `--force`; a failed, cancelled or interrupted export leaves neither behind.
 
+use std::fs::File;
 use std::io::{BufRead, IsTerminal, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +22,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use cros_messages::concierge::{
     ConciergeEvent, ConciergeReply, ConciergeRequest, DiskImageStatus, DiskOpInfo, DiskOpState,
-    StartVm, VmInfo,
+    DiskSpec, StartVm, VmInfo,
 };
 use cros_messages::vmlog::{VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body};
@@ -54,6 +63,10 @@ enum Cmd {
         /// Version of the termina component to boot [default: the newest verified one].
         #[arg(long)]
         component_version: Option<String>,
+        /// Attach this image as an extra disk, read-only, or read-write as `PATH,rw`
+        /// (repeatable; the guest sees them in order, serials crosd-extra0, 1, ...).
+        #[arg(long = "disk", value_parser = parse_disk)]
+        disks: Vec<ExtraDisk>,
         /// VM name, e.g. termina.
         name: String,
     },
@@ -89,12 +102,14 @@ enum Cmd {
         #[arg(value_parser = parse_size)]
         size: u64,
     },
-    /// Write the VM's disk to FILE as a zstd stream, showing progress until it is done.
+    /// Write the VM's disk to FILE as a zstd stream, showing progress until it is done. An
+    /// existing FILE is not replaced unless --force.
     Export {
         /// Also write the SHA-256 of FILE here, in `sha256sum` format.
         #[arg(long)]
         digest: Option<PathBuf>,
-        /// Export even while the VM runs (the copy may then be inconsistent).
+        /// Replace an existing FILE (and digest), and export even while the VM runs (the copy
+        /// may then be inconsistent).
         #[arg(long)]
         force: bool,
         name: String,
@@ -149,8 +164,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout,
             kernel_params,
             component_version,
+            disks,
             name,
         } => {
+            // Open the extra disks first: a path the user cannot open fails before anything.
+            let extra = disks
+                .iter()
+                .map(ExtraDisk::open)
+                .collect::<anyhow::Result<Vec<_>>>()?;
             progress(&format!("creating the disk image of {name} (if needed)"));
             let req = Body::Concierge(ConciergeRequest::CreateDiskImage {
                 name: name.clone(),
@@ -171,15 +192,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 other => bail!("unexpected reply to CreateDiskImage: {}", other.type_name()),
             }
-            let info = start_vm(
-                &mut client,
-                &name,
+            let req = StartVm {
                 cpus,
-                mem,
-                timeout,
+                memory_mib: mem,
                 kernel_params,
+                timeout_secs: timeout,
                 component_version,
-            )?;
+                disks: disks
+                    .iter()
+                    .map(|d| {
+                        Ok(DiskSpec {
+                            path: absolute(&d.path)?,
+                            writable: d.writable,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                ..StartVm::named(&name)
+            };
+            let files: Vec<BorrowedFd> = extra.iter().map(|f| f.as_fd()).collect();
+            let info = start_vm(&mut client, req, &files)?;
             progress(&format!(
                 "{name} is running (cid {}, pid {}, {})",
                 info.cid, info.pid, info.hypervisor
@@ -325,12 +356,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 digest_path: digest.as_deref().map(absolute).transpose()?,
                 force,
             };
+            // Before the partial files exist: a Ctrl-C from here on cancels and removes them.
+            catch_sigint();
+            let mut targets = vec![file.clone()];
+            targets.extend(digest.clone());
+            let partial = PartialExport::create(&targets, force)?;
+            let files: Vec<BorrowedFd> = partial.files.iter().map(|f| f.as_fd()).collect();
             let op = run_disk_op(
                 &mut client,
                 cli.socket.as_deref(),
                 req,
+                &files,
                 &format!("exporting {name} to {}", file.display()),
             )?;
+            if op.state == DiskOpState::Done {
+                partial.commit()?;
+            }
             finish_disk_op(&op)
         }
         Cmd::Resize { name, size } => {
@@ -343,6 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut client,
                 cli.socket.as_deref(),
                 req,
+                &[],
                 &format!("resizing the disk of {name} to {}", human_size(size)),
             )?;
             finish_disk_op(&op)
@@ -354,10 +396,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 path: absolute(&file)?,
                 digest_path: digest.as_deref().map(absolute).transpose()?,
             };
+            let mut opened = vec![open_for_reading(&file)?];
+            if let Some(d) = &digest {
+                opened.push(open_for_reading(d)?);
+            }
+            let files: Vec<BorrowedFd> = opened.iter().map(|f| f.as_fd()).collect();
             let op = run_disk_op(
                 &mut client,
                 cli.socket.as_deref(),
                 req,
+                &files,
                 &format!("importing {} into {name}", file.display()),
             )?;
             finish_disk_op(&op)
@@ -400,15 +448,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn start_vm(
-    client: &mut Client,
-    name: &str,
-    cpus: u32,
-    memory_mib: u32,
-    timeout_secs: u32,
-    kernel_params: Vec<String>,
-    component_version: Option<String>,
-) -> anyhow::Result<VmInfo> {
+fn start_vm(client: &mut Client, req: StartVm, files: &[BorrowedFd]) -> anyhow::Result<VmInfo> {
+    let StartVm {
+        cpus,
+        memory_mib,
+        timeout_secs,
+        ..
+    } = req;
+    let name = req.name.as_str();
     progress(&format!(
         "starting {name} ({cpus} cpus, {memory_mib} MiB; waiting up to {timeout_secs} s for it to be ready)"
     ));
@@ -428,15 +475,10 @@ fn start_vm(
             }
         })
     };
-    let req = Body::Concierge(ConciergeRequest::StartVm(StartVm {
-        cpus,
-        memory_mib,
-        kernel_params,
-        timeout_secs,
-        component_version,
-        ..StartVm::named(name)
-    }));
-    let reply = client.call(&concierge(), req.clone(), client::request_timeout(&req));
+    let name = name.to_string();
+    let req = Body::Concierge(ConciergeRequest::StartVm(req));
+    let timeout = client::request_timeout(&req);
+    let reply = client.call_with_files(&concierge(), req, files, timeout);
     done.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     match reply.with_context(|| format!("cannot start {name}"))? {
@@ -493,6 +535,137 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// `--disk PATH` or `--disk PATH,rw`.
+#[derive(Clone)]
+struct ExtraDisk {
+    path: PathBuf,
+    writable: bool,
+}
+
+fn parse_disk(text: &str) -> Result<ExtraDisk, String> {
+    let (path, writable) = match text.rsplit_once(',') {
+        Some((p, "rw")) => (p, true),
+        Some((p, "ro")) => (p, false),
+        _ => (text, false),
+    };
+    if path.is_empty() {
+        return Err(format!("bad disk {text:?}: expected PATH or PATH,rw"));
+    }
+    Ok(ExtraDisk {
+        path: PathBuf::from(path),
+        writable,
+    })
+}
+
+impl ExtraDisk {
+    /// Opened by this user, in the mode the VM gets it.
+    fn open(&self) -> anyhow::Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(self.writable)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&self.path)
+            .with_context(|| format!("cannot open the disk image {}", self.path.display()))
+    }
+}
+
+/// Opens a file crosd is to read. Non-blocking, so a FIFO cannot hang the open; crosd refuses
+/// anything but a regular file.
+fn open_for_reading(path: &Path) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+/// The `.partial` files an export writes, removed unless [`PartialExport::commit`] renamed
+/// them over their targets.
+struct PartialExport {
+    /// `(partial, target)`, as the files are passed: the export, then the digest.
+    paths: Vec<(PathBuf, PathBuf)>,
+    files: Vec<File>,
+    force: bool,
+    committed: bool,
+}
+
+impl PartialExport {
+    /// Creates `<target>.partial` for each target, refusing an existing target (or partial
+    /// file, which may be another export's) unless `force`.
+    fn create(targets: &[PathBuf], force: bool) -> anyhow::Result<Self> {
+        let mut partial = Self {
+            paths: Vec::new(),
+            files: Vec::new(),
+            force,
+            committed: false,
+        };
+        for target in targets {
+            if !force && target.exists() {
+                bail!(
+                    "{} exists: not replacing it without --force",
+                    target.display()
+                );
+            }
+            let mut p = target.as_os_str().to_owned();
+            p.push(".partial");
+            let p = PathBuf::from(p);
+            let mut open = std::fs::OpenOptions::new();
+            open.write(true).mode(0o644);
+            if force {
+                open.create(true).truncate(true);
+            } else {
+                open.create_new(true);
+            }
+            let file = open.open(&p).with_context(|| {
+                if p.exists() && !force {
+                    format!(
+                        "cannot create {}: it exists (another export, or a stale one: remove it                          or use --force)",
+                        p.display()
+                    )
+                } else {
+                    format!("cannot create {}", p.display())
+                }
+            })?;
+            partial.paths.push((p, target.clone()));
+            partial.files.push(file);
+        }
+        Ok(partial)
+    }
+
+    /// Renames each partial file over its target (not over an existing one unless forced).
+    fn commit(mut self) -> anyhow::Result<()> {
+        use nix::fcntl::{RenameFlags, renameat2};
+        let flags = if self.force {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::RENAME_NOREPLACE
+        };
+        // The digest last: it names a complete export.
+        for (partial, target) in self.paths.iter().rev() {
+            renameat2(None, partial, None, target, flags).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    partial.display(),
+                    target.display()
+                )
+            })?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartialExport {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (partial, _) in &self.paths {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+}
+
 /// crosd runs elsewhere (another working directory): it gets absolute paths.
 fn absolute(p: &std::path::Path) -> anyhow::Result<String> {
     Ok(std::path::absolute(p)
@@ -517,6 +690,7 @@ fn run_disk_op(
     client: &mut Client,
     socket: Option<&std::path::Path>,
     req: ConciergeRequest,
+    files: &[BorrowedFd],
     what: &str,
 ) -> anyhow::Result<DiskOpInfo> {
     catch_sigint();
@@ -526,10 +700,11 @@ fn run_disk_op(
         DEFAULT_TIMEOUT,
     )?;
     let kind: &'static str = (&req).into();
-    let uuid = match client.call(&concierge(), Body::Concierge(req), DEFAULT_TIMEOUT)? {
-        Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) => uuid,
-        other => bail!("unexpected reply to {kind}: {}", other.type_name()),
-    };
+    let uuid =
+        match client.call_with_files(&concierge(), Body::Concierge(req), files, DEFAULT_TIMEOUT)? {
+            Body::ConciergeReply(ConciergeReply::DiskImageOperation { uuid }) => uuid,
+            other => bail!("unexpected reply to {kind}: {}", other.type_name()),
+        };
     progress(&format!("{what} (operation {uuid})"));
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(100);
@@ -648,6 +823,41 @@ mod tests {
         for bad in ["", "G", "10X", "-1", "0", "99999999999T", "1.5G"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn disks_are_read_only_unless_rw() {
+        let d = parse_disk("/x/a.img").unwrap();
+        assert_eq!((d.path, d.writable), (PathBuf::from("/x/a.img"), false));
+        let d = parse_disk("/x/a,b.img,rw").unwrap();
+        assert_eq!((d.path, d.writable), (PathBuf::from("/x/a,b.img"), true));
+        assert!(parse_disk(",rw").is_err());
+    }
+
+    #[test]
+    fn an_export_never_replaces_a_file_unless_forced_and_cleans_up_when_it_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.zst");
+        std::fs::write(&target, b"precious").unwrap();
+        let err = PartialExport::create(std::slice::from_ref(&target), false)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--force"), "{err}");
+        let fresh = dir.path().join("new.zst");
+        let partial = PartialExport::create(std::slice::from_ref(&fresh), false).unwrap();
+        let partial_path = dir.path().join("new.zst.partial");
+        assert!(partial_path.exists());
+        // A second export to the same file while the first runs is refused.
+        assert!(PartialExport::create(std::slice::from_ref(&fresh), false).is_err());
+        drop(partial);
+        assert!(
+            !partial_path.exists() && !fresh.exists(),
+            "a failed export leaves nothing"
+        );
+        let forced = PartialExport::create(std::slice::from_ref(&target), true).unwrap();
+        std::io::Write::write_all(&mut &forced.files[0], b"new export").unwrap();
+        forced.commit().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new export");
     }
 
     #[test]

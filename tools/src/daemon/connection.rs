@@ -10,16 +10,22 @@
 //! queue full cuts the connection off instead: events cannot wait (the bus publishes to every
 //! subscriber from the publisher's thread) and dropping one silently would leave the client
 //! waiting forever for a VmStarted it lost, while a closed connection is an error it sees.
+//!
+//! Who the peer is comes from the kernel (SO_PEERCRED) and is registered on the bus for the
+//! connection's life, so concierge knows each request's owner whatever the client wrote; files
+//! the client passed with a request go with it (see [`super::passed_files`]).
 
+use super::passed_files::{self, FilesInFlight, FrameReader};
 use super::socket::AccessPolicy;
 use cros_actors::BusHandle;
+use cros_actors::bus::clients::Peer;
 use cros_actors::bus::{EventSink, RouteNow};
-use cros_messages::bus::BusRequest;
+use cros_messages::bus::{BusEvent, BusRequest};
 use cros_messages::framing::{self, MAX_CONTROL_FRAME, tokio_io};
 use cros_messages::{Addr, Body, CrosError, Envelope, ErrorKind, FrameError, PROTOCOL_VERSION};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -99,7 +105,8 @@ pub async fn serve(
 ) {
     let client = Addr::client(n);
     let mut stream = stream;
-    let refusal = match stream.peer_cred() {
+    let cred = stream.peer_cred();
+    let refusal = match &cred {
         Ok(cred) => policy
             .check(cred.uid(), cred.gid())
             .err()
@@ -137,9 +144,33 @@ pub async fn serve(
         let _ = tokio_io::write_message(&mut stream, &frame, MAX_CONTROL_FRAME).await;
         return;
     }
-    tracing::debug!(%client, peer = %peer.actor, "connected");
+    let Ok(cred) = cred else { return };
+    let owner = Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+    };
+    tracing::debug!(%client, peer = %peer.actor, uid = owner.uid, "connected");
+    bus.clients().add_peer(client.clone(), owner);
+    if bus.is_tracing() {
+        let connected = BusEvent::ClientConnected {
+            client: client.clone(),
+            uid: owner.uid,
+            gid: owner.gid,
+        };
+        let id = bus.next_id();
+        let me = bus.addr().clone();
+        bus.record(&Envelope::new(
+            id,
+            0,
+            me.clone(),
+            me,
+            Body::BusEvent(connected),
+        ));
+    }
     let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
+    let mut rd = FrameReader::new(rd);
+    let files_in_flight = FilesInFlight::default();
     let (tx, rx) = mpsc::channel::<Envelope>(MAX_QUEUED);
     let writer = actix::spawn(write_loop(wr, rx, client.clone()));
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -150,10 +181,10 @@ pub async fn serve(
         let frame = tokio::select! {
             _ = shutdown.changed() => break,
             _ = cut.wait_for(|c| *c) => break,
-            frame = tokio_io::read_frame(&mut rd, MAX_CONTROL_FRAME) => frame,
+            frame = rd.read_frame(MAX_CONTROL_FRAME) => frame,
         };
-        let payload = match frame {
-            Ok(p) => p,
+        let passed_files::Frame { payload, files } = match frame {
+            Ok(f) => f,
             Err(FrameError::Closed) => break,
             Err(e @ FrameError::TooLarge { .. }) => {
                 // The oversized payload is still in the stream: answer, then close.
@@ -207,9 +238,27 @@ pub async fn serve(
             }
             continue;
         }
+        let reservation = match files_in_flight.attach(&bus, &env, files) {
+            Ok(r) => r,
+            Err(err) => {
+                if !queue(
+                    &tx,
+                    error_envelope(&bus, &client, Some(env.id), err),
+                    &mut cut,
+                )
+                .await
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let request_id = env.id;
         // Requests the bus answers itself need no task.
         match bus.route_now(env) {
             RouteNow::Replied(reply) => {
+                drop(bus.clients().take_files(&client, request_id));
+                drop(reservation);
                 if !queue(&tx, reply, &mut cut).await {
                     break;
                 }
@@ -220,10 +269,14 @@ pub async fn serve(
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
-                let (bus, tx) = (bus.clone(), tx.clone());
+                let (bus, tx, client) = (bus.clone(), tx.clone(), client.clone());
                 actix::spawn(async move {
+                    let reply = bus.route(env).await;
+                    // What the actor did not take is closed now.
+                    drop(bus.clients().take_files(&client, request_id));
+                    drop(reservation);
                     // Fails only once the writer is gone (the connection was cut off).
-                    let _ = tx.send(bus.route(env).await).await;
+                    let _ = tx.send(reply).await;
                     drop(permit);
                 });
             }
@@ -240,6 +293,8 @@ pub async fn serve(
     }
     // In-flight requests hold senders; the writer ends after their replies are written.
     let _ = writer.await;
+    // Only now: an in-flight request still acts for this peer.
+    bus.clients().remove_peer(&client);
     tracing::debug!(%client, "disconnected");
 }
 

@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod limits;
 pub mod lock;
+pub mod passed_files;
 pub mod socket;
 
 use cros_actors::HypervisorConfig;

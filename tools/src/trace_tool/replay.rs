@@ -27,6 +27,7 @@
 use super::Trace;
 use crate::client::{Client, ClientError};
 use actix::{Actor, Context, Handler, MessageResult};
+use cros_actors::bus::clients::Peer;
 use cros_actors::{BusConfig, BusHandle, Deliver, HostConfig, HypervisorConfig, spawn_host_actor};
 use cros_hypervisor::StandInBackend;
 use cros_messages::bus::BusEvent;
@@ -415,6 +416,17 @@ pub async fn replay_actor(
         },
         ..HostConfig::new(state, run)
     };
+    // The recorded connections, as the users they were.
+    for (_, env) in trace.envelopes() {
+        if let Body::BusEvent(BusEvent::ClientConnected { client, uid, gid }) = env.body {
+            let peer = Peer {
+                uid,
+                gid,
+                pid: None,
+            };
+            bus.clients().add_peer(client, peer);
+        }
+    }
     spawn_host_actor(&bus, &host, kind)
         .await
         .map_err(|e| ReplayError::Start {
