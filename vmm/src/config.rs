@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::devices::vsock::VsockConfig;
-use crate::run::VmmError;
+use crate::error::VmmError;
 
 /// First interrupt line for virtio-mmio devices (below: legacy ISA devices we emulate).
 pub const VIRTIO_IRQ_BASE: u32 = 5;

@@ -5,6 +5,7 @@ pub mod arch;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod error;
 pub mod loader;
 pub mod memory;
 pub mod probe;

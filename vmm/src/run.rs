@@ -4,7 +4,6 @@
 
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -21,8 +20,8 @@ use crate::acpi::{self, AcpiConfig, MmioDeviceInfo};
 use crate::arch::x86_64::{cpuid, interrupts, msr, regs, zero_page};
 use crate::config::CaptureWriter;
 pub use crate::config::{BlockConfig, MAX_VCPUS, SerialOutput, VIRTIO_IRQ_BASE, VmConfig};
-use crate::control::{ControlError, ControlRequest, ControlServer};
-use crate::devices::bus::{Bus, BusError};
+use crate::control::{ControlRequest, ControlServer};
+use crate::devices::bus::Bus;
 use crate::devices::legacy::EventFdTrigger;
 use crate::devices::legacy::acpi_pm::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPm};
 use crate::devices::legacy::console::forward_stdin;
@@ -30,16 +29,17 @@ use crate::devices::legacy::ged::{GED_IRQ, GED_PORT, GED_PORT_LEN, Ged, GedEvent
 use crate::devices::legacy::i8042::{I8042, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::legacy::serial::{COM1_IRQ, COM1_PORT, COM1_PORT_LEN, SerialDevice};
 use crate::devices::virtio::VirtioInterrupt;
+use crate::devices::virtio::block::Block;
 use crate::devices::virtio::block::resize::BlockDevices;
-use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{self, MMIO_WINDOW_SIZE, MmioTransport};
-use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem, PmemError};
+use crate::devices::virtio::pmem::{PMEM_ALIGNMENT, Pmem};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock_mmio::VsockMmio;
 use crate::devices::virtio::worker::{DeviceWorker, SharedVirtioDevice};
-use crate::devices::vsock::VsockError;
-use crate::loader::{self, LoaderError};
-use crate::memory::{self, MMIO_HOLE_START, MemoryError};
+pub use crate::error::VmmError;
+use crate::error::{io_err, kvm_err};
+use crate::loader;
+use crate::memory::{self, MMIO_HOLE_START};
 use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::{self, VcpuBuses, VcpuEvent};
 use cros_messages::crosvm::{CrosvmReply, CrosvmRequest, VmRunState};
@@ -60,74 +60,6 @@ pub enum VmExit {
     /// A Stop request pressed the power button and the guest did not power off (or reset)
     /// within the stop timeout, so the VMM ended it.
     StopForced,
-}
-
-/// Errors building or running a VM.
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    #[error("cannot open /dev/kvm (is KVM enabled and are you in the kvm group?)")]
-    OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("/dev/kvm lacks {0:?}, which this VMM needs")]
-    MissingCapability(Cap),
-    #[error("invalid configuration: {0}")]
-    Config(String),
-    #[error("KVM {what} failed")]
-    Kvm {
-        what: &'static str,
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    Acpi(#[from] acpi::AcpiError),
-    #[error(transparent)]
-    Block(#[from] BlockError),
-    #[error(transparent)]
-    Pmem(#[from] PmemError),
-    #[error("cannot create the vsock device")]
-    Vsock(#[from] VsockError),
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::SeccompError),
-    #[error(transparent)]
-    Control(#[from] ControlError),
-    #[error(transparent)]
-    ZeroPage(#[from] zero_page::ZeroPageError),
-    #[error("cannot set up vCPU {cpu}: {what}")]
-    VcpuSetup {
-        cpu: u8,
-        what: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("cannot place a device on the bus")]
-    Bus(#[from] BusError),
-    #[error("cannot open serial log {path}")]
-    SerialLog {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{what}")]
-    Io {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("vCPU {cpu} triple-faulted (guest CPU reset) at rip {rip}")]
-    TripleFault { cpu: u8, rip: String },
-    #[error("vCPU {cpu} stopped: {reason}")]
-    VcpuFatal { cpu: u8, reason: String },
-}
-
-fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
-    move |source| VmmError::Kvm { what, source }
-}
-
-fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
-    move |source| VmmError::Io { what, source }
 }
 
 fn open_kvm() -> Result<Kvm, VmmError> {
@@ -190,16 +122,6 @@ fn serial_writer(output: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmErro
 /// Builds and runs the VM until the guest resets it through the i8042 or something fails.
 pub fn run(config: &VmConfig) -> Result<VmExit, VmmError> {
     config.validate()?;
-    if !loader::is_elf(&config.kernel)? {
-        // A bzImage is most likely Linux: say up front when this /dev/kvm cannot run it,
-        // rather than leave the user watching a VM that makes no progress.
-        if let Err(e) = crate::probe::probe_stock_kernel_boot() {
-            tracing::warn!(
-                "{e}: a Linux kernel will probably not boot here (expect an emulation error, \
-                 or no progress); QEMU with TCG can run it"
-            );
-        }
-    }
     let kvm = open_kvm()?;
     // Built up front, so no thread starts before every filter is known to compile.
     let mut filters = std::collections::HashMap::new();

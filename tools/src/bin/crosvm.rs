@@ -215,6 +215,20 @@ fn vhost_user_filter(no_seccomp: bool) -> anyhow::Result<Option<cros_vmm::seccom
     Ok(Some(filter))
 }
 
+/// A bzImage is most likely Linux: say up front when this /dev/kvm cannot run it, rather than
+/// leave the user watching a VM that makes no progress.
+fn warn_if_no_stock_kernel_boot(kernel: &std::path::Path) {
+    if cros_vmm::loader::is_elf(kernel).unwrap_or(true) {
+        return;
+    }
+    if let Err(e) = cros_vmm::probe::probe_stock_kernel_boot() {
+        tracing::warn!(
+            "{e}: a Linux kernel will probably not boot here (expect an emulation error, or no \
+             progress); QEMU with TCG can run it"
+        );
+    }
+}
+
 /// Exit status of `crosvm run` when a stop request had to force the guest off.
 const EXIT_STOP_FORCED: i32 = 3;
 
@@ -275,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            warn_if_no_stock_kernel_boot(&args.kernel);
             let serial_input = args.serial_log.is_none();
             let config = cros_vmm::run::VmConfig {
                 cpus: args.cpus,
