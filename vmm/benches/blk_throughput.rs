@@ -88,7 +88,7 @@ impl Driver {
         self.mem
             .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
             .unwrap();
-        self.dev.queue_notify(0);
+        self.dev.queue_notify(0).unwrap();
         let used: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
         assert_eq!(used, self.avail_idx, "device did not complete the batch");
         let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();

@@ -3,7 +3,6 @@
 //! the VM go to the VMM as a [`VcpuEvent`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -11,8 +10,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::devices::bus::Bus;
-use crate::seccomp::{self, ThreadKind};
-use seccompiler::BpfProgram;
+use crate::event_channel::EventSender;
+use crate::thread::{self, ThreadSpec};
 
 /// Why a vCPU stopped running the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,30 +128,26 @@ impl VcpuHandle {
     }
 }
 
-/// Starts the thread of vCPU `cpu`.
+/// Starts the thread of vCPU `cpu` (`spec`: its name and filter). A failed filter or a
+/// panic ends the VM with a [`VcpuEvent::Fatal`].
 pub fn spawn_vcpu(
     cpu: u8,
     mut vcpu: VcpuFd,
     buses: VcpuBuses,
     stop: Arc<AtomicBool>,
     pause: Arc<PauseControl>,
-    events: Sender<VcpuEvent>,
-    seccomp: Option<BpfProgram>,
+    events: EventSender<VcpuEvent>,
+    spec: ThreadSpec,
 ) -> std::io::Result<VcpuHandle> {
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{cpu}"))
-        .spawn(move || {
-            if let Some(filter) = &seccomp
-                && let Err(e) = seccomp::install(ThreadKind::Vcpu, filter)
-            {
-                let reason = format!("{e}: {:?}", std::error::Error::source(&e));
-                let _ = events.send(VcpuEvent::Fatal { cpu, reason });
-                return;
-            }
-            if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop, &pause) {
-                let _ = events.send(event);
-            }
-        })?;
+    let failures = events.clone();
+    let on_failure = move |reason| {
+        failures.send(VcpuEvent::Fatal { cpu, reason });
+    };
+    let thread = thread::spawn(spec, on_failure, move || {
+        if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop, &pause) {
+            events.send(event);
+        }
+    })?;
     Ok(VcpuHandle { cpu, thread })
 }
 

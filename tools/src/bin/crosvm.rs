@@ -316,7 +316,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 control_socket: args.socket,
                 stop_timeout: std::time::Duration::from_secs(args.stop_timeout),
             };
-            match cros_vmm::run::run(&config).context("crosvm run")? {
+            let mut vm = cros_vmm::builder::build_vm(&config).context("crosvm run")?;
+            // This process ends with the VM: its main thread, which runs the event loop, is
+            // confined too once the VM's threads have started.
+            vm.confine_event_loop();
+            match vm.run().context("crosvm run")? {
                 cros_vmm::run::VmExit::StopForced => {
                     tracing::warn!(
                         "VM ended: forced off, the guest did not power off within {} s of \

@@ -124,6 +124,17 @@ impl MmioTransport {
         self.interrupt.signal_config_change()
     }
 
+    /// The device stopped serving its queues (an error or a caught panic, already logged):
+    /// DEVICE_NEEDS_RESET and a configuration-change interrupt tell the driver to reset it
+    /// (virtio 1.2, 2.1.2).
+    pub fn device_failed(&mut self) -> std::io::Result<()> {
+        if self.status & status::DRIVER_OK == 0 {
+            return Ok(());
+        }
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.notify_config_change()
+    }
+
     /// The device status register as the driver last set it (or the transport failed it).
     pub fn status(&self) -> u32 {
         self.status
@@ -386,7 +397,10 @@ mod tests {
     use crate::devices::virtio::rng::Rng;
     use crate::devices::virtio::worker::DeviceWorker;
     use crate::devices::virtio::{DEVICE_ID_RNG, INTERRUPT_USED_BUFFER};
+    use crate::event_channel::event_channel;
     use crate::memory::create_guest_memory;
+    use crate::seccomp::{Filters, ThreadKind};
+    use crate::thread::ThreadSpec;
     use std::os::fd::AsRawFd;
     use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
@@ -522,7 +536,9 @@ mod tests {
             .iter()
             .map(|e| e.try_clone().unwrap())
             .collect();
-        let worker = DeviceWorker::spawn("test-rng".into(), t.device(), events, None).unwrap();
+        let spec = ThreadSpec::new("test-rng", ThreadKind::Device, &Filters::default());
+        let (failures, failed) = event_channel().unwrap();
+        let worker = DeviceWorker::spawn(spec, t.device(), events, failures, 0).unwrap();
         negotiate(&mut t);
         assert_eq!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
         // One device-writable descriptor of 32 bytes at 0x4000.
@@ -535,6 +551,7 @@ mod tests {
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         assert!(wait_readable(&irqfd), "the device thread never interrupted");
         worker.stop();
+        assert!(failed.drain().is_empty(), "the device reported a failure");
         let used_idx: u16 = mem.read_obj(GuestAddress(0x3002)).unwrap();
         assert_eq!(used_idx, 1);
         let used_len: u32 = mem.read_obj(GuestAddress(0x3008)).unwrap();

@@ -1,6 +1,7 @@
 //! The virtio-vsock device (virtio 1.2, 5.10): its identity, config space and queue handling.
-//! Transports drive it through `handle_event`: our own VMM's device thread (`thread.rs`) and
-//! the vhost-user backend QEMU talks to (`crate::vhost_user::vsock`) run the same code.
+//! Transports drive it through `handle_event`: our own VMM's virtio-mmio adapter
+//! (`crate::devices::virtio::vsock_mmio`, on the virtio device thread) and the vhost-user
+//! backend QEMU talks to (`crate::vhost_user::vsock`) run the same code.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -107,6 +108,11 @@ impl VsockDevice {
     /// Accepts host clients, reads handshakes, notes readable/writable host sockets.
     pub fn process_host_events(&mut self) -> Result<(), VsockError> {
         self.muxer.process_host_events()
+    }
+
+    /// Drops every connection and keeps listening (a device reset).
+    pub fn reset(&mut self) {
+        self.muxer.reset();
     }
 
     pub fn has_pending_rx(&self) -> bool {

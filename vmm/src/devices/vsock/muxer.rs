@@ -131,6 +131,19 @@ impl Muxer {
         self.conns.len() + self.pending_hosts.len()
     }
 
+    /// Forgets every connection (the driver reset the device): closing their host sockets
+    /// is all it does, so it may run on a vCPU thread; the listener stays, so host clients
+    /// can connect again at once.
+    pub fn reset(&mut self) {
+        self.conns.clear();
+        self.by_fd.clear();
+        self.pending_hosts.clear();
+        self.rx_ready.clear();
+        self.rx_queued.clear();
+        self.orphan_rsts.clear();
+        self.local_ports.clear();
+    }
+
     pub fn has_pending_rx(&self) -> bool {
         !self.orphan_rsts.is_empty() || !self.rx_ready.is_empty()
     }

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{ActivateError, DEVICE_ID_BLOCK, VirtioDevice, VirtioInterrupt};
+use super::{
+    ActivateError, ActiveQueue, DEVICE_ID_BLOCK, DeviceError, VirtioDevice, VirtioInterrupt,
+    serve_single_queue,
+};
 pub use request::Disk;
 use request::{ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_IOERR};
 
@@ -184,13 +187,7 @@ pub fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, disk: &Disk) -> b
 pub struct Block {
     disk: Disk,
     acked_features: u64,
-    active: Option<Active>,
-}
-
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: VirtioInterrupt,
-    queue: Queue,
+    active: Option<ActiveQueue>,
 }
 
 impl Block {
@@ -219,15 +216,15 @@ impl Block {
     pub fn capacity_bytes(&self) -> u64 {
         self.disk.capacity_bytes
     }
-
-    fn config(&self) -> [u8; CONFIG_LEN] {
-        config_space(&self.disk, QUEUE_SIZE)
-    }
 }
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         DEVICE_ID_BLOCK
+    }
+
+    fn name(&self) -> &'static str {
+        "virtio-blk"
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -242,13 +239,8 @@ impl VirtioDevice for Block {
         self.acked_features = features & self.avail_features();
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_window(&self.config(), offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Nothing we offer (no writeback toggle) is writable.
-        tracing::debug!(offset, len = data.len(), "virtio-blk: ignored config write");
+    fn config_space(&self) -> Vec<u8> {
+        config_space(&self.disk, QUEUE_SIZE).to_vec()
     }
 
     fn activate(
@@ -257,26 +249,15 @@ impl VirtioDevice for Block {
         interrupt: VirtioInterrupt,
         queues: Vec<Queue>,
     ) -> Result<(), ActivateError> {
-        let queue = crate::devices::virtio::single_queue(queues)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
+        self.active = Some(ActiveQueue::new(mem, interrupt, queues)?);
         Ok(())
     }
 
-    fn queue_notify(&mut self, index: u32) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if index == 0
-            && process_queue(&active.mem, &mut active.queue, &self.disk)
-            && active.queue.needs_notification(&active.mem).unwrap_or(true)
-            && let Err(e) = active.interrupt.signal_used_queue()
-        {
-            tracing::warn!("virtio-blk: cannot raise the interrupt: {e}");
-        }
+    fn queue_notify(&mut self, index: u32) -> Result<(), DeviceError> {
+        let disk = &self.disk;
+        serve_single_queue(self.active.as_mut(), index, |mem, queue| {
+            process_queue(mem, queue, disk)
+        })
     }
 
     fn reset(&mut self) {
@@ -363,7 +344,7 @@ mod tests {
             self.mem
                 .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
                 .unwrap();
-            self.dev.queue_notify(0);
+            self.dev.queue_notify(0).unwrap();
             let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
             assert_eq!(used_idx, self.avail_idx, "request was not returned");
             self.mem
