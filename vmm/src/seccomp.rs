@@ -452,10 +452,65 @@ mod tests {
         }
     }
 
+    /// The host-socket filters take AF_UNIX sockets only: a TCP socket (or any other family)
+    /// kills the process, as does removing a file on the vsock thread, which binds nothing.
+    #[test]
+    fn socket_filters_allow_unix_sockets_only_and_vsock_unlinks_nothing() {
+        for kind in [ThreadKind::Vsock, ThreadKind::VhostUser] {
+            let text = run_denied_call_with(
+                kind,
+                libc::SYS_socket,
+                [i64::from(libc::AF_INET), i64::from(libc::SOCK_STREAM), 0],
+            );
+            assert!(
+                text.contains(&format!("system call {}", libc::SYS_socket)),
+                "{kind:?}: {text}"
+            );
+            assert!(
+                unix_socket_allowed(kind),
+                "{kind:?} refused an AF_UNIX socket"
+            );
+        }
+        assert!(!unix_socket_allowed(ThreadKind::EventLoop));
+        for nr in [libc::SYS_unlink, libc::SYS_unlinkat, libc::SYS_bind] {
+            let text = run_denied_call(ThreadKind::Vsock, nr);
+            assert!(text.contains(&format!("system call {nr}")), "{text}");
+        }
+    }
+
+    /// Whether a child under `kind`'s filter may create an AF_UNIX stream socket (it is
+    /// killed otherwise).
+    fn unix_socket_allowed(kind: ThreadKind) -> bool {
+        let filter = filter_for(kind).unwrap();
+        // SAFETY: the child only makes raw system calls until it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: raw calls in the child; stderr closed so a kill stays quiet.
+            unsafe {
+                libc::close(2);
+                if seccompiler::apply_filter(&filter).is_err() {
+                    libc::_exit(3);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::_exit(if fd >= 0 { 42 } else { 4 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42
+    }
+
     /// In a forked child: installs `kind`'s filter, makes system call `nr` (with zero
     /// arguments), and returns what the child wrote on stderr once it ended with
     /// SECCOMP_EXIT_CODE.
     fn run_denied_call(kind: ThreadKind, nr: libc::c_long) -> String {
+        run_denied_call_with(kind, nr, [0; 3])
+    }
+
+    /// [`run_denied_call`] with the call's first three arguments.
+    fn run_denied_call_with(kind: ThreadKind, nr: libc::c_long, args: [i64; 3]) -> String {
         let filter = filter_for(kind).unwrap();
         install_sigsys_handler().unwrap();
         let mut pipe = [0; 2];
@@ -472,7 +527,7 @@ mod tests {
                 if seccompiler::apply_filter(&filter).is_err() {
                     libc::_exit(3);
                 }
-                libc::syscall(nr, 0, 0, 0);
+                libc::syscall(nr, args[0], args[1], args[2]);
                 libc::_exit(0);
             }
         }
