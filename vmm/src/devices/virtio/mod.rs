@@ -11,6 +11,7 @@ pub mod block;
 pub mod mmio;
 pub mod pmem;
 pub mod rng;
+pub mod single_queue;
 pub mod vsock_mmio;
 pub mod worker;
 
@@ -18,7 +19,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -54,63 +55,6 @@ pub enum DeviceError {
     Interrupt(#[source] std::io::Error),
     #[error("{0}")]
     Device(String),
-}
-
-/// The queue a single-queue device (block, pmem, rng) serves once activated, with its memory
-/// and interrupt.
-pub struct ActiveQueue {
-    pub mem: GuestMemoryMmap,
-    pub interrupt: VirtioInterrupt,
-    pub queue: Queue,
-}
-
-impl ActiveQueue {
-    /// Takes the one queue the driver set up, or refuses another count.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<Self, ActivateError> {
-        let got = queues.len();
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|_| got == 1)
-            .ok_or(ActivateError::QueueCount { got, want: 1 })?;
-        Ok(Self {
-            mem,
-            interrupt,
-            queue,
-        })
-    }
-
-    /// Runs `serve` over the queue (it returns whether it used buffers) and interrupts the
-    /// driver when it did and the driver asked to be told.
-    pub fn serve(
-        &mut self,
-        serve: impl FnOnce(&GuestMemoryMmap, &mut Queue) -> bool,
-    ) -> Result<(), DeviceError> {
-        if serve(&self.mem, &mut self.queue)
-            && self.queue.needs_notification(&self.mem).unwrap_or(true)
-        {
-            self.interrupt
-                .signal_used_queue()
-                .map_err(DeviceError::Interrupt)?;
-        }
-        Ok(())
-    }
-}
-
-/// `queue_notify` of a single-queue device: serves queue 0 of `active` when it is running.
-pub fn serve_single_queue(
-    active: Option<&mut ActiveQueue>,
-    index: u32,
-    serve: impl FnOnce(&GuestMemoryMmap, &mut Queue) -> bool,
-) -> Result<(), DeviceError> {
-    match active {
-        Some(active) if index == 0 => active.serve(serve),
-        _ => Ok(()),
-    }
 }
 
 /// Fills `data` from the device's config space at `offset`, zeros past its end: the guest (or

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{
-    ActivateError, ActiveQueue, DeviceError, VirtioDevice, VirtioInterrupt, serve_single_queue,
-};
+use super::single_queue::{QueueHandler, SingleQueueDevice};
 
 pub const DEVICE_ID_PMEM: u32 = 27;
 const QUEUE_SIZE: u16 = 64;
@@ -59,11 +57,13 @@ impl Drop for PmemMapping {
 }
 
 /// The virtio-pmem device.
-pub struct Pmem {
+pub type Pmem = SingleQueueDevice<PmemImage>;
+
+/// What virtio-pmem serves: the mapped image's place in guest memory, and its file to flush.
+pub struct PmemImage {
     file: File,
     guest_addr: u64,
     size: u64,
-    active: Option<ActiveQueue>,
 }
 
 impl Pmem {
@@ -118,12 +118,11 @@ impl Pmem {
             });
         }
         Ok((
-            Self {
+            SingleQueueDevice::with_handler(PmemImage {
                 file,
                 guest_addr,
                 size,
-                active: None,
-            },
+            }),
             PmemMapping {
                 host_addr: addr as u64,
                 size,
@@ -178,49 +177,25 @@ fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, file: &File) -> bool 
     used_any
 }
 
-impl VirtioDevice for Pmem {
-    fn device_type(&self) -> u32 {
-        DEVICE_ID_PMEM
-    }
-
-    fn name(&self) -> &'static str {
-        "virtio-pmem"
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
+impl QueueHandler for PmemImage {
+    const DEVICE_TYPE: u32 = DEVICE_ID_PMEM;
+    const NAME: &'static str = "virtio-pmem";
+    const QUEUE_SIZE: u16 = QUEUE_SIZE;
 
     /// `struct virtio_pmem_config { le64 start; le64 size; }`.
     fn config_space(&self) -> Vec<u8> {
         [self.guest_addr.to_le_bytes(), self.size.to_le_bytes()].concat()
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveQueue::new(mem, interrupt, queues)?);
-        Ok(())
-    }
-
-    fn queue_notify(&mut self, index: u32) -> Result<(), DeviceError> {
-        let file = &self.file;
-        serve_single_queue(self.active.as_mut(), index, |mem, queue| {
-            process_queue(mem, queue, file)
-        })
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
+    fn serve(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        process_queue(mem, queue, &self.file)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::VirtioDevice;
 
     #[test]
     fn unaligned_image_is_refused_with_the_reason() {

@@ -5,24 +5,38 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{
-    ActivateError, ActiveQueue, DEVICE_ID_RNG, DeviceError, VirtioDevice, VirtioInterrupt,
-    serve_single_queue,
-};
+use super::DEVICE_ID_RNG;
+use super::single_queue::{QueueHandler, SingleQueueDevice};
 
 const QUEUE_SIZE: u16 = 256;
 /// The most we fill per request, so one guest request cannot make us allocate without bound.
 const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 
 /// The entropy device.
-#[derive(Default)]
-pub struct Rng {
-    active: Option<ActiveQueue>,
-}
+pub type Rng = SingleQueueDevice<Entropy>;
+
+/// What virtio-rng does with its requests: fill them from getrandom(2).
+pub struct Entropy;
 
 impl Rng {
     pub fn new() -> Self {
-        Self::default()
+        SingleQueueDevice::with_handler(Entropy)
+    }
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QueueHandler for Entropy {
+    const DEVICE_TYPE: u32 = DEVICE_ID_RNG;
+    const NAME: &'static str = "virtio-rng";
+    const QUEUE_SIZE: u16 = QUEUE_SIZE;
+
+    fn serve(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        process_queue(mem, queue)
     }
 }
 
@@ -81,36 +95,4 @@ fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
         used_any = true;
     }
     used_any
-}
-
-impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        DEVICE_ID_RNG
-    }
-
-    fn name(&self) -> &'static str {
-        "virtio-rng"
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveQueue::new(mem, interrupt, queues)?);
-        Ok(())
-    }
-
-    fn queue_notify(&mut self, index: u32) -> Result<(), DeviceError> {
-        serve_single_queue(self.active.as_mut(), index, process_queue)
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-    }
 }

@@ -12,10 +12,8 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{
-    ActivateError, ActiveQueue, DEVICE_ID_BLOCK, DeviceError, VirtioDevice, VirtioInterrupt,
-    serve_single_queue,
-};
+use super::DEVICE_ID_BLOCK;
+use super::single_queue::{QueueHandler, SingleQueueDevice};
 pub use request::Disk;
 use request::{ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_IOERR};
 
@@ -184,85 +182,49 @@ pub fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, disk: &Disk) -> b
 }
 
 /// A virtio-blk device.
-pub struct Block {
-    disk: Disk,
-    acked_features: u64,
-    active: Option<ActiveQueue>,
-}
+pub type Block = SingleQueueDevice<Disk>;
 
 impl Block {
     /// Opens `path` as [`Disk::open`] does.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        Ok(Self {
-            disk: Disk::open(path, read_only)?,
-            acked_features: 0,
-            active: None,
-        })
+        Ok(SingleQueueDevice::with_handler(Disk::open(
+            path, read_only,
+        )?))
     }
 
     /// Answers GET_ID with `serial`, as [`Disk::set_serial`] checks it.
     pub fn with_serial(mut self, serial: &str) -> Result<Self, BlockError> {
-        self.disk.set_serial(serial)?;
+        self.handler_mut().set_serial(serial)?;
         Ok(self)
     }
 
     /// Serves `size` bytes from now on ([`Disk::resize`]); the transport must then bump its
     /// config generation and raise the configuration-change interrupt.
     pub fn resize(&mut self, size: u64) -> Result<(), BlockError> {
-        self.disk.resize(size)
+        self.handler_mut().resize(size)
     }
 
     /// The capacity the guest reads, in bytes.
     pub fn capacity_bytes(&self) -> u64 {
-        self.disk.capacity_bytes
+        self.handler().capacity_bytes
     }
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        DEVICE_ID_BLOCK
-    }
+impl QueueHandler for Disk {
+    const DEVICE_TYPE: u32 = DEVICE_ID_BLOCK;
+    const NAME: &'static str = "virtio-blk";
+    const QUEUE_SIZE: u16 = QUEUE_SIZE;
 
-    fn name(&self) -> &'static str {
-        "virtio-blk"
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        features(self.disk.read_only)
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
+    fn features(&self) -> u64 {
+        features(self.read_only)
     }
 
     fn config_space(&self) -> Vec<u8> {
-        config_space(&self.disk, QUEUE_SIZE).to_vec()
+        config_space(self, QUEUE_SIZE).to_vec()
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        self.active = Some(ActiveQueue::new(mem, interrupt, queues)?);
-        Ok(())
-    }
-
-    fn queue_notify(&mut self, index: u32) -> Result<(), DeviceError> {
-        let disk = &self.disk;
-        serve_single_queue(self.active.as_mut(), index, |mem, queue| {
-            process_queue(mem, queue, disk)
-        })
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn serve(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        process_queue(mem, queue, self)
     }
 }
 
@@ -270,6 +232,7 @@ impl VirtioDevice for Block {
 mod tests {
     use super::request::*;
     use super::*;
+    use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
     use crate::memory::create_guest_memory;
     use std::io::{Read, Seek, Write};
     use vm_memory::GuestAddress;
@@ -461,7 +424,7 @@ mod tests {
             .unwrap()
             .with_serial("stateful")
             .unwrap();
-        assert_eq!(&dev.disk.id[..9], b"stateful\0");
+        assert_eq!(&dev.handler().id[..9], b"stateful\0");
         for bad in ["", "has space", "twenty-one-characters", "é"] {
             assert!(
                 Block::open(file.path(), true)
