@@ -132,35 +132,8 @@ impl Drop for ControlServer {
     }
 }
 
-/// Waits for a connection or the stop event; true when a connection is ready.
-fn wait_for_client(listener: &UnixListener, stop: &EventFd) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0 && fds[0].revents & libc::POLLIN != 0;
-    }
-}
-
 fn serve(listener: &UnixListener, stop: &EventFd, requests: &EventSender<ControlRequest>) {
-    while wait_for_client(listener, stop) {
+    while thread::wait_readable(listener.as_raw_fd(), stop) {
         let Ok((mut stream, _)) = listener.accept() else {
             continue;
         };

@@ -3,10 +3,12 @@
 //! panic caught and reported (a log line and the caller's `on_failure`, which resets the
 //! device or ends the VM cleanly) instead of aborting the VMM.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::thread::JoinHandle;
 
 use seccompiler::BpfProgram;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::seccomp::{self, Filters, ThreadKind};
 
@@ -64,6 +66,27 @@ where
                 on_failure(reason);
             }
         })
+}
+
+/// For a thread that blocks on one descriptor: waits until `fd` is ready (readable, or hung
+/// up) or `stop` is signalled; false once `stop` fires or polling fails.
+pub fn wait_readable(fd: RawFd, stop: &EventFd) -> bool {
+    let mut fds = [fd, stop.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: two valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        return fds[1].revents == 0;
+    }
 }
 
 #[cfg(test)]

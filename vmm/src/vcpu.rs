@@ -172,21 +172,9 @@ fn run_loop(
                 }
                 ExitAction::InternalError => {
                     let reason = internal_error_reason(vcpu);
-                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
-                    let reason = match rip {
-                        Some(rip) => format!("{reason} (guest rip {rip:#x})"),
-                        None => reason,
-                    };
-                    return Some(VcpuEvent::Fatal { cpu, reason });
+                    return Some(fatal_at_rip(cpu, vcpu, reason));
                 }
-                ExitAction::Fatal(reason) => {
-                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
-                    let reason = match rip {
-                        Some(rip) => format!("{reason} (guest rip {rip:#x})"),
-                        None => reason,
-                    };
-                    return Some(VcpuEvent::Fatal { cpu, reason });
-                }
+                ExitAction::Fatal(reason) => return Some(fatal_at_rip(cpu, vcpu, reason)),
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
@@ -198,6 +186,15 @@ fn run_loop(
         }
     }
     None
+}
+
+/// A fatal exit, with the guest's RIP when KVM still gives it.
+fn fatal_at_rip(cpu: u8, vcpu: &VcpuFd, reason: String) -> VcpuEvent {
+    let reason = match vcpu.get_regs() {
+        Ok(regs) => format!("{reason} (guest rip {:#x})", regs.rip),
+        Err(_) => reason,
+    };
+    VcpuEvent::Fatal { cpu, reason }
 }
 
 enum ExitAction {
@@ -246,34 +243,44 @@ fn internal_error_reason(vcpu: &mut VcpuFd) -> String {
 fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
     match exit {
         VcpuExit::IoIn(port, data) => {
-            if !buses.io.read(u64::from(port), data) {
-                tracing::trace!(cpu, port, len = data.len(), "read from unclaimed I/O port");
-            }
+            let claimed = buses.io.read(u64::from(port), data);
+            unclaimed(
+                cpu,
+                claimed,
+                "read from unclaimed I/O port",
+                port.into(),
+                data.len(),
+            );
         }
         VcpuExit::IoOut(port, data) => {
-            if !buses.io.write(u64::from(port), data) {
-                tracing::trace!(cpu, port, len = data.len(), "write to unclaimed I/O port");
-            }
+            let claimed = buses.io.write(u64::from(port), data);
+            unclaimed(
+                cpu,
+                claimed,
+                "write to unclaimed I/O port",
+                port.into(),
+                data.len(),
+            );
         }
         VcpuExit::MmioRead(addr, data) => {
-            if !buses.mmio.read(addr, data) {
-                tracing::debug!(
-                    cpu,
-                    addr,
-                    len = data.len(),
-                    "read from unclaimed MMIO address"
-                );
-            }
+            let claimed = buses.mmio.read(addr, data);
+            unclaimed(
+                cpu,
+                claimed,
+                "read from unclaimed MMIO address",
+                addr,
+                data.len(),
+            );
         }
         VcpuExit::MmioWrite(addr, data) => {
-            if !buses.mmio.write(addr, data) {
-                tracing::debug!(
-                    cpu,
-                    addr,
-                    len = data.len(),
-                    "write to unclaimed MMIO address"
-                );
-            }
+            let claimed = buses.mmio.write(addr, data);
+            unclaimed(
+                cpu,
+                claimed,
+                "write to unclaimed MMIO address",
+                addr,
+                data.len(),
+            );
         }
         // With the in-kernel LAPIC, HLT waits in the kernel; a HLT exit means the vCPU halted
         // with interrupts it can never get, which we report rather than spin on.
@@ -291,4 +298,11 @@ fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
         other => tracing::debug!(cpu, "ignored vCPU exit {other:?}"),
     }
     ExitAction::Continue
+}
+
+/// Logs a guest access no device claimed (probing drivers do this; it is not an error).
+fn unclaimed(cpu: u8, claimed: bool, what: &str, addr: u64, len: usize) {
+    if !claimed {
+        tracing::debug!(cpu, addr, len, "{what}");
+    }
 }

@@ -11,22 +11,7 @@ use cros_vmm::run::{SerialOutput, VmConfig, VmExit, VmmError, run};
 use payload::{build_flat_payload, build_payload, require_kvm};
 
 fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
-    VmConfig {
-        cpus: 1,
-        mem_mib: 64,
-        kernel,
-        initrd: None,
-        params: String::new(),
-        serial: SerialOutput::File(serial_log.to_owned()),
-        block: Vec::new(),
-        pmem: Vec::new(),
-        vsock: None,
-        virtio_rng: 0,
-        seccomp: true,
-        serial_input: false,
-        control_socket: None,
-        stop_timeout: cros_vmm::config::DEFAULT_STOP_TIMEOUT,
-    }
+    VmConfig::new(kernel, 64, SerialOutput::File(serial_log.to_owned()))
 }
 
 /// Runs the probe payload with `rng` virtio-rng devices and returns its serial output.
