@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use cros_vmm::devices::virtio::block::Block;
-use cros_vmm::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use cros_vmm::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
 use cros_vmm::memory::create_guest_memory;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -43,7 +43,12 @@ impl Driver {
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
         let irq = VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        dev.activate(mem.clone(), irq, vec![q]).unwrap();
+        dev.activate(Activation {
+            mem: mem.clone(),
+            interrupt: irq,
+            queues: vec![q],
+        })
+        .unwrap();
         Self {
             dev,
             mem,

@@ -241,68 +241,34 @@ fn internal_error_reason(vcpu: &mut VcpuFd) -> String {
 }
 
 fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
-    match exit {
-        VcpuExit::IoIn(port, data) => {
-            let claimed = buses.io.read(u64::from(port), data);
-            unclaimed(
-                cpu,
-                claimed,
-                "read from unclaimed I/O port",
-                port.into(),
-                data.len(),
-            );
-        }
-        VcpuExit::IoOut(port, data) => {
-            let claimed = buses.io.write(u64::from(port), data);
-            unclaimed(
-                cpu,
-                claimed,
-                "write to unclaimed I/O port",
-                port.into(),
-                data.len(),
-            );
-        }
-        VcpuExit::MmioRead(addr, data) => {
-            let claimed = buses.mmio.read(addr, data);
-            unclaimed(
-                cpu,
-                claimed,
-                "read from unclaimed MMIO address",
-                addr,
-                data.len(),
-            );
-        }
-        VcpuExit::MmioWrite(addr, data) => {
-            let claimed = buses.mmio.write(addr, data);
-            unclaimed(
-                cpu,
-                claimed,
-                "write to unclaimed MMIO address",
-                addr,
-                data.len(),
-            );
-        }
-        // With the in-kernel LAPIC, HLT waits in the kernel; a HLT exit means the vCPU halted
-        // with interrupts it can never get, which we report rather than spin on.
-        VcpuExit::Hlt => return ExitAction::Fatal("guest halted with no way to wake up".into()),
-        VcpuExit::Shutdown => return ExitAction::TripleFault,
-        VcpuExit::FailEntry(reason, _) => {
-            return ExitAction::Fatal(format!(
-                "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
-            ));
-        }
-        VcpuExit::InternalError => return ExitAction::InternalError,
-        VcpuExit::SystemEvent(kind, _) => {
-            return ExitAction::Fatal(format!("unexpected KVM system event {kind}"));
-        }
-        other => tracing::debug!(cpu, "ignored vCPU exit {other:?}"),
-    }
+    // An access no device claims is logged by the bus and otherwise ignored.
+    let _claimed = match exit {
+        VcpuExit::IoIn(port, data) => buses.io.read(u64::from(port), data),
+        VcpuExit::IoOut(port, data) => buses.io.write(u64::from(port), data),
+        VcpuExit::MmioRead(addr, data) => buses.mmio.read(addr, data),
+        VcpuExit::MmioWrite(addr, data) => buses.mmio.write(addr, data),
+        other => return other_exit(cpu, other),
+    };
     ExitAction::Continue
 }
 
-/// Logs a guest access no device claimed (probing drivers do this; it is not an error).
-fn unclaimed(cpu: u8, claimed: bool, what: &str, addr: u64, len: usize) {
-    if !claimed {
-        tracing::debug!(cpu, addr, len, "{what}");
+/// An exit that is not a device access.
+fn other_exit(cpu: u8, exit: VcpuExit<'_>) -> ExitAction {
+    match exit {
+        // With the in-kernel LAPIC, HLT waits in the kernel; a HLT exit means the vCPU halted
+        // with interrupts it can never get, which we report rather than spin on.
+        VcpuExit::Hlt => ExitAction::Fatal("guest halted with no way to wake up".into()),
+        VcpuExit::Shutdown => ExitAction::TripleFault,
+        VcpuExit::FailEntry(reason, _) => ExitAction::Fatal(format!(
+            "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
+        )),
+        VcpuExit::InternalError => ExitAction::InternalError,
+        VcpuExit::SystemEvent(kind, _) => {
+            ExitAction::Fatal(format!("unexpected KVM system event {kind}"))
+        }
+        other => {
+            tracing::debug!(cpu, "ignored vCPU exit {other:?}");
+            ExitAction::Continue
+        }
     }
 }

@@ -11,14 +11,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use thiserror::Error;
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use super::{Backend, BackendDevice, ServeError, serve_backend};
+use super::{Backend, BackendDevice, BackendError, BackendEvent, serve_backend};
 use crate::devices::virtio::VIRTIO_F_VERSION_1;
-use crate::devices::virtio::block::{BlockError, Disk, config_space, features, process_queue};
+use crate::devices::virtio::block::{Disk, config_space, features, process_queue};
 
 /// The queue size seg_max is derived from: QEMU 7.2's vhost-user-blk default `queue-size`
 /// (128). A request must fit the ring since no indirect descriptors are offered, so seg_max
@@ -36,23 +35,13 @@ pub struct BlkConfig {
     pub serial: Option<String>,
 }
 
-#[derive(Debug, Error)]
-pub enum VhostUserBlkError {
-    #[error(transparent)]
-    Disk(#[from] BlockError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-    #[error("creating the exit event: {0}")]
-    ExitEvent(io::Error),
-}
+/// Why the vhost-user-blk backend could not start or serve.
+pub type VhostUserBlkError = BackendError;
 
 /// The disk a vhost-user-blk backend serves.
 pub struct BlkDevice {
     disk: Disk,
 }
-
-/// The vhost-user-blk backend.
-pub type VhostUserBlkBackend = Backend<BlkDevice>;
 
 impl BlkDevice {
     pub fn new(config: &BlkConfig) -> Result<Self, VhostUserBlkError> {
@@ -118,21 +107,15 @@ impl BackendDevice for BlkDevice {
         config_space(&self.disk, SEG_MAX_QUEUE_SIZE).to_vec()
     }
 
-    fn handle(
-        &mut self,
-        event: u16,
-        mem: Option<&GuestMemoryMmap>,
-        vrings: &[VringRwLock],
-        event_idx: bool,
-    ) -> Result<(), String> {
-        if usize::from(event) >= Self::NUM_QUEUES {
-            return Err(format!("unknown event {event}"));
+    fn handle(&mut self, event: &BackendEvent<'_>) -> Result<(), String> {
+        if usize::from(event.id) >= Self::NUM_QUEUES {
+            return Err(format!("unknown event {}", event.id));
         }
         // No memory table yet: the driver cannot have queued anything.
-        let (Some(mem), Some(vring)) = (mem, vrings.first()) else {
+        let (Some(mem), Some(vring)) = (event.mem, event.vrings.first()) else {
             return Ok(());
         };
-        self.process(mem, vring, event_idx)
+        self.process(mem, vring, event.event_idx)
             .map_err(|e| e.to_string())
     }
 }
@@ -145,8 +128,7 @@ pub fn serve(
     on_listening: impl FnOnce(),
     seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), VhostUserBlkError> {
-    let backend = Backend::new(BlkDevice::new(config)?).map_err(VhostUserBlkError::ExitEvent)?;
-    let backend = Arc::new(RwLock::new(backend));
+    let backend = Arc::new(RwLock::new(Backend::new(BlkDevice::new(config)?)?));
     serve_backend(
         "vhost-user-blk",
         socket,

@@ -163,17 +163,34 @@ pub trait BackendDevice: Send + Sync + 'static {
     fn features(&self) -> u64;
     /// The configuration space the frontend reads.
     fn config_space(&self) -> Vec<u8>;
-    /// Serves `event` (a queue index, or an extra listener's event id) with the frontend's
-    /// memory (`None` before it sent a memory table). An error is logged and the backend
-    /// keeps serving: ending the library's worker thread would leave the guest a dead
-    /// device while QEMU stays connected.
-    fn handle(
-        &mut self,
-        event: u16,
-        mem: Option<&GuestMemoryMmap>,
-        vrings: &[VringRwLock],
-        event_idx: bool,
-    ) -> Result<(), String>;
+    /// Serves `event`. An error is logged and the backend keeps serving: ending the
+    /// library's worker thread would leave the guest a dead device while QEMU stays
+    /// connected.
+    fn handle(&mut self, event: &BackendEvent<'_>) -> Result<(), String>;
+}
+
+/// What woke a backend, with what it serves the event with.
+pub struct BackendEvent<'a> {
+    /// A queue index, or an extra listener's event id.
+    pub id: u16,
+    /// The frontend's memory; `None` before it sent a memory table.
+    pub mem: Option<&'a GuestMemoryMmap>,
+    pub vrings: &'a [VringRwLock],
+    /// Whether VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
+}
+
+/// Why a backend could not start or serve.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("creating the exit event: {0}")]
+    ExitEvent(io::Error),
 }
 
 /// The vhost-user device side of any [`BackendDevice`].
@@ -186,9 +203,10 @@ pub struct Backend<D> {
 }
 
 impl<D: BackendDevice> Backend<D> {
-    pub fn new(device: D) -> io::Result<Self> {
+    pub fn new(device: D) -> Result<Self, BackendError> {
         let (exit_consumer, exit_notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                .map_err(BackendError::ExitEvent)?;
         Ok(Self {
             device,
             mem: None,
@@ -263,10 +281,13 @@ impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
         }
         tracing::trace!(device_event, "{}: vhost-user event", D::NAME);
         let mem = self.mem.as_ref().map(GuestAddressSpace::memory);
-        if let Err(e) = self
-            .device
-            .handle(device_event, mem.as_deref(), vrings, self.event_idx)
-        {
+        let event = BackendEvent {
+            id: device_event,
+            mem: mem.as_deref(),
+            vrings,
+            event_idx: self.event_idx,
+        };
+        if let Err(e) = self.device.handle(&event) {
             tracing::error!("{}: {e}", D::NAME);
         }
         Ok(())

@@ -5,16 +5,13 @@
 //! as vring events, and the muxer's epoll fd is registered on the same epoll set as an extra
 //! listener, so host sockets and queues are served by one thread that never blocks on a peer.
 
-use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use thiserror::Error;
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
-use vm_memory::GuestMemoryMmap;
 
-use super::{Backend, BackendDevice, ExtraListener, ServeError, serve_backend};
+use super::{Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, serve_backend};
 use crate::devices::vsock::{
     DeviceEvent, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig, VsockDevice, VsockError,
 };
@@ -23,42 +20,23 @@ use crate::devices::vsock::{
 /// library's: the queues and its exit/vring-enable event).
 const HOST_SOCKETS_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
-#[derive(Debug, Error)]
-pub enum VhostUserVsockError {
-    #[error(transparent)]
-    Device(#[from] VsockError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-    #[error("creating the exit event: {0}")]
-    ExitEvent(io::Error),
-}
+/// Why the vhost-user-vsock backend could not start or serve.
+pub type VhostUserVsockError = BackendError;
 
 /// The vsock device a vhost-user-vsock backend serves.
-pub struct VsockBackendDevice {
-    device: VsockDevice,
-}
-
-/// The vhost-user-vsock backend.
-pub type VhostUserVsockBackend = Backend<VsockBackendDevice>;
+pub struct VsockBackendDevice(VsockDevice);
 
 impl VsockBackendDevice {
     pub fn new(config: &VsockConfig) -> Result<Self, VhostUserVsockError> {
-        Ok(Self {
-            device: VsockDevice::new(config)?,
-        })
+        Ok(Self(VsockDevice::new(config)?))
     }
 
-    fn run_device(
-        &mut self,
-        event: DeviceEvent,
-        mem: Option<&GuestMemoryMmap>,
-        vrings: &[VringRwLock],
-        event_idx: bool,
-    ) -> Result<(), VsockError> {
-        let Some(mem) = mem else {
+    fn run_device(&mut self, event: DeviceEvent, on: &BackendEvent<'_>) -> Result<(), VsockError> {
+        let (vrings, event_idx) = (on.vrings, on.event_idx);
+        let Some(mem) = on.mem else {
             // No memory table yet: the driver cannot have queued anything; host work waits.
             if event == DeviceEvent::HostSockets {
-                self.device.process_host_events()?;
+                self.0.process_host_events()?;
             }
             return Ok(());
         };
@@ -69,7 +47,7 @@ impl VsockBackendDevice {
         let mut tx_state = tx.get_mut();
         if !rx_state.get_queue().ready() || !tx_state.get_queue().ready() {
             if event == DeviceEvent::HostSockets {
-                self.device.process_host_events()?;
+                self.0.process_host_events()?;
             }
             return Ok(());
         }
@@ -78,7 +56,7 @@ impl VsockBackendDevice {
                 let _ = rx_state.get_queue_mut().disable_notification(mem);
                 let _ = tx_state.get_queue_mut().disable_notification(mem);
             }
-            let used = self.device.handle_event(
+            let used = self.0.handle_event(
                 event,
                 mem,
                 rx_state.get_queue_mut(),
@@ -107,7 +85,7 @@ impl VsockBackendDevice {
                 .get_queue_mut()
                 .enable_notification(mem)
                 .map_err(VsockError::Queue)?;
-            if !(more_tx || (more_rx && self.device.has_pending_rx())) {
+            if !(more_tx || (more_rx && self.0.has_pending_rx())) {
                 return Ok(());
             }
         }
@@ -120,30 +98,23 @@ impl BackendDevice for VsockBackendDevice {
     /// QEMU sizes vhost-user-vsock queues at 1024 whatever our own VMM offers.
     const MAX_QUEUE_SIZE: usize = 1024;
 
+    fn config_space(&self) -> Vec<u8> {
+        self.0.config_space().to_vec()
+    }
+
     fn features(&self) -> u64 {
         VsockDevice::features()
     }
 
-    fn config_space(&self) -> Vec<u8> {
-        self.device.config_space().to_vec()
-    }
-
-    fn handle(
-        &mut self,
-        event: u16,
-        mem: Option<&GuestMemoryMmap>,
-        vrings: &[VringRwLock],
-        event_idx: bool,
-    ) -> Result<(), String> {
-        let event = match event {
+    fn handle(&mut self, event: &BackendEvent<'_>) -> Result<(), String> {
+        let id = match event.id {
             e if usize::from(e) == RX_QUEUE => DeviceEvent::RxKick,
             e if usize::from(e) == TX_QUEUE => DeviceEvent::TxKick,
             e if usize::from(e) == EVENT_QUEUE => DeviceEvent::EventKick,
             HOST_SOCKETS_EVENT => DeviceEvent::HostSockets,
             other => return Err(format!("unknown event {other}")),
         };
-        self.run_device(event, mem, vrings, event_idx)
-            .map_err(|e| e.to_string())
+        self.run_device(id, event).map_err(|e| e.to_string())
     }
 }
 
@@ -157,8 +128,8 @@ pub fn serve(
     seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), VhostUserVsockError> {
     let device = VsockBackendDevice::new(config)?;
-    let host_fd = device.device.host_events_fd();
-    let backend = Backend::new(device).map_err(VhostUserVsockError::ExitEvent)?;
+    let host_fd = device.0.host_events_fd();
+    let backend = Backend::new(device)?;
     let backend = Arc::new(RwLock::new(backend));
     let host_sockets = ExtraListener {
         what: "the host sockets",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use cros_vmm::devices::virtio::vsock_mmio::VsockMmio;
 use cros_vmm::devices::virtio::worker::{DeviceFailure, DeviceWorker, SharedVirtioDevice};
-use cros_vmm::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use cros_vmm::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
 use cros_vmm::devices::vsock::VsockConfig;
 use cros_vmm::devices::vsock::packet::{HEADER_SIZE, HOST_CID, PacketHeader, TYPE_STREAM, op};
 use cros_vmm::event_channel::{EventReceiver, event_channel};
@@ -261,11 +261,11 @@ impl Guest {
         let call = EventFd::new(EFD_NONBLOCK).unwrap();
         let queues = vec![rxq.device_queue(), txq.device_queue(), evq.device_queue()];
         device
-            .activate(
-                (*mem).clone(),
-                VirtioInterrupt::new(call.try_clone().unwrap()),
+            .activate(Activation {
+                mem: (*mem).clone(),
+                interrupt: VirtioInterrupt::new(call.try_clone().unwrap()),
                 queues,
-            )
+            })
             .expect("activate");
         let device: SharedVirtioDevice = std::sync::Arc::new(std::sync::Mutex::new(device));
         let (failure_tx, failures) = event_channel().unwrap();

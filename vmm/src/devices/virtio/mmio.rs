@@ -7,8 +7,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_VERSION_1;
-use super::VirtioInterrupt;
 use super::worker::{SharedVirtioDevice, lock_device};
+use super::{Activation, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
 
 /// Size of one device window in the MMIO hole.
@@ -224,7 +224,11 @@ impl MmioTransport {
         }
         let queues = self.queues.iter().filter_map(copy_queue).collect();
         let mut device = lock_device(&self.device);
-        let result = device.activate(self.mem.clone(), self.interrupt.clone(), queues);
+        let result = device.activate(Activation {
+            mem: self.mem.clone(),
+            interrupt: self.interrupt.clone(),
+            queues,
+        });
         let device_type = device.device_type();
         drop(device);
         match result {

@@ -57,6 +57,27 @@ pub enum DeviceError {
     Device(String),
 }
 
+/// What the driver hands a device at DRIVER_OK: guest memory, the interrupt, the queues.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: VirtioInterrupt,
+    pub queues: Vec<Queue>,
+}
+
+impl Activation {
+    /// Splits off the queues, refusing any count but `N`.
+    pub fn take_queues<const N: usize>(
+        self,
+    ) -> Result<(GuestMemoryMmap, VirtioInterrupt, [Queue; N]), ActivateError> {
+        let got = self.queues.len();
+        let queues = self
+            .queues
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { got, want: N })?;
+        Ok((self.mem, self.interrupt, queues))
+    }
+}
+
 /// Fills `data` from the device's config space at `offset`, zeros past its end: the guest (or
 /// a vhost-user frontend) may read any offset and width, never out of bounds.
 pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
@@ -148,12 +169,7 @@ pub trait VirtioDevice: Send {
         );
     }
     /// The driver finished setup (DRIVER_OK): the device takes its queues and starts.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError>;
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver notified queue `index` that it has new buffers.
     fn queue_notify(&mut self, index: u32) -> Result<(), DeviceError>;
     /// Descriptors besides the queues that the device's thread waits on (vsock's host

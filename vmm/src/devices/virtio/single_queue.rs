@@ -5,7 +5,7 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, DeviceError, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, Activation, DeviceError, VirtioDevice, VirtioInterrupt};
 
 /// What a single-queue device does with its requests.
 pub trait QueueHandler: Send {
@@ -92,18 +92,8 @@ impl<H: QueueHandler> VirtioDevice for SingleQueueDevice<H> {
         self.handler.config_space()
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let queue = queues
-            .into_iter()
-            .next()
-            .filter(|_| got == 1)
-            .ok_or(ActivateError::QueueCount { got, want: 1 })?;
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let (mem, interrupt, [queue]) = activation.take_queues()?;
         self.active = Some(Active {
             mem,
             interrupt,

@@ -7,7 +7,7 @@
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::{ActivateError, DeviceError, VirtioDevice, VirtioInterrupt};
+use super::{ActivateError, Activation, DeviceError, VirtioDevice, VirtioInterrupt};
 use crate::devices::vsock::{
     DeviceEvent, EVENT_QUEUE, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VIRTIO_ID_VSOCK,
     VsockConfig, VsockDevice, VsockError,
@@ -86,18 +86,8 @@ impl VirtioDevice for VsockMmio {
         self.device.config_space().to_vec()
     }
 
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        let got = queues.len();
-        let [rx, tx, _event]: [Queue; NUM_QUEUES] =
-            queues.try_into().map_err(|_| ActivateError::QueueCount {
-                got,
-                want: NUM_QUEUES,
-            })?;
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let (mem, interrupt, [rx, tx, _event]) = activation.take_queues::<NUM_QUEUES>()?;
         self.active = Some(Active {
             mem,
             interrupt,

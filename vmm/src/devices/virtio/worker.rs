@@ -174,11 +174,9 @@ fn event_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, VirtioInterrupt};
+    use crate::devices::virtio::{ActivateError, Activation};
     use crate::event_channel::event_channel;
     use crate::seccomp::{Filters, ThreadKind};
-    use virtio_queue::Queue;
-    use vm_memory::GuestMemoryMmap;
 
     /// A device whose queue handler panics, as a bug in a device model would.
     #[derive(Default)]
@@ -196,12 +194,7 @@ mod tests {
         fn queue_max_sizes(&self) -> &[u16] {
             &[16]
         }
-        fn activate(
-            &mut self,
-            _: GuestMemoryMmap,
-            _: VirtioInterrupt,
-            _: Vec<Queue>,
-        ) -> Result<(), ActivateError> {
+        fn activate(&mut self, _: Activation) -> Result<(), ActivateError> {
             Ok(())
         }
         fn queue_notify(&mut self, _: u32) -> Result<(), DeviceError> {

@@ -191,15 +191,7 @@ impl Muxer {
             };
             let written = match self.next_rx_packet(mem, &buf) {
                 Some(h) => {
-                    trace!(
-                        op = h.op,
-                        src = h.src_port,
-                        dst = h.dst_port,
-                        len = h.len,
-                        flags = h.flags,
-                        fwd_cnt = h.fwd_cnt,
-                        "device → guest"
-                    );
+                    trace_header(&h, "device → guest");
                     match packet::write_bytes_to_guest(mem, &buf.ranges, 0, &h.to_bytes()) {
                         Ok(_) => (HEADER_SIZE + h.len as usize) as u32,
                         Err(e) => {
@@ -307,16 +299,7 @@ impl Muxer {
 
     fn handle_guest_packet<M: GuestMemory>(&mut self, mem: &M, pkt: &TxPacket) {
         let h = &pkt.header;
-        trace!(
-            op = h.op,
-            src = h.src_port,
-            dst = h.dst_port,
-            len = h.len,
-            flags = h.flags,
-            buf_alloc = h.buf_alloc,
-            fwd_cnt = h.fwd_cnt,
-            "guest → device"
-        );
+        trace_header(h, "guest → device");
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
             warn!(
                 src_cid = h.src_cid,
@@ -629,6 +612,20 @@ impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
     }
+}
+
+/// One trace line per packet, either way.
+fn trace_header(h: &PacketHeader, direction: &str) {
+    trace!(
+        op = h.op,
+        src = h.src_port,
+        dst = h.dst_port,
+        len = h.len,
+        flags = h.flags,
+        buf_alloc = h.buf_alloc,
+        fwd_cnt = h.fwd_cnt,
+        "{direction}"
+    );
 }
 
 /// `<uds_path>_<port>`: where host listeners for guest-initiated connections to `port` live.

@@ -324,6 +324,16 @@ fn volatile_err(e: VolatileMemoryError) -> io::Error {
     }
 }
 
+/// How many bytes one non-blocking socket transfer moved, or `None` when the socket would
+/// block after `so_far` bytes had already moved (the transfer then ends with those).
+fn moved(so_far: usize, result: Result<usize, VolatileMemoryError>) -> io::Result<Option<usize>> {
+    match result.map_err(volatile_err) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if so_far > 0 && e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes bytes `skip..skip+max` of the guest ranges to `stream` without blocking. Returns how
 /// many bytes the socket took; `WouldBlock` only when it took none.
 pub fn write_guest_to_stream<M: GuestMemory + ?Sized>(
@@ -340,16 +350,8 @@ pub fn write_guest_to_stream<M: GuestMemory + ?Sized>(
             .map_err(mem_err)?
         {
             let slice = slice.map_err(mem_err)?;
-            let n = match stream.write_volatile(&slice) {
-                Ok(n) => n,
-                Err(e) if written > 0 => {
-                    let e = volatile_err(e);
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        return Ok(written);
-                    }
-                    return Err(e);
-                }
-                Err(e) => return Err(volatile_err(e)),
+            let Some(n) = moved(written, stream.write_volatile(&slice))? else {
+                return Ok(written);
             };
             written += n;
             if n < slice.len() {
@@ -393,16 +395,8 @@ pub fn read_stream_to_guest<M: GuestMemory + ?Sized>(
             .map_err(mem_err)?
         {
             let mut slice = slice.map_err(mem_err)?;
-            let n = match stream.read_volatile(&mut slice) {
-                Ok(n) => n,
-                Err(e) if read > 0 => {
-                    let e = volatile_err(e);
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        return Ok(read);
-                    }
-                    return Err(e);
-                }
-                Err(e) => return Err(volatile_err(e)),
+            let Some(n) = moved(read, stream.read_volatile(&mut slice))? else {
+                return Ok(read);
             };
             read += n;
             if n < slice.len() {

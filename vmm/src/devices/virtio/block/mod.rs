@@ -232,7 +232,7 @@ impl QueueHandler for Disk {
 mod tests {
     use super::request::*;
     use super::*;
-    use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
+    use crate::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
     use crate::memory::create_guest_memory;
     use std::io::{Read, Seek, Write};
     use vm_memory::GuestAddress;
@@ -268,11 +268,11 @@ mod tests {
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
         let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
-        dev.activate(
-            mem.clone(),
-            VirtioInterrupt::new(irqfd.try_clone().unwrap()),
-            vec![q],
-        )
+        dev.activate(Activation {
+            mem: mem.clone(),
+            interrupt: VirtioInterrupt::new(irqfd.try_clone().unwrap()),
+            queues: vec![q],
+        })
         .unwrap();
         Harness {
             dev,
