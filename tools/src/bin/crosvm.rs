@@ -27,9 +27,9 @@ enum Command {
     /// vCPUs until the guest powers off (ACPI S5: Linux `poweroff`) or resets (ACPI reset
     /// register or i8042: Linux `reboot`); then exit 0.
     ///
-    /// A stop request (`crosvm stop CTRL`) presses the guest's ACPI power button and waits up
-    /// to --stop-timeout for it to power off; a guest that did exits 0, one that did not is
-    /// forced off and the VMM exits 3.
+    /// A stop request (`crosvm stop CTRL`), SIGTERM or SIGINT presses the guest's ACPI power
+    /// button and waits up to --stop-timeout for it to power off; a guest that did exits 0,
+    /// one that did not is forced off and the VMM exits 3.
     ///
     /// Fatal errors (no /dev/kvm, a kernel that cannot be loaded, a guest that KVM cannot run)
     /// end with a message on stderr and a non-zero status.
@@ -185,7 +185,8 @@ struct RunArgs {
     /// resume|status CTRL`). A stale socket file there is replaced.
     #[arg(long, value_name = "CTRL")]
     socket: Option<PathBuf>,
-    /// Run the vCPU, device and helper threads without their seccomp filters (for debugging
+    /// Run the VMM's threads (vCPUs, devices, control socket, console, and the main thread's
+    /// event loop) without their seccomp filters (for debugging
     /// a VMM stopped with "crosvm: seccomp: ... denied"; exit status 159).
     #[arg(long)]
     no_seccomp: bool,

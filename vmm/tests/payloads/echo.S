@@ -3,8 +3,7 @@
         .intel_syntax noprefix
         .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
+        payload_entry
         say ready
         mov dx, 0x3fd                           # COM1 line status
 1:      in al, dx

@@ -5,8 +5,7 @@
         .intel_syntax noprefix
         .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
+        payload_entry
         say ready
         mov ecx, 20000
 1:      mov dx, 0x3fd

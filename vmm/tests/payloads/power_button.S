@@ -6,9 +6,7 @@
         .intel_syntax noprefix
         .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
-        cli
+        payload_entry
         say ready
         call wait_power_button
         say pressed

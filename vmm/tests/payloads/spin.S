@@ -3,9 +3,7 @@
         .intel_syntax noprefix
         .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
-        cli
+        payload_entry
         say ready
 1:      hlt
         jmp 1b

@@ -87,24 +87,6 @@ impl VsockDevice {
         self.muxer.connection_count()
     }
 
-    /// Guest packets on the tx queue → host sockets.
-    pub fn process_tx<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        txq: &mut Queue,
-    ) -> Result<bool, VsockError> {
-        self.muxer.process_tx(mem, txq)
-    }
-
-    /// Host data and control packets → guest rx buffers.
-    pub fn process_rx<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        rxq: &mut Queue,
-    ) -> Result<bool, VsockError> {
-        self.muxer.fill_rx(mem, rxq)
-    }
-
     /// Accepts host clients, reads handshakes, notes readable/writable host sockets.
     pub fn process_host_events(&mut self) -> Result<(), VsockError> {
         self.muxer.process_host_events()
@@ -134,8 +116,10 @@ impl VsockDevice {
         if event == DeviceEvent::HostSockets {
             self.process_host_events()?;
         }
-        used.tx = self.process_tx(mem, txq)?;
-        used.rx = self.process_rx(mem, rxq)?;
+        // Guest packets on the tx queue → host sockets; then host data and control packets
+        // → guest rx buffers.
+        used.tx = self.muxer.process_tx(mem, txq)?;
+        used.rx = self.muxer.fill_rx(mem, rxq)?;
         Ok(used)
     }
 }

@@ -85,21 +85,16 @@ impl Muxer {
         let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let epoll = Epoll::new().map_err(VsockError::Epoll)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                listener.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
-            )
-            .map_err(VsockError::Epoll)?;
         let timer = TimerFd::new().map_err(|e| VsockError::Epoll(e.into()))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                timer.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_TIMER),
-            )
-            .map_err(VsockError::Epoll)?;
+        for (fd, token) in [
+            (listener.as_raw_fd(), TOKEN_LISTENER),
+            (timer.as_raw_fd(), TOKEN_TIMER),
+        ] {
+            let event = EpollEvent::new(EventSet::IN, token);
+            epoll
+                .ctl(ControlOperation::Add, fd, event)
+                .map_err(VsockError::Epoll)?;
+        }
         Ok(Muxer {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
