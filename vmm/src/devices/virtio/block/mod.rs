@@ -228,9 +228,15 @@ impl QueueHandler for Disk {
     }
 }
 
+/// The driver side of a split queue, shared with the vhost-user-blk test and the benchmark.
+#[cfg(test)]
+#[path = "../../../../tests/support/split_queue.rs"]
+mod split_queue;
+
 #[cfg(test)]
 mod tests {
     use super::request::*;
+    use super::split_queue::SplitQueue;
     use super::*;
     use crate::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
     use crate::memory::create_guest_memory;
@@ -238,20 +244,16 @@ mod tests {
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
+    use super::split_queue::F_WRITE;
 
     /// A device on a temp file of `sectors` sectors, sector i filled with byte i, with its
     /// queue set up as a driver would (descriptors written by hand, as the guest would).
     struct Harness {
         dev: Block,
         mem: GuestMemoryMmap,
+        queue: SplitQueue,
         file: tempfile::NamedTempFile,
         irqfd: EventFd,
-        avail_idx: u16,
     }
 
     fn harness(sectors: u8, read_only: bool) -> Harness {
@@ -261,25 +263,20 @@ mod tests {
         }
         let mut dev = Block::open(file.path(), read_only).unwrap();
         let mem = create_guest_memory(4 << 20).unwrap();
-        let mut q = Queue::new(16).unwrap();
-        q.set_size(16);
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
+        let queue = SplitQueue::new(mem.clone(), 16);
         let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
         dev.activate(Activation {
             mem: mem.clone(),
             interrupt: VirtioInterrupt::new(irqfd.try_clone().unwrap()),
-            queues: vec![q],
+            queues: vec![queue.device_queue()],
         })
         .unwrap();
         Harness {
             dev,
             mem,
+            queue,
             file,
             irqfd,
-            avail_idx: 0,
         }
     }
 
@@ -287,32 +284,12 @@ mod tests {
         /// Puts a chain of (addr, len, flags) at descriptor 0.. and notifies; returns the used
         /// length.
         fn submit(&mut self, descs: &[(u64, u32, u16)]) -> u32 {
-            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-                let base = GuestAddress(DESC + 16 * i as u64);
-                let next = if i + 1 < descs.len() { F_NEXT } else { 0 };
-                self.mem.write_obj(addr, base).unwrap();
-                self.mem.write_obj(len, GuestAddress(base.0 + 8)).unwrap();
-                self.mem
-                    .write_obj(flags | next, GuestAddress(base.0 + 12))
-                    .unwrap();
-                self.mem
-                    .write_obj(i as u16 + 1, GuestAddress(base.0 + 14))
-                    .unwrap();
-            }
-            let slot = u64::from(self.avail_idx % 16);
-            self.mem
-                .write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * slot))
-                .unwrap();
-            self.avail_idx += 1;
-            self.mem
-                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-                .unwrap();
+            let slot = self.queue.add_chain(0, descs);
+            self.queue.publish();
             self.dev.queue_notify(0).unwrap();
-            let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-            assert_eq!(used_idx, self.avail_idx, "request was not returned");
-            self.mem
-                .read_obj(GuestAddress(USED + 4 + 8 * slot + 4))
-                .unwrap()
+            let returned = self.queue.used_idx() == self.queue.avail_idx();
+            assert!(returned, "request was not returned");
+            self.queue.used_len(slot)
         }
 
         fn header(&self, kind: u32, sector: u64) {
