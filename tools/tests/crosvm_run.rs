@@ -354,6 +354,51 @@ fn sigint_forces_a_guest_that_ignores_the_power_button_and_exits_3() {
     assert!(stderr.contains("VM ended: forced off"), "{stderr}");
 }
 
+/// Every control request is carried out on the main thread under its event-loop filter:
+/// pause (kicking the vCPUs), resume, status and a disk resize (reading the image's size,
+/// interrupting the guest), then SIGTERM; the VMM never dies of a denied call (exit 159).
+#[test]
+fn control_requests_run_under_the_event_loop_filter() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let block = format!("{}", disk.display());
+    let (vm, ctrl) = start_with_control(
+        dir.path(),
+        "spin",
+        "ready\n",
+        &["--block", &block, "--stop-timeout", "1"],
+    );
+    let ctrl = ctrl.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let out = crosvm(args);
+        assert!(
+            out.status.success(),
+            "crosvm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    ok(&["pause", ctrl]);
+    let status: serde_json::Value = serde_json::from_slice(&ok(&["status", ctrl])).unwrap();
+    assert_eq!(status["state"], "Paused");
+    ok(&["resume", ctrl]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(8192)
+        .unwrap();
+    ok(&["resize-disk", ctrl, "0", "8192"]);
+    signal(&vm, libc::SIGTERM);
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("disk resized"), "{stderr}");
+}
+
 /// The control socket is 0600 even when the VMM starts under umask 0: its mode is set at
 /// bind(), with no moment at which another user could connect.
 #[test]
