@@ -463,6 +463,29 @@ mod tests {
         w(t, reg::STATUS, s | status::DRIVER_OK);
     }
 
+    /// A device thread's failure reaches the driver as DEVICE_NEEDS_RESET with a
+    /// configuration-change interrupt; before DRIVER_OK there is nothing to tell.
+    #[test]
+    fn a_failed_device_asks_the_driver_for_a_reset() {
+        let (mut t, _, irqfd) = transport();
+        t.device_failed().unwrap();
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        assert!(irqfd.read().is_err(), "no interrupt before DRIVER_OK");
+        negotiate(&mut t);
+        let generation = r(&mut t, reg::CONFIG_GENERATION);
+        t.device_failed().unwrap();
+        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(
+            r(&mut t, reg::INTERRUPT_STATUS) & crate::devices::virtio::INTERRUPT_CONFIG_CHANGE,
+            crate::devices::virtio::INTERRUPT_CONFIG_CHANGE
+        );
+        assert_eq!(irqfd.read().unwrap(), 1);
+        assert_ne!(r(&mut t, reg::CONFIG_GENERATION), generation);
+        // The driver's reset clears it.
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+    }
+
     #[test]
     fn identification_registers() {
         let (mut t, _, _) = transport();
