@@ -183,10 +183,30 @@ fn start_with_control(
     ready: &str,
     extra: &[&str],
 ) -> (std::process::Child, PathBuf) {
+    start_with_control_under_umask(dir, payload, ready, extra, 0o022)
+}
+
+/// [`start_with_control`] with the VMM started under `umask`.
+fn start_with_control_under_umask(
+    dir: &Path,
+    payload: &str,
+    ready: &str,
+    extra: &[&str],
+    umask: libc::mode_t,
+) -> (std::process::Child, PathBuf) {
+    use std::os::unix::process::CommandExt;
     let payload = build_payload(dir, payload);
     let ctrl = dir.join("ctrl.sock");
     let log = dir.join("serial.log");
-    let vm = Command::new(CROSVM)
+    let mut command = Command::new(CROSVM);
+    // SAFETY: umask(2) is async-signal-safe and touches nothing the parent shares.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    let vm = command
         .args(["run", "--mem", "32", "--kernel"])
         .arg(&payload)
         .arg("--socket")
@@ -230,6 +250,12 @@ fn status_and_stop_through_the_control_socket() {
     );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["state"], "Running");
+    // The main thread runs the event loop under its own filter (Seccomp: 2 is filter mode).
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", vm.id())).unwrap();
+    assert!(
+        proc_status.lines().any(|l| l == "Seccomp:\t2"),
+        "{proc_status}"
+    );
     assert_eq!(status["pid"], vm.id());
     assert_eq!(status["vcpus"], 1);
     assert_eq!(status["memory_mib"], 32);
@@ -285,10 +311,124 @@ fn stop_forces_a_guest_that_ignores_the_power_button_and_exits_3() {
     assert!(stderr.contains("VM ended: forced off"), "{stderr}");
 }
 
+/// Sends `signal` to `child`.
+fn signal(child: &std::process::Child, signal: libc::c_int) {
+    // SAFETY: kill(2) of our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
+/// SIGTERM is a graceful stop, as `crosvm stop` is: the power button is pressed, the
+/// power_button payload powers off, and the VMM exits 0.
+#[test]
+fn sigterm_presses_the_power_button_and_a_guest_that_answers_exits_zero() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, _ctrl) = start_with_control(dir.path(), "power_button", "ready\n", &[]);
+    signal(&vm, libc::SIGTERM);
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(
+        stderr.contains("shut down in answer to the power button"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("serial.log")).unwrap(),
+        "ready\npower button pressed\n"
+    );
+}
+
+/// SIGINT to a guest that ignores the power button: forced off after --stop-timeout, exit 3,
+/// as for a Stop request.
+#[test]
+fn sigint_forces_a_guest_that_ignores_the_power_button_and_exits_3() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, _ctrl) = start_with_control(dir.path(), "spin", "ready\n", &["--stop-timeout", "1"]);
+    signal(&vm, libc::SIGINT);
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("SIGINT received"), "{stderr}");
+    assert!(stderr.contains("VM ended: forced off"), "{stderr}");
+}
+
+/// Every control request is carried out on the main thread under its event-loop filter:
+/// pause (kicking the vCPUs), resume, status and a disk resize (reading the image's size,
+/// interrupting the guest), then SIGTERM; the VMM never dies of a denied call (exit 159).
+#[test]
+fn control_requests_run_under_the_event_loop_filter() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let block = format!("{}", disk.display());
+    let (vm, ctrl) = start_with_control(
+        dir.path(),
+        "spin",
+        "ready\n",
+        &["--block", &block, "--stop-timeout", "1"],
+    );
+    let ctrl = ctrl.to_str().unwrap();
+    let ok = |args: &[&str]| {
+        let out = crosvm(args);
+        assert!(
+            out.status.success(),
+            "crosvm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    ok(&["pause", ctrl]);
+    let status: serde_json::Value = serde_json::from_slice(&ok(&["status", ctrl])).unwrap();
+    assert_eq!(status["state"], "Paused");
+    ok(&["resume", ctrl]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .set_len(8192)
+        .unwrap();
+    ok(&["resize-disk", ctrl, "0", "8192"]);
+    signal(&vm, libc::SIGTERM);
+    let out = vm.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("seccomp"), "{stderr}");
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("disk resized"), "{stderr}");
+}
+
+/// The control socket is 0600 even when the VMM starts under umask 0: its mode is set at
+/// bind(), with no moment at which another user could connect.
+#[test]
+fn control_socket_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let (vm, ctrl) = start_with_control_under_umask(dir.path(), "power_button", "ready\n", &[], 0);
+    let mode = std::fs::metadata(&ctrl).unwrap().permissions().mode() & 0o777;
+    // A file the VMM creates itself follows the umask: the test did set it.
+    let log_mode = std::fs::metadata(dir.path().join("serial.log"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    signal(&vm, libc::SIGTERM);
+    let out = vm.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(log_mode, 0o666);
+    assert_eq!(mode, 0o600);
+}
+
 /// The vsock device thread runs under its own seccomp filter, started with the VM: the guest
 /// starts the device (DRIVER_OK on a vCPU thread, whose filter allows no new threads or
-/// sockets), resets it and starts it again (the device thread listens on the host socket
-/// anew), a host client connects and sends its CONNECT line (the thread accepts and reads
+/// sockets), resets it (on the vCPU thread: the connections go, the host socket stays bound)
+/// and starts it again, a host client connects and sends its CONNECT line (the thread accepts and reads
 /// it), and the VM still stops cleanly instead of dying of a denied system call (exit 159).
 #[test]
 fn vsock_device_thread_serves_under_its_seccomp_filter() {
@@ -302,7 +442,7 @@ fn vsock_device_thread_serves_under_its_seccomp_filter() {
         &["--cid", "3", "--vsock-uds", uds.to_str().unwrap()],
     );
     let mut host = std::os::unix::net::UnixStream::connect(&uds)
-        .expect("the device listens again after the guest reset it");
+        .expect("the device still listens after the guest reset it");
     host.write_all(b"CONNECT 1234\n").unwrap();
     let out = crosvm(&["stop", ctrl.to_str().unwrap()]);
     assert!(

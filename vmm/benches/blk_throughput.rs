@@ -9,89 +9,65 @@ use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use cros_vmm::devices::virtio::block::Block;
-use cros_vmm::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use cros_vmm::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
 use cros_vmm::memory::create_guest_memory;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+#[path = "../tests/support/split_queue.rs"]
+mod split_queue;
+use split_queue::{F_WRITE, SplitQueue};
 
 const DISK: u64 = 64 << 20;
 const CHUNK: u32 = 64 << 10;
 const BATCH: u16 = 64;
 const QUEUE: u16 = 256;
-const DESC: u64 = 0x10_0000;
-const AVAIL: u64 = 0x11_0000;
-const USED: u64 = 0x12_0000;
 const HEADERS: u64 = 0x13_0000;
 const STATUS: u64 = 0x14_0000;
 const DATA: u64 = 0x20_0000;
 
 struct Driver {
     dev: Block,
-    mem: GuestMemoryMmap,
-    avail_idx: u16,
+    queue: SplitQueue,
 }
 
 impl Driver {
     fn new(path: &std::path::Path) -> Self {
         let mem = create_guest_memory(64 << 20).unwrap();
+        let queue = SplitQueue::new(mem.clone(), QUEUE);
         let mut dev = Block::open(path, false).unwrap();
-        let mut q = Queue::new(QUEUE).unwrap();
-        q.set_size(QUEUE);
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
         let irq = VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap());
-        dev.activate(mem.clone(), irq, vec![q]).unwrap();
-        Self {
-            dev,
+        dev.activate(Activation {
             mem,
-            avail_idx: 0,
-        }
-    }
-
-    fn desc(&self, i: u64, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = DESC + 16 * i;
-        self.mem.write_obj(addr, GuestAddress(at)).unwrap();
-        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+            interrupt: irq,
+            queues: vec![queue.device_queue()],
+        })
+        .unwrap();
+        Self { dev, queue }
     }
 
     /// Submits `BATCH` requests of kind `kind` from `first_sector` and notifies once.
     fn batch(&mut self, kind: u32, first_sector: u64) {
-        let data_flags = if kind == 0 { 2 } else { 0 };
+        let data_flags = if kind == 0 { F_WRITE } else { 0 };
         for r in 0..u64::from(BATCH) {
             let header = HEADERS + 16 * r;
-            self.mem.write_obj(kind, GuestAddress(header)).unwrap();
             let sector = first_sector + r * u64::from(CHUNK / 512);
-            self.mem
-                .write_obj(sector, GuestAddress(header + 8))
-                .unwrap();
-            let d = 3 * r;
-            self.desc(d, header, 16, 1, (d + 1) as u16);
-            self.desc(
-                d + 1,
-                DATA + r * u64::from(CHUNK),
-                CHUNK,
-                data_flags | 1,
-                (d + 2) as u16,
-            );
-            self.desc(d + 2, STATUS + r, 1, 2, 0);
-            let slot = u64::from(self.avail_idx % QUEUE);
-            self.mem
-                .write_obj(d as u16, GuestAddress(AVAIL + 4 + 2 * slot))
-                .unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
+            let mem = &self.queue.mem;
+            mem.write_obj(kind, GuestAddress(header)).unwrap();
+            mem.write_obj(sector, GuestAddress(header + 8)).unwrap();
+            let data = DATA + r * u64::from(CHUNK);
+            let chain = [
+                (header, 16, 0),
+                (data, CHUNK, data_flags),
+                (STATUS + r, 1, F_WRITE),
+            ];
+            self.queue.add_chain(3 * r as u16, &chain);
         }
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
-        self.dev.queue_notify(0);
-        let used: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        assert_eq!(used, self.avail_idx, "device did not complete the batch");
-        let status: u8 = self.mem.read_obj(GuestAddress(STATUS)).unwrap();
+        self.queue.publish();
+        self.dev.queue_notify(0).unwrap();
+        let done = self.queue.used_idx() == self.queue.avail_idx();
+        assert!(done, "device did not complete the batch");
+        let status: u8 = self.queue.mem.read_obj(GuestAddress(STATUS)).unwrap();
         assert_eq!(status, 0, "request failed");
     }
 

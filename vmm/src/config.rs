@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::devices::vsock::VsockConfig;
-use crate::run::VmmError;
+use crate::error::VmmError;
 
 /// First interrupt line for virtio-mmio devices (below: legacy ISA devices we emulate).
 pub const VIRTIO_IRQ_BASE: u32 = 5;
@@ -118,6 +118,27 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// One vCPU, `mem_mib` of RAM, `kernel` with an empty command line, the console to
+    /// `serial`, no devices, seccomp on, no control socket, the default stop timeout.
+    pub fn new(kernel: PathBuf, mem_mib: u64, serial: SerialOutput) -> Self {
+        Self {
+            cpus: 1,
+            mem_mib,
+            kernel,
+            initrd: None,
+            params: String::new(),
+            serial,
+            block: Vec::new(),
+            pmem: Vec::new(),
+            vsock: None,
+            virtio_rng: 0,
+            seccomp: true,
+            serial_input: false,
+            control_socket: None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), VmmError> {
         if self.cpus == 0 || self.cpus > MAX_VCPUS {
             return Err(VmmError::Config(format!(

@@ -1,25 +1,27 @@
-//! The VMM's control socket (`crosvm run --socket CTRL`): a Unix socket (mode 0600) speaking
+//! The VMM's control socket (`crosvm run --socket CTRL`): a Unix socket (mode 0600, bound
+//! under a 0177 umask whatever the caller's, so no other user can connect) speaking
 //! crosd's framing (Hello handshake, then [`Envelope`]s with [`CrosvmRequest`] bodies), so
 //! `crosvm stop|pause|resume|status CTRL`, concierge and `crosmsg` drive the VMM the same way.
-//! The server thread only parses and forwards: the VMM's main thread carries each request out
+//! The server thread only parses and forwards: the VMM's event loop carries each request out
 //! and answers through a channel.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cros_messages::crosvm::{CrosvmReply, CrosvmRequest};
 use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
 use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
-use seccompiler::BpfProgram;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::seccomp::{self, ThreadKind};
+use crate::event_channel::EventSender;
+use crate::thread::{self, ThreadSpec};
 
 /// The VMM's address on the control socket.
 pub fn vmm_addr() -> Addr {
@@ -74,13 +76,28 @@ pub struct ControlServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Serializes umask changes: the umask is the process's, not the thread's.
+static UMASK: Mutex<()> = Mutex::new(());
+
+/// Binds `path` with mode 0600 whatever the caller's umask: the mode is set at bind(), so
+/// there is no moment at which another user could connect.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    let _serial: MutexGuard<'_, ()> = UMASK.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: umask only swaps the process's file mode mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above, restoring the caller's mask.
+    unsafe { libc::umask(old) };
+    listener
+}
+
 impl ControlServer {
     /// Listens on `path` (a stale socket there is replaced; any other file is an error) and
-    /// forwards each request to `requests`.
+    /// forwards each request to `requests`, on the thread `spec`.
     pub fn start(
         path: &Path,
-        requests: Sender<ControlRequest>,
-        filter: Option<BpfProgram>,
+        requests: EventSender<ControlRequest>,
+        spec: ThreadSpec,
     ) -> Result<Self, ControlError> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -92,21 +109,10 @@ impl ControlServer {
             path: path.to_owned(),
             source,
         };
-        let listener = UnixListener::bind(path).map_err(bind)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        let listener = bind_private(path).map_err(bind)?;
         let stop = EventFd::new(0).map_err(bind)?;
         let stop_evt = stop.try_clone().map_err(bind)?;
-        let thread = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                if let Some(f) = &filter
-                    && let Err(e) = seccomp::install(ThreadKind::Control, f)
-                {
-                    tracing::error!("control socket not served: {e}");
-                    return;
-                }
-                serve(&listener, &stop_evt, &requests);
-            })
+        let thread = thread::spawn(spec, |_| {}, move || serve(&listener, &stop_evt, &requests))
             .map_err(bind)?;
         Ok(Self {
             path: path.to_owned(),
@@ -126,35 +132,8 @@ impl Drop for ControlServer {
     }
 }
 
-/// Waits for a connection or the stop event; true when a connection is ready.
-fn wait_for_client(listener: &UnixListener, stop: &EventFd) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0 && fds[0].revents & libc::POLLIN != 0;
-    }
-}
-
-fn serve(listener: &UnixListener, stop: &EventFd, requests: &Sender<ControlRequest>) {
-    while wait_for_client(listener, stop) {
+fn serve(listener: &UnixListener, stop: &EventFd, requests: &EventSender<ControlRequest>) {
+    while thread::wait_readable(listener.as_raw_fd(), stop) {
         let Ok((mut stream, _)) = listener.accept() else {
             continue;
         };
@@ -167,7 +146,7 @@ fn serve(listener: &UnixListener, stop: &EventFd, requests: &Sender<ControlReque
 
 fn serve_client(
     stream: &mut UnixStream,
-    requests: &Sender<ControlRequest>,
+    requests: &EventSender<ControlRequest>,
 ) -> Result<(), ControlError> {
     handshake(stream, &vmm_addr())?;
     let mut next_id = 1;
@@ -186,7 +165,7 @@ fn serve_client(
                     request: request.clone(),
                     reply: tx,
                 });
-                match sent.ok().and_then(|()| rx.recv().ok()) {
+                match sent.then(|| rx.recv().ok()).flatten() {
                     Some(Ok(reply)) => Body::CrosvmReply(reply),
                     Some(Err(e)) => Body::Error(e),
                     None => Body::Error(CrosError::internal("the VMM is shutting down")),

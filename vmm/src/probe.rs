@@ -127,22 +127,7 @@ fn memfd_with(bytes: &[u8]) -> std::io::Result<(OwnedFd, PathBuf)> {
 pub fn probe_stock_kernel_boot() -> Result<(), ProbeError> {
     let (_fd, kernel) = memfd_with(&flat_elf(&PROBE_CODE, LOAD_ADDR))?;
     let serial = Arc::new(Mutex::new(Vec::new()));
-    let config = VmConfig {
-        cpus: 1,
-        mem_mib: 16,
-        kernel,
-        initrd: None,
-        params: String::new(),
-        serial: SerialOutput::Capture(serial.clone()),
-        block: Vec::new(),
-        pmem: Vec::new(),
-        vsock: None,
-        virtio_rng: 0,
-        seccomp: true,
-        serial_input: false,
-        control_socket: None,
-        stop_timeout: crate::config::DEFAULT_STOP_TIMEOUT,
-    };
+    let config = VmConfig::new(kernel, 16, SerialOutput::Capture(serial.clone()));
     let result = run(&config);
     let output = serial.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let last = output.last().copied();

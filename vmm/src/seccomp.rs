@@ -4,7 +4,7 @@
 //! the process (exit status [`SECCOMP_EXIT_CODE`]); `crosvm run --no-seccomp` turns the filters
 //! off for debugging.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use seccompiler::BpfProgram;
 use seccompiler::{
@@ -28,13 +28,18 @@ pub enum ThreadKind {
     Device,
     /// Small helper threads that only wait on eventfds and channels.
     Helper,
+    /// The thread that runs the VM's event loop (`crosvm run`'s main thread), once the VM's
+    /// threads have started: epoll, eventfds, the signalfd, kicking and joining threads, and
+    /// on the way out removing the control and vsock socket files.
+    EventLoop,
     /// The control socket's thread: accepts clients and talks to them.
     Control,
     /// Forwards the VMM's stdin to the guest's serial port.
     Console,
     /// The virtio-vsock device thread: its queues and the host side's Unix sockets (accepting
-    /// host clients, connecting to `UDS_<port>` for the guest, listening again after a device
-    /// reset).
+    /// host clients, connecting to `UDS_<port>` for the guest). Sockets of the AF_UNIX
+    /// family only; the host socket was bound before the thread started and outlives device
+    /// resets, so the thread neither binds nor removes files.
     Vsock,
     /// Every thread of a vhost-user backend process (`crosvm vhost-user-vsock|blk`) once it
     /// serves its frontend: the vhost-user protocol (messages carrying descriptors, guest
@@ -45,15 +50,41 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for building all filters up front.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Vcpu,
         ThreadKind::Device,
         ThreadKind::Helper,
+        ThreadKind::EventLoop,
         ThreadKind::Control,
         ThreadKind::Console,
         ThreadKind::Vsock,
         ThreadKind::VhostUser,
     ];
+}
+
+/// Every thread kind's filter, built once before any thread starts so that a filter that does
+/// not compile stops the VM before it runs; empty with seccomp off (`--no-seccomp`).
+#[derive(Clone, Default)]
+pub struct Filters(HashMap<ThreadKind, BpfProgram>);
+
+impl Filters {
+    /// Builds every filter and installs the SIGSYS handler, or nothing when `!enabled`.
+    pub fn build(enabled: bool) -> Result<Self, SeccompError> {
+        if !enabled {
+            return Ok(Self::default());
+        }
+        let filters = ThreadKind::ALL
+            .into_iter()
+            .map(|kind| Ok((kind, filter_for(kind)?)))
+            .collect::<Result<_, SeccompError>>()?;
+        install_sigsys_handler()?;
+        Ok(Self(filters))
+    }
+
+    /// The filter of `kind`, or `None` with seccomp off.
+    pub fn get(&self, kind: ThreadKind) -> Option<BpfProgram> {
+        self.0.get(&kind).cloned()
+    }
 }
 
 /// Errors building or installing a filter.
@@ -122,33 +153,46 @@ const CONTROL: &[i64] = &[
     libc::SYS_sendto,
 ];
 
+/// The event loop waits on epoll, kicks vCPUs out of KVM_RUN (tgkill), reads a disk image's
+/// size for ResizeDisk and, once the VM has ended, removes its socket files.
+const EVENT_LOOP: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_tgkill,
+    libc::SYS_statx,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_unlink,
+];
+
 /// The vsock thread waits on epoll (queue kicks, host sockets, its connect-timeout timerfd)
-/// and serves Unix sockets on the host side.
+/// and serves Unix sockets on the host side (`socket` itself is allowed for AF_UNIX only).
 const VSOCK: &[i64] = &[
-    libc::SYS_epoll_create1,
     libc::SYS_epoll_ctl,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
-    libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
     libc::SYS_accept4,
-    libc::SYS_socket,
     libc::SYS_connect,
-    libc::SYS_bind,
-    libc::SYS_listen,
     libc::SYS_shutdown,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,
     libc::SYS_readv,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
+
+/// A vhost-user backend also creates its event loops' descriptors, checks the memory files
+/// the frontend sends, and removes its socket files once the frontend has gone.
+const VHOST_USER: &[i64] = &[
+    libc::SYS_epoll_create1,
+    libc::SYS_timerfd_create,
     libc::SYS_statx,
     libc::SYS_newfstatat,
     libc::SYS_lstat,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
+    libc::SYS_unlink,
 ];
 
 /// glibc's malloc opens /proc/sys/vm/overcommit_memory the first time it shrinks a thread's
@@ -213,6 +257,9 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             rules.extend(DEVICE.iter().map(|&nr| (nr, Vec::new())));
         }
         ThreadKind::Helper => {}
+        ThreadKind::EventLoop => {
+            rules.extend(EVENT_LOOP.iter().map(|&nr| (nr, Vec::new())));
+        }
         ThreadKind::Control => {
             rules.extend(CONTROL.iter().map(|&nr| (nr, Vec::new())));
         }
@@ -221,11 +268,14 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         }
         ThreadKind::Vsock => {
             rules.extend(VSOCK.iter().map(|&nr| (nr, Vec::new())));
+            rules.insert(libc::SYS_socket, vec![arg_is(0, libc::AF_UNIX as u64)?]);
             // Sockets are made non-blocking with FIONBIO (std's set_nonblocking).
             rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
         }
         ThreadKind::VhostUser => {
-            rules.extend(DEVICE.iter().chain(VSOCK).map(|&nr| (nr, Vec::new())));
+            let allowed = DEVICE.iter().chain(VSOCK).chain(VHOST_USER);
+            rules.extend(allowed.map(|&nr| (nr, Vec::new())));
+            rules.insert(libc::SYS_socket, vec![arg_is(0, libc::AF_UNIX as u64)?]);
             rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
             // The vhost-user crates duplicate descriptors the frontend sent.
             rules.insert(
@@ -402,10 +452,65 @@ mod tests {
         }
     }
 
+    /// The host-socket filters take AF_UNIX sockets only: a TCP socket (or any other family)
+    /// kills the process, as does removing a file on the vsock thread, which binds nothing.
+    #[test]
+    fn socket_filters_allow_unix_sockets_only_and_vsock_unlinks_nothing() {
+        for kind in [ThreadKind::Vsock, ThreadKind::VhostUser] {
+            let text = run_denied_call_with(
+                kind,
+                libc::SYS_socket,
+                [i64::from(libc::AF_INET), i64::from(libc::SOCK_STREAM), 0],
+            );
+            assert!(
+                text.contains(&format!("system call {}", libc::SYS_socket)),
+                "{kind:?}: {text}"
+            );
+            assert!(
+                unix_socket_allowed(kind),
+                "{kind:?} refused an AF_UNIX socket"
+            );
+        }
+        assert!(!unix_socket_allowed(ThreadKind::EventLoop));
+        for nr in [libc::SYS_unlink, libc::SYS_unlinkat, libc::SYS_bind] {
+            let text = run_denied_call(ThreadKind::Vsock, nr);
+            assert!(text.contains(&format!("system call {nr}")), "{text}");
+        }
+    }
+
+    /// Whether a child under `kind`'s filter may create an AF_UNIX stream socket (it is
+    /// killed otherwise).
+    fn unix_socket_allowed(kind: ThreadKind) -> bool {
+        let filter = filter_for(kind).unwrap();
+        // SAFETY: the child only makes raw system calls until it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: raw calls in the child; stderr closed so a kill stays quiet.
+            unsafe {
+                libc::close(2);
+                if seccompiler::apply_filter(&filter).is_err() {
+                    libc::_exit(3);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::_exit(if fd >= 0 { 42 } else { 4 });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42
+    }
+
     /// In a forked child: installs `kind`'s filter, makes system call `nr` (with zero
     /// arguments), and returns what the child wrote on stderr once it ended with
     /// SECCOMP_EXIT_CODE.
     fn run_denied_call(kind: ThreadKind, nr: libc::c_long) -> String {
+        run_denied_call_with(kind, nr, [0; 3])
+    }
+
+    /// [`run_denied_call`] with the call's first three arguments.
+    fn run_denied_call_with(kind: ThreadKind, nr: libc::c_long, args: [i64; 3]) -> String {
         let filter = filter_for(kind).unwrap();
         install_sigsys_handler().unwrap();
         let mut pipe = [0; 2];
@@ -422,7 +527,7 @@ mod tests {
                 if seccompiler::apply_filter(&filter).is_err() {
                     libc::_exit(3);
                 }
-                libc::syscall(nr, 0, 0, 0);
+                libc::syscall(nr, args[0], args[1], args[2]);
                 libc::_exit(0);
             }
         }

@@ -3,7 +3,6 @@
 //! the VM go to the VMM as a [`VcpuEvent`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -11,8 +10,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::devices::bus::Bus;
-use crate::seccomp::{self, ThreadKind};
-use seccompiler::BpfProgram;
+use crate::event_channel::EventSender;
+use crate::thread::{self, ThreadSpec};
 
 /// Why a vCPU stopped running the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,30 +128,26 @@ impl VcpuHandle {
     }
 }
 
-/// Starts the thread of vCPU `cpu`.
+/// Starts the thread of vCPU `cpu` (`spec`: its name and filter). A failed filter or a
+/// panic ends the VM with a [`VcpuEvent::Fatal`].
 pub fn spawn_vcpu(
     cpu: u8,
     mut vcpu: VcpuFd,
     buses: VcpuBuses,
     stop: Arc<AtomicBool>,
     pause: Arc<PauseControl>,
-    events: Sender<VcpuEvent>,
-    seccomp: Option<BpfProgram>,
+    events: EventSender<VcpuEvent>,
+    spec: ThreadSpec,
 ) -> std::io::Result<VcpuHandle> {
-    let thread = std::thread::Builder::new()
-        .name(format!("vcpu{cpu}"))
-        .spawn(move || {
-            if let Some(filter) = &seccomp
-                && let Err(e) = seccomp::install(ThreadKind::Vcpu, filter)
-            {
-                let reason = format!("{e}: {:?}", std::error::Error::source(&e));
-                let _ = events.send(VcpuEvent::Fatal { cpu, reason });
-                return;
-            }
-            if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop, &pause) {
-                let _ = events.send(event);
-            }
-        })?;
+    let failures = events.clone();
+    let on_failure = move |reason| {
+        failures.send(VcpuEvent::Fatal { cpu, reason });
+    };
+    let thread = thread::spawn(spec, on_failure, move || {
+        if let Some(event) = run_loop(cpu, &mut vcpu, &buses, &stop, &pause) {
+            events.send(event);
+        }
+    })?;
     Ok(VcpuHandle { cpu, thread })
 }
 
@@ -177,21 +172,9 @@ fn run_loop(
                 }
                 ExitAction::InternalError => {
                     let reason = internal_error_reason(vcpu);
-                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
-                    let reason = match rip {
-                        Some(rip) => format!("{reason} (guest rip {rip:#x})"),
-                        None => reason,
-                    };
-                    return Some(VcpuEvent::Fatal { cpu, reason });
+                    return Some(fatal_at_rip(cpu, vcpu, reason));
                 }
-                ExitAction::Fatal(reason) => {
-                    let rip = vcpu.get_regs().ok().map(|r| r.rip);
-                    let reason = match rip {
-                        Some(rip) => format!("{reason} (guest rip {rip:#x})"),
-                        None => reason,
-                    };
-                    return Some(VcpuEvent::Fatal { cpu, reason });
-                }
+                ExitAction::Fatal(reason) => return Some(fatal_at_rip(cpu, vcpu, reason)),
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
@@ -203,6 +186,15 @@ fn run_loop(
         }
     }
     None
+}
+
+/// A fatal exit, with the guest's RIP when KVM still gives it.
+fn fatal_at_rip(cpu: u8, vcpu: &VcpuFd, reason: String) -> VcpuEvent {
+    let reason = match vcpu.get_regs() {
+        Ok(regs) => format!("{reason} (guest rip {:#x})", regs.rip),
+        Err(_) => reason,
+    };
+    VcpuEvent::Fatal { cpu, reason }
 }
 
 enum ExitAction {
@@ -249,51 +241,34 @@ fn internal_error_reason(vcpu: &mut VcpuFd) -> String {
 }
 
 fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &VcpuBuses) -> ExitAction {
+    // An access no device claims is logged by the bus and otherwise ignored.
+    let _claimed = match exit {
+        VcpuExit::IoIn(port, data) => buses.io.read(u64::from(port), data),
+        VcpuExit::IoOut(port, data) => buses.io.write(u64::from(port), data),
+        VcpuExit::MmioRead(addr, data) => buses.mmio.read(addr, data),
+        VcpuExit::MmioWrite(addr, data) => buses.mmio.write(addr, data),
+        other => return other_exit(cpu, other),
+    };
+    ExitAction::Continue
+}
+
+/// An exit that is not a device access.
+fn other_exit(cpu: u8, exit: VcpuExit<'_>) -> ExitAction {
     match exit {
-        VcpuExit::IoIn(port, data) => {
-            if !buses.io.read(u64::from(port), data) {
-                tracing::trace!(cpu, port, len = data.len(), "read from unclaimed I/O port");
-            }
-        }
-        VcpuExit::IoOut(port, data) => {
-            if !buses.io.write(u64::from(port), data) {
-                tracing::trace!(cpu, port, len = data.len(), "write to unclaimed I/O port");
-            }
-        }
-        VcpuExit::MmioRead(addr, data) => {
-            if !buses.mmio.read(addr, data) {
-                tracing::debug!(
-                    cpu,
-                    addr,
-                    len = data.len(),
-                    "read from unclaimed MMIO address"
-                );
-            }
-        }
-        VcpuExit::MmioWrite(addr, data) => {
-            if !buses.mmio.write(addr, data) {
-                tracing::debug!(
-                    cpu,
-                    addr,
-                    len = data.len(),
-                    "write to unclaimed MMIO address"
-                );
-            }
-        }
         // With the in-kernel LAPIC, HLT waits in the kernel; a HLT exit means the vCPU halted
         // with interrupts it can never get, which we report rather than spin on.
-        VcpuExit::Hlt => return ExitAction::Fatal("guest halted with no way to wake up".into()),
-        VcpuExit::Shutdown => return ExitAction::TripleFault,
-        VcpuExit::FailEntry(reason, _) => {
-            return ExitAction::Fatal(format!(
-                "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
-            ));
-        }
-        VcpuExit::InternalError => return ExitAction::InternalError,
+        VcpuExit::Hlt => ExitAction::Fatal("guest halted with no way to wake up".into()),
+        VcpuExit::Shutdown => ExitAction::TripleFault,
+        VcpuExit::FailEntry(reason, _) => ExitAction::Fatal(format!(
+            "KVM could not enter the guest (hardware entry failure reason {reason:#x})"
+        )),
+        VcpuExit::InternalError => ExitAction::InternalError,
         VcpuExit::SystemEvent(kind, _) => {
-            return ExitAction::Fatal(format!("unexpected KVM system event {kind}"));
+            ExitAction::Fatal(format!("unexpected KVM system event {kind}"))
         }
-        other => tracing::debug!(cpu, "ignored vCPU exit {other:?}"),
+        other => {
+            tracing::debug!(cpu, "ignored vCPU exit {other:?}");
+            ExitAction::Continue
+        }
     }
-    ExitAction::Continue
 }

@@ -104,9 +104,9 @@ proptest! {
         let mut t = transport(device.clone(), &mem);
         set_up_driver(&mut t, size);
         // What a notification makes the device do, with random descriptors and rings.
-        device.lock().unwrap().queue_notify(0);
+        device.lock().unwrap().queue_notify(0).unwrap();
         play(&mut t, &accesses);
-        device.lock().unwrap().queue_notify(0);
+        device.lock().unwrap().queue_notify(0).unwrap();
         prop_assert_eq!(file.as_file().metadata().unwrap().len(), DISK_LEN);
     }
 
@@ -119,8 +119,8 @@ proptest! {
         let device: SharedVirtioDevice = Arc::new(Mutex::new(Rng::new()));
         let mut t = transport(device.clone(), &mem);
         set_up_driver(&mut t, 16);
-        device.lock().unwrap().queue_notify(0);
+        device.lock().unwrap().queue_notify(0).unwrap();
         play(&mut t, &accesses);
-        device.lock().unwrap().queue_notify(0);
+        device.lock().unwrap().queue_notify(0).unwrap();
     }
 }

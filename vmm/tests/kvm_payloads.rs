@@ -11,30 +11,22 @@ use cros_vmm::run::{SerialOutput, VmConfig, VmExit, VmmError, run};
 use payload::{build_flat_payload, build_payload, require_kvm};
 
 fn config(kernel: PathBuf, serial_log: &Path) -> VmConfig {
-    VmConfig {
-        cpus: 1,
-        mem_mib: 64,
-        kernel,
-        initrd: None,
-        params: String::new(),
-        serial: SerialOutput::File(serial_log.to_owned()),
-        block: Vec::new(),
-        pmem: Vec::new(),
-        vsock: None,
-        virtio_rng: 0,
-        seccomp: true,
-        serial_input: false,
-        control_socket: None,
-        stop_timeout: cros_vmm::config::DEFAULT_STOP_TIMEOUT,
-    }
+    VmConfig::new(kernel, 64, SerialOutput::File(serial_log.to_owned()))
+}
+
+/// A temporary directory, the serial log in it, and a VM running payload `name` (built there)
+/// with its console to that log; fails the test without /dev/kvm.
+fn payload_vm(name: &str) -> (tempfile::TempDir, PathBuf, VmConfig) {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let cfg = config(build_payload(dir.path(), name), &log);
+    (dir, log, cfg)
 }
 
 /// Runs the probe payload with `rng` virtio-rng devices and returns its serial output.
 fn run_probe(cpus: u8, mem_mib: u64, rng: usize) -> String {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
-    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    let (_dir, log, mut cfg) = payload_vm("probe");
     cfg.cpus = cpus;
     cfg.mem_mib = mem_mib;
     cfg.virtio_rng = rng;
@@ -101,10 +93,7 @@ fn probe_payload_without_virtio_devices_finds_no_windows() {
 
 #[test]
 fn probe_payload_runs_without_seccomp_too() {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
-    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    let (_dir, log, mut cfg) = payload_vm("probe");
     cfg.virtio_rng = 1;
     cfg.seccomp = false;
     assert_eq!(run(&cfg).unwrap(), VmExit::GuestReset);
@@ -120,10 +109,7 @@ fn probe_payload_with_two_vcpus_and_ram_above_4gib() {
 
 #[test]
 fn triple_fault_is_a_fatal_error_with_the_guest_rip() {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
-    let cfg = config(build_payload(dir.path(), "triple_fault"), &log);
+    let (_dir, log, cfg) = payload_vm("triple_fault");
     match run(&cfg) {
         Err(VmmError::TripleFault { cpu: 0, rip }) => {
             assert!(rip.starts_with("0x2000"), "rip {rip}")
@@ -183,11 +169,8 @@ fn make_disk(dir: &Path) -> PathBuf {
 }
 
 fn run_blk(read_only: bool, serial: Option<&str>) -> (String, Vec<u8>, PathBuf, tempfile::TempDir) {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
+    let (dir, log, mut cfg) = payload_vm("blk");
     let disk = make_disk(dir.path());
-    let mut cfg = config(build_payload(dir.path(), "blk"), &log);
     cfg.block = vec![cros_vmm::run::BlockConfig {
         path: disk.clone(),
         read_only,
@@ -253,10 +236,7 @@ fn blk_payload_cannot_write_a_read_only_disk() {
 
 #[test]
 fn missing_disk_image_is_named_in_the_error() {
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
-    let mut cfg = config(build_payload(dir.path(), "probe"), &log);
+    let (dir, _log, mut cfg) = payload_vm("probe");
     let missing = dir.path().join("no-such-disk.img");
     cfg.block = vec![cros_vmm::run::BlockConfig {
         path: missing.clone(),
@@ -335,11 +315,8 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 fn control_socket_status_pause_resume_stop() {
     use cros_messages::crosvm::{CrosvmReply, CrosvmRequest, VmRunState};
     use cros_vmm::control::{ControlError, send_request};
-    require_kvm();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("serial.log");
+    let (dir, log, mut cfg) = payload_vm("spin");
     let ctrl = dir.path().join("ctrl.sock");
-    let mut cfg = config(build_payload(dir.path(), "spin"), &log);
     cfg.cpus = 2;
     cfg.control_socket = Some(ctrl.clone());
     // spin ignores the power button: the stop below is forced after this.

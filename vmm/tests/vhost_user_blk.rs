@@ -28,16 +28,15 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+#[path = "support/split_queue.rs"]
+mod split_queue;
+use split_queue::{AVAIL, DESC, F_WRITE, SplitQueue, USED};
+
 const MEM_SIZE: usize = 1 << 20;
 const QUEUE_SIZE: u16 = 16;
-const DESC: u64 = 0x1000;
-const AVAIL: u64 = 0x2000;
-const USED: u64 = 0x3000;
 const HEADER: u64 = 0x10000;
 const DATA: u64 = 0x20000;
 const STATUS: u64 = 0x30000;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// A disk image of 8 sectors, sector i filled with byte i.
@@ -52,10 +51,9 @@ fn image(dir: &Path) -> PathBuf {
 /// queue 0 set up.
 struct Driver {
     frontend: Frontend,
-    mem: GuestMemoryMmap,
+    queue: SplitQueue,
     kick: EventFd,
     call: EventFd,
-    avail_idx: u16,
     features: u64,
     server:
         Option<std::thread::JoinHandle<Result<(), cros_vmm::vhost_user::blk::VhostUserBlkError>>>,
@@ -126,10 +124,9 @@ impl Driver {
         frontend.set_vring_enable(0, true).unwrap();
         Driver {
             frontend,
-            mem,
+            queue: SplitQueue::new(mem, QUEUE_SIZE),
             kick,
             call,
-            avail_idx: 0,
             features,
             server: Some(server),
         }
@@ -146,49 +143,36 @@ impl Driver {
     /// Writes the chain (addr, len, flags) at descriptor 0.., kicks, waits for the call and
     /// returns the used length.
     fn submit(&mut self, descs: &[(u64, u32, u16)]) -> u32 {
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let base = GuestAddress(DESC + 16 * i as u64);
-            let next = if i + 1 < descs.len() { F_NEXT } else { 0 };
-            self.mem.write_obj(addr, base).unwrap();
-            self.mem.write_obj(len, GuestAddress(base.0 + 8)).unwrap();
-            self.mem
-                .write_obj(flags | next, GuestAddress(base.0 + 12))
-                .unwrap();
-            self.mem
-                .write_obj(i as u16 + 1, GuestAddress(base.0 + 14))
-                .unwrap();
-        }
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
-        self.mem
-            .write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
+        let slot = self.queue.add_chain(0, descs);
+        self.queue.publish();
         self.kick.write(1).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.call.read().is_err() {
             assert!(Instant::now() < deadline, "no used-buffer notification");
             std::thread::sleep(Duration::from_millis(1));
         }
-        let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-        assert_eq!(used_idx, self.avail_idx, "request was not returned");
-        self.mem
-            .read_obj(GuestAddress(USED + 4 + 8 * slot + 4))
-            .unwrap()
+        let returned = self.queue.used_idx() == self.queue.avail_idx();
+        assert!(returned, "request was not returned");
+        self.queue.used_len(slot)
     }
 
     fn header(&self, kind: u32, sector: u64) {
-        self.mem.write_obj(kind, GuestAddress(HEADER)).unwrap();
-        self.mem.write_obj(0u32, GuestAddress(HEADER + 4)).unwrap();
-        self.mem
+        self.queue
+            .mem
+            .write_obj(kind, GuestAddress(HEADER))
+            .unwrap();
+        self.queue
+            .mem
+            .write_obj(0u32, GuestAddress(HEADER + 4))
+            .unwrap();
+        self.queue
+            .mem
             .write_obj(sector, GuestAddress(HEADER + 8))
             .unwrap();
     }
 
     fn status(&self) -> u8 {
-        self.mem.read_obj(GuestAddress(STATUS)).unwrap()
+        self.queue.mem.read_obj(GuestAddress(STATUS)).unwrap()
     }
 
     /// Disconnects, as QEMU exiting does, and waits for the backend to return.
@@ -202,21 +186,24 @@ impl Driver {
     }
 }
 
+/// A backend on a fresh 8-sector image in `dir`, and a frontend connected to it.
+fn start_on_image(dir: &Path, read_only: bool, serial: Option<&str>) -> (PathBuf, Driver) {
+    let path = image(dir);
+    let config = BlkConfig {
+        path: path.clone(),
+        read_only,
+        serial: serial.map(Into::into),
+    };
+    (path, Driver::start(dir, config))
+}
+
 const HDR: (u64, u32, u16) = (HEADER, 16, 0);
 const ST: (u64, u32, u16) = (STATUS, 1, F_WRITE);
 
 #[test]
 fn frontend_reads_writes_flushes_and_gets_the_serial() {
     let dir = tempfile::tempdir().unwrap();
-    let path = image(dir.path());
-    let mut d = Driver::start(
-        dir.path(),
-        BlkConfig {
-            path: path.clone(),
-            read_only: false,
-            serial: Some("crosd-test".into()),
-        },
-    );
+    let (path, mut d) = start_on_image(dir.path(), false, Some("crosd-test"));
     assert_ne!(d.features & VIRTIO_F_VERSION_1, 0);
     assert_ne!(d.features & VIRTIO_BLK_F_FLUSH, 0);
     assert_eq!(d.features & VIRTIO_BLK_F_RO, 0);
@@ -242,10 +229,16 @@ fn frontend_reads_writes_flushes_and_gets_the_serial() {
     let used = d.submit(&[HDR, (DATA, 1024, F_WRITE), ST]);
     assert_eq!((d.status(), used), (VIRTIO_BLK_S_OK, 1025));
     let mut buf = [0u8; 1024];
-    d.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+    d.queue
+        .mem
+        .read_slice(&mut buf, GuestAddress(DATA))
+        .unwrap();
     assert!(buf[..512].iter().all(|&b| b == 3) && buf[512..].iter().all(|&b| b == 4));
 
-    d.mem.write_slice(&[0xab; 512], GuestAddress(DATA)).unwrap();
+    d.queue
+        .mem
+        .write_slice(&[0xab; 512], GuestAddress(DATA))
+        .unwrap();
     d.header(VIRTIO_BLK_T_OUT, 6);
     let used = d.submit(&[HDR, (DATA, 512, 0), ST]);
     assert_eq!((d.status(), used), (VIRTIO_BLK_S_OK, 1));
@@ -263,7 +256,7 @@ fn frontend_reads_writes_flushes_and_gets_the_serial() {
     let used = d.submit(&[HDR, (DATA, 20, F_WRITE), ST]);
     assert_eq!((d.status(), used), (VIRTIO_BLK_S_OK, 21));
     let mut id = [0u8; 20];
-    d.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    d.queue.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert_eq!(&id[..11], b"crosd-test\0");
     d.disconnect();
     assert!(!dir.path().join("blk.sock").exists(), "socket left behind");
@@ -272,17 +265,12 @@ fn frontend_reads_writes_flushes_and_gets_the_serial() {
 #[test]
 fn read_only_backend_refuses_writes_and_survives_bad_chains() {
     let dir = tempfile::tempdir().unwrap();
-    let path = image(dir.path());
-    let mut d = Driver::start(
-        dir.path(),
-        BlkConfig {
-            path: path.clone(),
-            read_only: true,
-            serial: None,
-        },
-    );
+    let (path, mut d) = start_on_image(dir.path(), true, None);
     assert_ne!(d.features & VIRTIO_BLK_F_RO, 0);
-    d.mem.write_slice(&[0xcd; 512], GuestAddress(DATA)).unwrap();
+    d.queue
+        .mem
+        .write_slice(&[0xcd; 512], GuestAddress(DATA))
+        .unwrap();
     d.header(VIRTIO_BLK_T_OUT, 0);
     d.submit(&[HDR, (DATA, 512, 0), ST]);
     assert_eq!(d.status(), VIRTIO_BLK_S_IOERR);
@@ -304,7 +292,7 @@ fn read_only_backend_refuses_writes_and_survives_bad_chains() {
     let meta = std::fs::metadata(&path).unwrap();
     let want = format!("{}:{}", meta.dev(), meta.ino());
     let mut id = vec![0u8; want.len().min(20)];
-    d.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+    d.queue.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
     assert_eq!(id, &want.as_bytes()[..id.len()]);
     d.disconnect();
     let bytes = std::fs::read(&path).unwrap();

@@ -27,9 +27,9 @@ enum Command {
     /// vCPUs until the guest powers off (ACPI S5: Linux `poweroff`) or resets (ACPI reset
     /// register or i8042: Linux `reboot`); then exit 0.
     ///
-    /// A stop request (`crosvm stop CTRL`) presses the guest's ACPI power button and waits up
-    /// to --stop-timeout for it to power off; a guest that did exits 0, one that did not is
-    /// forced off and the VMM exits 3.
+    /// A stop request (`crosvm stop CTRL`), SIGTERM or SIGINT presses the guest's ACPI power
+    /// button and waits up to --stop-timeout for it to power off; a guest that did exits 0,
+    /// one that did not is forced off and the VMM exits 3.
     ///
     /// Fatal errors (no /dev/kvm, a kernel that cannot be loaded, a guest that KVM cannot run)
     /// end with a message on stderr and a non-zero status.
@@ -185,7 +185,8 @@ struct RunArgs {
     /// resume|status CTRL`). A stale socket file there is replaced.
     #[arg(long, value_name = "CTRL")]
     socket: Option<PathBuf>,
-    /// Run the vCPU, device and helper threads without their seccomp filters (for debugging
+    /// Run the VMM's threads (vCPUs, devices, control socket, console, and the main thread's
+    /// event loop) without their seccomp filters (for debugging
     /// a VMM stopped with "crosvm: seccomp: ... denied"; exit status 159).
     #[arg(long)]
     no_seccomp: bool,
@@ -213,6 +214,20 @@ fn vhost_user_filter(no_seccomp: bool) -> anyhow::Result<Option<cros_vmm::seccom
     let filter = filter_for(ThreadKind::VhostUser)?;
     install_sigsys_handler()?;
     Ok(Some(filter))
+}
+
+/// A bzImage is most likely Linux: say up front when this /dev/kvm cannot run it, rather than
+/// leave the user watching a VM that makes no progress.
+fn warn_if_no_stock_kernel_boot(kernel: &std::path::Path) {
+    if cros_vmm::loader::is_elf(kernel).unwrap_or(true) {
+        return;
+    }
+    if let Err(e) = cros_vmm::probe::probe_stock_kernel_boot() {
+        tracing::warn!(
+            "{e}: a Linux kernel will probably not boot here (expect an emulation error, or no \
+             progress); QEMU with TCG can run it"
+        );
+    }
 }
 
 /// Exit status of `crosvm run` when a stop request had to force the guest off.
@@ -275,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
+            warn_if_no_stock_kernel_boot(&args.kernel);
             let serial_input = args.serial_log.is_none();
             let config = cros_vmm::run::VmConfig {
                 cpus: args.cpus,
@@ -301,7 +317,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 control_socket: args.socket,
                 stop_timeout: std::time::Duration::from_secs(args.stop_timeout),
             };
-            match cros_vmm::run::run(&config).context("crosvm run")? {
+            let mut vm = cros_vmm::builder::build_vm(&config).context("crosvm run")?;
+            // This process ends with the VM: its main thread, which runs the event loop, is
+            // confined too once the VM's threads have started.
+            vm.confine_event_loop();
+            match vm.run().context("crosvm run")? {
                 cros_vmm::run::VmExit::StopForced => {
                     tracing::warn!(
                         "VM ended: forced off, the guest did not power off within {} s of \

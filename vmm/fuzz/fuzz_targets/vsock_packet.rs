@@ -9,9 +9,9 @@ use std::cell::RefCell;
 
 use cros_messages::hybrid_vsock::parse_connect_request;
 use cros_vmm::devices::vsock::packet::{PacketHeader, parse_rx_chain, parse_tx_chain};
-use cros_vmm::devices::vsock::{VsockConfig, VsockDevice};
+use cros_vmm::devices::vsock::{DeviceEvent, VsockConfig, VsockDevice};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: usize = 0x1_0000;
@@ -72,8 +72,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rxq = queue(RXQ);
     DEVICE.with(|d| {
         let device = &mut d.borrow_mut().1;
-        let _ = device.process_tx(&mem, &mut txq);
-        let _ = device.process_rx(&mem, &mut rxq);
+        let _ = device.handle_event(DeviceEvent::TxKick, &mem, &mut rxq, &mut txq);
         let _ = device.process_host_events();
     });
 });

@@ -63,28 +63,28 @@ impl Bus {
     /// Reads from the device at `addr`; returns false (and fills `data` with ones) when no
     /// device holds the access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.resolve(addr, data.len()) {
-            Some((device, offset)) => {
-                lock(device).read(offset, data);
-                true
-            }
-            None => {
-                data.fill(0xff);
-                false
-            }
-        }
+        let Some((device, offset)) = self.resolve(addr, data.len()) else {
+            data.fill(0xff);
+            return unclaimed("read", addr, data.len());
+        };
+        lock(device).read(offset, data);
+        true
     }
 
     /// Writes to the device at `addr`; returns false when no device holds the access.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.resolve(addr, data.len()) {
-            Some((device, offset)) => {
-                lock(device).write(offset, data);
-                true
-            }
-            None => false,
-        }
+        let Some((device, offset)) = self.resolve(addr, data.len()) else {
+            return unclaimed("write", addr, data.len());
+        };
+        lock(device).write(offset, data);
+        true
     }
+}
+
+/// Logs a guest access no device claims (probing drivers make them; not an error); false.
+fn unclaimed(what: &str, addr: u64, len: usize) -> bool {
+    tracing::debug!(addr, len, "guest {what} of an address no device claims");
+    false
 }
 
 /// Locks a device even if a previous holder panicked: device state stays usable for the

@@ -1,6 +1,8 @@
 //! vhost-user backends: our devices served to another VMM (QEMU) over the vhost-user protocol.
 //! Every backend listens, serves one frontend connection and cleans up the same way
-//! ([`serve_backend`]); the modules only differ in the device they run.
+//! ([`serve_backend`]), and speaks the protocol's device side the same way ([`Backend`]:
+//! features, memory table, EVENT_IDX, config reads, exit events); the modules only supply
+//! the device they run, as a [`BackendDevice`].
 
 pub mod blk;
 pub mod vsock;
@@ -12,10 +14,14 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use tracing::info;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::{VhostUserBackend, VhostUserBackendMut, VhostUserDaemon, VringRwLock};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 /// Why a backend could not listen or serve.
 #[derive(Debug, Error)]
@@ -142,6 +148,149 @@ fn check_socket_path(path: &Path) -> Result<(), ServeError> {
         Ok(_) => Err(err("exists and is not a socket".into())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// What makes a vhost-user backend's device itself; the protocol side is [`Backend`]'s.
+pub trait BackendDevice: Send + Sync + 'static {
+    /// The backend's name in log lines.
+    const NAME: &'static str;
+    const NUM_QUEUES: usize;
+    /// Largest queue a frontend may set up.
+    const MAX_QUEUE_SIZE: usize;
+    /// The device's feature bits (VERSION_1 included; [`Backend`] adds EVENT_IDX and the
+    /// protocol-features bit).
+    fn features(&self) -> u64;
+    /// The configuration space the frontend reads.
+    fn config_space(&self) -> Vec<u8>;
+    /// Serves `event`. An error is logged and the backend keeps serving: ending the
+    /// library's worker thread would leave the guest a dead device while QEMU stays
+    /// connected.
+    fn handle(&mut self, event: &BackendEvent<'_>) -> Result<(), String>;
+}
+
+/// What woke a backend, with what it serves the event with.
+pub struct BackendEvent<'a> {
+    /// A queue index, or an extra listener's event id.
+    pub id: u16,
+    /// The frontend's memory; `None` before it sent a memory table.
+    pub mem: Option<&'a GuestMemoryMmap>,
+    pub vrings: &'a [VringRwLock],
+    /// Whether VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
+}
+
+/// Why a backend could not start or serve.
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Disk(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::vsock::VsockError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("creating the exit event: {0}")]
+    ExitEvent(io::Error),
+}
+
+/// The vhost-user device side of any [`BackendDevice`].
+pub struct Backend<D> {
+    device: D,
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    event_idx: bool,
+    exit_consumer: EventConsumer,
+    exit_notifier: EventNotifier,
+}
+
+impl<D: BackendDevice> Backend<D> {
+    pub fn new(device: D) -> Result<Self, BackendError> {
+        let (exit_consumer, exit_notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                .map_err(BackendError::ExitEvent)?;
+        Ok(Self {
+            device,
+            mem: None,
+            event_idx: false,
+            exit_consumer,
+            exit_notifier,
+        })
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+}
+
+impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        D::NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        D::MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features()
+            | 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
+
+    fn set_event_idx(&mut self, enabled: bool) {
+        self.event_idx = enabled;
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        config_slice(&self.device.config_space(), offset, size)
+    }
+
+    fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Nothing either device offers is writable.
+        tracing::debug!(offset, len = buf.len(), "{}: ignored config write", D::NAME);
+        Ok(())
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some((
+            self.exit_consumer.try_clone().ok()?,
+            self.exit_notifier.try_clone().ok()?,
+        ))
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if !evset.contains(EventSet::IN) {
+            return Ok(());
+        }
+        tracing::trace!(device_event, "{}: vhost-user event", D::NAME);
+        let mem = self.mem.as_ref().map(GuestAddressSpace::memory);
+        let event = BackendEvent {
+            id: device_event,
+            mem: mem.as_deref(),
+            vrings,
+            event_idx: self.event_idx,
+        };
+        if let Err(e) = self.device.handle(&event) {
+            tracing::error!("{}: {e}", D::NAME);
+        }
+        Ok(())
     }
 }
 

@@ -4,13 +4,13 @@
 # anything else enters S5 through the sleep control register (port 0x600: SLP_TYP 5 and
 # SLP_EN, Linux `poweroff`).
         .intel_syntax noprefix
+        .include "lib/entry.S"
         .code64
         .globl _start
 _start:
         mov eax, dword ptr [rsi + 0x228]
         movzx ecx, byte ptr [rax]
-        lea rsi, [rip + msg]
-        call puts
+        say msg
         cmp cl, 'r'
         je acpi_reset
         jmp acpi_poweroff

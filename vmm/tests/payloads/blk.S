@@ -17,15 +17,13 @@
         .set DATA, 0x310000
 
         payload_entry
-        lea rsi, [rip + msg_hello]
-        call puts
+        say msg_hello
 
         mov edi, VIRTIO_ID_BLOCK
         call virtio_find_device
         jc no_blk
-        lea rsi, [rip + msg_found]
         mov edi, ebx
-        call put_labelled_hex
+        say_hex msg_found
 
         mov ecx, 1
         mov eax, DESC
@@ -41,12 +39,10 @@
         mov r11d, 20
         mov r12d, 2
         call submit
-        lea rsi, [rip + msg_id_status]
         mov edi, eax
-        call put_labelled_hex
+        say_hex msg_id_status
         mov byte ptr [DATA + 20], 0
-        lea rsi, [rip + msg_id]
-        call puts
+        say msg_id
         mov esi, DATA
         call puts
         call put_newline
@@ -58,11 +54,9 @@
         mov r11d, 512
         mov r12d, 2
         call submit
-        lea rsi, [rip + msg_read_status]
         mov edi, eax
-        call put_labelled_hex
-        lea rsi, [rip + msg_sector0]
-        call puts
+        say_hex msg_read_status
+        say msg_sector0
         mov esi, DATA
         call put_first_line
 
@@ -78,18 +72,16 @@
         mov r11d, 512
         xor r12d, r12d
         call submit
-        lea rsi, [rip + msg_write_status]
         mov edi, eax
-        call put_labelled_hex
+        say_hex msg_write_status
 
         # Flush.
         mov r8d, 4
         xor r9d, r9d
         xor r10d, r10d
         call submit
-        lea rsi, [rip + msg_flush_status]
         mov edi, eax
-        call put_labelled_hex
+        say_hex msg_flush_status
         jmp payload_done
 init_failed:
         lea rsi, [rip + msg_init_failed]

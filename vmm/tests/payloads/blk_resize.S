@@ -19,30 +19,23 @@
         # FEATURES_OK (or not: this payload reads the config space either way).
         call virtio_negotiate
 
-        lea rsi, [rip + msg_capacity]
         mov edi, dword ptr [rbx + 0x100]
-        call put_labelled_hex
-        lea rsi, [rip + msg_generation]
+        say_hex msg_capacity
         mov edi, dword ptr [rbx + 0xfc]
-        call put_labelled_hex
-        lea rsi, [rip + msg_ready]
-        call puts
+        say_hex msg_generation
+        say msg_ready
 
 1:      mov edi, dword ptr [rbx + 0x60]         # InterruptStatus
         test edi, 2
         jz 1b
-        lea rsi, [rip + msg_interrupt]
-        call put_labelled_hex
-        lea rsi, [rip + msg_generation]
+        say_hex msg_interrupt
         mov edi, dword ptr [rbx + 0xfc]
-        call put_labelled_hex
-        lea rsi, [rip + msg_capacity]
+        say_hex msg_generation
         mov edi, dword ptr [rbx + 0x100]
-        call put_labelled_hex
+        say_hex msg_capacity
         mov dword ptr [rbx + 0x64], 2           # InterruptACK
-        lea rsi, [rip + msg_after_ack]
         mov edi, dword ptr [rbx + 0x60]
-        call put_labelled_hex
+        say_hex msg_after_ack
         jmp payload_done
 no_blk:
         lea rsi, [rip + msg_no_blk]

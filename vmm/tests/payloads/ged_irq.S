@@ -39,15 +39,13 @@
         mov dword ptr [rbx + 0x10], 0
         mov dword ptr [rbx], 0x10 + GED_PIN * 2
         mov dword ptr [rbx + 0x10], GED_VECTOR
-        lea rsi, [rip + msg_ready]
-        call puts
+        say msg_ready
         sti
 2:      hlt
         cmp byte ptr [rip + pressed], 0
         je 2b
         cli
-        lea rsi, [rip + msg_pressed]
-        call puts
+        say msg_pressed
         jmp acpi_poweroff
 
 # Writes a 64-bit interrupt gate to handler rax at rdi, with this code segment.

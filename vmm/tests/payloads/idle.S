@@ -3,18 +3,16 @@
 # scales with exit cost, not guest instruction speed), prints "done" and resets through the
 # i8042. The benchmark samples the VMM's memory while the guest is in the loop.
         .intel_syntax noprefix
+        .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
-        lea rsi, [rip + ready]
-        call puts
+        payload_entry
+        say ready
         mov ecx, 20000
 1:      mov dx, 0x3fd
         in al, dx
         dec ecx
         jnz 1b
-        lea rsi, [rip + done]
-        call puts
+        say done
         jmp i8042_reset
 
         .include "lib/serial.S"

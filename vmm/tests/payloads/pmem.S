@@ -16,28 +16,24 @@
         .set RESP, 0x306000
 
         payload_entry
-        lea rsi, [rip + msg_hello]
-        call puts
+        say msg_hello
 
         mov edi, VIRTIO_ID_PMEM
         call virtio_find_device
         jc no_pmem
         mov r12, qword ptr [rbx + 0x100]        # region start
         mov r13, qword ptr [rbx + 0x108]        # region size
-        lea rsi, [rip + msg_region]
-        call puts
+        say msg_region
         mov rdi, r12
         shr rdi, 32
         call puthex32
         mov edi, r12d
         call puthex32
-        lea rsi, [rip + msg_size]
         mov edi, r13d
-        call put_labelled_hex
+        say_hex msg_size
 
         # The region's first line.
-        lea rsi, [rip + msg_line]
-        call puts
+        say msg_line
         mov rsi, r12
         call put_first_line
 
@@ -68,9 +64,8 @@
         mov edi, USED
         mov esi, 1
         call virtio_wait_used                   # the response says whether it completed
-        lea rsi, [rip + msg_flush]
         mov edi, dword ptr [RESP]
-        call put_labelled_hex
+        say_hex msg_flush
         jmp payload_done
 init_failed:
         lea rsi, [rip + msg_init_failed]

@@ -4,15 +4,12 @@
 # 0x600: SLP_TYP 5 and SLP_EN), as Linux does when its power button is pressed. Interrupts
 # stay off: polling stands in for the GED interrupt.
         .intel_syntax noprefix
+        .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
-        cli
-        lea rsi, [rip + ready]
-        call puts
+        payload_entry
+        say ready
         call wait_power_button
-        lea rsi, [rip + pressed]
-        call puts
+        say pressed
         jmp acpi_poweroff
 
         .include "lib/serial.S"

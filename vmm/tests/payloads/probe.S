@@ -26,8 +26,7 @@
         mov r15, rsi                    # the zero page
         xor ebp, ebp                    # failure count
 
-        lea rsi, [rip + msg_hello]
-        call puts
+        say msg_hello
 
         # --- ACPI: find the RSDP -----------------------------------------------------------
         mov rbx, 0xe0000
@@ -51,8 +50,7 @@
         or al, r8b
         call ok_or_bad
         # The zero page must carry the same address (boot_params.acpi_rsdp_addr, 0x70).
-        lea rsi, [rip + msg_zero_page_rsdp]
-        call puts
+        say msg_zero_page_rsdp
         xor eax, eax
         cmp rbx, qword ptr [r15 + 0x70]
         setne al
@@ -86,16 +84,13 @@
         mov eax, dword ptr [rbx]        # MagicValue
         cmp eax, VIRTIO_MAGIC
         jne 8f
-        lea rsi, [rip + msg_virtio]
-        call puts
+        say msg_virtio
         mov edi, ebx
         call puthex32
-        lea rsi, [rip + msg_version]
-        call puts
+        say msg_version
         mov edi, dword ptr [rbx + 4]    # Version
         call puthex32
-        lea rsi, [rip + msg_device]
-        call puts
+        say msg_device
         mov edi, dword ptr [rbx + 8]    # DeviceID
         call puthex32
         xor eax, eax
@@ -118,22 +113,19 @@
         call rng_request
 9:
         # --- done: report and reset through the i8042 --------------------------------------
-        lea rsi, [rip + msg_failures]
         mov edi, ebp
-        call put_labelled_hex
+        say_hex msg_failures
         jmp i8042_reset
 
 no_rsdp:
-        lea rsi, [rip + msg_no_rsdp]
-        call puts
+        say msg_no_rsdp
         inc ebp
         jmp 5b
 
 # One virtio-rng request on the device at rbx (virtio 1.2, 3.1.1 and 2.7): queue 0 of 8
 # entries at RNG_RINGS, one 64-byte buffer at RNG_BUFFER.
 rng_request:
-        lea rsi, [rip + msg_rng]
-        call puts
+        say msg_rng
         call virtio_negotiate
         jc 2f
         xor ecx, ecx
@@ -183,8 +175,7 @@ check_table:
         push rcx
         push rdi
         mov rdi, rsi
-        lea rsi, [rip + msg_acpi]
-        call puts
+        say msg_acpi
         mov rsi, rdi
         mov ecx, 4
 1:      mov al, byte ptr [rsi]
@@ -192,8 +183,7 @@ check_table:
         inc rsi
         dec ecx
         jnz 1b
-        lea rsi, [rip + msg_len]
-        call puts
+        say msg_len
         mov ecx, dword ptr [rdi + 4]
         push rdi
         mov edi, ecx

@@ -1,12 +1,10 @@
 # Freestanding guest payload for control-socket tests: prints "ready", then halts with
 # interrupts off forever. Only the VMM (a Stop request) ends it.
         .intel_syntax noprefix
+        .include "lib/entry.S"
         .code64
-        .globl _start
-_start:
-        cli
-        lea rsi, [rip + ready]
-        call puts
+        payload_entry
+        say ready
 1:      hlt
         jmp 1b
 

@@ -19,11 +19,9 @@
         call start_device
         mov dword ptr [rbx + 0x70], 0           # reset
         call start_device
-        lea rsi, [rip + msg_ready]
-        call puts
+        say msg_ready
         call wait_power_button
-        lea rsi, [rip + msg_pressed]
-        call puts
+        say msg_pressed
         jmp acpi_poweroff
 
 # Initialization (virtio 1.2, 3.1.1) of the device at rbx with three 8-entry queues.
@@ -32,8 +30,7 @@ start_device:
         mov eax, RINGS
         call virtio_start_device
         jc failed
-        lea rsi, [rip + msg_ok]
-        call puts
+        say msg_ok
         ret
 
 failed: lea rsi, [rip + msg_failed]

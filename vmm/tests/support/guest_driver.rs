@@ -11,10 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use cros_vmm::devices::virtio::vsock_mmio::VsockMmio;
+use cros_vmm::devices::virtio::worker::{DeviceFailure, DeviceWorker, SharedVirtioDevice};
+use cros_vmm::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
+use cros_vmm::devices::vsock::VsockConfig;
 use cros_vmm::devices::vsock::packet::{HEADER_SIZE, HOST_CID, PacketHeader, TYPE_STREAM, op};
-use cros_vmm::devices::vsock::{
-    DeviceThread, GuestInterrupt, VsockConfig, VsockDevice, VsockQueues,
-};
+use cros_vmm::event_channel::{EventReceiver, event_channel};
+use cros_vmm::seccomp::{Filters, ThreadKind};
+use cros_vmm::thread::ThreadSpec;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -202,17 +206,6 @@ impl AddU64 for GuestAddress {
     }
 }
 
-/// Interrupts: one eventfd per queue, as an irqfd would be.
-pub struct EventFdInterrupt {
-    calls: Vec<EventFd>,
-}
-
-impl GuestInterrupt for EventFdInterrupt {
-    fn signal_used_queue(&self, queue_index: usize) -> std::io::Result<()> {
-        self.calls[queue_index].write(1)
-    }
-}
-
 /// A received packet.
 #[derive(Debug, Clone)]
 pub struct Packet {
@@ -226,7 +219,8 @@ pub struct Guest {
     pub rxq: GuestQueue,
     pub txq: GuestQueue,
     kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
+    /// The device's interrupt, as its irqfd would be.
+    call: EventFd,
     rx_buf_size: u32,
     /// rx buffer address of each posted chain head.
     rx_buf_of: Vec<u64>,
@@ -235,14 +229,17 @@ pub struct Guest {
     tx_slot_of: Vec<Option<usize>>,
     tx_free_slots: Vec<usize>,
     tx_slot_size: u32,
-    pub thread: Option<DeviceThread>,
+    pub thread: Option<DeviceWorker>,
+    failures: EventReceiver<DeviceFailure>,
+    /// Dropped here, after the device thread: the device removes its host socket file,
+    /// which the vsock thread's filter does not allow.
+    _device: SharedVirtioDevice,
 }
 
-/// The vsock thread's seccomp filter, with the handler that reports a denied call (the test
+/// Every thread kind's seccomp filter, with the handler that reports a denied call (the test
 /// process then exits 159 with the call's number on stderr).
-fn vsock_filter() -> seccompiler::BpfProgram {
-    cros_vmm::seccomp::install_sigsys_handler().expect("SIGSYS handler");
-    cros_vmm::seccomp::filter_for(cros_vmm::seccomp::ThreadKind::Vsock).expect("vsock filter")
+fn filters() -> Filters {
+    Filters::build(true).expect("seccomp filters")
 }
 
 impl Guest {
@@ -253,7 +250,7 @@ impl Guest {
         let rxq = GuestQueue::new(mem.clone(), 0x1_0000, QUEUE_SIZE);
         let txq = GuestQueue::new(mem.clone(), 0x2_0000, QUEUE_SIZE);
         let evq = GuestQueue::new(mem.clone(), 0x3_0000, QUEUE_SIZE);
-        let device = VsockDevice::new(&VsockConfig {
+        let mut device = VsockMmio::new(&VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: uds.to_path_buf(),
         })
@@ -261,29 +258,26 @@ impl Guest {
         let kicks: Vec<EventFd> = (0..3)
             .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
             .collect();
-        let calls: Vec<EventFd> = (0..3)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
-        let queues = VsockQueues {
-            rx: rxq.device_queue(),
-            tx: txq.device_queue(),
-            event: evq.device_queue(),
-        };
-        let thread = DeviceThread::spawn(
-            device,
-            mem.clone(),
-            queues,
-            [
-                kicks[0].try_clone().unwrap(),
-                kicks[1].try_clone().unwrap(),
-                kicks[2].try_clone().unwrap(),
-            ],
-            Box::new(EventFdInterrupt {
-                calls: calls.iter().map(|c| c.try_clone().unwrap()).collect(),
-            }),
-            // Under the filter `crosvm run` gives the vsock thread, so every test of the
-            // device also shows that the filter allows what the device does.
-            Some(vsock_filter()),
+        let call = EventFd::new(EFD_NONBLOCK).unwrap();
+        let queues = vec![rxq.device_queue(), txq.device_queue(), evq.device_queue()];
+        device
+            .activate(Activation {
+                mem: (*mem).clone(),
+                interrupt: VirtioInterrupt::new(call.try_clone().unwrap()),
+                queues,
+            })
+            .expect("activate");
+        let device: SharedVirtioDevice = std::sync::Arc::new(std::sync::Mutex::new(device));
+        let (failure_tx, failures) = event_channel().unwrap();
+        // Under the filter `crosvm run` gives the vsock thread, so every test of the device
+        // also shows that the filter allows what the device does.
+        let spec = ThreadSpec::new("vsock-test", ThreadKind::Vsock, &filters());
+        let thread = DeviceWorker::spawn(
+            spec,
+            device.clone(),
+            kicks.iter().map(|k| k.try_clone().unwrap()).collect(),
+            failure_tx,
+            0,
         )
         .expect("device thread");
 
@@ -311,7 +305,7 @@ impl Guest {
             rxq,
             txq,
             kicks,
-            calls,
+            call,
             rx_buf_size,
             rx_buf_of: vec![0; usize::from(QUEUE_SIZE)],
             rx_bufs: rx_bufs.clone(),
@@ -320,6 +314,8 @@ impl Guest {
             tx_free_slots: (0..tx_slot_count).rev().collect(),
             tx_slot_size,
             thread: Some(thread),
+            failures,
+            _device: device,
         };
         for addr in rx_bufs {
             g.post_rx(addr);
@@ -414,10 +410,7 @@ impl Guest {
             if now >= deadline {
                 return None;
             }
-            Self::wait_fd(
-                &self.calls[0],
-                (deadline - now).min(Duration::from_millis(50)),
-            );
+            Self::wait_fd(&self.call, (deadline - now).min(Duration::from_millis(50)));
         }
     }
 
@@ -459,7 +452,7 @@ impl Guest {
                 Instant::now() < deadline,
                 "device did not consume the tx queue"
             );
-            Self::wait_fd(&self.calls[1], Duration::from_millis(50));
+            Self::wait_fd(&self.call, Duration::from_millis(50));
         }
     }
 
@@ -481,7 +474,7 @@ impl Guest {
             if let Some(s) = self.tx_free_slots.pop() {
                 break s;
             }
-            Self::wait_fd(&self.calls[1], Duration::from_millis(50));
+            Self::wait_fd(&self.call, Duration::from_millis(50));
         };
         let base = self.tx_slots[slot];
         assert!(data.len() <= (self.tx_slot_size as usize - HEADER_SIZE));
@@ -510,7 +503,7 @@ impl Guest {
                 break h;
             }
             self.reclaim_tx();
-            Self::wait_fd(&self.calls[1], Duration::from_millis(50));
+            Self::wait_fd(&self.call, Duration::from_millis(50));
         };
         self.tx_slot_of[usize::from(head)] = Some(slot);
         self.kick_tx();
@@ -578,7 +571,9 @@ impl Guest {
 
     pub fn stop(&mut self) {
         if let Some(t) = self.thread.take() {
-            t.stop().expect("device thread ended with an error");
+            t.stop();
+            let failures = self.failures.drain();
+            assert!(failures.is_empty(), "the device failed: {failures:?}");
         }
     }
 }
@@ -586,7 +581,7 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            let _ = t.stop();
+            t.stop();
         }
     }
 }

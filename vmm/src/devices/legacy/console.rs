@@ -5,34 +5,7 @@ use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::serial::SerialDevice;
-
-/// Waits for `fd` or `stop` to become readable; false once `stop` fires or polling fails.
-fn wait_readable(fd: i32, stop: &EventFd) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: two valid pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0;
-    }
-}
+use crate::thread::wait_readable;
 
 /// Whether `evt` has been written (without waiting or consuming it).
 fn is_signalled(evt: &EventFd) -> bool {

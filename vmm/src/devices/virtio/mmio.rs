@@ -7,8 +7,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::VIRTIO_F_VERSION_1;
-use super::VirtioInterrupt;
 use super::worker::{SharedVirtioDevice, lock_device};
+use super::{Activation, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
 
 /// Size of one device window in the MMIO hole.
@@ -124,6 +124,17 @@ impl MmioTransport {
         self.interrupt.signal_config_change()
     }
 
+    /// The device stopped serving its queues (an error or a caught panic, already logged):
+    /// DEVICE_NEEDS_RESET and a configuration-change interrupt tell the driver to reset it
+    /// (virtio 1.2, 2.1.2).
+    pub fn device_failed(&mut self) -> std::io::Result<()> {
+        if self.status & status::DRIVER_OK == 0 {
+            return Ok(());
+        }
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.notify_config_change()
+    }
+
     /// The device status register as the driver last set it (or the transport failed it).
     pub fn status(&self) -> u32 {
         self.status
@@ -213,7 +224,11 @@ impl MmioTransport {
         }
         let queues = self.queues.iter().filter_map(copy_queue).collect();
         let mut device = lock_device(&self.device);
-        let result = device.activate(self.mem.clone(), self.interrupt.clone(), queues);
+        let result = device.activate(Activation {
+            mem: self.mem.clone(),
+            interrupt: self.interrupt.clone(),
+            queues,
+        });
         let device_type = device.device_type();
         drop(device);
         match result {
@@ -386,7 +401,10 @@ mod tests {
     use crate::devices::virtio::rng::Rng;
     use crate::devices::virtio::worker::DeviceWorker;
     use crate::devices::virtio::{DEVICE_ID_RNG, INTERRUPT_USED_BUFFER};
+    use crate::event_channel::event_channel;
     use crate::memory::create_guest_memory;
+    use crate::seccomp::{Filters, ThreadKind};
+    use crate::thread::ThreadSpec;
     use std::os::fd::AsRawFd;
     use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
@@ -443,6 +461,29 @@ mod tests {
         w(t, reg::QUEUE_DEVICE_LOW, 0x3000);
         w(t, reg::QUEUE_READY, 1);
         w(t, reg::STATUS, s | status::DRIVER_OK);
+    }
+
+    /// A device thread's failure reaches the driver as DEVICE_NEEDS_RESET with a
+    /// configuration-change interrupt; before DRIVER_OK there is nothing to tell.
+    #[test]
+    fn a_failed_device_asks_the_driver_for_a_reset() {
+        let (mut t, _, irqfd) = transport();
+        t.device_failed().unwrap();
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        assert!(irqfd.read().is_err(), "no interrupt before DRIVER_OK");
+        negotiate(&mut t);
+        let generation = r(&mut t, reg::CONFIG_GENERATION);
+        t.device_failed().unwrap();
+        assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(
+            r(&mut t, reg::INTERRUPT_STATUS) & crate::devices::virtio::INTERRUPT_CONFIG_CHANGE,
+            crate::devices::virtio::INTERRUPT_CONFIG_CHANGE
+        );
+        assert_eq!(irqfd.read().unwrap(), 1);
+        assert_ne!(r(&mut t, reg::CONFIG_GENERATION), generation);
+        // The driver's reset clears it.
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
     }
 
     #[test]
@@ -522,7 +563,9 @@ mod tests {
             .iter()
             .map(|e| e.try_clone().unwrap())
             .collect();
-        let worker = DeviceWorker::spawn("test-rng".into(), t.device(), events, None).unwrap();
+        let spec = ThreadSpec::new("test-rng", ThreadKind::Device, &Filters::default());
+        let (failures, failed) = event_channel().unwrap();
+        let worker = DeviceWorker::spawn(spec, t.device(), events, failures, 0).unwrap();
         negotiate(&mut t);
         assert_eq!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
         // One device-writable descriptor of 32 bytes at 0x4000.
@@ -535,6 +578,7 @@ mod tests {
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         assert!(wait_readable(&irqfd), "the device thread never interrupted");
         worker.stop();
+        assert!(failed.drain().is_empty(), "the device reported a failure");
         let used_idx: u16 = mem.read_obj(GuestAddress(0x3002)).unwrap();
         assert_eq!(used_idx, 1);
         let used_len: u32 = mem.read_obj(GuestAddress(0x3008)).unwrap();

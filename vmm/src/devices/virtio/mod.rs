@@ -1,13 +1,21 @@
-//! Virtio devices behind our own virtio-mmio transport: the device trait the transport drives,
-//! and the interrupt a device raises when it used buffers.
+//! Virtio devices behind our own virtio-mmio transport: the device trait the transport drives
+//! (with defaults for the bookkeeping most devices share, so a device file holds only what
+//! makes it different), the one interrupt every device raises, the queue state of a
+//! single-queue device, and the one thread kind every device runs on (`worker`).
+//!
+//! The vsock device model lives in `devices/vsock` because two transports run it: our
+//! virtio-mmio (`vsock_mmio`, an adapter like the other devices here) and the vhost-user
+//! backend QEMU talks to (`crate::vhost_user::vsock`).
 
 pub mod block;
 pub mod mmio;
 pub mod pmem;
 pub mod rng;
+pub mod single_queue;
 pub mod vsock_mmio;
 pub mod worker;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -39,14 +47,35 @@ pub enum ActivateError {
     Device(String),
 }
 
-/// The one queue of a single-queue device (block, pmem, rng), or the count error.
-pub fn single_queue(queues: Vec<Queue>) -> Result<Queue, ActivateError> {
-    let got = queues.len();
-    queues
-        .into_iter()
-        .next()
-        .filter(|_| got == 1)
-        .ok_or(ActivateError::QueueCount { got, want: 1 })
+/// Why a running device stopped serving its queues (the transport then sets
+/// DEVICE_NEEDS_RESET and the driver may reset it).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot raise the interrupt")]
+    Interrupt(#[source] std::io::Error),
+    #[error("{0}")]
+    Device(String),
+}
+
+/// What the driver hands a device at DRIVER_OK: guest memory, the interrupt, the queues.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: VirtioInterrupt,
+    pub queues: Vec<Queue>,
+}
+
+impl Activation {
+    /// Splits off the queues, refusing any count but `N`.
+    pub fn take_queues<const N: usize>(
+        self,
+    ) -> Result<(GuestMemoryMmap, VirtioInterrupt, [Queue; N]), ActivateError> {
+        let got = self.queues.len();
+        let queues = self
+            .queues
+            .try_into()
+            .map_err(|_| ActivateError::QueueCount { got, want: N })?;
+        Ok((self.mem, self.interrupt, queues))
+    }
 }
 
 /// Fills `data` from the device's config space at `offset`, zeros past its end: the guest (or
@@ -59,8 +88,8 @@ pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
     }
 }
 
-/// The interrupt of one virtio-mmio device: its InterruptStatus register and the irqfd that
-/// raises its line in the in-kernel IOAPIC.
+/// The interrupt of one virtio device: its InterruptStatus register and the irqfd that raises
+/// its line in the in-kernel IOAPIC (in device-model tests, an eventfd the test watches).
 #[derive(Clone)]
 pub struct VirtioInterrupt {
     status: Arc<AtomicU32>,
@@ -107,29 +136,52 @@ impl VirtioInterrupt {
 }
 
 /// A virtio device model, driven by a transport. Everything the guest supplies (config
-/// offsets, feature bits, queue contents) is untrusted.
+/// offsets, feature bits, queue contents) is untrusted. The defaults fit a device with no
+/// features, a read-only configuration space and no descriptors beyond its queues.
 pub trait VirtioDevice: Send {
     /// The virtio device id (e.g. [`DEVICE_ID_BLOCK`]).
     fn device_type(&self) -> u32;
+    /// The device's name in log lines ("virtio-blk").
+    fn name(&self) -> &'static str;
     /// The largest size of each of the device's queues; its length is the queue count.
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits the device offers (the transport adds [`VIRTIO_F_VERSION_1`]).
-    fn avail_features(&self) -> u64;
+    fn avail_features(&self) -> u64 {
+        0
+    }
     /// Feature bits the driver accepted (a subset of what was offered).
-    fn ack_features(&mut self, features: u64);
+    fn ack_features(&mut self, _features: u64) {}
+    /// The device configuration space as the driver reads it now.
+    fn config_space(&self) -> Vec<u8> {
+        Vec::new()
+    }
     /// Reads the device configuration space at `offset`; out of range reads give zeros.
-    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_window(&self.config_space(), offset, data);
+    }
     /// Writes the device configuration space; out of range or read-only writes are ignored.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            device = self.name(),
+            offset,
+            len = data.len(),
+            "ignored config write"
+        );
+    }
     /// The driver finished setup (DRIVER_OK): the device takes its queues and starts.
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError>;
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
     /// The driver notified queue `index` that it has new buffers.
-    fn queue_notify(&mut self, index: u32);
+    fn queue_notify(&mut self, index: u32) -> Result<(), DeviceError>;
+    /// Descriptors besides the queues that the device's thread waits on (vsock's host
+    /// sockets); fixed for the device's life.
+    fn event_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// `event_fds()[index]` is readable.
+    fn event_fd_ready(&mut self, _index: usize) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// The driver reset the device (status 0): drop queues and go back to the initial state.
+    /// Runs on a vCPU thread, whose filter allows closing descriptors but not opening any.
     fn reset(&mut self);
 }

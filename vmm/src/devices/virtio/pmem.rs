@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{ActivateError, VirtioDevice, VirtioInterrupt};
+use super::single_queue::{QueueHandler, SingleQueueDevice};
 
 pub const DEVICE_ID_PMEM: u32 = 27;
 const QUEUE_SIZE: u16 = 64;
@@ -57,17 +57,13 @@ impl Drop for PmemMapping {
 }
 
 /// The virtio-pmem device.
-pub struct Pmem {
+pub type Pmem = SingleQueueDevice<PmemImage>;
+
+/// What virtio-pmem serves: the mapped image's place in guest memory, and its file to flush.
+pub struct PmemImage {
     file: File,
     guest_addr: u64,
     size: u64,
-    active: Option<Active>,
-}
-
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: VirtioInterrupt,
-    queue: Queue,
 }
 
 impl Pmem {
@@ -122,12 +118,11 @@ impl Pmem {
             });
         }
         Ok((
-            Self {
+            SingleQueueDevice::with_handler(PmemImage {
                 file,
                 guest_addr,
                 size,
-                active: None,
-            },
+            }),
             PmemMapping {
                 host_addr: addr as u64,
                 size,
@@ -135,123 +130,72 @@ impl Pmem {
             },
         ))
     }
-
-    fn config(&self) -> [u8; 16] {
-        let mut c = [0u8; 16];
-        c[..8].copy_from_slice(&self.guest_addr.to_le_bytes());
-        c[8..].copy_from_slice(&self.size.to_le_bytes());
-        c
-    }
 }
 
-impl Active {
-    fn process_queue(&mut self, file: &File) -> bool {
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let descs: Vec<_> = chain.take(4).collect();
-            // A request: 4 readable bytes of type, then 4 writable bytes for the response.
-            let used = match descs.as_slice() {
-                [req, resp, ..]
-                    if !req.is_write_only()
-                        && req.len() >= 4
-                        && resp.is_write_only()
-                        && resp.len() >= 4 =>
-                {
-                    let kind: Option<u32> = self.mem.read_obj(req.addr()).ok();
-                    let ret = match kind {
-                        Some(VIRTIO_PMEM_REQ_TYPE_FLUSH) => match file.sync_all() {
-                            Ok(()) => VIRTIO_PMEM_RESP_TYPE_OK,
-                            Err(e) => {
-                                tracing::warn!("virtio-pmem: flush failed: {e}");
-                                VIRTIO_PMEM_RESP_TYPE_EIO
-                            }
-                        },
-                        _ => VIRTIO_PMEM_RESP_TYPE_EIO,
-                    };
-                    if self.mem.write_obj(ret, resp.addr()).is_ok() {
-                        4
-                    } else {
-                        0
-                    }
-                }
-                _ => {
-                    tracing::debug!(head, "virtio-pmem: malformed request dropped");
+/// Serves every FLUSH request; returns whether any chain was returned.
+fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, file: &File) -> bool {
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let descs: Vec<_> = chain.take(4).collect();
+        // A request: 4 readable bytes of type, then 4 writable bytes for the response.
+        let used = match descs.as_slice() {
+            [req, resp, ..]
+                if !req.is_write_only()
+                    && req.len() >= 4
+                    && resp.is_write_only()
+                    && resp.len() >= 4 =>
+            {
+                let kind: Option<u32> = mem.read_obj(req.addr()).ok();
+                let ret = match kind {
+                    Some(VIRTIO_PMEM_REQ_TYPE_FLUSH) => match file.sync_all() {
+                        Ok(()) => VIRTIO_PMEM_RESP_TYPE_OK,
+                        Err(e) => {
+                            tracing::warn!("virtio-pmem: flush failed: {e}");
+                            VIRTIO_PMEM_RESP_TYPE_EIO
+                        }
+                    },
+                    _ => VIRTIO_PMEM_RESP_TYPE_EIO,
+                };
+                if mem.write_obj(ret, resp.addr()).is_ok() {
+                    4
+                } else {
                     0
                 }
-            };
-            if let Err(e) = self.queue.add_used(&self.mem, head, used) {
-                tracing::warn!("virtio-pmem: cannot return request {head}: {e}");
-                break;
             }
-            used_any = true;
+            _ => {
+                tracing::debug!(head, "virtio-pmem: malformed request dropped");
+                0
+            }
+        };
+        if let Err(e) = queue.add_used(mem, head, used) {
+            tracing::warn!("virtio-pmem: cannot return request {head}: {e}");
+            break;
         }
-        used_any && self.queue.needs_notification(&self.mem).unwrap_or(true)
+        used_any = true;
     }
+    used_any
 }
 
-impl VirtioDevice for Pmem {
-    fn device_type(&self) -> u32 {
-        DEVICE_ID_PMEM
+impl QueueHandler for PmemImage {
+    const DEVICE_TYPE: u32 = DEVICE_ID_PMEM;
+    const NAME: &'static str = "virtio-pmem";
+    const QUEUE_SIZE: u16 = QUEUE_SIZE;
+
+    /// `struct virtio_pmem_config { le64 start; le64 size; }`.
+    fn config_space(&self) -> Vec<u8> {
+        [self.guest_addr.to_le_bytes(), self.size.to_le_bytes()].concat()
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn avail_features(&self) -> u64 {
-        0
-    }
-
-    fn ack_features(&mut self, _features: u64) {}
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_window(&self.config(), offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        tracing::debug!(
-            offset,
-            len = data.len(),
-            "virtio-pmem: ignored config write"
-        );
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        let queue = super::single_queue(queues)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
-        Ok(())
-    }
-
-    fn queue_notify(&mut self, index: u32) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if index == 0
-            && active.process_queue(&self.file)
-            && let Err(e) = active.interrupt.signal_used_queue()
-        {
-            tracing::warn!("virtio-pmem: cannot raise the interrupt: {e}");
-        }
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
+    fn serve(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        process_queue(mem, queue, &self.file)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::VirtioDevice;
 
     #[test]
     fn unaligned_image_is_refused_with_the_reason() {

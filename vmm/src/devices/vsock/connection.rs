@@ -22,7 +22,8 @@ use tracing::debug;
 use vm_memory::GuestMemory;
 
 use super::packet::{
-    self, HOST_CID, PacketHeader, RxBuffer, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM, TxPacket, op,
+    self, HOST_CID, PacketHeader, RxBuffer, SHUTDOWN_RCV, SHUTDOWN_SEND, StreamDirection::*,
+    TYPE_STREAM, TxPacket, op,
 };
 
 /// Receive buffer we advertise per connection (`buf_alloc`): the most guest → host bytes we hold
@@ -270,11 +271,12 @@ impl Connection {
         }
         let mut written = 0;
         if self.tx_buf.is_empty() && self.host_preamble.is_empty() {
-            written = match packet::write_guest_to_stream(mem, &pkt.payload, 0, len, &self.stream) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
+            written =
+                match packet::stream_io(mem, (&pkt.payload, 0, len), &self.stream, GuestToStream) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(e),
+                };
             self.fwd_cnt += Wrapping(written as u32);
         }
         let rest = len - written;
@@ -456,8 +458,12 @@ impl Connection {
             return None;
         }
         let max = buf.payload_capacity().min(self.peer_credit() as usize);
-        match packet::read_stream_to_guest(mem, &buf.ranges, packet::HEADER_SIZE, max, &self.stream)
-        {
+        match packet::stream_io(
+            mem,
+            (&buf.ranges, packet::HEADER_SIZE, max),
+            &self.stream,
+            StreamToGuest,
+        ) {
             Ok(0) => {
                 self.host_eof = true;
                 // The hang-up event may still be queued behind this read: ask the socket.

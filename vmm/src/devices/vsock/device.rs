@@ -1,6 +1,7 @@
 //! The virtio-vsock device (virtio 1.2, 5.10): its identity, config space and queue handling.
-//! Transports drive it through `handle_event`: our own VMM's device thread (`thread.rs`) and
-//! the vhost-user backend QEMU talks to (`crate::vhost_user::vsock`) run the same code.
+//! Transports drive it through `handle_event`: our own VMM's virtio-mmio adapter
+//! (`crate::devices::virtio::vsock_mmio`, on the virtio device thread) and the vhost-user
+//! backend QEMU talks to (`crate::vhost_user::vsock`) run the same code.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -86,27 +87,14 @@ impl VsockDevice {
         self.muxer.connection_count()
     }
 
-    /// Guest packets on the tx queue → host sockets.
-    pub fn process_tx<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        txq: &mut Queue,
-    ) -> Result<bool, VsockError> {
-        self.muxer.process_tx(mem, txq)
-    }
-
-    /// Host data and control packets → guest rx buffers.
-    pub fn process_rx<M: GuestMemory>(
-        &mut self,
-        mem: &M,
-        rxq: &mut Queue,
-    ) -> Result<bool, VsockError> {
-        self.muxer.fill_rx(mem, rxq)
-    }
-
     /// Accepts host clients, reads handshakes, notes readable/writable host sockets.
     pub fn process_host_events(&mut self) -> Result<(), VsockError> {
         self.muxer.process_host_events()
+    }
+
+    /// Drops every connection and keeps listening (a device reset).
+    pub fn reset(&mut self) {
+        self.muxer.reset();
     }
 
     pub fn has_pending_rx(&self) -> bool {
@@ -128,8 +116,10 @@ impl VsockDevice {
         if event == DeviceEvent::HostSockets {
             self.process_host_events()?;
         }
-        used.tx = self.process_tx(mem, txq)?;
-        used.rx = self.process_rx(mem, rxq)?;
+        // Guest packets on the tx queue → host sockets; then host data and control packets
+        // → guest rx buffers.
+        used.tx = self.muxer.process_tx(mem, txq)?;
+        used.rx = self.muxer.fill_rx(mem, rxq)?;
         Ok(used)
     }
 }

@@ -36,16 +36,10 @@ pub enum VsockError {
     BindUds { path: PathBuf, reason: io::Error },
     #[error("epoll: {0}")]
     Epoll(io::Error),
-    #[error("eventfd: {0}")]
-    EventFd(io::Error),
     #[error("accepting a host connection on {path}: {reason}")]
     Accept { path: PathBuf, reason: io::Error },
     #[error("queue: {0}")]
     Queue(virtio_queue::Error),
     #[error("signalling the guest: {0}")]
     Interrupt(io::Error),
-    #[error("starting the device thread: {0}")]
-    SpawnThread(io::Error),
-    #[error("confining the device thread")]
-    Seccomp(#[from] crate::seccomp::SeccompError),
 }

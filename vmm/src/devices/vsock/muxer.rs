@@ -85,21 +85,16 @@ impl Muxer {
         let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let epoll = Epoll::new().map_err(VsockError::Epoll)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                listener.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
-            )
-            .map_err(VsockError::Epoll)?;
         let timer = TimerFd::new().map_err(|e| VsockError::Epoll(e.into()))?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                timer.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_TIMER),
-            )
-            .map_err(VsockError::Epoll)?;
+        for (fd, token) in [
+            (listener.as_raw_fd(), TOKEN_LISTENER),
+            (timer.as_raw_fd(), TOKEN_TIMER),
+        ] {
+            let event = EpollEvent::new(EventSet::IN, token);
+            epoll
+                .ctl(ControlOperation::Add, fd, event)
+                .map_err(VsockError::Epoll)?;
+        }
         Ok(Muxer {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
@@ -129,6 +124,19 @@ impl Muxer {
     /// Connections currently held, host clients still handshaking included.
     pub fn connection_count(&self) -> usize {
         self.conns.len() + self.pending_hosts.len()
+    }
+
+    /// Forgets every connection (the driver reset the device): closing their host sockets
+    /// is all it does, so it may run on a vCPU thread; the listener stays, so host clients
+    /// can connect again at once.
+    pub fn reset(&mut self) {
+        self.conns.clear();
+        self.by_fd.clear();
+        self.pending_hosts.clear();
+        self.rx_ready.clear();
+        self.rx_queued.clear();
+        self.orphan_rsts.clear();
+        self.local_ports.clear();
     }
 
     pub fn has_pending_rx(&self) -> bool {
@@ -178,15 +186,7 @@ impl Muxer {
             };
             let written = match self.next_rx_packet(mem, &buf) {
                 Some(h) => {
-                    trace!(
-                        op = h.op,
-                        src = h.src_port,
-                        dst = h.dst_port,
-                        len = h.len,
-                        flags = h.flags,
-                        fwd_cnt = h.fwd_cnt,
-                        "device → guest"
-                    );
+                    trace_header(&h, "device → guest");
                     match packet::write_bytes_to_guest(mem, &buf.ranges, 0, &h.to_bytes()) {
                         Ok(_) => (HEADER_SIZE + h.len as usize) as u32,
                         Err(e) => {
@@ -294,16 +294,7 @@ impl Muxer {
 
     fn handle_guest_packet<M: GuestMemory>(&mut self, mem: &M, pkt: &TxPacket) {
         let h = &pkt.header;
-        trace!(
-            op = h.op,
-            src = h.src_port,
-            dst = h.dst_port,
-            len = h.len,
-            flags = h.flags,
-            buf_alloc = h.buf_alloc,
-            fwd_cnt = h.fwd_cnt,
-            "guest → device"
-        );
+        trace_header(h, "guest → device");
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
             warn!(
                 src_cid = h.src_cid,
@@ -616,6 +607,20 @@ impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
     }
+}
+
+/// One trace line per packet, either way.
+fn trace_header(h: &PacketHeader, direction: &str) {
+    trace!(
+        op = h.op,
+        src = h.src_port,
+        dst = h.dst_port,
+        len = h.len,
+        flags = h.flags,
+        buf_alloc = h.buf_alloc,
+        fwd_cnt = h.fwd_cnt,
+        "{direction}"
+    );
 }
 
 /// `<uds_path>_<port>`: where host listeners for guest-initiated connections to `port` live.

@@ -324,39 +324,56 @@ fn volatile_err(e: VolatileMemoryError) -> io::Error {
     }
 }
 
-/// Writes bytes `skip..skip+max` of the guest ranges to `stream` without blocking. Returns how
-/// many bytes the socket took; `WouldBlock` only when it took none.
-pub fn write_guest_to_stream<M: GuestMemory + ?Sized>(
+/// How many bytes one non-blocking socket transfer moved, or `None` when the socket would
+/// block after `so_far` bytes had already moved (the transfer then ends with those).
+fn moved(so_far: usize, result: Result<usize, VolatileMemoryError>) -> io::Result<Option<usize>> {
+    match result.map_err(volatile_err) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if so_far > 0 && e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Which way a socket transfer moves guest bytes.
+#[derive(Clone, Copy)]
+pub enum StreamDirection {
+    /// The guest's bytes to the socket: returns how many the socket took; `WouldBlock` only
+    /// when it took none.
+    GuestToStream,
+    /// The socket's bytes into the guest: returns the count (0 means end of stream);
+    /// `WouldBlock` when no byte was ready.
+    StreamToGuest,
+}
+
+/// Moves at most `max` bytes between the guest ranges (from `skip` bytes in) and `stream`
+/// without blocking; stops at the first short transfer.
+pub fn stream_io<M: GuestMemory + ?Sized>(
     mem: &M,
-    ranges: &[GuestRange],
-    skip: usize,
-    max: usize,
+    (ranges, skip, max): (&[GuestRange], usize, usize),
     mut stream: &UnixStream,
+    direction: StreamDirection,
 ) -> io::Result<usize> {
+    let permissions = match direction {
+        StreamDirection::GuestToStream => Permissions::Read,
+        StreamDirection::StreamToGuest => Permissions::Write,
+    };
     for_each_subrange(ranges, skip, max, |addr, len| {
-        let mut written = 0usize;
-        for slice in mem
-            .get_slices(addr, len, Permissions::Read)
-            .map_err(mem_err)?
-        {
-            let slice = slice.map_err(mem_err)?;
-            let n = match stream.write_volatile(&slice) {
-                Ok(n) => n,
-                Err(e) if written > 0 => {
-                    let e = volatile_err(e);
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        return Ok(written);
-                    }
-                    return Err(e);
-                }
-                Err(e) => return Err(volatile_err(e)),
+        let mut done = 0usize;
+        for slice in mem.get_slices(addr, len, permissions).map_err(mem_err)? {
+            let mut slice = slice.map_err(mem_err)?;
+            let result = match direction {
+                StreamDirection::GuestToStream => stream.write_volatile(&slice),
+                StreamDirection::StreamToGuest => stream.read_volatile(&mut slice),
             };
-            written += n;
+            let Some(n) = moved(done, result)? else {
+                return Ok(done);
+            };
+            done += n;
             if n < slice.len() {
                 break;
             }
         }
-        Ok(written)
+        Ok(done)
     })
 }
 
@@ -373,43 +390,6 @@ pub fn copy_from_guest<M: GuestMemory + ?Sized>(
         out.resize(start + len, 0);
         mem.read_slice(&mut out[start..], addr).map_err(mem_err)?;
         Ok(len)
-    })
-}
-
-/// Reads from `stream` into the guest ranges starting `skip` bytes in, at most `max` bytes,
-/// without blocking. Returns the byte count (0 means end of stream); `WouldBlock` when no byte
-/// was ready.
-pub fn read_stream_to_guest<M: GuestMemory + ?Sized>(
-    mem: &M,
-    ranges: &[GuestRange],
-    skip: usize,
-    max: usize,
-    mut stream: &UnixStream,
-) -> io::Result<usize> {
-    for_each_subrange(ranges, skip, max, |addr, len| {
-        let mut read = 0usize;
-        for slice in mem
-            .get_slices(addr, len, Permissions::Write)
-            .map_err(mem_err)?
-        {
-            let mut slice = slice.map_err(mem_err)?;
-            let n = match stream.read_volatile(&mut slice) {
-                Ok(n) => n,
-                Err(e) if read > 0 => {
-                    let e = volatile_err(e);
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        return Ok(read);
-                    }
-                    return Err(e);
-                }
-                Err(e) => return Err(volatile_err(e)),
-            };
-            read += n;
-            if n < slice.len() {
-                break;
-            }
-        }
-        Ok(read)
     })
 }
 

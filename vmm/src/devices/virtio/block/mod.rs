@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{ActivateError, DEVICE_ID_BLOCK, VirtioDevice, VirtioInterrupt};
+use super::DEVICE_ID_BLOCK;
+use super::single_queue::{QueueHandler, SingleQueueDevice};
 pub use request::Disk;
 use request::{ID_BYTES, MAX_DESCRIPTORS, ParseError, SECTOR_SIZE, VIRTIO_BLK_S_IOERR};
 
@@ -181,133 +182,78 @@ pub fn process_queue(mem: &GuestMemoryMmap, queue: &mut Queue, disk: &Disk) -> b
 }
 
 /// A virtio-blk device.
-pub struct Block {
-    disk: Disk,
-    acked_features: u64,
-    active: Option<Active>,
-}
-
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: VirtioInterrupt,
-    queue: Queue,
-}
+pub type Block = SingleQueueDevice<Disk>;
 
 impl Block {
     /// Opens `path` as [`Disk::open`] does.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
-        Ok(Self {
-            disk: Disk::open(path, read_only)?,
-            acked_features: 0,
-            active: None,
-        })
+        Ok(SingleQueueDevice::with_handler(Disk::open(
+            path, read_only,
+        )?))
     }
 
     /// Answers GET_ID with `serial`, as [`Disk::set_serial`] checks it.
     pub fn with_serial(mut self, serial: &str) -> Result<Self, BlockError> {
-        self.disk.set_serial(serial)?;
+        self.handler_mut().set_serial(serial)?;
         Ok(self)
     }
 
     /// Serves `size` bytes from now on ([`Disk::resize`]); the transport must then bump its
     /// config generation and raise the configuration-change interrupt.
     pub fn resize(&mut self, size: u64) -> Result<(), BlockError> {
-        self.disk.resize(size)
+        self.handler_mut().resize(size)
     }
 
     /// The capacity the guest reads, in bytes.
     pub fn capacity_bytes(&self) -> u64 {
-        self.disk.capacity_bytes
-    }
-
-    fn config(&self) -> [u8; CONFIG_LEN] {
-        config_space(&self.disk, QUEUE_SIZE)
+        self.handler().capacity_bytes
     }
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        DEVICE_ID_BLOCK
+impl QueueHandler for Disk {
+    const DEVICE_TYPE: u32 = DEVICE_ID_BLOCK;
+    const NAME: &'static str = "virtio-blk";
+    const QUEUE_SIZE: u16 = QUEUE_SIZE;
+
+    fn features(&self) -> u64 {
+        features(self.read_only)
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
+    fn config_space(&self) -> Vec<u8> {
+        config_space(self, QUEUE_SIZE).to_vec()
     }
 
-    fn avail_features(&self) -> u64 {
-        features(self.disk.read_only)
-    }
-
-    fn ack_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        super::read_config_window(&self.config(), offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Nothing we offer (no writeback toggle) is writable.
-        tracing::debug!(offset, len = data.len(), "virtio-blk: ignored config write");
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        interrupt: VirtioInterrupt,
-        queues: Vec<Queue>,
-    ) -> Result<(), ActivateError> {
-        let queue = crate::devices::virtio::single_queue(queues)?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-        });
-        Ok(())
-    }
-
-    fn queue_notify(&mut self, index: u32) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if index == 0
-            && process_queue(&active.mem, &mut active.queue, &self.disk)
-            && active.queue.needs_notification(&active.mem).unwrap_or(true)
-            && let Err(e) = active.interrupt.signal_used_queue()
-        {
-            tracing::warn!("virtio-blk: cannot raise the interrupt: {e}");
-        }
-    }
-
-    fn reset(&mut self) {
-        self.active = None;
-        self.acked_features = 0;
+    fn serve(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) -> bool {
+        process_queue(mem, queue, self)
     }
 }
+
+/// The driver side of a split queue, shared with the vhost-user-blk test and the benchmark.
+#[cfg(test)]
+#[path = "../../../../tests/support/split_queue.rs"]
+mod split_queue;
 
 #[cfg(test)]
 mod tests {
     use super::request::*;
+    use super::split_queue::SplitQueue;
     use super::*;
+    use crate::devices::virtio::{Activation, VirtioDevice, VirtioInterrupt};
     use crate::memory::create_guest_memory;
     use std::io::{Read, Seek, Write};
     use vm_memory::GuestAddress;
     use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
+    use super::split_queue::F_WRITE;
 
     /// A device on a temp file of `sectors` sectors, sector i filled with byte i, with its
     /// queue set up as a driver would (descriptors written by hand, as the guest would).
     struct Harness {
         dev: Block,
         mem: GuestMemoryMmap,
+        queue: SplitQueue,
         file: tempfile::NamedTempFile,
         irqfd: EventFd,
-        avail_idx: u16,
     }
 
     fn harness(sectors: u8, read_only: bool) -> Harness {
@@ -317,25 +263,20 @@ mod tests {
         }
         let mut dev = Block::open(file.path(), read_only).unwrap();
         let mem = create_guest_memory(4 << 20).unwrap();
-        let mut q = Queue::new(16).unwrap();
-        q.set_size(16);
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
+        let queue = SplitQueue::new(mem.clone(), 16);
         let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
-        dev.activate(
-            mem.clone(),
-            VirtioInterrupt::new(irqfd.try_clone().unwrap()),
-            vec![q],
-        )
+        dev.activate(Activation {
+            mem: mem.clone(),
+            interrupt: VirtioInterrupt::new(irqfd.try_clone().unwrap()),
+            queues: vec![queue.device_queue()],
+        })
         .unwrap();
         Harness {
             dev,
             mem,
+            queue,
             file,
             irqfd,
-            avail_idx: 0,
         }
     }
 
@@ -343,32 +284,12 @@ mod tests {
         /// Puts a chain of (addr, len, flags) at descriptor 0.. and notifies; returns the used
         /// length.
         fn submit(&mut self, descs: &[(u64, u32, u16)]) -> u32 {
-            for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-                let base = GuestAddress(DESC + 16 * i as u64);
-                let next = if i + 1 < descs.len() { F_NEXT } else { 0 };
-                self.mem.write_obj(addr, base).unwrap();
-                self.mem.write_obj(len, GuestAddress(base.0 + 8)).unwrap();
-                self.mem
-                    .write_obj(flags | next, GuestAddress(base.0 + 12))
-                    .unwrap();
-                self.mem
-                    .write_obj(i as u16 + 1, GuestAddress(base.0 + 14))
-                    .unwrap();
-            }
-            let slot = u64::from(self.avail_idx % 16);
-            self.mem
-                .write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * slot))
-                .unwrap();
-            self.avail_idx += 1;
-            self.mem
-                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-                .unwrap();
-            self.dev.queue_notify(0);
-            let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-            assert_eq!(used_idx, self.avail_idx, "request was not returned");
-            self.mem
-                .read_obj(GuestAddress(USED + 4 + 8 * slot + 4))
-                .unwrap()
+            let slot = self.queue.add_chain(0, descs);
+            self.queue.publish();
+            self.dev.queue_notify(0).unwrap();
+            let returned = self.queue.used_idx() == self.queue.avail_idx();
+            assert!(returned, "request was not returned");
+            self.queue.used_len(slot)
         }
 
         fn header(&self, kind: u32, sector: u64) {
@@ -480,7 +401,7 @@ mod tests {
             .unwrap()
             .with_serial("stateful")
             .unwrap();
-        assert_eq!(&dev.disk.id[..9], b"stateful\0");
+        assert_eq!(&dev.handler().id[..9], b"stateful\0");
         for bad in ["", "has space", "twenty-one-characters", "é"] {
             assert!(
                 Block::open(file.path(), true)

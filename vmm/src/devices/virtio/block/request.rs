@@ -160,10 +160,7 @@ fn transfer(mem: &GuestMemoryMmap, disk: &Disk, req: &Request, dir: Direction) -
     let mut written_to_guest: u32 = 0;
     for d in &req.data {
         let len = d.len() as usize;
-        let result = match dir {
-            Direction::Read => file_to_guest(&disk.file, mem, d.addr(), len, offset),
-            Direction::Write => guest_to_file(&disk.file, mem, d.addr(), len, offset),
-        };
+        let result = move_data(&disk.file, mem, (d.addr(), len), offset, dir);
         if let Err(e) = result {
             tracing::debug!(
                 offset,
@@ -194,47 +191,31 @@ fn guest_buffer(
     Ok(slice.ptr_guard_mut())
 }
 
-/// Reads the file at `offset` straight into guest memory: no bounce buffer, no allocation
-/// sized by the guest.
-fn file_to_guest(
+/// Moves `len` bytes between the file at `offset` and guest memory at `addr`, straight: no
+/// bounce buffer, no allocation sized by the guest.
+fn move_data(
     file: &File,
     mem: &GuestMemoryMmap,
-    addr: GuestAddress,
-    len: usize,
+    (addr, len): (GuestAddress, usize),
     offset: u64,
+    direction: Direction,
 ) -> std::io::Result<()> {
     let buf = guest_buffer(mem, addr, len)?;
+    let fd = file.as_raw_fd();
+    let short = match direction {
+        Direction::Read => std::io::ErrorKind::UnexpectedEof,
+        Direction::Write => std::io::ErrorKind::WriteZero,
+    };
     // SAFETY: `buf` covers `len` mapped bytes of guest memory for as long as it lives, and
     // `move_all` only passes ranges inside it. The guest may write them concurrently; that only
-    // changes what it reads back.
-    move_all(
-        len,
-        offset,
-        std::io::ErrorKind::UnexpectedEof,
-        |done, count, at| unsafe {
-            libc::pread64(file.as_raw_fd(), buf.as_ptr().add(done).cast(), count, at)
-        },
-    )
-}
-
-/// Writes guest memory straight to the file at `offset`.
-fn guest_to_file(
-    file: &File,
-    mem: &GuestMemoryMmap,
-    addr: GuestAddress,
-    len: usize,
-    offset: u64,
-) -> std::io::Result<()> {
-    let buf = guest_buffer(mem, addr, len)?;
-    // SAFETY: as in `file_to_guest`; here the kernel only reads the buffer.
-    move_all(
-        len,
-        offset,
-        std::io::ErrorKind::WriteZero,
-        |done, count, at| unsafe {
-            libc::pwrite64(file.as_raw_fd(), buf.as_ptr().add(done).cast(), count, at)
-        },
-    )
+    // changes what it reads back (or what reaches the file).
+    move_all(len, offset, short, |done, count, at| unsafe {
+        let ptr = buf.as_ptr().add(done).cast();
+        match direction {
+            Direction::Read => libc::pread64(fd, ptr, count, at),
+            Direction::Write => libc::pwrite64(fd, ptr, count, at),
+        }
+    })
 }
 
 /// Repeats `io(done, remaining, file offset)` (a pread or pwrite) until `len` bytes have moved,
