@@ -399,15 +399,19 @@ fn control_requests_run_under_the_event_loop_filter() {
     assert!(stderr.contains("disk resized"), "{stderr}");
 }
 
-/// The control socket is 0600 even when the VMM starts under umask 0: its mode is set at
-/// bind(), with no moment at which another user could connect.
+/// The control socket and the hybrid vsock socket are 0600 even when the VMM starts under
+/// umask 0: their mode is set at bind(), with no moment at which another user could connect.
 #[test]
 fn control_socket_is_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
-    let (vm, ctrl) = start_with_control_under_umask(dir.path(), "power_button", "ready\n", &[], 0);
+    let uds = dir.path().join("vsock.sock");
+    let vsock = ["--cid", "3", "--vsock-uds", uds.to_str().unwrap()];
+    let (vm, ctrl) =
+        start_with_control_under_umask(dir.path(), "power_button", "ready\n", &vsock, 0);
     let mode = std::fs::metadata(&ctrl).unwrap().permissions().mode() & 0o777;
+    let vsock_mode = std::fs::metadata(&uds).unwrap().permissions().mode() & 0o777;
     // A file the VMM creates itself follows the umask: the test did set it.
     let log_mode = std::fs::metadata(dir.path().join("serial.log"))
         .unwrap()
@@ -423,6 +427,7 @@ fn control_socket_is_private_whatever_the_umask() {
     );
     assert_eq!(log_mode, 0o666);
     assert_eq!(mode, 0o600);
+    assert_eq!(vsock_mode, 0o600);
 }
 
 /// The vsock device thread runs under its own seccomp filter, started with the VM: the guest

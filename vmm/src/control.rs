@@ -80,8 +80,9 @@ pub struct ControlServer {
 static UMASK: Mutex<()> = Mutex::new(());
 
 /// Binds `path` with mode 0600 whatever the caller's umask: the mode is set at bind(), so
-/// there is no moment at which another user could connect.
-fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+/// there is no moment at which another user could connect. For every socket the VMM listens on
+/// (the control socket, the hybrid vsock socket).
+pub(crate) fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     let _serial: MutexGuard<'_, ()> = UMASK.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: umask only swaps the process's file mode mask.
     let old = unsafe { libc::umask(0o177) };

@@ -82,7 +82,7 @@ impl Muxer {
             reason,
         };
         remove_stale_socket(uds_path).map_err(bind_err)?;
-        let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
+        let listener = crate::control::bind_private(uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let epoll = Epoll::new().map_err(VsockError::Epoll)?;
         let timer = TimerFd::new().map_err(|e| VsockError::Epoll(e.into()))?;
