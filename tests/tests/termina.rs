@@ -326,9 +326,13 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
     let written = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(written.contains("/mnt/stateful/blob"), "{written}");
 
-    // Running: export needs --force, import is refused.
+    // Running: export needs --force, import is refused (vmc opens the file it names itself, so
+    // the import is given one that exists).
     vmc_err(&crosd, &["export", "termina", file_s], "is running");
+    assert!(!file.exists(), "a refused export leaves no file");
+    std::fs::write(&file, b"not an export").unwrap();
     vmc_err(&crosd, &["import", "termina", file_s], "is running");
+    std::fs::remove_file(&file).unwrap();
     vmc_ok(&crosd, &["stop", "termina"]);
 
     let o = vmc_ok(&crosd, &["export", "--digest", digest_s, "termina", file_s]);
@@ -415,10 +419,12 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
     let partial = out.join("crash.zst.partial");
     let crash = out.join("crash.zst");
     let exporter = spawn_vmc(&crosd, &["export", "termina", crash.to_str().unwrap()]);
+    // vmc creates the partial file itself and crosd writes into it: wait for the first bytes.
+    let writing = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
     wait_for(
         "the export to start writing",
         Duration::from_secs(30),
-        || partial.exists().then_some(()),
+        || writing(&partial).then_some(()),
     );
     crosd.kill9_and_restart();
     let o = exporter.wait_with_output().unwrap();
@@ -445,7 +451,7 @@ fn disk_export_destroy_import_keeps_the_guest_files() {
     wait_for(
         "the second export to start writing",
         Duration::from_secs(30),
-        || partial.exists().then_some(()),
+        || writing(&partial).then_some(()),
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(exporter.id() as i32),
