@@ -479,22 +479,8 @@ mod tests {
     /// The real daemon on its own thread; the test drives it with the real client.
     #[test]
     fn subscribed_connection_gets_matching_events_and_shutdown_removes_the_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = DaemonConfig::new(dir.path().join("state"), dir.path().join("run"));
-        let socket = config.socket.clone();
-        let (bus_tx, bus_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = std::thread::spawn(move || {
-            actix::System::new().block_on(async move {
-                let d = Daemon::start(&config).await.unwrap();
-                bus_tx.send(d.bus().clone()).unwrap();
-                d.run_until(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            })
-        });
-        let bus = bus_rx.recv().unwrap();
+        let d = Running::start(DEFAULT_MAX_CLIENTS);
+        let (socket, bus) = (d.socket.clone(), d.bus.clone());
         let timeout = Duration::from_secs(10);
         let mut client = Client::connect(&socket).unwrap();
         client
@@ -526,8 +512,7 @@ mod tests {
         // That wait timed out between frames: the connection is still usable.
         assert_eq!(client.list_actors(timeout).unwrap().len(), 6);
         drop(client);
-        stop_tx.send(()).unwrap();
-        daemon.join().unwrap();
+        drop(d);
         assert!(!socket.exists());
     }
 
