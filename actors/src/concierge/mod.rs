@@ -15,6 +15,8 @@ mod resize;
 mod vm;
 
 pub use backend::bin_dir;
+#[doc(hidden)]
+pub use disk_op::{OpRecord, fuzz_import, parse_op_record};
 pub use guest::connect_guest_port;
 
 use std::collections::BTreeMap;
