@@ -9,8 +9,12 @@ use std::sync::LazyLock;
 use cros_actors::concierge::fuzz_import;
 use libfuzzer_sys::fuzz_target;
 
-static WORK_DIR: LazyLock<tempfile::TempDir> =
-    LazyLock::new(|| tempfile::tempdir().expect("tempdir"));
+/// On tmpfs where there is one: an import that succeeds fsyncs its disk.
+static WORK_DIR: LazyLock<tempfile::TempDir> = LazyLock::new(|| {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir")
+});
 
 fuzz_target!(|data: &[u8]| {
     let _ = fuzz_import(data, WORK_DIR.path());

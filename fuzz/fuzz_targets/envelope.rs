@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // crosmsg's JSON bodies: the first byte picks the actor.
-    if let (Some(&pick), Ok(json)) = (data.first(), std::str::from_utf8(data.get(1..).unwrap_or_default())) {
+    if let (Some(&pick), Ok(json)) = (
+        data.first(),
+        std::str::from_utf8(data.get(1..).unwrap_or_default()),
+    ) {
         let actors = [
             ActorKind::Bus,
             ActorKind::Imageloader,

@@ -57,7 +57,9 @@ fn side_effect_free(req: &MaitredRequest) -> bool {
         | MaitredRequest::GetAvailableSpace {}
         | MaitredRequest::ConfigureNetwork { .. }
         | MaitredRequest::Mount9P { .. } => true,
-        MaitredRequest::SetTime { secs, nanos } => *nanos >= 1_000_000_000 || *secs > i64::MAX as u64,
+        MaitredRequest::SetTime { secs, nanos } => {
+            *nanos >= 1_000_000_000 || *secs > i64::MAX as u64
+        }
         MaitredRequest::Mount { .. }
         | MaitredRequest::StartTermina { .. }
         | MaitredRequest::LaunchProcess { .. }

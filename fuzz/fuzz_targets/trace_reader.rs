@@ -17,7 +17,10 @@ fn read_all(file: &[u8]) {
         assert!(!failed, "the reader yielded after an error");
         match item {
             Ok((offset, record)) => {
-                assert!(offset >= last && offset < file.len() as u64, "offset {offset}");
+                assert!(
+                    offset >= last && offset < file.len() as u64,
+                    "offset {offset}"
+                );
                 last = offset;
                 let _ = record.decode_envelope();
             }

@@ -13,12 +13,12 @@
 use std::sync::{Arc, LazyLock, Mutex};
 
 use cros_vmm::devices::bus::BusDevice;
+use cros_vmm::devices::virtio::VirtioInterrupt;
 use cros_vmm::devices::virtio::block::Block;
 use cros_vmm::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioTransport, reg};
 use cros_vmm::devices::virtio::rng::Rng;
 use cros_vmm::devices::virtio::vsock_mmio::VsockMmio;
 use cros_vmm::devices::virtio::worker::{SharedVirtioDevice, lock_device};
-use cros_vmm::devices::virtio::VirtioInterrupt;
 use cros_vmm::devices::vsock::VsockConfig;
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

@@ -11,7 +11,7 @@ use cros_messages::hybrid_vsock::parse_connect_request;
 use cros_vmm::devices::vsock::packet::{PacketHeader, parse_rx_chain, parse_tx_chain};
 use cros_vmm::devices::vsock::{VsockConfig, VsockDevice};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: usize = 0x1_0000;
