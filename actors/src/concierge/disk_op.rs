@@ -876,6 +876,20 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_entry_imports_a_valid_stream_and_names_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [b"disk".repeat(1000), vec![0; 4096]].concat();
+        let stream = zstd::encode_all(&data[..], 1).unwrap();
+        fuzz_import(&stream, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("disk.img")).unwrap(), data);
+
+        let err = fuzz_import(&stream[..stream.len() / 2], dir.path()).unwrap_err();
+        assert!(err.contains("not a valid disk export"), "{err}");
+        // The disk imported before is left as it was.
+        assert_eq!(std::fs::read(dir.path().join("disk.img")).unwrap(), data);
+    }
+
+    #[test]
     fn digest_file_must_hold_a_sha256() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("d");

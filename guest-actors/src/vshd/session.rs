@@ -662,3 +662,42 @@ impl<S: Read + Write + AsFd> Relay<S> {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cros_messages::framing::encode_frame;
+
+    fn setup(user: &str) -> Vec<u8> {
+        encode_frame(&SetupConnectionRequest {
+            target: cros_messages::vsh::VM_SHELL.into(),
+            user: user.into(),
+            env: vec![],
+            argv: vec!["true".into()],
+            cwd: "/".into(),
+            window_rows: 24,
+            window_cols: 80,
+            nopty: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fuzz_entry_checks_what_a_session_checks_and_starts_nothing() {
+        // root is found even without a passwd file, as in a minimal guest.
+        let config = ServerConfig::default();
+        let mut input = setup("root");
+        input.extend(encode_frame(&HostMessage::Stdin(b"ls\n".to_vec())).unwrap());
+        input.extend(encode_frame(&HostMessage::Signal(VshSignal::Int)).unwrap());
+        assert_eq!(fuzz_client_input(&input, &config), Ok(2));
+
+        input.extend(encode_frame(&HostMessage::Resize { rows: 0, cols: 80 }).unwrap());
+        let err = fuzz_client_input(&input, &config).unwrap_err();
+        assert!(err.contains("window size 0x80"), "{err}");
+
+        let err = fuzz_client_input(&setup("no:such"), &config).unwrap_err();
+        assert!(err.contains("invalid user name"), "{err}");
+        let err = fuzz_client_input(&[3, 0, 0, 0, 0xff], &config).unwrap_err();
+        assert!(!err.is_empty());
+    }
+}
