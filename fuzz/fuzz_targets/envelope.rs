@@ -1,12 +1,12 @@
 //! Fuzzes what every socket peer sends first: the framed Hello and the framed envelopes after
-//! it, as the bus, the guest bridges and maitred decode them; and the JSON request bodies
-//! `crosmsg send` parses. Nothing may panic, and whatever decodes must encode back to the
-//! same message.
+//! it, as the bus, the guest bridges and maitred decode them; actor addresses in their text
+//! form; and the JSON request bodies `crosmsg send` parses. Nothing may panic, and whatever
+//! decodes must encode back to the same message (an address, print back the same text).
 
 #![no_main]
 
 use cros_messages::framing::{MAX_CONTROL_FRAME, check_hello, decode, encode_frame, read_message};
-use cros_messages::{ActorKind, Envelope, FrameError, Hello};
+use cros_messages::{ActorKind, Addr, Envelope, FrameError, Hello};
 use libfuzzer_sys::fuzz_target;
 
 /// Decodes `payload` as `T`; if it decodes, its encoding decodes to the same value.
@@ -43,6 +43,13 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => break,
             }
         }
+    }
+
+    // Addresses as users type them (`maitred@termina`): what parses prints back the same.
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(addr) = text.parse::<Addr>()
+    {
+        assert_eq!(addr.to_string(), text);
     }
 
     // crosmsg's JSON bodies: the first byte picks the actor.

@@ -2,9 +2,9 @@
 //! envelopes, each decoded and dispatched by `serve_requests`, the loop `serve_connection` runs.
 //! Requests whose handlers only read or answer (GetKernelVersion, SetTimezone, Shutdown,
 //! GetResizeStatus, GetAvailableSpace, the unsupported ones, and SetTime outside its range)
-//! run through maitred's real handler; the ones that would mount, spawn, resize or set the
-//! clock on this machine get a fixed Ack from the harness instead, so only their decoding and
-//! dispatch are covered here (their checks are covered by the unit tests).
+//! run through maitred's real handler. The ones that would mount, spawn, resize or set the
+//! clock on this machine do not: Mount and LaunchProcess go through the checks their handlers
+//! run first (`check_mount`, `check_launch`), and all of them then get a stand-in Ack.
 
 #![no_main]
 
@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use cros_guest::maitred::handlers::{LateModules, Maitred};
+use cros_guest::maitred::handlers::{LateModules, Maitred, check_launch, check_mount};
 use cros_guest::maitred::reaper::Reaper;
 use cros_guest::maitred::server::serve_requests;
 use cros_guest::maitred::services::Services;
@@ -76,10 +76,27 @@ fuzz_target!(|data: &[u8]| {
         &Addr::in_vm("maitred", "termina"),
         |req| {
             if side_effect_free(&req) {
-                maitred.handle(req)
-            } else {
-                Ok(MaitredReply::Ack {})
+                return maitred.handle(req);
             }
+            // The checks these run before they touch anything, then a stand-in reply.
+            match &req {
+                MaitredRequest::Mount {
+                    source,
+                    target,
+                    fstype,
+                    flags,
+                    options,
+                    ..
+                } => check_mount(source, target, fstype, *flags, options)?,
+                MaitredRequest::LaunchProcess {
+                    argv,
+                    env,
+                    respawn,
+                    wait_for_exit,
+                } => check_launch(argv, env, *respawn, *wait_for_exit)?,
+                _ => {}
+            }
+            Ok(MaitredReply::Ack {})
         },
         || maitred.shutdown_requested.load(Ordering::SeqCst),
     );
