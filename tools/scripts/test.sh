@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole crosd test suite on a fresh Debian machine: installs what it needs, checks
-# formatting and lints, builds, fetches the guest kernel, and runs every test.
+# formatting and lints, builds, fetches the guest kernel, runs every test, then fuzzes every
+# fuzz target for 30 s (tools/scripts/fuzz.sh).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -30,5 +31,13 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "${CROSD_TEST_LOG:-/tmp/crosd-t
 if [[ -s "$not_run" ]]; then
     log "tests that did not run on this host, and why:"
     cat "$not_run" >&2
+fi
+
+# Fuzz smoke run: every target from its seeds and cached corpus, a crash fails the suite
+# (without hiding a test failure's status). CROSD_FUZZ_SECONDS=0 skips it.
+fuzz_secs="${CROSD_FUZZ_SECONDS:-30}"
+if [[ "$fuzz_secs" != 0 ]]; then
+    log "fuzz smoke run ($fuzz_secs s a target)"
+    tools/scripts/fuzz.sh "$fuzz_secs" || { [[ $status -ne 0 ]] || status=1; }
 fi
 exit "$status"

@@ -1,17 +1,5 @@
 #!/bin/sh
-# Fuzzes the vsock packet/descriptor parser and device for N seconds (default 60).
+# Fuzzes the device models (vsock packets, virtio-blk chains, the virtio-mmio transport) for N
+# seconds each (default 60); tools/scripts/fuzz.sh runs every target of the project.
 #   vmm/fuzz/run.sh [SECONDS]
-# Installs cargo-fuzz if needed. cargo-fuzz needs nightly rustc flags (-Zsanitizer); on a stable
-# toolchain RUSTC_BOOTSTRAP=1 enables them. Crashes land in vmm/fuzz/artifacts/vsock_packet/.
-set -eu
-secs="${1:-60}"
-cd "$(dirname "$0")"
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "installing cargo-fuzz..." >&2
-    cargo install cargo-fuzz --locked
-fi
-if ! rustc --version | grep -q nightly; then
-    export RUSTC_BOOTSTRAP=1
-fi
-mkdir -p corpus/vsock_packet
-exec cargo fuzz run vsock_packet corpus/vsock_packet -- -max_total_time="$secs" -max_len=65536 -rss_limit_mb=4096
+exec "$(dirname "$0")/../../tools/scripts/fuzz.sh" "${1:-60}" vsock_packet blk_chain mmio_transport

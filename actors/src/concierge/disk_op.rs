@@ -62,10 +62,17 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DiskOpEr
 }
 
 /// What is persisted per operation: its public state and the files to remove if it dies.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OpRecord {
-    info: DiskOpInfo,
-    partial_files: Vec<PathBuf>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct OpRecord {
+    pub info: DiskOpInfo,
+    pub partial_files: Vec<PathBuf>,
+}
+
+/// Parses one STATE/disk_ops/<uuid>.json, as [`recover`] reads it.
+#[doc(hidden)]
+pub fn parse_op_record(json: &[u8]) -> Result<OpRecord, serde_json::Error> {
+    serde_json::from_slice(json)
 }
 
 /// Operations running in this process: a concierge restarted by its supervisor must not
@@ -306,7 +313,7 @@ pub fn recover(state_dir: &Path) -> Vec<DiskOpInfo> {
         }
         let record: OpRecord = match std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|b| parse_op_record(&b).map_err(|e| e.to_string()))
         {
             Ok(r) => r,
             Err(e) => {
@@ -588,6 +595,36 @@ pub fn import(
     drop(out);
     op.check_cancelled()?;
     commit_file(tmp, disk).map_err(io_err("sync and rename into place", disk))
+}
+
+/// [`import`] of `stream`, as the bytes of an export file, into a disk inside `work_dir`, with
+/// no digest (for the fuzzer: the decoder and checks over any input). The error is what the
+/// client would read.
+#[doc(hidden)]
+pub fn fuzz_import(stream: &[u8], work_dir: &Path) -> Result<(), String> {
+    let src = work_dir.join("export.zst");
+    std::fs::write(&src, stream).map_err(|e| e.to_string())?;
+    let op = Operation::create(
+        work_dir,
+        "fuzz".into(),
+        DiskOpKind::Import,
+        "fuzz",
+        String::new(),
+        &src,
+        Vec::new(),
+        Box::new(|_, _| {}),
+    )
+    .map_err(|e| e.to_string())?;
+    let input = File::open(&src).map_err(|e| e.to_string())?;
+    import(
+        &input,
+        &src,
+        None,
+        &work_dir.join("disk.img"),
+        &work_dir.join("disk.img.partial"),
+        &op,
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -901,6 +938,20 @@ mod tests {
             assert!(pair[1].2 - pair[0].2 >= PROGRESS_EVERY, "{events:?}");
             assert!(pair[1].1 > pair[0].1, "{events:?}");
         }
+    }
+
+    #[test]
+    fn fuzz_entry_imports_a_valid_stream_and_names_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = [b"disk".repeat(1000), vec![0; 4096]].concat();
+        let stream = zstd::encode_all(&data[..], 1).unwrap();
+        fuzz_import(&stream, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("disk.img")).unwrap(), data);
+
+        let err = fuzz_import(&stream[..stream.len() / 2], dir.path()).unwrap_err();
+        assert!(err.contains("not a valid disk export"), "{err}");
+        // The disk imported before is left as it was.
+        assert_eq!(std::fs::read(dir.path().join("disk.img")).unwrap(), data);
     }
 
     #[test]

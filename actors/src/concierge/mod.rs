@@ -24,6 +24,8 @@ mod vm;
 mod vm_record;
 
 pub use backend::bin_dir;
+#[doc(hidden)]
+pub use disk_op::{OpRecord, fuzz_import, parse_op_record};
 pub use handover::Handover;
 
 use std::collections::BTreeMap;

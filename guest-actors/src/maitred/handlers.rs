@@ -108,6 +108,70 @@ fn check_abs_path(what: &str, p: &str) -> Result<(), CrosError> {
     Ok(())
 }
 
+/// What Mount checks before it touches anything (public for the fuzzer).
+#[doc(hidden)]
+pub fn check_mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: u64,
+    options: &str,
+) -> Result<(), CrosError> {
+    check_abs_path("target", target)?;
+    if flags & !ALLOWED_MOUNT_FLAGS != 0 {
+        return Err(invalid(format!(
+            "mount flags {flags:#x} include flags other than ro/nosuid/nodev/noexec/noatime"
+        )));
+    }
+    if !fstype.bytes().all(|b| b.is_ascii_alphanumeric()) || fstype.is_empty() || fstype.len() > 16
+    {
+        return Err(invalid(format!(
+            "filesystem type {fstype:?} is not a plain name"
+        )));
+    }
+    if options.contains('\0') || options.len() > 1024 {
+        return Err(invalid(
+            "mount options must be under 1024 bytes without NUL",
+        ));
+    }
+    if source.starts_with('/') {
+        check_abs_path("source", source)?;
+    }
+    Ok(())
+}
+
+/// What LaunchProcess checks before it starts anything (public for the fuzzer).
+#[doc(hidden)]
+pub fn check_launch(
+    argv: &[String],
+    env: &[(String, String)],
+    respawn: bool,
+    wait_for_exit: bool,
+) -> Result<(), CrosError> {
+    if argv.is_empty() {
+        return Err(invalid("argv is empty"));
+    }
+    if argv.len() > 1024
+        || argv
+            .iter()
+            .chain(env.iter().flat_map(|(k, v)| [k, v]))
+            .any(|s| s.contains('\0') || s.len() > 65536)
+    {
+        return Err(invalid(
+            "argv/env must be at most 1024 entries of at most 64 KiB without NUL",
+        ));
+    }
+    if env.iter().any(|(k, _)| k.is_empty() || k.contains('=')) {
+        return Err(invalid(
+            "environment names must be non-empty and contain no '='",
+        ));
+    }
+    if respawn && wait_for_exit {
+        return Err(invalid("respawn and wait_for_exit exclude each other"));
+    }
+    Ok(())
+}
+
 fn service_error(e: ServiceError) -> CrosError {
     match e {
         ServiceError::Spawn { .. } => CrosError::new(ErrorKind::NotFound, e.to_string()),
@@ -266,29 +330,8 @@ impl Maitred {
         create_target: bool,
         mkfs_if_needed: bool,
     ) -> Outcome {
-        check_abs_path("target", target)?;
+        check_mount(source, target, fstype, flags, options)?;
         self.late_modules.wait()?;
-        if flags & !ALLOWED_MOUNT_FLAGS != 0 {
-            return Err(invalid(format!(
-                "mount flags {flags:#x} include flags other than ro/nosuid/nodev/noexec/noatime"
-            )));
-        }
-        if !fstype.bytes().all(|b| b.is_ascii_alphanumeric())
-            || fstype.is_empty()
-            || fstype.len() > 16
-        {
-            return Err(invalid(format!(
-                "filesystem type {fstype:?} is not a plain name"
-            )));
-        }
-        if options.contains('\0') || options.len() > 1024 {
-            return Err(invalid(
-                "mount options must be under 1024 bytes without NUL",
-            ));
-        }
-        if source.starts_with('/') {
-            check_abs_path("source", source)?;
-        }
         if create_target {
             std::fs::create_dir_all(target)
                 .map_err(|e| CrosError::internal(format!("create {target}: {e}")))?;
@@ -416,27 +459,10 @@ impl Maitred {
         respawn: bool,
         wait_for_exit: bool,
     ) -> Outcome {
+        check_launch(&argv, &env, respawn, wait_for_exit)?;
         let Some(program) = argv.first() else {
             return Err(invalid("argv is empty"));
         };
-        if argv.len() > 1024
-            || argv
-                .iter()
-                .chain(env.iter().flat_map(|(k, v)| [k, v]))
-                .any(|s| s.contains('\0') || s.len() > 65536)
-        {
-            return Err(invalid(
-                "argv/env must be at most 1024 entries of at most 64 KiB without NUL",
-            ));
-        }
-        if env.iter().any(|(k, _)| k.is_empty() || k.contains('=')) {
-            return Err(invalid(
-                "environment names must be non-empty and contain no '='",
-            ));
-        }
-        if respawn && wait_for_exit {
-            return Err(invalid("respawn and wait_for_exit exclude each other"));
-        }
         if let Some(tz) = self.timezone.lock().ok().and_then(|t| t.clone()) {
             env.push(("TZ".into(), tz));
         }
@@ -530,6 +556,41 @@ mod tests {
         for _ in 0..2 {
             let err = late.wait().unwrap_err();
             assert!(err.message.contains("fake.ko"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mount_and_launch_checks_refuse_what_the_host_may_not_ask() {
+        assert!(check_mount("/dev/vdb", "/mnt/stateful", "btrfs", libc::MS_NOSUID, "").is_ok());
+        assert!(check_mount("tmpfs", "/tmp", "tmpfs", 0, "size=1m").is_ok());
+        for (source, target, fstype, flags, options) in [
+            ("/dev/vdb", "mnt", "btrfs", 0, ""),
+            ("/dev/../etc", "/mnt", "btrfs", 0, ""),
+            ("/dev/vdb", "/mnt", "btr fs", 0, ""),
+            ("/dev/vdb", "/mnt", "", 0, ""),
+            ("/dev/vdb", "/mnt", "btrfs", libc::MS_BIND, ""),
+            ("/dev/vdb", "/mnt", "btrfs", 0, "a\0b"),
+        ] {
+            let e = check_mount(source, target, fstype, flags, options).unwrap_err();
+            assert_eq!(
+                e.kind,
+                ErrorKind::InvalidArgument,
+                "{source} {target} {fstype}"
+            );
+        }
+
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let env = |k: &str| vec![(k.to_string(), "v".to_string())];
+        assert!(check_launch(&argv(&["/bin/true"]), &env("LANG"), true, false).is_ok());
+        for (a, e, respawn, wait) in [
+            (argv(&[]), env("LANG"), false, false),
+            (argv(&["/bin/true", "a\0"]), env("LANG"), false, false),
+            (argv(&["/bin/true"]), env("A=B"), false, false),
+            (argv(&["/bin/true"]), env(""), false, false),
+            (argv(&["/bin/true"]), env("LANG"), true, true),
+        ] {
+            let err = check_launch(&a, &e, respawn, wait).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument, "{a:?} {e:?}");
         }
     }
 

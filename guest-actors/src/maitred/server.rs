@@ -7,17 +7,34 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
-use cros_messages::maitred::MaitredEvent;
+use cros_messages::maitred::{MaitredEvent, MaitredRequest};
 use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
 
-use super::handlers::Maitred;
+use super::handlers::{Maitred, Outcome};
 use crate::vshd::listener::Listener;
 
 /// Serves one host connection until it closes. Returns true when the host asked for shutdown.
 pub fn serve_connection<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     me: &Addr,
     maitred: &Maitred,
+) -> Result<bool, FrameError> {
+    serve_requests(
+        stream,
+        me,
+        |req| maitred.handle(req),
+        || maitred.shutdown_requested.load(Ordering::SeqCst),
+    )
+}
+
+/// [`serve_connection`]'s protocol with `handle` answering each request; returns true once
+/// `shutdown_requested` says so after a reply. The fuzzer drives it with a `handle` that runs
+/// only the requests without side effects on the machine.
+pub fn serve_requests<S: Read + Write>(
+    mut stream: S,
+    me: &Addr,
+    mut handle: impl FnMut(MaitredRequest) -> Outcome,
+    shutdown_requested: impl Fn() -> bool,
 ) -> Result<bool, FrameError> {
     handshake(&mut stream, me)?;
     let mut next_id = 1u64;
@@ -41,7 +58,7 @@ pub fn serve_connection<S: Read + Write>(
             Err(e) => return Err(e),
         };
         let body = match env.body.clone() {
-            Body::Maitred(req) => match maitred.handle(req) {
+            Body::Maitred(req) => match handle(req) {
                 Ok(reply) => Body::MaitredReply(reply),
                 Err(e) => Body::Error(e),
             },
@@ -54,7 +71,7 @@ pub fn serve_connection<S: Read + Write>(
         next_id += 1;
         write_message(&mut stream, &reply, MAX_CONTROL_FRAME)?;
         stream.flush()?;
-        if maitred.shutdown_requested.load(Ordering::SeqCst) {
+        if shutdown_requested() {
             return Ok(true);
         }
     }

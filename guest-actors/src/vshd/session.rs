@@ -178,6 +178,44 @@ fn validate(
     ))
 }
 
+/// Checks one client frame after setup; the error is why the session hangs up.
+fn check_client_message(msg: &HostMessage) -> Result<(), String> {
+    match msg {
+        HostMessage::Stdin(data) if data.len() > MAX_DATA => Err(format!(
+            "stdin data of {} bytes exceeds the {MAX_DATA}-byte limit",
+            data.len()
+        )),
+        &HostMessage::Resize { rows, cols }
+            if rows == 0 || cols == 0 || rows > MAX_WINDOW_DIM || cols > MAX_WINDOW_DIM =>
+        {
+            Err(format!(
+                "window size {rows}x{cols} outside 1..={MAX_WINDOW_DIM}"
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Everything a session reads from its client, without starting anything (for the fuzzer, as
+/// a session would spawn the command): the setup request decoded and validated (the account
+/// lookup included), then each following client frame decoded and checked, up to the first
+/// bad one. Returns how many client frames passed.
+#[doc(hidden)]
+pub fn fuzz_client_input(mut input: &[u8], config: &ServerConfig) -> Result<usize, String> {
+    let req: SetupConnectionRequest =
+        read_message(&mut input, MAX_VSH_FRAME).map_err(|e| e.to_string())?;
+    validate(&req, config)?;
+    let mut frames = 0;
+    loop {
+        match read_message::<HostMessage>(&mut input, MAX_VSH_FRAME) {
+            Ok(msg) => check_client_message(&msg)?,
+            Err(FrameError::Closed) => return Ok(frames),
+            Err(e) => return Err(e.to_string()),
+        }
+        frames += 1;
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum OutKind {
     Stdout,
@@ -514,13 +552,8 @@ impl<S: Read + Write + AsFd> Relay<S> {
             Err(FrameError::Closed) => return Err(Abort::ClientGone),
             Err(e) => return Err(Abort::BadFrame(e.to_string())),
         };
+        check_client_message(&msg).map_err(Abort::BadFrame)?;
         match msg {
-            HostMessage::Stdin(data) if data.len() > MAX_DATA => {
-                return Err(Abort::BadFrame(format!(
-                    "stdin data of {} bytes exceeds the {MAX_DATA}-byte limit",
-                    data.len()
-                )));
-            }
             HostMessage::Stdin(data) if data.is_empty() => match &self.master {
                 // A pty has no half-close: EOF is the terminal's EOF character, as if typed.
                 Some(master) => {
@@ -537,11 +570,6 @@ impl<S: Read + Write + AsFd> Relay<S> {
                 }
             }
             HostMessage::Resize { rows, cols } => {
-                if rows == 0 || cols == 0 || rows > MAX_WINDOW_DIM || cols > MAX_WINDOW_DIM {
-                    return Err(Abort::BadFrame(format!(
-                        "window size {rows}x{cols} outside 1..={MAX_WINDOW_DIM}"
-                    )));
-                }
                 if let Some(master) = &self.master
                     && let Err(e) = pty::set_window_size(master, rows, cols)
                 {
@@ -632,5 +660,44 @@ impl<S: Read + Write + AsFd> Relay<S> {
         }
         let _ = killpg(group, Signal::SIGKILL);
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cros_messages::framing::encode_frame;
+
+    fn setup(user: &str) -> Vec<u8> {
+        encode_frame(&SetupConnectionRequest {
+            target: cros_messages::vsh::VM_SHELL.into(),
+            user: user.into(),
+            env: vec![],
+            argv: vec!["true".into()],
+            cwd: "/".into(),
+            window_rows: 24,
+            window_cols: 80,
+            nopty: false,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn fuzz_entry_checks_what_a_session_checks_and_starts_nothing() {
+        // root is found even without a passwd file, as in a minimal guest.
+        let config = ServerConfig::default();
+        let mut input = setup("root");
+        input.extend(encode_frame(&HostMessage::Stdin(b"ls\n".to_vec())).unwrap());
+        input.extend(encode_frame(&HostMessage::Signal(VshSignal::Int)).unwrap());
+        assert_eq!(fuzz_client_input(&input, &config), Ok(2));
+
+        input.extend(encode_frame(&HostMessage::Resize { rows: 0, cols: 80 }).unwrap());
+        let err = fuzz_client_input(&input, &config).unwrap_err();
+        assert!(err.contains("window size 0x80"), "{err}");
+
+        let err = fuzz_client_input(&setup("no:such"), &config).unwrap_err();
+        assert!(err.contains("invalid user name"), "{err}");
+        let err = fuzz_client_input(&[3, 0, 0, 0, 0xff], &config).unwrap_err();
+        assert!(!err.is_empty());
     }
 }
