@@ -36,6 +36,7 @@ TARGETS=(
 )
 CARGO_FUZZ_VERSION=0.13.2
 
+ensure_host_packages
 if ! cargo fuzz --version >/dev/null 2>&1; then
     log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
     cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet \
