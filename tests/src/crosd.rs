@@ -35,6 +35,13 @@ pub fn termina_component() -> &'static Path {
     })
 }
 
+/// A fresh directory under target/<profile>/e2e/tmp for one crosd.
+fn scratch_dir() -> tempfile::TempDir {
+    let scratch = bin_dir().join("e2e/tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    tempfile::tempdir_in(scratch).unwrap()
+}
+
 /// A running crosd; SIGTERM on drop, which stops its VMs.
 pub struct Crosd {
     hypervisor: &'static str,
@@ -65,10 +72,28 @@ impl Crosd {
         Self::start_with(hypervisor, tamper, false)
     }
 
+    /// Starts crosd (`--hypervisor qemu`) on the state directory `state` (made if missing),
+    /// with nothing installed there: no component, so no VM boots, but disks can be created,
+    /// exported and imported. For a state directory on a filesystem of the test's choosing.
+    pub fn start_on_state(state: &Path) -> Crosd {
+        let dir = scratch_dir();
+        std::fs::create_dir_all(state).unwrap();
+        let run_dir = dir.path().join("run");
+        let socket = run_dir.join("crosd.sock");
+        let child = Self::spawn(dir.path(), state, "qemu", None);
+        Crosd {
+            hypervisor: "qemu",
+            trace: None,
+            child,
+            socket,
+            state: state.to_path_buf(),
+            run_dir,
+            dir,
+        }
+    }
+
     fn start_with(hypervisor: &'static str, tamper: impl FnOnce(&Path), traced: bool) -> Crosd {
-        let scratch = bin_dir().join("e2e/tmp");
-        std::fs::create_dir_all(&scratch).unwrap();
-        let dir = tempfile::tempdir_in(scratch).unwrap();
+        let dir = scratch_dir();
         let state = dir.path().join("state");
         let installed = state.join("components/cros-termina").join(VERSION);
         std::fs::create_dir_all(&installed).unwrap();
@@ -81,7 +106,7 @@ impl Crosd {
         let run_dir = dir.path().join("run");
         let socket = run_dir.join("crosd.sock");
         let trace = traced.then(|| dir.path().join("crosd.trace"));
-        let child = Self::spawn(dir.path(), hypervisor, trace.as_deref());
+        let child = Self::spawn(dir.path(), &state, hypervisor, trace.as_deref());
         Crosd {
             hypervisor,
             trace,
@@ -93,9 +118,9 @@ impl Crosd {
         }
     }
 
-    /// Runs crosd on `dir`'s state and run directories (log appended to dir/crosd.log) and
+    /// Runs crosd on `state` and `dir`'s run directory (log appended to dir/crosd.log) and
     /// waits for its socket.
-    fn spawn(dir: &Path, hypervisor: &str, trace: Option<&Path>) -> Child {
+    fn spawn(dir: &Path, state: &Path, hypervisor: &str, trace: Option<&Path>) -> Child {
         let run_dir = dir.join("run");
         let socket = run_dir.join("crosd.sock");
         let log = std::fs::OpenOptions::new()
@@ -105,7 +130,7 @@ impl Crosd {
             .unwrap();
         let child = Command::new(bin("crosd"))
             .arg("--state-dir")
-            .arg(dir.join("state"))
+            .arg(state)
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--hypervisor", hypervisor])
@@ -137,7 +162,12 @@ impl Crosd {
         self.child.wait().unwrap();
         // The dead daemon's socket file stays behind; wait for the new one.
         let _ = std::fs::remove_file(&self.socket);
-        self.child = Self::spawn(self.dir.path(), self.hypervisor, self.trace.as_deref());
+        self.child = Self::spawn(
+            self.dir.path(),
+            &self.state,
+            self.hypervisor,
+            self.trace.as_deref(),
+        );
     }
 
     /// Runs a workspace binary against this crosd.
@@ -175,6 +205,16 @@ impl Crosd {
         self.run_with_stdin("vsh", &args, stdin)
     }
 
+    /// crosd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether crosd is still running (not exited, not a zombie).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// crosd's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("crosd.log")).unwrap_or_default()
@@ -206,7 +246,12 @@ impl Crosd {
 
     /// A fresh crosd on the same state, after [`Crosd::terminate`].
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.dir.path(), self.hypervisor, self.trace.as_deref());
+        self.child = Self::spawn(
+            self.dir.path(),
+            &self.state,
+            self.hypervisor,
+            self.trace.as_deref(),
+        );
     }
 }
 
@@ -224,4 +269,91 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The pid of the first VM `vmc list --json` lists (its hypervisor process).
+pub fn qemu_pid(crosd: &Crosd) -> u32 {
+    let o = crosd.run("vmc", &["list", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vms: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    vms["vms"][0]["pid"]
+        .as_u64()
+        .expect("a running VM has a pid") as u32
+}
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state field says Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// `vmc list` says no VM runs.
+pub fn assert_no_vms(crosd: &Crosd) {
+    let o = crosd.run("vmc", &["list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// `vmc start --no-shell termina`, which must succeed (`what` names the attempt on failure).
+pub fn start_termina(crosd: &Crosd, what: &str) -> Output {
+    let o = crosd.run(
+        "vmc",
+        &["start", "--no-shell", "--timeout", "300", "termina"],
+    );
+    assert!(
+        o.status.success(),
+        "{what}: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    o
+}
+
+/// `vmc ARGS`, which must succeed.
+pub fn vmc_ok(crosd: &Crosd, args: &[&str]) -> Output {
+    let o = crosd.run("vmc", args);
+    assert!(
+        o.status.success(),
+        "vmc {args:?}: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    o
+}
+
+/// `vmc ARGS`, which must fail saying `needle`.
+pub fn vmc_err(crosd: &Crosd, args: &[&str], needle: &str) {
+    let o = crosd.run("vmc", args);
+    assert!(!o.status.success(), "vmc {args:?} must fail: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(needle),
+        "vmc {args:?} must say {needle:?}: {}",
+        text(&o)
+    );
+}
+
+/// `vmc ARGS` against `crosd` in the background, its stderr piped.
+pub fn spawn_vmc(crosd: &Crosd, args: &[&str]) -> Child {
+    Command::new(bin("vmc"))
+        .args(args)
+        .env("CROSD_SOCKET", &crosd.socket)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `probe` until it yields; fails the test after `timeout`, naming what never happened
+/// (a hang guard, not a timing assertion).
+pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

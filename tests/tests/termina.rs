@@ -10,7 +10,10 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cros_e2e::bin;
-use cros_e2e::crosd::{Crosd, termina_component, text};
+use cros_e2e::crosd::{
+    Crosd, alive, assert_no_vms, qemu_pid, spawn_vmc, start_termina, termina_component, text,
+    vmc_err, vmc_ok, wait_for,
+};
 
 fn kernel_release() -> String {
     let m: serde_json::Value = serde_json::from_str(
@@ -18,44 +21,6 @@ fn kernel_release() -> String {
     )
     .unwrap();
     m["kernel_release"].as_str().unwrap().to_string()
-}
-
-fn qemu_pid(crosd: &Crosd) -> u32 {
-    let o = crosd.run("vmc", &["list", "--json"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let vms: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    vms["vms"][0]["pid"]
-        .as_u64()
-        .expect("a running VM has a pid") as u32
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; its state field says Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-}
-
-fn assert_no_vms(crosd: &Crosd) {
-    let o = crosd.run("vmc", &["list"]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("no VMs are running"),
-        "{}",
-        text(&o)
-    );
-}
-
-/// `vmc start --no-shell termina`, which must succeed (`what` names the attempt on failure).
-fn start_termina(crosd: &Crosd, what: &str) -> Output {
-    let o = crosd.run(
-        "vmc",
-        &["start", "--no-shell", "--timeout", "300", "termina"],
-    );
-    assert!(
-        o.status.success(),
-        "{what}: {}\ncrosd log:\n{}",
-        text(&o),
-        crosd.log()
-    );
-    o
 }
 
 #[test]
@@ -239,55 +204,11 @@ fn vmc_says_when_crosd_is_not_running() {
     );
 }
 
-fn vmc_ok(crosd: &Crosd, args: &[&str]) -> Output {
-    let o = crosd.run("vmc", args);
-    assert!(
-        o.status.success(),
-        "vmc {args:?}: {}\ncrosd log:\n{}",
-        text(&o),
-        crosd.log()
-    );
-    o
-}
-
-fn vmc_err(crosd: &Crosd, args: &[&str], needle: &str) {
-    let o = crosd.run("vmc", args);
-    assert!(!o.status.success(), "vmc {args:?} must fail: {}", text(&o));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains(needle),
-        "vmc {args:?} must say {needle:?}: {}",
-        text(&o)
-    );
-}
-
 /// The disk's identity: an import renames a new file over it, a write changes its mtime.
 fn disk_identity(path: &Path) -> (u64, u64, i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).unwrap();
     (m.ino(), m.size(), m.mtime(), m.mtime_nsec())
-}
-
-/// `vmc ARGS` against `crosd` in the background, its stderr piped.
-fn spawn_vmc(crosd: &Crosd, args: &[&str]) -> std::process::Child {
-    Command::new(bin("vmc"))
-        .args(args)
-        .env("CROSD_SOCKET", &crosd.socket)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Polls `probe` until it yields; fails the test after `timeout`, naming what never happened
-/// (a hang guard, not a timing assertion).
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "waited {timeout:?} for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn leftovers(dir: &Path) -> Vec<String> {

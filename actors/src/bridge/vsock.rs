@@ -30,8 +30,11 @@ pub async fn connect_guest_port(uds: &Path, port: u32) -> Result<UnixStream, Cro
             .await
             .map_err(|e| CrosError::unavailable(format!("vsock CONNECT {port}: {e}")))?;
         if n == 0 {
+            // The VMM closes both when the guest refuses the port and when the guest does not
+            // answer in time (a frozen or hung guest): the message must not blame only one.
             return Err(CrosError::unavailable(format!(
-                "nothing listens on guest vsock port {port} (connection closed)"
+                "nothing listens on guest vsock port {port}, or the guest does not answer \
+                 (connection closed before OK)"
             )));
         }
         if b[0] == b'\n' {
