@@ -98,7 +98,7 @@ fn temp_files(dir: &Path) -> Vec<String> {
 }
 
 /// What crosd holds: compared before and after a fault, it must come back to the same.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Holdings {
     fds: usize,
     processes: Vec<String>,
@@ -120,12 +120,17 @@ fn holdings(crosd: &Crosd) -> Holdings {
     }
 }
 
-/// Waits (a hang guard) until crosd holds what it held in `before`.
+/// Waits (a hang guard) until crosd holds what it held in `before`, or fewer descriptors (one
+/// open when `before` was counted, a client's connection, may have closed since).
 fn assert_holds_again(crosd: &Crosd, before: &Holdings, after_what: &str) {
     let start = Instant::now();
     loop {
         let now = holdings(crosd);
-        if &now == before {
+        let same_but_fds = Holdings {
+            fds: before.fds,
+            ..now.clone()
+        };
+        if now.fds <= before.fds && &same_but_fds == before {
             eprintln!("after {after_what}: holds {now:?}");
             return;
         }

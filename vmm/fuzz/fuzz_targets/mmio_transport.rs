@@ -31,13 +31,10 @@ const WIDTHS: [usize; 4] = [4, 1, 2, 8];
 /// (status 0) after every input as a driver reset does.
 static VSOCK: LazyLock<(tempfile::TempDir, SharedVirtioDevice)> = LazyLock::new(|| {
     let dir = tempfile::tempdir().expect("tempdir");
-    let device = VsockMmio::new(
-        &VsockConfig {
-            guest_cid: 3,
-            uds_path: dir.path().join("vsock.sock"),
-        },
-        None,
-    )
+    let device = VsockMmio::new(&VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("vsock.sock"),
+    })
     .expect("vsock device");
     (dir, Arc::new(Mutex::new(device)))
 });
