@@ -3,6 +3,7 @@ pub mod cmdline;
 pub mod kmod;
 pub mod maitred;
 pub mod pid1;
+pub mod tremplin;
 pub mod vm_syslog;
 pub mod vshd;
 pub mod vsock_probe;

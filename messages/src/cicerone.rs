@@ -75,6 +75,8 @@ pub enum PrivilegeLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum ContainerStatus {
     Creating,
+    /// LXD is downloading the image (UpdateCreateStatus carries the percent).
+    Downloading,
     Exists,
     Created,
     Starting,

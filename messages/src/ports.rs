@@ -17,6 +17,9 @@ pub const CONCIERGE_STARTUP: u32 = 7777;
 pub const CICERONE_TREMPLIN: u32 = 7778;
 /// cicerone's ContainerListener on the host (garcon reports here).
 pub const CICERONE_CONTAINER: u32 = 8889;
+/// crosd's image proxy for the VM (raw HTTP proxy bytes, not envelopes): tremplin's guest-local
+/// forwarder on 127.0.0.1:3128 relays each connection here.
+pub const IMAGE_PROXY: u32 = 3128;
 /// vmlog_forwarder on the host: vm_syslog ships guest logs here.
 pub const VMLOG_FORWARDER: u32 = 9999;
 /// seneschal's 9P servers take ports from here up.

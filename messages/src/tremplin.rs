@@ -17,6 +17,11 @@ pub enum TremplinRequest {
         rootfs_path: String,
         #[serde(default)]
         metadata_path: String,
+        /// Host vsock port that streams the image when it comes from two tarballs (0: none).
+        /// The stream is `[u64 LE metadata_len][metadata][u64 LE rootfs_len][rootfs]`;
+        /// `rootfs_path`/`metadata_path` then only name the files in messages.
+        #[serde(default)]
+        upload_port: u32,
     },
     StartContainer {
         name: String,
@@ -37,6 +42,8 @@ pub enum TremplinRequest {
     GetContainerInfo {
         name: String,
     },
+    /// Every container LXD has (those being created are left out), with its status.
+    ListContainers {},
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -53,6 +60,23 @@ pub enum TremplinReply {
         ipv4: String,
         status: ContainerStatus,
     },
+    /// SetUpUser's answer: the user that uid 1000 has now (an existing uid 1000 keeps its
+    /// name, so it may differ from the one asked for) and its home directory.
+    UserSetUp {
+        name: String,
+        username: String,
+        homedir: String,
+    },
+    Containers {
+        containers: Vec<ContainerEntry>,
+    },
+}
+
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerEntry {
+    pub name: String,
+    pub status: ContainerStatus,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
