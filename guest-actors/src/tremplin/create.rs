@@ -261,16 +261,16 @@ impl Tremplin {
         let mut last = None;
         self.lxd
             .wait_operation(&op, CREATE_TIMEOUT, |meta| {
-                if let Some(p) = operation_progress(meta) {
-                    if last != Some(p) {
-                        last = Some(p);
-                        self.events.send(TremplinEvent::UpdateCreateStatus {
-                            name: name.to_string(),
-                            status: ContainerStatus::Downloading,
-                            percent: p,
-                            failure_reason: String::new(),
-                        });
-                    }
+                if let Some(p) = operation_progress(meta)
+                    && last != Some(p)
+                {
+                    last = Some(p);
+                    self.events.send(TremplinEvent::UpdateCreateStatus {
+                        name: name.to_string(),
+                        status: ContainerStatus::Downloading,
+                        percent: p,
+                        failure_reason: String::new(),
+                    });
                 }
             })
             .await
@@ -360,10 +360,11 @@ impl Tremplin {
             .filter_map(Value::as_str)
         {
             let name = path.rsplit('/').next().unwrap_or(path);
-            if name.starts_with(validate::INPROGRESS_PREFIX) && !self.is_busy_tmp(name) {
-                if let Err(e) = self.delete_instance(name).await {
-                    eprintln!("tremplin: cannot delete the stale {name}: {e}");
-                }
+            if name.starts_with(validate::INPROGRESS_PREFIX)
+                && !self.is_busy_tmp(name)
+                && let Err(e) = self.delete_instance(name).await
+            {
+                eprintln!("tremplin: cannot delete the stale {name}: {e}");
             }
         }
         Ok(())

@@ -103,10 +103,10 @@ impl Drop for TunnelGuard {
         };
         if let Some(t) = open.get_mut(&self.key) {
             t.users -= 1;
-            if t.users == 0 {
-                if let Some(t) = open.remove(&self.key) {
-                    t.tasks.iter().for_each(JoinHandle::abort);
-                }
+            if t.users == 0
+                && let Some(t) = open.remove(&self.key)
+            {
+                t.tasks.iter().for_each(JoinHandle::abort);
             }
         }
     }
@@ -177,6 +177,8 @@ impl LoopbackTunnels {
 async fn run_tunnel(listener: TcpListener, dialer: HostDialer, authority: String) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let dialer = dialer.clone();

@@ -133,10 +133,10 @@ pub fn plan(
     for (name, gid) in wanted {
         if !has_name(&group_lines, name) {
             group_lines.push(format!("{name}:x:{gid}:"));
-            if let Some(gs) = gshadow_lines.as_mut() {
-                if !has_name(gs, name) {
-                    gs.push(format!("{name}:!::"));
-                }
+            if let Some(gs) = gshadow_lines.as_mut()
+                && !has_name(gs, name)
+            {
+                gs.push(format!("{name}:!::"));
             }
         }
     }
