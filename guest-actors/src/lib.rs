@@ -1,5 +1,6 @@
 //! Guest agents: maitred, vshd, tremplin, garcon and test payloads. Built as static binaries.
 pub mod cmdline;
+pub mod envelope_service;
 pub mod kmod;
 pub mod maitred;
 pub mod pid1;

@@ -37,6 +37,12 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes an executable script.
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -54,16 +60,10 @@ fn build_image(dir: &Path, variant: &str) -> (PathBuf, PathBuf) {
     for c in ["sh", "cat", "id", "sleep", "ls", "echo"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
     }
-    std::fs::write(
-        root.join("sbin/init"),
+    write_script(
+        &root.join("sbin/init"),
         "#!/bin/sh\nexec /bin/sleep 1000000\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        root.join("sbin/init"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    );
     std::fs::write(root.join("etc/variant"), variant).unwrap();
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(
@@ -106,11 +106,23 @@ fn build_simplestreams(tree: &Path, meta: &Path, rootfs: &Path) {
                 "root.tar.xz": {"ftype": "root.tar.xz", "path": "images/root.tar.xz",
                     "sha256": hex(&Sha256::digest(&r)), "size": r.len()}
             }}}
+        },
+        // The same files under another fingerprint with a wrong sha256: a corrupt image.
+        "corrupt:test:amd64:default": {
+            "aliases": "corrupt", "arch": "amd64", "os": "busybox",
+            "release": "test", "release_title": "test", "variant": "default",
+            "versions": {"20260101_0000": {"items": {
+                "lxd.tar.xz": {"ftype": "lxd.tar.xz", "path": "images/lxd.tar.xz",
+                    "sha256": hex(&Sha256::digest(&m)), "size": m.len(),
+                    "combined_rootxz_sha256": "ab".repeat(32), "combined_sha256": "ab".repeat(32)},
+                "root.tar.xz": {"ftype": "root.tar.xz", "path": "images/root.tar.xz",
+                    "sha256": "00".repeat(32), "size": r.len()}
+            }}}
         }}
     });
     let index = serde_json::json!({"format": "index:1.0", "index": {"images": {
         "datatype": "image-downloads", "path": "streams/v1/images.json",
-        "format": "products:1.0", "products": [product]}}});
+        "format": "products:1.0", "products": [product, "corrupt:test:amd64:default"]}}});
     std::fs::write(tree.join("streams/v1/images.json"), images.to_string()).unwrap();
     std::fs::write(tree.join("streams/v1/index.json"), index.to_string()).unwrap();
 }
@@ -171,8 +183,8 @@ async fn event_sink(listener: UnixListener, tx: mpsc::UnboundedSender<TremplinEv
     }
 }
 
-/// The host's upload port: one tarball stream per connection.
-async fn uploads(listener: UnixListener, meta: Vec<u8>, rootfs: Vec<u8>) {
+/// The host's upload port: one tarball stream per connection, cut after `cut` bytes if given.
+async fn uploads(listener: UnixListener, meta: Vec<u8>, rootfs: Vec<u8>, cut: Option<usize>) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             return;
@@ -184,6 +196,7 @@ async fn uploads(listener: UnixListener, meta: Vec<u8>, rootfs: Vec<u8>) {
             out.extend(&meta);
             out.extend((rootfs.len() as u64).to_le_bytes());
             out.extend(&rootfs);
+            out.truncate(cut.unwrap_or(out.len()));
             let _ = s.write_all(&out).await;
         });
     }
@@ -384,16 +397,10 @@ async fn tremplin_drives_real_lxd() {
     std::fs::create_dir_all(dir.join("st")).unwrap();
     std::fs::create_dir_all(dir.join("tools/bin")).unwrap();
     // A stand-in garcon in the tools image: proves tremplin ran it through LXD's exec API.
-    std::fs::write(
-        dir.join("tools/bin/garcon"),
+    write_script(
+        &dir.join("tools/bin/garcon"),
         "#!/bin/sh\necho ran > /tmp/garcon-ran\nexec sleep 1000000\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        dir.join("tools/bin/garcon"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    );
     sh(&format!(
         "truncate -s 3G {d}/stateful.img && mkfs.btrfs -q {d}/stateful.img"
     ));
@@ -448,6 +455,13 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_foreve
         UnixListener::bind(host.join(format!("vsock.sock_{UPLOAD_PORT}"))).unwrap(),
         std::fs::read(&meta).unwrap(),
         std::fs::read(&rootfs).unwrap(),
+        None,
+    ));
+    tokio::spawn(uploads(
+        UnixListener::bind(host.join(format!("vsock.sock_{}", UPLOAD_PORT + 1))).unwrap(),
+        std::fs::read(&meta).unwrap(),
+        std::fs::read(&rootfs).unwrap(),
+        Some(50_000),
     ));
 
     let tremplin = env!("CARGO_BIN_EXE_tremplin");
@@ -566,11 +580,31 @@ exec {tremplin} {args}"
     assert_eq!(status, ContainerStatus::Failed);
     assert!(!why.is_empty());
     eprintln!("missing alias: {why}");
+    // A corrupt image, a server the host proxy refuses, a cut-off tarball stream: the same.
+    c.call(create("c4", &server, "corrupt", 0)).await.unwrap();
+    let (status, why, _) = create_result(&mut events, "c4").await;
+    assert_eq!(status, ContainerStatus::Failed);
+    eprintln!("corrupt image: {why}");
+    let refused = format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1024));
+    c.call(create("c5", &refused, "busybox", 0)).await.unwrap();
+    let (status, why, _) = create_result(&mut events, "c5").await;
+    assert_eq!(status, ContainerStatus::Failed);
+    assert!(why.contains("image proxy") && why.contains("403"), "{why}");
+    eprintln!("refused server: {why}");
+    c.call(create("c6", "", "", UPLOAD_PORT + 1)).await.unwrap();
+    let (status, why, _) = create_result(&mut events, "c6").await;
+    assert_eq!(status, ContainerStatus::Failed);
+    assert!(why.contains("ended early"), "{why}");
+    eprintln!("cut-off upload: {why}");
     let list = sandbox.run("lxc list --format csv -c n");
-    assert!(
-        !list.contains("inprogress") && !list.contains("c3"),
+    assert_eq!(
+        list.split_whitespace().collect::<Vec<_>>(),
+        ["c1", "c2"],
         "{list}"
     );
+    // Only c2's cached image from the server: nothing from the failed imports.
+    let images = sandbox.run("lxc image list --format csv -c f");
+    assert_eq!(images.lines().count(), 1, "{images}");
 
     // User, start, garcon, token.
     let r = c

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
 use cros_messages::maitred::{MaitredEvent, MaitredRequest};
-use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
+use cros_messages::{Addr, Body, Envelope, FrameError};
 
 use super::handlers::{Maitred, Outcome};
+use crate::envelope_service::{Answering, Incoming, not_handled};
 use crate::vshd::listener::Listener;
 
 /// Serves one host connection until it closes. Returns true when the host asked for shutdown.
@@ -37,38 +38,24 @@ pub fn serve_requests<S: Read + Write>(
     shutdown_requested: impl Fn() -> bool,
 ) -> Result<bool, FrameError> {
     handshake(&mut stream, me)?;
-    let mut next_id = 1u64;
+    let mut answering = Answering::new(me.clone());
     loop {
-        let env: Envelope = match read_message(&mut stream, MAX_CONTROL_FRAME) {
-            Ok(env) => env,
-            Err(FrameError::Closed) => return Ok(false),
-            Err(FrameError::Decode(e)) => {
-                // The stream is still in sync (the frame was whole): answer and go on.
-                let err = Envelope::new(
-                    next_id,
-                    0,
-                    me.clone(),
-                    Addr::host("unknown"),
-                    Body::Error(CrosError::invalid(format!("malformed envelope: {e}"))),
-                );
-                next_id += 1;
+        let env = match answering.incoming(read_message(&mut stream, MAX_CONTROL_FRAME))? {
+            None => return Ok(false),
+            Some(Incoming::Malformed(err)) => {
                 write_message(&mut stream, &err, MAX_CONTROL_FRAME)?;
                 continue;
             }
-            Err(e) => return Err(e),
+            Some(Incoming::Request(env)) => env,
         };
         let body = match env.body.clone() {
             Body::Maitred(req) => match handle(req) {
                 Ok(reply) => Body::MaitredReply(reply),
                 Err(e) => Body::Error(e),
             },
-            other => Body::Error(CrosError::invalid(format!(
-                "maitred does not handle {}",
-                other.type_name()
-            ))),
+            other => not_handled("maitred", &other),
         };
-        let reply = env.reply(next_id, body);
-        next_id += 1;
+        let reply = answering.reply(&env, body);
         write_message(&mut stream, &reply, MAX_CONTROL_FRAME)?;
         stream.flush()?;
         if shutdown_requested() {

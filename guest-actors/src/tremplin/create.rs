@@ -243,7 +243,7 @@ impl Tremplin {
         alias: &str,
     ) -> Result<(), String> {
         let (host, port) = server_host_port(url).map_err(|e| e.to_string())?;
-        let _tunnel: Option<TunnelGuard> = match loopback_addrs(&host) {
+        let tunnel: Option<TunnelGuard> = match loopback_addrs(&host) {
             Some(addrs) => Some(
                 self.tunnels
                     .acquire(&host, port, &addrs)
@@ -275,7 +275,13 @@ impl Tremplin {
             })
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                // LXD saw a reset; the tunnel knows the host proxy refused, and why.
+                match tunnel.as_ref().and_then(TunnelGuard::last_error) {
+                    Some(why) => format!("{host}:{port} through crosd's image proxy: {why} ({e})"),
+                    None => e.to_string(),
+                }
+            })
     }
 
     async fn create_from_upload(&self, tmp: &str, port: u32) -> Result<(), String> {

@@ -78,9 +78,13 @@ pub enum TunnelError {
     ForwarderPort(u16),
 }
 
+/// Why the host proxy last refused a tunnelled connection (LXD only sees a reset).
+type LastError = Arc<Mutex<Option<String>>>;
+
 struct Tunnel {
     users: usize,
     tasks: Vec<JoinHandle<()>>,
+    last_error: LastError,
 }
 
 /// The loopback tunnels open now, shared by the creates that use the same server.
@@ -94,6 +98,14 @@ pub struct LoopbackTunnels {
 pub struct TunnelGuard {
     key: (String, u16),
     open: Arc<Mutex<HashMap<(String, u16), Tunnel>>>,
+    last_error: LastError,
+}
+
+impl TunnelGuard {
+    /// Why the host proxy refused a connection of this tunnel, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
 }
 
 impl Drop for TunnelGuard {
@@ -136,8 +148,10 @@ impl LoopbackTunnels {
             return Ok(TunnelGuard {
                 key,
                 open: self.open.clone(),
+                last_error: t.last_error.clone(),
             });
         }
+        let last_error = LastError::default();
         let mut tasks = Vec::new();
         let mut first_err = None;
         for ip in addrs {
@@ -145,7 +159,12 @@ impl LoopbackTunnels {
             match TcpListener::bind(addr).await {
                 Ok(l) => {
                     let authority = format!("{host}:{port}");
-                    tasks.push(tokio::spawn(run_tunnel(l, self.dialer.clone(), authority)));
+                    tasks.push(tokio::spawn(run_tunnel(
+                        l,
+                        self.dialer.clone(),
+                        authority,
+                        last_error.clone(),
+                    )));
                 }
                 Err(source) => {
                     first_err.get_or_insert(TunnelError::Listen { addr, source });
@@ -157,24 +176,39 @@ impl LoopbackTunnels {
             return Err(first_err.unwrap_or(TunnelError::ForwarderPort(port)));
         }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        match open.get_mut(&key) {
+        let last_error = match open.get_mut(&key) {
             // Another create opened it meanwhile: use that one.
             Some(t) => {
                 t.users += 1;
                 tasks.iter().for_each(JoinHandle::abort);
+                t.last_error.clone()
             }
             None => {
-                open.insert(key.clone(), Tunnel { users: 1, tasks });
+                open.insert(
+                    key.clone(),
+                    Tunnel {
+                        users: 1,
+                        tasks,
+                        last_error: last_error.clone(),
+                    },
+                );
+                last_error
             }
-        }
+        };
         Ok(TunnelGuard {
             key,
             open: self.open.clone(),
+            last_error,
         })
     }
 }
 
-async fn run_tunnel(listener: TcpListener, dialer: HostDialer, authority: String) {
+async fn run_tunnel(
+    listener: TcpListener,
+    dialer: HostDialer,
+    authority: String,
+    last_error: LastError,
+) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             // Out of descriptors, most likely: do not spin.
@@ -183,9 +217,13 @@ async fn run_tunnel(listener: TcpListener, dialer: HostDialer, authority: String
         };
         let dialer = dialer.clone();
         let authority = authority.clone();
+        let last_error = last_error.clone();
         tokio::spawn(async move {
             if let Err(e) = tunnel_one(client, &dialer, &authority).await {
                 eprintln!("tremplin: tunnel to {authority} through the host proxy: {e}");
+                if let Ok(mut last) = last_error.lock() {
+                    *last = Some(e);
+                }
             }
         });
     }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use cros_messages::framing::MAX_CONTROL_FRAME;
 use cros_messages::framing::tokio_io::{handshake, read_message, write_message};
-use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
+use cros_messages::{Addr, Body, FrameError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::Tremplin;
 use super::host::BoxStream;
+use crate::envelope_service::{Answering, Incoming, not_handled};
 
 /// Where requests come in.
 pub enum RequestListener {
@@ -41,38 +42,25 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     tremplin: &Arc<Tremplin>,
 ) -> Result<(), FrameError> {
     handshake(&mut stream, me).await?;
-    let mut next_id = 1u64;
+    let mut answering = Answering::new(me.clone());
     loop {
-        let env: Envelope = match read_message(&mut stream, MAX_CONTROL_FRAME).await {
-            Ok(env) => env,
-            Err(FrameError::Closed) => return Ok(()),
-            Err(FrameError::Decode(e)) => {
-                // The frame was whole, so the stream is still in step: answer and go on.
-                let err = Envelope::new(
-                    next_id,
-                    0,
-                    me.clone(),
-                    Addr::host("unknown"),
-                    Body::Error(CrosError::invalid(format!("malformed envelope: {e}"))),
-                );
-                next_id += 1;
+        let read = read_message(&mut stream, MAX_CONTROL_FRAME).await;
+        let env = match answering.incoming(read)? {
+            None => return Ok(()),
+            Some(Incoming::Malformed(err)) => {
                 write_message(&mut stream, &err, MAX_CONTROL_FRAME).await?;
                 continue;
             }
-            Err(e) => return Err(e),
+            Some(Incoming::Request(env)) => env,
         };
         let body = match env.body.clone() {
             Body::Tremplin(req) => match tremplin.handle(req).await {
                 Ok(reply) => Body::TremplinReply(reply),
                 Err(e) => Body::Error(e),
             },
-            other => Body::Error(CrosError::invalid(format!(
-                "tremplin does not handle {}",
-                other.type_name()
-            ))),
+            other => not_handled("tremplin", &other),
         };
-        let reply = env.reply(next_id, body);
-        next_id += 1;
+        let reply = answering.reply(&env, body);
         write_message(&mut stream, &reply, MAX_CONTROL_FRAME).await?;
         stream.flush().await?;
     }
