@@ -17,6 +17,11 @@ pub enum TremplinRequest {
         rootfs_path: String,
         #[serde(default)]
         metadata_path: String,
+        /// Non-zero: the image comes as a stream on this host port instead (rootfs + metadata
+        /// tarballs the user named on the host): `[u64 LE metadata length][metadata][u64 LE
+        /// rootfs length][rootfs]`.
+        #[serde(default)]
+        upload_port: u32,
     },
     StartContainer {
         name: String,
@@ -37,6 +42,15 @@ pub enum TremplinRequest {
     GetContainerInfo {
         name: String,
     },
+    ListContainers {},
+}
+
+/// One container in [`TremplinReply::Containers`].
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub name: String,
+    pub status: ContainerStatus,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -52,6 +66,15 @@ pub enum TremplinReply {
         name: String,
         ipv4: String,
         status: ContainerStatus,
+    },
+    /// SetUpUser's answer: the user uid 1000 has (an existing one keeps its name).
+    UserSetUp {
+        name: String,
+        username: String,
+        homedir: String,
+    },
+    Containers {
+        containers: Vec<ContainerSummary>,
     },
 }
 
