@@ -69,6 +69,10 @@ pub enum CiceroneRequest {
         vm: String,
         container: String,
     },
+    /// Every container of the VM, running or not.
+    ListContainers {
+        vm: String,
+    },
     /// Asks garcon in the container to start vshd that dials the host on `port`. With port 0
     /// crosd picks the port itself, accepts vshd's connection and relays it to the socket the
     /// client passed with the request, so a user reaches a container shell without access to
@@ -137,6 +141,17 @@ pub enum CiceroneReply {
         username: String,
         homedir: String,
     },
+    Containers {
+        containers: Vec<ContainerSummary>,
+    },
+}
+
+/// One container in a list.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub name: String,
+    pub status: ContainerStatus,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

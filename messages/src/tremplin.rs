@@ -1,5 +1,6 @@
 //! tremplin: containers inside the VM (vsock 8890; reports to host 7778).
 
+pub use crate::cicerone::ContainerSummary;
 use crate::cicerone::{ContainerStatus, PrivilegeLevel};
 use serde::{Deserialize, Serialize};
 
@@ -43,14 +44,6 @@ pub enum TremplinRequest {
         name: String,
     },
     ListContainers {},
-}
-
-/// One container in [`TremplinReply::Containers`].
-#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerSummary {
-    pub name: String,
-    pub status: ContainerStatus,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

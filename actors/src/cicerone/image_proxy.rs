@@ -173,10 +173,16 @@ async fn tunnel(req: Request<Incoming>, allowed: &AllowedServers) -> Response<Pr
     else {
         return text(
             StatusCode::BAD_REQUEST,
-            format!("crosd image proxy: CONNECT needs host:port, not {}", req.uri()),
+            format!(
+                "crosd image proxy: CONNECT needs host:port, not {}",
+                req.uri()
+            ),
         );
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if !allowed.permits(&host, port) {
         return refused(&host, port);
     }
@@ -212,7 +218,10 @@ async fn forward(mut req: Request<Incoming>, allowed: &AllowedServers) -> Respon
             format!("crosd image proxy: only http://host/path requests and CONNECT, not {uri}"),
         );
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     if !allowed.permits(&host, port) {
         return refused(&host, port);
@@ -242,7 +251,12 @@ async fn forward(mut req: Request<Incoming>, allowed: &AllowedServers) -> Respon
         .unwrap_or_else(|| "/".into());
     *req.uri_mut() = match origin.parse() {
         Ok(u) => u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "crosd image proxy: bad path".into()),
+        Err(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "crosd image proxy: bad path".into(),
+            );
+        }
     };
     req.headers_mut().remove("proxy-connection");
     req.headers_mut().remove("proxy-authorization");

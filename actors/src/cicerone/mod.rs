@@ -112,9 +112,13 @@ impl Cicerone {
                 if let Some(c) = entry.containers.get_mut(&name)
                     && c.garcon.take().is_some()
                 {
-                    self.bus.unregister(&Addr::in_container("garcon", &vm, &name));
+                    self.bus
+                        .unregister(&Addr::in_container("garcon", &vm, &name));
                 }
-                self.publish(CiceroneEvent::ContainerShutdown { vm, container: name });
+                self.publish(CiceroneEvent::ContainerShutdown {
+                    vm,
+                    container: name,
+                });
             }
         }
     }
@@ -123,7 +127,8 @@ impl Cicerone {
         if let Some(entry) = self.vms.remove(vm) {
             for (name, c) in entry.containers {
                 if c.garcon.is_some() {
-                    self.bus.unregister(&Addr::in_container("garcon", vm, &name));
+                    self.bus
+                        .unregister(&Addr::in_container("garcon", vm, &name));
                 }
             }
         }

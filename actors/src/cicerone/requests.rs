@@ -102,7 +102,9 @@ async fn check_reachable(url: &str, host: &str, port: u16) -> Result<(), CrosErr
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable(format!("no answer within {SERVER_CHECK_TIMEOUT:?}"))),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {SERVER_CHECK_TIMEOUT:?}"
+        ))),
     }
 }
 
@@ -163,9 +165,7 @@ async fn serve_upload(
         let len = f.metadata().map_err(io)?.len();
         s.write_all(&len.to_le_bytes()).await.map_err(io)?;
         let mut f = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(f), len);
-        let sent = tokio::io::copy(&mut f, &mut s)
-            .await
-            .map_err(io)?;
+        let sent = tokio::io::copy(&mut f, &mut s).await.map_err(io)?;
         if sent != len {
             return Err(CrosError::unavailable(format!(
                 "{what}: the file shrank while it was sent"
@@ -246,7 +246,9 @@ impl Cicerone {
     fn managed(&self, from: &Addr, req: &CiceroneRequest) -> Result<(), CrosError> {
         use CiceroneRequest as R;
         let (vm, container) = match req {
-            R::StartLxd { vm } | R::ListRunningContainers { vm } => (vm, None),
+            R::StartLxd { vm } | R::ListRunningContainers { vm } | R::ListContainers { vm } => {
+                (vm, None)
+            }
             R::CreateLxdContainer { vm, container, .. }
             | R::SetUpLxdContainerUser { vm, container, .. }
             | R::StartLxdContainer { vm, container, .. }
@@ -345,8 +347,11 @@ impl Cicerone {
             )));
         }
         let addr = Addr::in_container("garcon", vm, &name);
-        let bridge =
-            actix::Actor::start(GuestActorBridge::new(addr.clone(), entry.vsock_socket.clone(), garcon_port));
+        let bridge = actix::Actor::start(GuestActorBridge::new(
+            addr.clone(),
+            entry.vsock_socket.clone(),
+            garcon_port,
+        ));
         self.bus.register(addr, bridge.clone().recipient());
         let container = entry.containers.get_mut(&name).ok_or_else(|| {
             CrosError::internal(format!("container {name} vanished from the table"))
@@ -388,6 +393,11 @@ impl Cicerone {
     ) -> Reply {
         use CiceroneRequest as R;
         let bus = self.bus.clone();
+        let req_kind = if matches!(req, R::ListRunningContainers { .. }) {
+            Listing::Running
+        } else {
+            Listing::All
+        };
         match req {
             R::StartLxd { vm } => {
                 let Some(entry) = self.vms.get(&vm) else {
@@ -404,8 +414,9 @@ impl Cicerone {
                                  start_termina?"
                             )));
                         }
-                        let r = ask_tremplin(bus, vm.clone(), TremplinRequest::StartLxd {}, deadline)
-                            .await?;
+                        let r =
+                            ask_tremplin(bus, vm.clone(), TremplinRequest::StartLxd {}, deadline)
+                                .await?;
                         status_reply(&vm, r).map(|_| CiceroneReply::Ack {})
                     }
                     .into_actor(self)
@@ -442,26 +453,28 @@ impl Cicerone {
                     name: container.clone(),
                     username,
                 };
-                Box::pin(ask_tremplin(bus, vm.clone(), req, deadline).into_actor(self).map(
-                    move |r, act, _| {
-                        reply(r.and_then(|r| match r {
-                            TremplinReply::UserSetUp {
-                                username, homedir, ..
-                            } => {
-                                if let Some(c) = act.container_entry(&vm, &container) {
-                                    c.username = username.clone();
-                                    c.homedir = homedir.clone();
+                Box::pin(
+                    ask_tremplin(bus, vm.clone(), req, deadline)
+                        .into_actor(self)
+                        .map(move |r, act, _| {
+                            reply(r.and_then(|r| match r {
+                                TremplinReply::UserSetUp {
+                                    username, homedir, ..
+                                } => {
+                                    if let Some(c) = act.container_entry(&vm, &container) {
+                                        c.username = username.clone();
+                                        c.homedir = homedir.clone();
+                                    }
+                                    Ok(CiceroneReply::UserSetUp {
+                                        container,
+                                        username,
+                                        homedir,
+                                    })
                                 }
-                                Ok(CiceroneReply::UserSetUp {
-                                    container,
-                                    username,
-                                    homedir,
-                                })
-                            }
-                            other => status_reply(&vm, other),
-                        }))
-                    },
-                ))
+                                other => status_reply(&vm, other),
+                            }))
+                        }),
+                )
             }
             R::StartLxdContainer {
                 vm,
@@ -480,50 +493,67 @@ impl Cicerone {
                 let req = TremplinRequest::DeleteContainer {
                     name: container.clone(),
                 };
-                Box::pin(ask_tremplin(bus, vm.clone(), req, deadline).into_actor(self).map(
-                    move |r, act, _| {
-                        let r = r.and_then(|r| status_reply(&vm, r));
-                        if r.is_ok() {
-                            act.container_deleted(&vm, &container);
-                        }
-                        reply(r)
-                    },
-                ))
+                Box::pin(
+                    ask_tremplin(bus, vm.clone(), req, deadline)
+                        .into_actor(self)
+                        .map(move |r, act, _| {
+                            let r = r.and_then(|r| status_reply(&vm, r));
+                            if r.is_ok() {
+                                act.container_deleted(&vm, &container);
+                            }
+                            reply(r)
+                        }),
+                )
             }
-            R::ListRunningContainers { vm } => Box::pin(
-                ask_tremplin(bus, vm.clone(), TremplinRequest::ListContainers {}, deadline)
+            R::ListRunningContainers { vm } | R::ListContainers { vm } => {
+                let running_only = matches!(req_kind, Listing::Running);
+                Box::pin(
+                    ask_tremplin(
+                        bus,
+                        vm.clone(),
+                        TremplinRequest::ListContainers {},
+                        deadline,
+                    )
                     .into_actor(self)
                     .map(move |r, _, _| {
-                        reply(r.and_then(|r| match r {
-                            TremplinReply::Containers { containers } => {
-                                Ok(CiceroneReply::RunningContainers {
-                                    containers: containers
-                                        .into_iter()
-                                        .filter(|c| c.status == ContainerStatus::Running)
-                                        .map(|c| c.name)
-                                        .collect(),
-                                })
+                        reply(r.and_then(|r| {
+                            match r {
+                                TremplinReply::Containers { containers } if running_only => {
+                                    Ok(CiceroneReply::RunningContainers {
+                                        containers: containers
+                                            .into_iter()
+                                            .filter(|c| c.status == ContainerStatus::Running)
+                                            .map(|c| c.name)
+                                            .collect(),
+                                    })
+                                }
+                                TremplinReply::Containers { containers } => {
+                                    Ok(CiceroneReply::Containers { containers })
+                                }
+                                other => status_reply(&vm, other),
                             }
-                            other => status_reply(&vm, other),
                         }))
                     }),
-            ),
+                )
+            }
             R::GetContainerInfo { vm, container } => {
                 let req = TremplinRequest::GetContainerInfo { name: container };
-                Box::pin(ask_tremplin(bus, vm.clone(), req, deadline).into_actor(self).map(
-                    move |r, _, _| {
-                        reply(r.and_then(|r| match r {
-                            TremplinReply::ContainerInfo { name, ipv4, status } => {
-                                Ok(CiceroneReply::ContainerInfo {
-                                    container: name,
-                                    status,
-                                    ipv4,
-                                })
-                            }
-                            other => status_reply(&vm, other),
-                        }))
-                    },
-                ))
+                Box::pin(
+                    ask_tremplin(bus, vm.clone(), req, deadline)
+                        .into_actor(self)
+                        .map(move |r, _, _| {
+                            reply(r.and_then(|r| match r {
+                                TremplinReply::ContainerInfo { name, ipv4, status } => {
+                                    Ok(CiceroneReply::ContainerInfo {
+                                        container: name,
+                                        status,
+                                        ipv4,
+                                    })
+                                }
+                                other => status_reply(&vm, other),
+                            }))
+                        }),
+                )
             }
             R::LaunchVshd {
                 vm,
@@ -548,10 +578,12 @@ impl Cicerone {
         {
             self.bus.unregister(&Addr::in_container("garcon", vm, name));
         }
-        self.publish(cros_messages::cicerone::CiceroneEvent::LxdContainerDeleted {
-            vm: vm.to_string(),
-            container: name.to_string(),
-        });
+        self.publish(
+            cros_messages::cicerone::CiceroneEvent::LxdContainerDeleted {
+                vm: vm.to_string(),
+                container: name.to_string(),
+            },
+        );
     }
 
     #[allow(clippy::too_many_arguments)] // One request's fields, passed on as they came.
@@ -572,11 +604,11 @@ impl Cicerone {
         };
         let bus = self.bus.clone();
         if !rootfs_path.is_empty() || !metadata_path.is_empty() {
-            let (rootfs, metadata) =
-                match upload_files(files, &rootfs_path, &metadata_path, &from) {
-                    Ok(f) => f,
-                    Err(e) => return ready(Body::Error(e)),
-                };
+            let (rootfs, metadata) = match upload_files(files, &rootfs_path, &metadata_path, &from)
+            {
+                Ok(f) => f,
+                Err(e) => return ready(Body::Error(e)),
+            };
             let port = match HostPort::listen(&entry.vsock_socket) {
                 Ok(p) => p,
                 Err(e) => return ready(Body::Error(e)),
@@ -746,6 +778,12 @@ impl Cicerone {
             .map(|r, _, _| reply(r)),
         )
     }
+}
+
+/// Which containers a list request wants.
+enum Listing {
+    Running,
+    All,
 }
 
 /// Only concierge tells cicerone about VMs.

@@ -61,8 +61,13 @@ fn bus_with_cicerone_actor(uid: u32) -> (BusHandle, Addr, actix::Addr<Cicerone>)
 }
 
 async fn ask(bus: &BusHandle, from: &Addr, body: Body) -> Result<Body, CrosError> {
-    bus.request_with_deadline(from, &Cicerone::me(), body, std::time::Duration::from_secs(5))
-        .await
+    bus.request_with_deadline(
+        from,
+        &Cicerone::me(),
+        body,
+        std::time::Duration::from_secs(5),
+    )
+    .await
 }
 
 fn list(vm: &str) -> Body {
@@ -72,13 +77,17 @@ fn list(vm: &str) -> Body {
 #[actix::test]
 async fn only_concierge_fills_the_vm_table_and_a_late_stop_of_an_old_run_is_ignored() {
     let (bus, client) = bus_with_cicerone(0);
-    let err = ask(&bus, &client, started("termina", "t1", 0)).await.unwrap_err();
+    let err = ask(&bus, &client, started("termina", "t1", 0))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::PermissionDenied);
     assert!(err.message.contains("client-7"), "{err}");
     let err = ask(&bus, &client, list("termina")).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
 
-    ask(&bus, &concierge(), started("termina", "t2", 0)).await.unwrap();
+    ask(&bus, &concierge(), started("termina", "t2", 0))
+        .await
+        .unwrap();
     let stop = |token: &str| {
         Body::Cicerone(CiceroneRequest::NotifyVmStopped {
             vm: "termina".into(),
@@ -108,10 +117,18 @@ async fn only_concierge_fills_the_vm_table_and_a_late_stop_of_an_old_run_is_igno
 #[actix::test]
 async fn a_user_reaches_only_the_containers_of_its_own_vms() {
     let (bus, client) = bus_with_cicerone(4321);
-    ask(&bus, &concierge(), started("rootvm", "t", 0)).await.unwrap();
-    ask(&bus, &concierge(), started("uservm", "u", 4321)).await.unwrap();
+    ask(&bus, &concierge(), started("rootvm", "t", 0))
+        .await
+        .unwrap();
+    ask(&bus, &concierge(), started("uservm", "u", 4321))
+        .await
+        .unwrap();
     let err = ask(&bus, &client, list("rootvm")).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::NotFound, "as if it did not exist: {err}");
+    assert_eq!(
+        err.kind,
+        ErrorKind::NotFound,
+        "as if it did not exist: {err}"
+    );
     // Its own VM gets through to tremplin (which does not run here).
     let err = ask(&bus, &client, list("uservm")).await.unwrap_err();
     assert!(err.message.contains("tremplin@uservm"), "{err}");
@@ -124,7 +141,9 @@ async fn a_user_reaches_only_the_containers_of_its_own_vms() {
 #[actix::test]
 async fn bad_names_and_user_names_are_refused_before_anything_is_asked() {
     let (bus, client) = bus_with_cicerone(0);
-    ask(&bus, &concierge(), started("termina", "t", 0)).await.unwrap();
+    ask(&bus, &concierge(), started("termina", "t", 0))
+        .await
+        .unwrap();
     let err = ask(
         &bus,
         &client,
@@ -156,7 +175,9 @@ async fn bad_names_and_user_names_are_refused_before_anything_is_asked() {
 #[actix::test]
 async fn an_unreachable_image_server_is_one_clear_error() {
     let (bus, client) = bus_with_cicerone(0);
-    ask(&bus, &concierge(), started("termina", "t", 0)).await.unwrap();
+    ask(&bus, &concierge(), started("termina", "t", 0))
+        .await
+        .unwrap();
     // A loopback port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
@@ -177,8 +198,9 @@ async fn an_unreachable_image_server_is_one_clear_error() {
     .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unavailable, "{err}");
     assert!(
-        err.message
-            .contains(&format!("image server http://127.0.0.1:{port} is unreachable")),
+        err.message.contains(&format!(
+            "image server http://127.0.0.1:{port} is unreachable"
+        )),
         "{err}"
     );
     assert!(!err.message.contains('\n'), "one line: {err}");
@@ -187,8 +209,12 @@ async fn an_unreachable_image_server_is_one_clear_error() {
 #[actix::test]
 async fn container_ready_needs_the_token_of_a_container_of_that_vm() {
     let (bus, client, cicerone) = bus_with_cicerone_actor(0);
-    ask(&bus, &concierge(), started("termina", "t", 0)).await.unwrap();
-    ask(&bus, &concierge(), started("other", "o", 0)).await.unwrap();
+    ask(&bus, &concierge(), started("termina", "t", 0))
+        .await
+        .unwrap();
+    ask(&bus, &concierge(), started("other", "o", 0))
+        .await
+        .unwrap();
     // StartLxdContainer records the container's token before it asks tremplin (which is not
     // there: the request fails, the token stays).
     let start = Body::Cicerone(CiceroneRequest::StartLxdContainer {
@@ -223,10 +249,15 @@ async fn container_ready_needs_the_token_of_a_container_of_that_vm() {
     let garcon = Addr::in_container("garcon", "termina", "penguin");
     assert!(!bus.is_registered(&garcon));
     let garcon_vm = Addr::in_vm("garcon", "termina");
-    let err = ask(&bus, &garcon_vm, ready_on(&token, 80)).await.unwrap_err();
+    let err = ask(&bus, &garcon_vm, ready_on(&token, 80))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
     ask(&bus, &garcon_vm, ready(&token)).await.unwrap();
-    assert!(bus.is_registered(&garcon), "garcon@termina/penguin is on the bus");
+    assert!(
+        bus.is_registered(&garcon),
+        "garcon@termina/penguin is on the bus"
+    );
     // The VM stops: its containers' garcons go with it.
     ask(
         &bus,

@@ -104,13 +104,17 @@ fn report(token: &str, port: u32) -> String {
     let cicerone = Addr::host("cicerone");
     let mut delay = Duration::from_millis(200);
     loop {
-        let link = vsock::VsockStream::connect_with_cid_port(ports::HOST_CID, ports::CICERONE_CONTAINER)
-            .map_err(|e| e.to_string())
-            .and_then(|s| HostLink::open(s, Addr::host("garcon")).map_err(|e| e.to_string()));
+        let link =
+            vsock::VsockStream::connect_with_cid_port(ports::HOST_CID, ports::CICERONE_CONTAINER)
+                .map_err(|e| e.to_string())
+                .and_then(|s| HostLink::open(s, Addr::host("garcon")).map_err(|e| e.to_string()));
         let mut link = match link {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("garcon: cannot reach cicerone on host port {}: {e}", ports::CICERONE_CONTAINER);
+                eprintln!(
+                    "garcon: cannot reach cicerone on host port {}: {e}",
+                    ports::CICERONE_CONTAINER
+                );
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(5));
                 continue;

@@ -67,12 +67,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = dir.path().join("token");
         std::fs::write(&t, "0c6e1d2a-4a7e-4f43-9d0b-8f0a0c6f2b11\n").unwrap();
-        assert_eq!(read_token(&t).unwrap(), "0c6e1d2a-4a7e-4f43-9d0b-8f0a0c6f2b11");
+        assert_eq!(
+            read_token(&t).unwrap(),
+            "0c6e1d2a-4a7e-4f43-9d0b-8f0a0c6f2b11"
+        );
         std::fs::write(&t, "\n").unwrap();
         assert!(read_token(&t).unwrap_err().contains("holds no token"));
         assert!(read_token(&dir.path().join("none")).is_err());
         let p = dir.path().join("passwd");
-        std::fs::write(&p, "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/bash\n").unwrap();
+        std::fs::write(
+            &p,
+            "root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+        )
+        .unwrap();
         assert_eq!(container_user(&p).as_deref(), Some("alice"));
         std::fs::write(&p, "root:x:0:0::/root:/bin/sh\n").unwrap();
         assert_eq!(container_user(&p), None);

@@ -11,11 +11,9 @@ use super::GarconConfig;
 pub fn handle(config: &GarconConfig, garcon_port: u32, body: Body) -> Body {
     let result = match body {
         Body::Garcon(GarconRequest::LaunchVshd { port }) => launch_vshd(config, port),
-        Body::Garcon(GarconRequest::GetDebugInformation {}) => {
-            Ok(GarconReply::DebugInformation {
-                text: debug_information(garcon_port),
-            })
-        }
+        Body::Garcon(GarconRequest::GetDebugInformation {}) => Ok(GarconReply::DebugInformation {
+            text: debug_information(garcon_port),
+        }),
         Body::Garcon(GarconRequest::LaunchApplication { desktop_file_id }) => {
             Err(CrosError::unsupported(format!(
                 "garcon cannot launch {desktop_file_id:?}: this host has no display integration"
