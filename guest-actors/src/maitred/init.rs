@@ -1,5 +1,6 @@
 //! Stage 2 mounts: the filesystems a termina VM has before any service starts (REFERENCE.md,
-//! "Maitred": /proc, /sys, /tmp, /mnt/external, /run, /dev/shm, /dev/pts, /var, /sys/fs/cgroup).
+//! "Maitred": /proc, /sys, /tmp, /mnt/external, /run, /dev/shm, /dev/pts, /var, /sys/fs/cgroup),
+//! tmpfs homes, and what Debian's userland and LXD expect of them on a read-only root.
 
 use nix::mount::{MsFlags, mount};
 
@@ -12,7 +13,7 @@ struct EarlyMount {
     data: Option<&'static str>,
 }
 
-fn early_mounts() -> [EarlyMount; 10] {
+fn early_mounts() -> [EarlyMount; 12] {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let m = |fstype, target, flags, data| EarlyMount {
         fstype,
@@ -57,6 +58,19 @@ fn early_mounts() -> [EarlyMount; 10] {
         ),
         m("tmpfs", "/mnt/external", nodev, Some("mode=0755")),
         m("cgroup2", "/sys/fs/cgroup", nodev, None),
+        // Home directories for this boot: `lxc` (and most tools) write ~/.config.
+        m(
+            "tmpfs",
+            "/root",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0700"),
+        ),
+        m(
+            "tmpfs",
+            "/home",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
     ]
 }
 
@@ -109,12 +123,26 @@ pub fn mount_early() -> Result<(), Pid1Error> {
 /// /var/tmp, and /run/resolv.conf, which the image's /etc/resolv.conf points at.
 fn populate_runtime_dirs() {
     use std::os::unix::fs::PermissionsExt;
-    for dir in ["/var/log", "/var/lib", "/var/cache", "/var/tmp", "/run/lock", "/run/crosd"] {
+    for dir in [
+        "/var/log",
+        "/var/lib",
+        "/var/cache",
+        "/var/tmp",
+        "/run/lock",
+        "/run/crosd",
+    ] {
         let _ = std::fs::create_dir_all(dir);
     }
     let _ = std::fs::set_permissions("/var/tmp", std::fs::Permissions::from_mode(0o1777));
     let _ = std::os::unix::fs::symlink("/run", "/var/run");
     let _ = std::os::unix::fs::symlink("/run/lock", "/var/lock");
+    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
+        for (home, uid, gid) in user_homes(&passwd) {
+            if std::fs::create_dir_all(&home).is_ok() {
+                let _ = std::os::unix::fs::chown(&home, Some(uid), Some(gid));
+            }
+        }
+    }
     // termina has no network of its own: nothing to resolve with. LXD reaches image servers
     // through crosd's proxy, which resolves names on the host.
     if !std::path::Path::new("/run/resolv.conf").exists() {
@@ -157,4 +185,34 @@ pub fn loopback_up() -> std::io::Result<()> {
 /// Sets the hostname to the VM's name.
 pub fn set_hostname(name: &str) {
     let _ = nix::unistd::sethostname(name);
+}
+
+/// The home directories under /home of the users in `passwd` (uid, gid) that the tmpfs /home
+/// must hold.
+fn user_homes(passwd: &str) -> Vec<(std::path::PathBuf, u32, u32)> {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let (uid, gid, home) = (f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?, f.get(5)?);
+            let home = std::path::Path::new(home);
+            let under_home = home.parent() == Some(std::path::Path::new("/home"))
+                && home.file_name().is_some_and(|n| n != "..");
+            under_home.then(|| (home.to_path_buf(), uid, gid))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn homes_come_from_passwd_and_stay_under_home() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\nchronos:x:1000:1000:chronos:/home/chronos:/bin/bash\nodd:x:5:5::/home/../etc:/bin/sh\nbad:x:notanumber:1::/home/bad:/bin/sh\n";
+        assert_eq!(
+            user_homes(passwd),
+            [(std::path::PathBuf::from("/home/chronos"), 1000, 1000)]
+        );
+    }
 }

@@ -16,16 +16,18 @@ pub const TERMINA_EARLY_MODULES: &str =
     "crc32c_generic virtio_mmio virtio_blk vmw_vsock_virtio_transport ext4";
 /// Modules maitred loads from the root image after VmReady, while the host sets up: btrfs for
 /// the stateful disk (its raid6 self-benchmark alone costs half a second under TCG), 9P and
-/// overlayfs, and the ACPI power button (`button`) with `evdev`, through which maitred sees a
-/// press. The crypto modules are soft dependencies of btrfs.
+/// overlayfs, the ACPI power button (`button`) with `evdev`, through which maitred sees a
+/// press, and fuse and tun, whose /dev nodes LXD's default profile passes to every container:
+/// with no udev to make the nodes ahead, opening them cannot load the modules on demand. The
+/// crypto modules are soft dependencies of btrfs.
 pub const TERMINA_LATE_MODULES: &str =
-    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button";
+    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button fuse tun";
 /// Modules the root image carries for LXD beside the late ones, loaded when asked for — by
 /// LXD's own `modprobe` calls or by the kernel's on-demand loading (a veth pair, an nft
-/// expression, /dev/net/tun) — from the module tree in /lib/modules/<release>: lxdbr0 (a bridge
-/// with veth pairs, NAT and filtering with nftables), tun and fuse (devices the default profile
-/// gives containers), loop and squashfs (images), the other NIC types, 9P over virtio (sharing).
-pub const TERMINA_LXD_MODULES: &str = "bridge br_netfilter veth macvlan ipvlan dummy tun fuse \
+/// expression) — from the module tree in /lib/modules/<release>: lxdbr0 (a bridge with veth
+/// pairs, NAT and filtering with nftables), loop and squashfs (images), the other NIC types,
+/// 9P over virtio (sharing).
+pub const TERMINA_LXD_MODULES: &str = "bridge br_netfilter veth macvlan ipvlan dummy \
     loop squashfs nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_redir nft_ct \
     nft_reject_inet nft_fib_inet nft_limit nft_log nf_conntrack_netlink 9pnet_virtio";
 
@@ -154,7 +156,11 @@ impl RootfsModules {
         for (name, path) in &all {
             st.copy(&self.all.dir.join(name), &format!("{base}/{path}"))?;
         }
-        for f in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+        for f in [
+            "modules.builtin",
+            "modules.builtin.modinfo",
+            "modules.order",
+        ] {
             let src = self.tree.join(f);
             if src.exists() {
                 st.copy(&src, &format!("{base}/{f}"))?;

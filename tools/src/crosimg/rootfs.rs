@@ -146,12 +146,13 @@ pub fn cached(recipe: &Recipe, cache: &Path) -> Result<PathBuf, ImageError> {
     }
     let lock_path = dir.join(".lock");
     let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
-        |(_, e)| ImageError::Io {
-            path: lock_path.clone(),
-            source: e.into(),
-        },
-    )?;
+    let _lock =
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
+            ImageError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            }
+        })?;
     // Another builder may have finished while this one waited.
     if tarball.is_file() {
         return Ok(tarball);

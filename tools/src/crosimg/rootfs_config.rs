@@ -10,7 +10,8 @@ use super::staging::Staging;
 /// 1000000) and refuses a `raw.idmap` host id inside that range ("Host id is in the range of
 /// subids"), so the range starts above the ids the default profile maps straight through (the
 /// user 1000 and 1001, Chrome OS's 655360 and 665357). Those are allowed for root one by one.
-pub const SUBIDS: &str = "root:1000000:1000000000\nroot:1000:1\nroot:1001:1\nroot:655360:1\nroot:665357:1\n";
+pub const SUBIDS: &str =
+    "root:1000000:1000000000\nroot:1000:1\nroot:1001:1\nroot:655360:1\nroot:665357:1\n";
 
 /// The user that `vsh` sessions and the containers' uid 1000 belong to, as in Crostini's
 /// termina; in group `lxd` so that `lxc` works for it.
@@ -37,14 +38,8 @@ pub fn configure(st: &Staging, version: &str) -> Result<(), ImageError> {
         ));
     }
     let group = with_member(&group, "lxd", USER);
+    // Its home is made at boot: maitred mounts a tmpfs on /home and /root.
     st.file("etc/group", group.as_bytes(), 0o644)?;
-    st.dir(&format!("home/{USER}"))?;
-    std::os::unix::fs::chown(
-        st.root.join("home").join(USER),
-        Some(USER_ID),
-        Some(USER_ID),
-    )
-    .map_err(super::io_err(&st.root.join("home").join(USER)))?;
 
     // maitred sets the hostname to the VM's name at boot; these are the defaults before that.
     st.file("etc/hostname", b"termina\n", 0o644)?;
@@ -128,7 +123,10 @@ mod tests {
         // LXD's container map: the first range of at least 65536 ids.
         let (start, len) = *entries.iter().find(|(_, n)| *n >= 65536).unwrap();
         for id in raw {
-            assert!(!(start..start + len).contains(&id), "{id} in the subid range");
+            assert!(
+                !(start..start + len).contains(&id),
+                "{id} in the subid range"
+            );
             assert!(
                 entries.iter().any(|&(s, n)| n == 1 && s == id),
                 "{id} not allowed for root"
@@ -140,9 +138,16 @@ mod tests {
     #[test]
     fn adds_the_user_and_its_lxd_membership_once() {
         let passwd = "root:x:0:0:root:/root:/bin/bash\n";
-        let once = with_entry(passwd, "chronos", "chronos:x:1000:1000::/home/chronos:/bin/bash");
+        let once = with_entry(
+            passwd,
+            "chronos",
+            "chronos:x:1000:1000::/home/chronos:/bin/bash",
+        );
         assert_eq!(once.lines().count(), 2);
-        assert_eq!(with_entry(&once, "chronos", "chronos:x:1:1::/:/bin/sh"), once);
+        assert_eq!(
+            with_entry(&once, "chronos", "chronos:x:1:1::/:/bin/sh"),
+            once
+        );
         let group = "root:x:0:\nlxd:x:101:\nsudo:x:27:a";
         let g = with_member(group, "lxd", "chronos");
         assert!(g.contains("\nlxd:x:101:chronos\n"), "{g}");

@@ -188,11 +188,20 @@ mod tests {
         std::fs::write(outside.join("resolv.conf"), b"host's").unwrap();
         let st = Staging::new(dir.path().join("tree")).unwrap();
         // A link to a file outside: replaced, the file it pointed at untouched.
-        st.symlink("etc/resolv.conf", &outside.join("resolv.conf").to_string_lossy())
-            .unwrap();
+        st.symlink(
+            "etc/resolv.conf",
+            &outside.join("resolv.conf").to_string_lossy(),
+        )
+        .unwrap();
         st.file("etc/resolv.conf", b"ours", 0o644).unwrap();
-        assert_eq!(std::fs::read(outside.join("resolv.conf")).unwrap(), b"host's");
-        assert_eq!(std::fs::read(st.root.join("etc/resolv.conf")).unwrap(), b"ours");
+        assert_eq!(
+            std::fs::read(outside.join("resolv.conf")).unwrap(),
+            b"host's"
+        );
+        assert_eq!(
+            std::fs::read(st.root.join("etc/resolv.conf")).unwrap(),
+            b"ours"
+        );
         // A directory link out of the tree (as Debian's /var/run -> /run): refused.
         st.symlink("var/run", &outside.to_string_lossy()).unwrap();
         let err = st.file("var/run/x", b"", 0o644).unwrap_err();
