@@ -1,6 +1,7 @@
 //! Guest agents: maitred, vshd, tremplin, garcon and test payloads. Built as static binaries.
 pub mod cmdline;
-pub mod envelope_service;
+pub mod envelopes;
+pub mod garcon;
 pub mod kmod;
 pub mod maitred;
 pub mod pid1;

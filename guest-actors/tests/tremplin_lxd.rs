@@ -383,6 +383,23 @@ async fn next_event(
     }
 }
 
+/// A new tremplin in the sandbox: it says TremplinReady, and StartLxd succeeds.
+async fn restart_and_start_lxd(
+    sandbox: &mut Sandbox,
+    events: &mut mpsc::UnboundedReceiver<TremplinEvent>,
+    tremplin: &str,
+    args: &str,
+) -> Client {
+    sandbox.restart_tremplin(tremplin, args);
+    next_event(events, |e| matches!(e, TremplinEvent::TremplinReady {})).await;
+    let mut c = Client::connect(&sandbox.dir.join("tremplin.sock")).await;
+    assert_eq!(
+        c.call(TremplinRequest::StartLxd {}).await.unwrap(),
+        TremplinReply::Ack {}
+    );
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root and Debian's lxd; runs LXD in a private namespace"]
 async fn tremplin_drives_real_lxd() {
@@ -762,31 +779,13 @@ exec {tremplin} {args}"
     // A create that died with tremplin leaves a temporary instance; a new tremplin adopts the
     // running LXD and removes it at StartLxd.
     sandbox.run("lxc copy c1 crostini-inprogress-zz");
-    sandbox.restart_tremplin(tremplin, &args);
-    next_event(&mut events, |e| {
-        matches!(e, TremplinEvent::TremplinReady {})
-    })
-    .await;
-    let mut c = Client::connect(&dir.join("tremplin.sock")).await;
-    assert_eq!(
-        c.call(TremplinRequest::StartLxd {}).await.unwrap(),
-        TremplinReply::Ack {}
-    );
+    restart_and_start_lxd(&mut sandbox, &mut events, tremplin, &args).await;
     let list = sandbox.run("lxc list --format csv -c n");
     assert_eq!(list.trim(), "c1", "{list}");
 
     // LXD stopped too: the next tremplin starts it over the state on disk, set-up and all.
     sandbox.run("lxd shutdown");
-    sandbox.restart_tremplin(tremplin, &args);
-    next_event(&mut events, |e| {
-        matches!(e, TremplinEvent::TremplinReady {})
-    })
-    .await;
-    let mut c = Client::connect(&dir.join("tremplin.sock")).await;
-    assert_eq!(
-        c.call(TremplinRequest::StartLxd {}).await.unwrap(),
-        TremplinReply::Ack {}
-    );
+    let mut c = restart_and_start_lxd(&mut sandbox, &mut events, tremplin, &args).await;
     let r = c.call(TremplinRequest::ListContainers {}).await.unwrap();
     let TremplinReply::Containers { containers } = r else {
         panic!("{r:?}")

@@ -1,6 +1,6 @@
 //! A real crosd on a private state and run directory, with the termina component built by
-//! `crosimg build-termina` from the workspace's guest binaries, driven by the real `vmc`,
-//! `vsh` and `crosmsg` binaries.
+//! `crosimg build-termina` from the workspace's guest binaries (shared by the test binaries,
+//! rebuilt when they change), driven by the real `vmc`, `vsh` and `crosmsg` binaries.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,15 +14,37 @@ use crate::{bin, bin_dir};
 /// The component version the tests build and install.
 pub const VERSION: &str = "e2e";
 
-/// Builds the termina component once per test binary, under target/<profile>/e2e/components.
+/// The termina component under target/<profile>/e2e/components, built by `crosimg
+/// build-termina` when missing, failing verification, or older than crosimg or a guest program;
+/// otherwise the one an earlier test binary built. Its Debian userland comes from crosimg's
+/// cache (~/.cache/crosd/rootfs, or $CROSD_CACHE), built once by mmdebstrap and shared by
+/// every build, so a rebuild here costs an unpack and mkfs, not a Debian install. Test binaries
+/// that run side by side take turns through a lock file.
 pub fn termina_component() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let out = bin_dir().join("e2e/components");
+        let dir = out.join("cros-termina").join(VERSION);
         let guest_dir = guest_bin("maitred")
             .parent()
             .expect("guest bin dir")
             .to_path_buf();
+        std::fs::create_dir_all(&out).unwrap();
+        let lock = std::fs::File::create(out.join(".build.lock")).unwrap();
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("lock the component build");
+        let inputs: Vec<PathBuf> = std::iter::once(bin("crosimg"))
+            .chain(
+                ["maitred", "vshd", "vm_syslog", "tremplin"]
+                    .iter()
+                    .map(|p| guest_dir.join(p)),
+            )
+            .filter(|p| p.exists())
+            .collect();
+        if component_is_current(&dir, &inputs) {
+            return dir;
+        }
         let status = Command::new(bin("crosimg"))
             .args(["build-termina", "--force", "--version", VERSION, "--out"])
             .arg(&out)
@@ -31,8 +53,26 @@ pub fn termina_component() -> &'static Path {
             .status()
             .expect("run crosimg");
         assert!(status.success(), "crosimg build-termina failed");
-        out.join("cros-termina").join(VERSION)
+        dir
     })
+}
+
+/// Whether the component at `dir` verifies and was built after every file in `inputs` changed.
+fn component_is_current(dir: &Path, inputs: &[PathBuf]) -> bool {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = mtime(&dir.join("manifest.json")) else {
+        return false;
+    };
+    if inputs.iter().any(|p| mtime(p).is_none_or(|t| t > built)) {
+        return false;
+    }
+    Command::new(bin("crosimg"))
+        .arg("verify")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A fresh directory under target/<profile>/e2e/tmp for one crosd.
@@ -297,11 +337,20 @@ pub fn assert_no_vms(crosd: &Crosd) {
     );
 }
 
-/// `vmc start --no-shell termina`, which must succeed (`what` names the attempt on failure).
+/// `vmc start --no-shell --no-start-lxd termina`, which must succeed (`what` names the attempt
+/// on failure). LXD stays off: these tests are about the VM, and LXD's start under emulation
+/// would cost every one of them seconds (tests/tests/containers.rs starts it).
 pub fn start_termina(crosd: &Crosd, what: &str) -> Output {
     let o = crosd.run(
         "vmc",
-        &["start", "--no-shell", "--timeout", "300", "termina"],
+        &[
+            "start",
+            "--no-shell",
+            "--no-start-lxd",
+            "--timeout",
+            "300",
+            "termina",
+        ],
     );
     assert!(
         o.status.success(),

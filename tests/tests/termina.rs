@@ -81,7 +81,7 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
     assert!(o.status.success(), "{}", text(&o));
 
     // Clear errors: already running, unknown VM.
-    let o = crosd.run("vmc", &["start", "--no-shell", "termina"]);
+    let o = crosd.run("vmc", &["start", "--no-shell", "--no-start-lxd", "termina"]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("already running"),
@@ -179,7 +179,7 @@ fn a_corrupted_kernel_is_refused_by_name() {
         std::fs::remove_file(&k).unwrap(); // break the hard link before writing
         std::fs::write(&k, bytes).unwrap();
     });
-    let o = crosd.run("vmc", &["start", "--no-shell", "termina"]);
+    let o = crosd.run("vmc", &["start", "--no-shell", "--no-start-lxd", "termina"]);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -567,7 +567,14 @@ fn termina_boots_on_our_own_vmm_where_kvm_can_run_linux() {
             .to_string();
         let o = crosd.run(
             "vmc",
-            &["start", "--no-shell", "--timeout", "60", "termina"],
+            &[
+                "start",
+                "--no-shell",
+                "--no-start-lxd",
+                "--timeout",
+                "60",
+                "termina",
+            ],
         );
         assert!(!o.status.success(), "{}", text(&o));
         let said = String::from_utf8_lossy(&o.stderr);
@@ -763,4 +770,157 @@ fn crosd_stopped_or_killed_loses_no_guest_data() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "unsynced-42");
     vmc_ok(&crosd, &["stop", "termina"]);
     assert_no_vms(&crosd);
+}
+
+/// `sh -c SCRIPT` in termina as root, which must succeed; its stdout.
+fn guest_sh(crosd: &Crosd, script: &str) -> String {
+    let o = crosd.vsh(&["sh", "-c", script], b"");
+    assert!(o.status.success(), "{script}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A busybox container image in LXD's unified format (metadata.yaml and rootfs/ in one
+/// tarball), made from the host's static busybox; its init sleeps.
+fn busybox_image() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("rootfs");
+    for d in ["bin", "sbin", "etc", "dev", "proc", "sys", "tmp", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("/bin/busybox (apt-get install busybox-static)");
+    for applet in ["sh", "sleep", "cat", "id"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("sbin/init"), "#!/bin/sh\nexec sleep 1000000\n").unwrap();
+    std::fs::set_permissions(
+        root.join("sbin/init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(
+        dir.path().join("metadata.yaml"),
+        "architecture: x86_64\ncreation_date: 1700000000\nproperties:\n  description: busybox test image\n  os: busybox\n  release: test\n",
+    )
+    .unwrap();
+    let tar = dir.path().join("image.tar.xz");
+    let o = Command::new("tar")
+        .arg("-C")
+        .arg(dir.path())
+        .arg("-cJf")
+        .arg(&tar)
+        .args(["metadata.yaml", "rootfs"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "tar: {}", text(&o));
+    std::fs::read(&tar).unwrap()
+}
+
+/// Real LXD in termina's Debian userland: what it needs of the read-only root (cgroup2, tmpfs
+/// /var /run /tmp and homes, lo up, the module tree for its modprobe calls, /dev/fuse and
+/// /dev/net/tun), then LXD 5.0 itself — ready on the stateful disk, a btrfs pool and lxdbr0
+/// (bridge, NAT with nftables, dnsmasq) — and an unprivileged container with the default
+/// profile's raw.idmap (which /etc/subuid must allow) that runs, its root an unprivileged id.
+#[test]
+fn termina_runs_real_lxd() {
+    let crosd = Crosd::start();
+    start_termina(&crosd, "vmc start failed");
+
+    let mounts = guest_sh(&crosd, "cat /proc/mounts");
+    for (target, fstype) in [
+        ("/sys/fs/cgroup", "cgroup2"),
+        ("/var", "tmpfs"),
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/root", "tmpfs"),
+        ("/home", "tmpfs"),
+        ("/", "ext4"),
+    ] {
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.split(' ').nth(1) == Some(target)
+                    && l.split(' ').nth(2) == Some(fstype)),
+            "{target} is not {fstype}: {mounts}"
+        );
+    }
+    let lo = guest_sh(&crosd, "ip -o link show lo");
+    assert!(lo.contains("UP"), "{lo}");
+    guest_sh(
+        &crosd,
+        "test -L /var/run && test -w /var/log && test -w /root && test -d /home/chronos \
+         && test \"$(readlink /etc/resolv.conf)\" = /run/resolv.conf \
+         && test -c /dev/fuse && test -c /dev/net/tun && grep -q '^lxd:.*chronos' /etc/group",
+    );
+    // The kernel's module tree: modprobe resolves a module LXD asks for (veth), with its deps.
+    guest_sh(
+        &crosd,
+        "modprobe veth && grep -q '^veth ' /proc/modules && modprobe -n overlay",
+    );
+
+    let lxd = "export LXD_DIR=/mnt/stateful/lxd;";
+    // Started as tremplin does, detached from the vsh session.
+    guest_sh(
+        &crosd,
+        &format!(
+            "{lxd} mkdir -p $LXD_DIR && setsid lxd --group lxd --logfile /var/log/lxd.log \
+             </dev/null >/dev/null 2>&1 & {lxd} lxd waitready --timeout 240"
+        ),
+    );
+    let info = guest_sh(&crosd, &format!("{lxd} lxc info"));
+    assert!(info.contains("server_version: 5.0."), "{info}");
+    guest_sh(
+        &crosd,
+        &format!(
+            "{lxd} lxc storage create default btrfs source=/mnt/stateful/lxd/storage-pools/default \
+             && lxc network create lxdbr0"
+        ),
+    );
+    let rules = guest_sh(&crosd, "nft list table inet lxd");
+    assert!(
+        rules.contains("chain pstrt.lxdbr0") && rules.contains("masquerade"),
+        "{rules}"
+    );
+    let dnsmasq = guest_sh(&crosd, "cat /proc/*/comm");
+    assert!(dnsmasq.lines().any(|c| c == "dnsmasq"), "{dnsmasq}");
+
+    let o = crosd.vsh(
+        &["sh", "-c", "cat > /mnt/stateful/busybox.tar.xz"],
+        &busybox_image(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // The default profile's id map (REFERENCE.md); the fuse and tun devices it also gives
+    // containers need device nodes under LXD_DIR, i.e. a stateful mount without nodev.
+    guest_sh(
+        &crosd,
+        &format!(
+            "{lxd} lxc image import /mnt/stateful/busybox.tar.xz --alias busybox \
+             && lxc profile device add default root disk path=/ pool=default \
+             && lxc profile device add default eth0 nic network=lxdbr0 name=eth0 \
+             && printf 'both 1000 1000\\nboth 655360 655360\\nboth 665357 665357\\nboth 1001 1001\\n' \
+                | lxc profile set default raw.idmap - \
+             && lxc launch busybox c1"
+        ),
+    );
+    let list = guest_sh(&crosd, &format!("{lxd} lxc list --format csv -c ns"));
+    assert_eq!(list.trim(), "c1,RUNNING", "{list}");
+    let uid_map = guest_sh(
+        &crosd,
+        &format!("{lxd} lxc exec c1 -- cat /proc/self/uid_map"),
+    );
+    let rows: Vec<Vec<u64>> = uid_map
+        .lines()
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    // Container root is host id 1000000 (unprivileged); the raw.idmap ids map straight through.
+    assert_eq!(rows[0][..2], [0, 1_000_000], "{uid_map}");
+    for id in [1000, 1001, 655360, 665357] {
+        assert!(
+            rows.contains(&vec![id, id, 1]),
+            "{id} not mapped: {uid_map}"
+        );
+    }
+    vmc_ok(&crosd, &["stop", "termina"]);
 }

@@ -9,7 +9,9 @@
 #   KERNEL=/root/.cache/crosd/kernel/linux-image-6.1.0-NN-amd64/vmlinuz
 #   KERNEL_RELEASE=6.1.0-NN-amd64
 #   MODULES_DIR=.../modules-<hash>      flat directory of .ko files plus `load-order`
-#                                       (one file name per line, dependencies first)
+#                                       (one file name per line, dependencies first) and
+#                                       `paths` (the same modules' paths in the module tree,
+#                                       decompressed names, same order)
 #   MODULES_TREE=.../root/lib/modules/6.1.0-NN-amd64   the whole extracted module tree
 #
 # Cached: a second run with the same package does no download and no extraction.
@@ -136,7 +138,7 @@ done
 
 KEY=$(printf '%s\n' "${ORDER[@]}" | sha256sum | cut -c1-12)
 MODDIR="$PKGDIR/modules-$KEY"
-if [[ ! -f $MODDIR/load-order ]]; then
+if [[ ! -f $MODDIR/load-order || ! -f $MODDIR/paths ]]; then
     rm -rf "$MODDIR.tmp"
     mkdir -p "$MODDIR.tmp"
     for rel in "${ORDER[@]}"; do
@@ -151,8 +153,10 @@ if [[ ! -f $MODDIR/load-order ]]; then
         esac || die "cannot decompress $src"
         base=${base%.xz}; base=${base%.zst}; base=${base%.gz}
         echo "$base" >> "$MODDIR.tmp/load-order"
+        path=${rel%.xz}; path=${path%.zst}; path=${path%.gz}
+        echo "$path" >> "$MODDIR.tmp/paths"
     done
-    touch "$MODDIR.tmp/load-order"
+    touch "$MODDIR.tmp/load-order" "$MODDIR.tmp/paths"
     rm -rf "$MODDIR"
     mv "$MODDIR.tmp" "$MODDIR"
 fi

@@ -7,9 +7,10 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# Debian packages the project needs on the host: QEMU (TCG backend), filesystem tools for the
-# termina images, busybox for the guest's shell utilities, a C++ compiler for libFuzzer (fuzz.sh).
-HOST_PACKAGES=(qemu-system-x86 btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++)
+# Debian packages the project needs on the host: QEMU (TCG backend), mmdebstrap for termina's
+# Debian userland, filesystem tools for the termina images, kmod (depmod for the image's module
+# tree), static busybox for the tests' minimal guests, a C++ compiler for libFuzzer (fuzz.sh).
+HOST_PACKAGES=(qemu-system-x86 mmdebstrap btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++)
 
 # Installs whatever of HOST_PACKAGES is missing (needs root, as on the project's machines).
 ensure_host_packages() {
@@ -49,8 +50,8 @@ build_release_and_component() {
     local component="$state/components/cros-termina/local"
     mkdir -p "$state/components"
     if ! "$BIN/crosimg" verify "$component" >/dev/null 2>&1 \
-        || [ -n "$(find "$GUEST_BIN"/{maitred,vshd,vm_syslog} -newer "$component/manifest.json" 2>/dev/null)" ]; then
-        log "building the termina component (kernel from Debian, cached in $CROSD_CACHE)"
+        || [ -n "$(find "$BIN/crosimg" "$GUEST_BIN"/{maitred,vshd,vm_syslog,tremplin} -newer "$component/manifest.json" 2>/dev/null)" ]; then
+        log "building the termina component (kernel and Debian userland from Debian, cached in $CROSD_CACHE)"
         "$BIN/crosimg" build-termina --force --version local --out "$state/components" --guest-bin-dir "$GUEST_BIN" \
             || die "crosimg build-termina failed"
     fi

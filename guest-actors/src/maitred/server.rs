@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
+use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, write_message};
 use cros_messages::maitred::{MaitredEvent, MaitredRequest};
-use cros_messages::{Addr, Body, Envelope, FrameError};
+use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
 
 use super::handlers::{Maitred, Outcome};
-use crate::envelope_service::{Answering, Incoming, not_handled};
 use crate::vshd::listener::Listener;
 
 /// Serves one host connection until it closes. Returns true when the host asked for shutdown.
@@ -32,36 +31,26 @@ pub fn serve_connection<S: Read + Write>(
 /// `shutdown_requested` says so after a reply. The fuzzer drives it with a `handle` that runs
 /// only the requests without side effects on the machine.
 pub fn serve_requests<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     me: &Addr,
     mut handle: impl FnMut(MaitredRequest) -> Outcome,
     shutdown_requested: impl Fn() -> bool,
 ) -> Result<bool, FrameError> {
-    handshake(&mut stream, me)?;
-    let mut answering = Answering::new(me.clone());
-    loop {
-        let env = match answering.incoming(read_message(&mut stream, MAX_CONTROL_FRAME))? {
-            None => return Ok(false),
-            Some(Incoming::Malformed(err)) => {
-                write_message(&mut stream, &err, MAX_CONTROL_FRAME)?;
-                continue;
-            }
-            Some(Incoming::Request(env)) => env,
-        };
-        let body = match env.body.clone() {
+    crate::envelopes::serve(
+        stream,
+        me,
+        |body| match body {
             Body::Maitred(req) => match handle(req) {
                 Ok(reply) => Body::MaitredReply(reply),
                 Err(e) => Body::Error(e),
             },
-            other => not_handled("maitred", &other),
-        };
-        let reply = answering.reply(&env, body);
-        write_message(&mut stream, &reply, MAX_CONTROL_FRAME)?;
-        stream.flush()?;
-        if shutdown_requested() {
-            return Ok(true);
-        }
-    }
+            other => Body::Error(CrosError::invalid(format!(
+                "maitred does not handle {}",
+                other.type_name()
+            ))),
+        },
+        shutdown_requested,
+    )
 }
 
 /// Accepts connections forever, one thread each. A Shutdown request powers the VM off once its
@@ -126,6 +115,7 @@ pub fn announce_ready<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cros_messages::framing::read_message;
     use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cros_messages::CrosError;
 use cros_messages::cicerone::{ContainerStatus, PrivilegeLevel};
-use cros_messages::tremplin::{ContainerEntry, TremplinEvent, TremplinReply};
+use cros_messages::tremplin::{ContainerSummary, TremplinEvent, TremplinReply};
 use hyper::Method;
 use serde_json::{Value, json};
 
@@ -316,7 +316,7 @@ impl Tremplin {
             .get("/1.0/instances?recursion=1")
             .await
             .map_err(|e| lxd_error("listing containers", e))?;
-        let mut containers: Vec<ContainerEntry> = list
+        let mut containers: Vec<ContainerSummary> = list
             .as_array()
             .into_iter()
             .flatten()
@@ -325,7 +325,7 @@ impl Tremplin {
                 if name.starts_with(validate::INPROGRESS_PREFIX) {
                     return None;
                 }
-                Some(ContainerEntry {
+                Some(ContainerSummary {
                     name: name.to_string(),
                     status: lxd_status(i.get("status").and_then(Value::as_str).unwrap_or("")),
                 })

@@ -34,13 +34,12 @@ enum Cmd {
         /// Component version (the directory name under cros-termina/).
         #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
         version: String,
-        /// Directory holding the static guest programs (maitred, vshd, vm_syslog). Default:
+        /// Directory holding the static guest programs (maitred, vshd, vm_syslog, tremplin when
+        /// built). The root filesystem around them is a Debian userland built with mmdebstrap
+        /// and cached under ~/.cache/crosd/rootfs (CROSD_CACHE overrides). Default:
         /// target/x86_64-unknown-linux-gnu/<profile>/ beside this program.
         #[arg(long)]
         guest_bin_dir: Option<PathBuf>,
-        /// Static busybox that provides the VM's shell utilities.
-        #[arg(long, default_value = "/bin/busybox")]
-        busybox: PathBuf,
         /// Replace an existing component of the same version.
         #[arg(long)]
         force: bool,
@@ -82,7 +81,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             version,
             guest_bin_dir,
-            busybox,
             force,
         } => {
             let kernel = match kernel_path {
@@ -94,6 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     kernel::fetch_debian_kernel(
                         kernel::TERMINA_EARLY_MODULES,
                         kernel::TERMINA_LATE_MODULES,
+                        kernel::TERMINA_LXD_MODULES,
                     )?
                 }
             };
@@ -105,7 +104,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 kernel,
                 guest_bin_dir,
-                busybox,
                 force,
             })?;
             println!("{}", dir.display());

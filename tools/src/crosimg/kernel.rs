@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::staging::Staging;
 use super::{ImageError, io_err, run_tool};
 
 const GUEST_KERNEL_SH: &str = include_str!("../../scripts/guest-kernel.sh");
@@ -15,10 +16,73 @@ pub const TERMINA_EARLY_MODULES: &str =
     "crc32c_generic virtio_mmio virtio_blk vmw_vsock_virtio_transport ext4";
 /// Modules maitred loads from the root image after VmReady, while the host sets up: btrfs for
 /// the stateful disk (its raid6 self-benchmark alone costs half a second under TCG), 9P and
-/// overlayfs, and the ACPI power button (`button`) with `evdev`, through which maitred sees a
-/// press. The crypto modules are soft dependencies of btrfs.
+/// overlayfs, the ACPI power button (`button`) with `evdev`, through which maitred sees a
+/// press, and fuse and tun, whose /dev nodes LXD's default profile passes to every container:
+/// with no udev to make the nodes ahead, opening them cannot load the modules on demand. The
+/// crypto modules are soft dependencies of btrfs.
 pub const TERMINA_LATE_MODULES: &str =
-    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button";
+    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button fuse tun";
+/// Modules the root image carries for LXD beside the late ones, loaded when asked for — by
+/// LXD's own `modprobe` calls or by the kernel's on-demand loading (a veth pair, an nft
+/// expression) — from the module tree in /lib/modules/<release>: lxdbr0 (a bridge with veth
+/// pairs, NAT and filtering with nftables), loop and squashfs (images), the other NIC types,
+/// 9P over virtio (sharing).
+pub const TERMINA_LXD_MODULES: &str = "bridge br_netfilter veth macvlan ipvlan dummy \
+    loop squashfs nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_redir nft_ct \
+    nft_reject_inet nft_fib_inet nft_limit nft_log nf_conntrack_netlink 9pnet_virtio";
+
+/// A directory guest-kernel.sh made for a set of modules: the decompressed .ko files, their
+/// `load-order` (file names, dependencies first) and `paths` (where each lies in the kernel's
+/// module tree, same order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleSet {
+    pub dir: PathBuf,
+}
+
+impl ModuleSet {
+    /// (file name, path in the module tree) of each module, in load order.
+    pub fn entries(&self) -> Result<Vec<(String, String)>, ImageError> {
+        let read = |name: &str| {
+            let p = self.dir.join(name);
+            std::fs::read_to_string(&p).map_err(io_err(&p))
+        };
+        let order = read(cros_guest::kmod::LOAD_ORDER_FILE)?;
+        let paths = read(PATHS_FILE)?;
+        let order: Vec<&str> = order.lines().filter(|l| !l.is_empty()).collect();
+        let paths: Vec<&str> = paths.lines().filter(|l| !l.is_empty()).collect();
+        if order.len() != paths.len()
+            || order
+                .iter()
+                .zip(&paths)
+                .any(|(name, path)| !path.ends_with(&format!("/{name}")))
+        {
+            return Err(ImageError::Invalid(format!(
+                "{}: load-order and paths do not name the same modules; delete the directory and rerun",
+                self.dir.display()
+            )));
+        }
+        Ok(order
+            .into_iter()
+            .zip(paths)
+            .map(|(n, p)| (n.to_string(), p.to_string()))
+            .collect())
+    }
+}
+
+const PATHS_FILE: &str = "paths";
+
+/// The modules of the root image: a subset of the kernel's module tree, and which of them
+/// maitred loads itself after VmReady.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsModules {
+    /// Every module the image carries (the late ones and LXD's), with their dependencies.
+    pub all: ModuleSet,
+    /// The late modules, dependencies first.
+    pub late: ModuleSet,
+    /// The kernel's whole extracted tree (for modules.builtin, which modprobe reads to accept
+    /// a module built into the kernel).
+    pub tree: PathBuf,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
@@ -26,25 +90,42 @@ pub struct GuestKernel {
     /// Flat directory of .ko files with a `load-order` file, for the initramfs; None for a
     /// kernel with everything built in.
     pub modules_dir: Option<PathBuf>,
-    /// The same, for the modules maitred loads after VmReady (in the root image).
-    pub late_modules_dir: Option<PathBuf>,
+    /// The modules for the root image; None for a kernel given by path.
+    pub rootfs_modules: Option<RootfsModules>,
     pub release: String,
 }
 
-/// Runs guest-kernel.sh (downloads into ~/.cache/crosd once) for the early and late modules.
-pub fn fetch_debian_kernel(early: &str, late: &str) -> Result<GuestKernel, ImageError> {
-    let (kernel, modules_dir) = run_guest_kernel_sh(early)?;
-    let (_, late_modules_dir) = run_guest_kernel_sh(late)?;
+/// Runs guest-kernel.sh (downloads into ~/.cache/crosd once) for the initramfs modules
+/// (`early`), those maitred loads after VmReady (`late`) and the others the root image
+/// carries (`more`).
+pub fn fetch_debian_kernel(early: &str, late: &str, more: &str) -> Result<GuestKernel, ImageError> {
+    let early = run_guest_kernel_sh(early)?;
+    let late_set = run_guest_kernel_sh(late)?;
+    let all = run_guest_kernel_sh(&format!("{late} {more}"))?;
     Ok(GuestKernel {
-        release: kernel_release(&kernel)?,
-        kernel,
-        modules_dir: Some(modules_dir),
-        late_modules_dir: Some(late_modules_dir),
+        release: kernel_release(&early.kernel)?,
+        kernel: early.kernel,
+        modules_dir: Some(early.modules_dir),
+        rootfs_modules: Some(RootfsModules {
+            all: ModuleSet {
+                dir: all.modules_dir,
+            },
+            late: ModuleSet {
+                dir: late_set.modules_dir,
+            },
+            tree: all.tree,
+        }),
     })
 }
 
-/// The kernel and a module directory for `modules`, as guest-kernel.sh prints them.
-fn run_guest_kernel_sh(modules: &str) -> Result<(PathBuf, PathBuf), ImageError> {
+/// What guest-kernel.sh prints for one set of modules.
+struct ScriptOutput {
+    kernel: PathBuf,
+    modules_dir: PathBuf,
+    tree: PathBuf,
+}
+
+fn run_guest_kernel_sh(modules: &str) -> Result<ScriptOutput, ImageError> {
     let out = run_tool(
         Command::new("bash")
             .arg("-c")
@@ -55,13 +136,54 @@ fn run_guest_kernel_sh(modules: &str) -> Result<(PathBuf, PathBuf), ImageError> 
     let var = |name: &str| {
         out.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
-            .map(|v| v.trim_matches(['\'', '"']).to_string())
+            .map(|v| PathBuf::from(v.trim_matches(['\'', '"'])))
             .ok_or_else(|| ImageError::Invalid(format!("guest-kernel.sh printed no {name}= line")))
     };
-    Ok((
-        PathBuf::from(var("KERNEL")?),
-        PathBuf::from(var("MODULES_DIR")?),
-    ))
+    Ok(ScriptOutput {
+        kernel: var("KERNEL")?,
+        modules_dir: var("MODULES_DIR")?,
+        tree: var("MODULES_TREE")?,
+    })
+}
+
+impl RootfsModules {
+    /// Installs the modules into the root tree at `st` as a real module tree,
+    /// /lib/modules/<release>/… with depmod's indexes (so `modprobe` and the kernel's on-demand
+    /// loading find them), and the late ones as links in maitred's load-order directory.
+    pub fn install(&self, st: &Staging, release: &str) -> Result<(), ImageError> {
+        let base = format!("lib/modules/{release}");
+        let all = self.all.entries()?;
+        for (name, path) in &all {
+            st.copy(&self.all.dir.join(name), &format!("{base}/{path}"))?;
+        }
+        for f in [
+            "modules.builtin",
+            "modules.builtin.modinfo",
+            "modules.order",
+        ] {
+            let src = self.tree.join(f);
+            if src.exists() {
+                st.copy(&src, &format!("{base}/{f}"))?;
+            }
+        }
+        run_tool(
+            Command::new("depmod")
+                .arg("--basedir")
+                .arg(&st.root)
+                .arg(release),
+        )?;
+        let late_dir = cros_guest::maitred::LATE_MODULES.trim_start_matches('/');
+        for (name, path) in self.late.entries()? {
+            if !all.iter().any(|(_, p)| *p == path) {
+                return Err(ImageError::Invalid(format!(
+                    "late module {path} is not among the root image's modules"
+                )));
+            }
+            st.symlink(&format!("{late_dir}/{name}"), &format!("/{base}/{path}"))?;
+        }
+        let order = cros_guest::kmod::LOAD_ORDER_FILE;
+        st.copy(&self.late.dir.join(order), &format!("{late_dir}/{order}"))
+    }
 }
 
 /// A kernel given by path, with an optional module directory (flat, with `load-order`).
@@ -74,7 +196,7 @@ pub fn given_kernel(kernel: &Path, modules_dir: Option<&Path>) -> Result<GuestKe
         release: kernel_release(kernel)?,
         kernel: kernel.to_path_buf(),
         modules_dir: modules_dir.map(Path::to_path_buf),
-        late_modules_dir: None,
+        rootfs_modules: None,
     })
 }
 

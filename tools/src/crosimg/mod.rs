@@ -4,6 +4,8 @@
 pub mod elf;
 pub mod install;
 pub mod kernel;
+pub mod rootfs;
+pub mod rootfs_config;
 pub mod staging;
 pub mod termina;
 

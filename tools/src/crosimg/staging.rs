@@ -22,26 +22,56 @@ impl Staging {
         self.root.join(rel.trim_start_matches('/'))
     }
 
+    /// Where a new entry `rel` goes: its parent directories made, an existing file or link
+    /// there removed (so a write replaces it and never goes through a link into the tree's
+    /// other files or out of the tree), and the parent checked to lie in the tree — a
+    /// Debian tree holds absolute links (/var/run → /run) that would lead to the build host.
+    fn replace_target(&self, rel: &str) -> Result<PathBuf, ImageError> {
+        let p = self.target(rel);
+        let parent = p
+            .parent()
+            .ok_or_else(|| ImageError::Invalid(format!("{rel:?} names no file")))?;
+        let real_root = std::fs::canonicalize(&self.root).map_err(io_err(&self.root))?;
+        let inside = |dir: &Path| -> Result<(), ImageError> {
+            let real = std::fs::canonicalize(dir).map_err(io_err(dir))?;
+            if real.starts_with(&real_root) {
+                return Ok(());
+            }
+            Err(ImageError::Invalid(format!(
+                "{rel} would be written outside the image tree {} (through a link to {})",
+                self.root.display(),
+                real.display()
+            )))
+        };
+        // The deepest directory that exists first, so nothing is made outside either.
+        let existing = parent
+            .ancestors()
+            .find(|a| a.exists())
+            .unwrap_or(&self.root);
+        inside(existing)?;
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        inside(parent)?;
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&p).map_err(io_err(&p))?,
+            _ => {}
+        }
+        Ok(p)
+    }
+
     pub fn dir(&self, rel: &str) -> Result<(), ImageError> {
         let p = self.target(rel);
         std::fs::create_dir_all(&p).map_err(io_err(&p))
     }
 
     pub fn file(&self, rel: &str, contents: &[u8], mode: u32) -> Result<(), ImageError> {
-        let p = self.target(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
+        let p = self.replace_target(rel)?;
         std::fs::write(&p, contents).map_err(io_err(&p))?;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(io_err(&p))
     }
 
     /// Copies `src` to `rel`, following symlinks, keeping it executable when it was.
     pub fn copy(&self, src: &Path, rel: &str) -> Result<(), ImageError> {
-        let p = self.target(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
+        let p = self.replace_target(rel)?;
         std::fs::copy(src, &p).map_err(io_err(src))?;
         Ok(())
     }
@@ -58,37 +88,38 @@ impl Staging {
     }
 
     pub fn symlink(&self, rel: &str, points_to: &str) -> Result<(), ImageError> {
-        let p = self.target(rel);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        let _ = std::fs::remove_file(&p);
+        let p = self.replace_target(rel)?;
         std::os::unix::fs::symlink(points_to, &p).map_err(io_err(&p))
     }
 
-    /// Copies a dynamically linked host program and every shared library `ldd` resolves for it
-    /// (plus the dynamic loader) to the same paths in the tree.
-    pub fn copy_with_libraries(&self, program: &Path, rel: &str) -> Result<(), ImageError> {
-        self.copy(program, rel)?;
-        let out = run_tool(Command::new("ldd").arg(program))?;
-        for lib in parse_ldd(&out) {
-            let real = std::fs::canonicalize(&lib).map_err(io_err(&lib))?;
-            self.copy(&real, &lib.to_string_lossy())?;
+    /// Removes everything inside directory `rel` (not following links), keeping the directory.
+    pub fn empty_dir(&self, rel: &str) -> Result<(), ImageError> {
+        let p = self.target(rel);
+        for e in std::fs::read_dir(&p).map_err(io_err(&p))? {
+            let e = e.map_err(io_err(&p))?;
+            let path = e.path();
+            if e.file_type().map_err(io_err(&path))?.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
+            }
         }
         Ok(())
     }
 
-    /// Total bytes of regular files under the tree.
+    /// Bytes the tree takes in 4 KiB blocks: each regular file rounded up, a block per
+    /// directory (a Debian userland is thousands of small files).
     pub fn size(&self) -> Result<u64, ImageError> {
+        const BLOCK: u64 = 4096;
         fn walk(p: &Path) -> std::io::Result<u64> {
-            let mut total = 0;
+            let mut total = BLOCK;
             for e in std::fs::read_dir(p)? {
                 let e = e?;
                 let ft = e.file_type()?;
                 if ft.is_dir() {
                     total += walk(&e.path())?;
                 } else if ft.is_file() {
-                    total += e.metadata()?.len();
+                    total += e.metadata()?.len().div_ceil(BLOCK) * BLOCK;
                 }
             }
             Ok(total)
@@ -97,9 +128,9 @@ impl Staging {
     }
 
     /// Makes a journal-less ext4 image of the tree at `image` (read-only use: no journal to
-    /// replay), sized to the contents with room for metadata.
+    /// replay), sized to the contents (counted in its 4 KiB blocks) with room for metadata.
     pub fn make_ext4(&self, image: &Path, label: &str) -> Result<u64, ImageError> {
-        let size = (self.size()? * 5 / 4 + (16 << 20)).div_ceil(1 << 20) << 20;
+        let size = (self.size()? * 11 / 10 + (16 << 20)).div_ceil(1 << 20) << 20;
         let f = std::fs::File::create(image).map_err(io_err(image))?;
         f.set_len(size).map_err(io_err(image))?;
         drop(f);
@@ -112,6 +143,9 @@ impl Staging {
                     "^has_journal",
                     "-m",
                     "0",
+                    // mke2fs picks 1 KiB blocks for small images; size() counts 4 KiB ones.
+                    "-b",
+                    "4096",
                     "-L",
                     label,
                     "-d",
@@ -123,50 +157,17 @@ impl Staging {
     }
 }
 
-/// Library paths from `ldd` output: `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)` and
-/// `/lib64/ld-linux-x86-64.so.2 (0x…)`; the vDSO has no file and is skipped.
-pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
-    out.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rhs)) => rhs.split_whitespace().next()?,
-                None => l.split_whitespace().next()?,
-            };
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_ldd_output() {
-        let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n\tnotfound.so => not found\n";
-        assert_eq!(
-            parse_ldd(out),
-            [
-                PathBuf::from("/lib/x86_64-linux-gnu/libz.so.1"),
-                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
-            ]
-        );
-    }
 
     #[test]
     fn makes_an_ext4_image_with_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let st = Staging::new(dir.path().join("tree")).unwrap();
         st.file("etc/hello", b"hi there", 0o644).unwrap();
-        st.copy_with_libraries(Path::new("/bin/ls"), "bin/ls")
-            .unwrap();
+        st.copy(Path::new("/bin/ls"), "bin/ls").unwrap();
         assert!(dir.path().join("tree/bin/ls").exists());
-        assert!(
-            parse_ldd(&run_tool(Command::new("ldd").arg("/bin/ls")).unwrap())
-                .iter()
-                .all(|l| st.root.join(l.strip_prefix("/").unwrap()).exists())
-        );
         let img = dir.path().join("fs.img");
         st.make_ext4(&img, "test").unwrap();
         // debugfs reads the image without mounting it.
@@ -177,5 +178,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cat, "hi there");
+    }
+
+    #[test]
+    fn writes_replace_links_and_stay_in_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("resolv.conf"), b"host's").unwrap();
+        let st = Staging::new(dir.path().join("tree")).unwrap();
+        // A link to a file outside: replaced, the file it pointed at untouched.
+        st.symlink(
+            "etc/resolv.conf",
+            &outside.join("resolv.conf").to_string_lossy(),
+        )
+        .unwrap();
+        st.file("etc/resolv.conf", b"ours", 0o644).unwrap();
+        assert_eq!(
+            std::fs::read(outside.join("resolv.conf")).unwrap(),
+            b"host's"
+        );
+        assert_eq!(
+            std::fs::read(st.root.join("etc/resolv.conf")).unwrap(),
+            b"ours"
+        );
+        // A directory link out of the tree (as Debian's /var/run -> /run): refused.
+        st.symlink("var/run", &outside.to_string_lossy()).unwrap();
+        let err = st.file("var/run/x", b"", 0o644).unwrap_err();
+        assert!(err.to_string().contains("outside the image tree"), "{err}");
+        assert!(!outside.join("x").exists());
+        st.empty_dir("var").unwrap();
+        assert_eq!(std::fs::read_dir(st.root.join("var")).unwrap().count(), 0);
     }
 }

@@ -10,7 +10,7 @@ use cros_hypervisor::initramfs::Initramfs;
 
 use super::kernel::GuestKernel;
 use super::staging::Staging;
-use super::{ImageError, elf, io_err, run_tool};
+use super::{ImageError, elf, io_err, rootfs, rootfs_config, run_tool};
 
 pub const COMPONENT_NAME: &str = "cros-termina";
 
@@ -20,31 +20,16 @@ const GUEST_PROGRAMS: [(&str, &str); 3] = [
     ("vshd", "sbin/vshd"),
     ("vm_syslog", "sbin/vm_syslog"),
 ];
-/// Host programs (dynamically linked) copied with their libraries: maitred formats and grows
-/// the stateful disk with them.
-const HOST_PROGRAMS: [(&str, &str); 2] = [
-    ("mkfs.btrfs", "usr/bin/mkfs.btrfs"),
-    ("btrfs", "usr/bin/btrfs"),
-];
-/// Mount points maitred needs on the read-only root.
-const ROOT_DIRS: [&str; 18] = [
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "var",
-    "root",
-    "home",
-    "etc",
-    "newroot",
+/// LXD's client in termina, which maitred's StartTermina starts; optional while it is being
+/// written.
+const TREMPLIN: (&str, &str) = ("tremplin", "usr/bin/tremplin");
+/// Mount points maitred needs on the read-only root beyond Debian's own.
+const ROOT_DIRS: [&str; 6] = [
     "mnt/stateful",
     "mnt/shared",
     "mnt/external",
     "mnt/chromeos",
     "opt/google/cros-containers",
-    "usr/bin",
-    "usr/sbin",
     "lib/modules",
 ];
 
@@ -53,26 +38,11 @@ pub struct BuildOptions {
     pub version: String,
     pub kernel: GuestKernel,
     pub guest_bin_dir: PathBuf,
-    pub busybox: PathBuf,
     pub force: bool,
 }
 
 fn progress(msg: &str) {
     eprintln!("crosimg: {msg}");
-}
-
-fn which(program: &str) -> Result<PathBuf, ImageError> {
-    let out = run_tool(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {program}")),
-    )
-    .map_err(|_| {
-        ImageError::Invalid(format!(
-            "{program} not found on this host (apt-get install btrfs-progs)"
-        ))
-    })?;
-    Ok(PathBuf::from(out.trim()))
 }
 
 fn guest_program(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
@@ -86,7 +56,7 @@ fn guest_program(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
     match elf::is_static(&p) {
         Ok(true) => Ok(p),
         Ok(false) => Err(ImageError::Invalid(format!(
-            "guest program {} is dynamically linked; the guest has no libraries for it (build with +crt-static)",
+            "guest program {} is dynamically linked; maitred runs before any library is reachable (build with +crt-static)",
             p.display()
         ))),
         Err(e) => Err(ImageError::Invalid(e)),
@@ -94,6 +64,12 @@ fn guest_program(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
 }
 
 fn root_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
+    let userland = rootfs::cached(&rootfs::TERMINA, &rootfs::cache_dir()?)?;
+    progress(&format!("unpacking {}", userland.display()));
+    rootfs::unpack(&userland, &st.root)?;
+    // maitred mounts a tmpfs on /var: what the packages left there would only be hidden.
+    st.empty_dir("var")?;
+    rootfs_config::configure(st, &opts.version)?;
     for d in ROOT_DIRS {
         st.dir(d)?;
     }
@@ -101,48 +77,27 @@ fn root_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
         st.copy(&guest_program(&opts.guest_bin_dir, name)?, dest)?;
         st.strip(dest)?;
     }
-    if elf::is_static(&opts.busybox) != Ok(true) {
-        return Err(ImageError::Invalid(format!(
-            "{} is not a static busybox (apt-get install busybox-static)",
-            opts.busybox.display()
-        )));
+    let (name, dest) = TREMPLIN;
+    if opts.guest_bin_dir.join(name).exists() {
+        st.copy(&guest_program(&opts.guest_bin_dir, name)?, dest)?;
+        st.strip(dest)?;
+    } else {
+        progress(&format!(
+            "warning: no {name} in {}: the image has none, and StartTermina cannot start LXD's client",
+            opts.guest_bin_dir.display()
+        ));
     }
-    st.copy(&opts.busybox, "bin/busybox")?;
-    let applets = run_tool(Command::new(&opts.busybox).arg("--list"))?;
-    for applet in applets
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && !a.contains('/'))
-    {
-        if applet != "busybox" {
-            st.symlink(&format!("bin/{applet}"), "busybox")?;
+    match &opts.kernel.rootfs_modules {
+        Some(modules) => {
+            progress(&format!(
+                "kernel modules into /lib/modules/{}",
+                opts.kernel.release
+            ));
+            modules.install(st, &opts.kernel.release)?;
         }
-    }
-    for (program, dest) in HOST_PROGRAMS {
-        st.copy_with_libraries(&which(program)?, dest)?;
-    }
-    st.file(
-        "etc/passwd",
-        b"root:x:0:0:root:/root:/bin/sh\nchronos:x:1000:1000:chronos:/home/chronos:/bin/sh\n",
-        0o644,
-    )?;
-    st.file("etc/group", b"root:x:0:\ntty:x:5:\nsudo:x:27:chronos\naudio:x:29:chronos\nvideo:x:44:chronos\nchronos:x:1000:\n", 0o644)?;
-    st.file("etc/shells", b"/bin/sh\n", 0o644)?;
-    st.file(
-        "etc/os-release",
-        format!("NAME=termina\nID=termina\nVERSION_ID={}\n", opts.version).as_bytes(),
-        0o644,
-    )?;
-    st.dir("home/chronos")?;
-    if let Some(dir) = &opts.kernel.late_modules_dir {
-        let dest = cros_guest::maitred::LATE_MODULES.trim_start_matches('/');
-        for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-            let e = e.map_err(io_err(dir))?;
-            st.copy(
-                &e.path(),
-                &format!("{dest}/{}", e.file_name().to_string_lossy()),
-            )?;
-        }
+        None => progress(
+            "warning: a kernel given by path: the root image has no module tree (LXD needs btrfs, overlay, bridge, veth, nf_tables … built in)",
+        ),
     }
     Ok(())
 }
@@ -201,7 +156,7 @@ fn build_into(opts: &BuildOptions, work: &Path) -> Result<(), ImageError> {
     std::fs::copy(&opts.kernel.kernel, work.join(KERNEL_FILE))
         .map_err(io_err(&opts.kernel.kernel))?;
 
-    progress("staging the root filesystem (static guest programs, busybox, btrfs-progs)");
+    progress("staging the root filesystem (Debian userland, static guest programs, modules)");
     let root = Staging::new(scratch.join("rootfs"))?;
     root_tree(&root, opts)?;
     let size = root.make_ext4(&work.join(ROOTFS_FILE), "vm_rootfs")?;
