@@ -278,7 +278,7 @@ impl Tremplin {
             .map_err(|e| {
                 // LXD saw a reset; the tunnel knows the host proxy refused, and why.
                 match tunnel.as_ref().and_then(TunnelGuard::last_error) {
-                    Some(why) => format!("{host}:{port} through crosd's image proxy: {why} ({e})"),
+                    Some(why) => format!("{why} ({e})"),
                     None => e.to_string(),
                 }
             })

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -253,7 +253,18 @@ async fn tunnel_one(
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     if resp.status() != StatusCode::OK {
-        return Err(format!("the host proxy refused: {}", resp.status()));
+        // crosd's proxy says why in a short text body; that is the reason the user sees.
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 4096)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        return Err(if body.is_empty() {
+            format!("crosd's image proxy refused {authority}: {status}")
+        } else {
+            body
+        });
     }
     let upgraded = hyper::upgrade::on(resp).await.map_err(|e| e.to_string())?;
     let mut upgraded = TokioIo::new(upgraded);
