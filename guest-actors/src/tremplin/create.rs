@@ -300,9 +300,16 @@ impl Tremplin {
             .lxd
             .start_operation_with(Method::POST, "/1.0/images", &headers, up.body)
             .await;
-        // A bad stream is the reason, whatever LXD made of the aborted body.
+        // A bad stream is the reason, whatever LXD made of the aborted body; when LXD gave
+        // up reading, its answer is.
         let fingerprint = match up.done.await {
             Ok(Ok(fp)) => fp,
+            Ok(Err(upload::UploadError::Abandoned)) => {
+                return Err(match posted {
+                    Err(e) => format!("importing the image: {e}"),
+                    Ok(_) => upload::UploadError::Abandoned.to_string(),
+                });
+            }
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("the image stream reader ended without a result".into()),
         };

@@ -36,6 +36,9 @@ pub enum UploadError {
     Empty(&'static str),
     #[error("reading the image stream: {0}")]
     Io(String),
+    /// LXD stopped reading the upload; its answer says why.
+    #[error("LXD stopped reading the image upload")]
+    Abandoned,
 }
 
 /// A multipart boundary that does not occur in tarballs by chance (128 random bits).
@@ -117,8 +120,8 @@ async fn pump<R: AsyncRead + Unpin>(
         hash.update(&buf);
         left -= n as u64;
         if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-            // LXD stopped reading (it refused the upload); its answer says why.
-            return Ok(());
+            // Reading on would take the rest of this part for the next length.
+            return Err(UploadError::Abandoned);
         }
     }
     Ok(())
@@ -157,6 +160,7 @@ pub fn multipart<R: AsyncRead + Unpin + Send + 'static>(mut r: R) -> MultipartUp
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()),
+            Err(UploadError::Abandoned) => Err(UploadError::Abandoned),
             Err(e) => {
                 // Abort the request body, so LXD does not take a truncated image.
                 let _ = tx.send(Err(e.to_string().into())).await;
@@ -233,6 +237,14 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(done.unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn a_body_lxd_stops_reading_ends_the_stream() {
+        let meta = vec![7u8; 1 << 20];
+        let up = multipart(stream(&[&(meta.len() as u64).to_le_bytes(), &meta]));
+        drop(up.body);
+        assert_eq!(up.done.await.unwrap(), Err(UploadError::Abandoned));
     }
 
     #[tokio::test]
