@@ -101,23 +101,7 @@ fn root_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
         st.copy(&guest_program(&opts.guest_bin_dir, name)?, dest)?;
         st.strip(dest)?;
     }
-    if elf::is_static(&opts.busybox) != Ok(true) {
-        return Err(ImageError::Invalid(format!(
-            "{} is not a static busybox (apt-get install busybox-static)",
-            opts.busybox.display()
-        )));
-    }
-    st.copy(&opts.busybox, "bin/busybox")?;
-    let applets = run_tool(Command::new(&opts.busybox).arg("--list"))?;
-    for applet in applets
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && !a.contains('/'))
-    {
-        if applet != "busybox" {
-            st.symlink(&format!("bin/{applet}"), "busybox")?;
-        }
-    }
+    st.busybox(&opts.busybox, "bin")?;
     for (program, dest) in HOST_PROGRAMS {
         st.copy_with_libraries(&which(program)?, dest)?;
     }
