@@ -5,6 +5,7 @@ pub mod garcon;
 pub mod kmod;
 pub mod maitred;
 pub mod pid1;
+pub mod tremplin;
 pub mod vm_syslog;
 pub mod vshd;
 pub mod vsock_probe;
