@@ -1,13 +1,19 @@
 //! The guest side of the bus protocol every guest actor speaks with the host: a Hello each
-//! way, then framed envelopes ([`cros_messages::framing`]).
+//! way, then framed envelopes ([`cros_messages::framing`]). [`Answering`] is the answering side,
+//! shared by maitred and garcon (a thread per connection, through [`serve`]) and tremplin (a
+//! task per connection); [`HostLink`] is the asking side, a connection a guest actor opened to a
+//! host port: each frame read is a request to answer, a malformed one is answered with an error
+//! (the frame was whole, so the stream is still in step), and every answer carries the
+//! service's next id.
 
 use std::io::{Read, Write};
 
 use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
 use cros_messages::{Addr, Body, BodyKind, CrosError, Envelope, FrameError};
 
-/// Serves one host connection: Hello as `me`, then each request's body through `handle` and
-/// its answer back, until the host closes. Returns true when `stop` says so after a reply.
+/// Serves one host connection synchronously (a thread per connection): Hello as `me`, then each
+/// request's body through `handle` and its answer back, until the host closes. Returns true
+/// when `stop` says so after a reply.
 pub fn serve<S: Read + Write>(
     mut stream: S,
     me: &Addr,
@@ -15,32 +21,21 @@ pub fn serve<S: Read + Write>(
     stop: impl Fn() -> bool,
 ) -> Result<bool, FrameError> {
     handshake(&mut stream, me)?;
-    let mut next_id = 1u64;
+    let mut answering = Answering::new(me.clone());
     loop {
-        let env: Envelope = match read_message(&mut stream, MAX_CONTROL_FRAME) {
-            Ok(env) => env,
-            Err(FrameError::Closed) => return Ok(false),
-            Err(FrameError::Decode(e)) => {
-                // The stream is still in sync (the frame was whole): answer and go on.
-                let err = Envelope::new(
-                    next_id,
-                    0,
-                    me.clone(),
-                    Addr::host("unknown"),
-                    Body::Error(CrosError::invalid(format!("malformed envelope: {e}"))),
-                );
-                next_id += 1;
+        let env = match answering.incoming(read_message(&mut stream, MAX_CONTROL_FRAME))? {
+            None => return Ok(false),
+            Some(Incoming::Malformed(err)) => {
                 write_message(&mut stream, &err, MAX_CONTROL_FRAME)?;
                 continue;
             }
-            Err(e) => return Err(e),
+            Some(Incoming::Request(env)) => env,
         };
         if env.body.kind() != BodyKind::Request {
             continue;
         }
         let body = handle(env.body.clone());
-        let reply = env.reply(next_id, body);
-        next_id += 1;
+        let reply = answering.reply(&env, body);
         write_message(&mut stream, &reply, MAX_CONTROL_FRAME)?;
         stream.flush()?;
         if stop() {
@@ -91,4 +86,62 @@ impl<S: Read + Write> HostLink<S> {
             }
         }
     }
+}
+
+pub struct Answering {
+    me: Addr,
+    next_id: u64,
+}
+
+/// What a frame read from the peer asks for.
+pub enum Incoming {
+    /// A request: answer it with [`Answering::reply`].
+    Request(Envelope),
+    /// A malformed envelope: send this error back and read on.
+    Malformed(Envelope),
+}
+
+impl Answering {
+    pub fn new(me: Addr) -> Self {
+        Self { me, next_id: 1 }
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Sorts a read result; `Ok(None)` is the peer's clean end of stream, `Err` a broken one.
+    pub fn incoming(
+        &mut self,
+        read: Result<Envelope, FrameError>,
+    ) -> Result<Option<Incoming>, FrameError> {
+        match read {
+            Ok(env) => Ok(Some(Incoming::Request(env))),
+            Err(FrameError::Closed) => Ok(None),
+            Err(FrameError::Decode(e)) => Ok(Some(Incoming::Malformed(Envelope::new(
+                self.id(),
+                0,
+                self.me.clone(),
+                Addr::host("unknown"),
+                Body::Error(CrosError::invalid(format!("malformed envelope: {e}"))),
+            )))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The answer to `req`.
+    pub fn reply(&mut self, req: &Envelope, body: Body) -> Envelope {
+        let id = self.id();
+        req.reply(id, body)
+    }
+}
+
+/// The answer to a body a service does not take.
+pub fn not_handled(service: &str, body: &Body) -> Body {
+    Body::Error(CrosError::invalid(format!(
+        "{service} does not handle {}",
+        body.type_name()
+    )))
 }

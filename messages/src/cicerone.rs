@@ -104,6 +104,8 @@ pub enum PrivilegeLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
 pub enum ContainerStatus {
     Creating,
+    /// LXD is downloading the image (UpdateCreateStatus carries the percent).
+    Downloading,
     Exists,
     Created,
     Starting,
@@ -113,7 +115,6 @@ pub enum ContainerStatus {
     Stopped,
     Deleted,
     Failed,
-    Downloading,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

@@ -18,9 +18,9 @@ pub enum TremplinRequest {
         rootfs_path: String,
         #[serde(default)]
         metadata_path: String,
-        /// Non-zero: the image comes as a stream on this host port instead (rootfs + metadata
-        /// tarballs the user named on the host): `[u64 LE metadata length][metadata][u64 LE
-        /// rootfs length][rootfs]`.
+        /// Host vsock port that streams the image when it comes from two tarballs (0: none).
+        /// The stream is `[u64 LE metadata_len][metadata][u64 LE rootfs_len][rootfs]`;
+        /// `rootfs_path`/`metadata_path` then only name the files in messages.
         #[serde(default)]
         upload_port: u32,
     },
@@ -43,6 +43,7 @@ pub enum TremplinRequest {
     GetContainerInfo {
         name: String,
     },
+    /// Every container LXD has (those being created are left out), with its status.
     ListContainers {},
 }
 
@@ -60,7 +61,8 @@ pub enum TremplinReply {
         ipv4: String,
         status: ContainerStatus,
     },
-    /// SetUpUser's answer: the user uid 1000 has (an existing one keeps its name).
+    /// SetUpUser's answer: the user that uid 1000 has now (an existing uid 1000 keeps its
+    /// name, so it may differ from the one asked for) and its home directory.
     UserSetUp {
         name: String,
         username: String,

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use cros_guest::cmdline::CrosdParams;
 use cros_guest::tremplin::host::{self, HostDialer};
-use cros_guest::tremplin::server;
+use cros_guest::tremplin::server::{self, RequestListener};
 use cros_guest::tremplin::{Config, Tremplin};
-use cros_guest::vshd::listener::{self, ListenAddr};
+use cros_guest::vshd::listener::ListenAddr;
 use cros_messages::{Addr, ports};
 
 const USAGE: &str = "tremplin: crosd's container manager in the VM (drives LXD).
@@ -81,24 +81,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(&format!("cannot start the runtime: {e}")));
-    let me = Addr::in_vm("tremplin", vm.as_str());
-    let events = {
-        let _in_runtime = runtime.enter();
-        host::start_reporter(config.host.clone(), me.clone())
-    };
-    let tremplin = Tremplin::new(config, events);
-    let rt = runtime.handle().clone();
-    let err = match &listen {
-        ListenAddr::Vsock { port } => {
-            let listener = vsock::VsockListener::bind_with_cid_port(vsock::VMADDR_CID_ANY, *port)
-                .unwrap_or_else(|e| fail(&format!("cannot listen on vsock port {port}: {e}")));
-            server::serve(listener, me, tremplin, rt)
+    let err = runtime.block_on(async move {
+        let listener = match &listen {
+            ListenAddr::Vsock { port } => RequestListener::vsock(*port),
+            ListenAddr::Unix(path) => RequestListener::unix(path),
         }
-        ListenAddr::Unix(path) => {
-            let listener = listener::bind_unix(path)
-                .unwrap_or_else(|e| fail(&format!("cannot listen on {}: {e}", path.display())));
-            server::serve(listener, me, tremplin, rt)
-        }
-    };
+        .unwrap_or_else(|e| fail(&format!("cannot listen on {listen:?}: {e}")));
+        let me = Addr::in_vm("tremplin", vm.as_str());
+        let events = host::start_reporter(config.host.clone(), me.clone());
+        let tremplin = Tremplin::new(config, events);
+        server::serve(listener, me, tremplin).await
+    });
     fail(&format!("listener failed: {err}"));
 }

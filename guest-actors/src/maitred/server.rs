@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, write_message};
 use cros_messages::maitred::{MaitredEvent, MaitredRequest};
-use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
+use cros_messages::{Addr, Body, Envelope, FrameError};
 
 use super::handlers::{Maitred, Outcome};
 use crate::vshd::listener::Listener;
@@ -44,10 +44,7 @@ pub fn serve_requests<S: Read + Write>(
                 Ok(reply) => Body::MaitredReply(reply),
                 Err(e) => Body::Error(e),
             },
-            other => Body::Error(CrosError::invalid(format!(
-                "maitred does not handle {}",
-                other.type_name()
-            ))),
+            other => crate::envelopes::not_handled("maitred", &other),
         },
         shutdown_requested,
     )
