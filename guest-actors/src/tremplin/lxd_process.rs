@@ -63,6 +63,7 @@ impl LxdCommand {
             program: format!("{} (creating {})", self.program, self.lxd_dir.display()),
             source,
         })?;
+        devices_tmpfs(&self.lxd_dir.join("devices"));
         tokio::process::Command::new(&self.program)
             .args(self.args())
             .env("LXD_DIR", &self.lxd_dir)
@@ -73,6 +74,33 @@ impl LxdCommand {
                 program: self.program.clone(),
                 source,
             })
+    }
+}
+
+/// LXD makes the device nodes it passes into containers (the profile's fuse and tun) under
+/// `LXD_DIR/devices`; the stateful disk is mounted nodev, so they go on a tmpfs of their own
+/// (they are made again at every container start). Best effort: a failure shows as LXD's own
+/// error when a container with such a device starts.
+fn devices_tmpfs(dir: &std::path::Path) {
+    let already = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == dir.to_str())
+    });
+    if already {
+        return;
+    }
+    let mounted = std::fs::create_dir_all(dir).map_err(|e| e.to_string()).and_then(|()| {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
+            Some("mode=0711,size=1m"),
+        )
+        .map_err(|e| e.to_string())
+    });
+    if let Err(e) = mounted {
+        eprintln!("tremplin: cannot mount a tmpfs at {}: {e}", dir.display());
     }
 }
 
