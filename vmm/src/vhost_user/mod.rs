@@ -5,6 +5,7 @@
 //! the device they run, as a [`BackendDevice`].
 
 pub mod blk;
+pub mod net;
 pub mod vsock;
 
 use std::io;
@@ -51,6 +52,8 @@ pub struct ExtraListener {
     pub what: &'static str,
     pub fd: RawFd,
     pub event: u16,
+    /// Watch it edge-triggered (see `VirtioDevice::event_fds_edge_triggered`).
+    pub edge_triggered: bool,
 }
 
 /// Serves one vhost-user connection with `backend`: listens on `socket` (calling
@@ -84,7 +87,12 @@ where
     let handlers = daemon.get_epoll_handlers();
     for h in &handlers {
         for extra in extra_listeners {
-            h.register_listener(extra.fd, EventSet::IN, u64::from(extra.event))
+            let set = if extra.edge_triggered {
+                EventSet::IN | EventSet::EDGE_TRIGGERED
+            } else {
+                EventSet::IN
+            };
+            h.register_listener(extra.fd, set, u64::from(extra.event))
                 .map_err(|source| ServeError::RegisterListener {
                     what: extra.what,
                     source,
@@ -163,6 +171,8 @@ pub trait BackendDevice: Send + Sync + 'static {
     fn features(&self) -> u64;
     /// The configuration space the frontend reads.
     fn config_space(&self) -> Vec<u8>;
+    /// The frontend set the features the driver accepted.
+    fn ack_features(&mut self, _features: u64) {}
     /// Serves `event`. An error is logged and the backend keeps serving: ending the
     /// library's worker thread would leave the guest a dead device while QEMU stays
     /// connected.
@@ -187,6 +197,8 @@ pub enum BackendError {
     Disk(#[from] crate::devices::virtio::block::BlockError),
     #[error(transparent)]
     Vsock(#[from] crate::devices::vsock::VsockError),
+    #[error(transparent)]
+    Net(#[from] crate::devices::net::NetError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("creating the exit event: {0}")]
@@ -243,6 +255,10 @@ impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
         VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
     }
 
+    fn acked_features(&mut self, features: u64) {
+        self.device.ack_features(features);
+    }
+
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
     }
@@ -276,7 +292,8 @@ impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if !evset.contains(EventSet::IN) {
+        // ERROR and HANG_UP too: a tap that vanished reports only EPOLLERR.
+        if !evset.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
             return Ok(());
         }
         tracing::trace!(device_event, "{}: vhost-user event", D::NAME);

@@ -135,6 +135,7 @@ pub fn serve(
         what: "the host sockets",
         fd: host_fd,
         event: HOST_SOCKETS_EVENT,
+        edge_triggered: false,
     };
     serve_backend(
         "vhost-user-vsock",
