@@ -4,9 +4,9 @@
 //! network namespace of its own (support/netns.rs): the tap, its address 10.77.0.1/24 and the
 //! guest's 10.77.0.2 exist only there and vanish with it.
 
-mod support;
 #[path = "support/netns.rs"]
 mod netns;
+mod support;
 
 use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
@@ -87,7 +87,9 @@ impl NetGuest {
         let mem = Arc::new(Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let rxq = GuestQueue::new(mem.clone(), 0x1_0000, QSIZE);
         let txq = GuestQueue::new(mem.clone(), 0x2_0000, QSIZE);
-        let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
+        let kicks: Vec<EventFd> = (0..2)
+            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+            .collect();
         let call = EventFd::new(EFD_NONBLOCK).unwrap();
         device.ack_features(features);
         device
@@ -261,7 +263,20 @@ fn guest_udp_frame(host_mac: [u8; 6], port: u16, payload: &[u8], flags: u8, gso:
     f.extend(GUEST_MAC);
     f.extend([0x08, 0x00]);
     let ip_len = 20 + 8 + payload.len();
-    let mut ip = vec![0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    let mut ip = vec![
+        0x45,
+        0,
+        (ip_len >> 8) as u8,
+        ip_len as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
     ip.extend(GUEST_IP);
     ip.extend(HOST_IP);
     let c = checksum(&ip);
@@ -302,7 +317,9 @@ fn guest_to_host(g: &mut NetGuest, s: &UdpSocket, payload: &[u8]) {
     g.send(&frame);
     assert_eq!(g.tx_used().1, 0, "tx chains are returned with length 0");
     let mut buf = [0u8; 2048];
-    let (n, from) = s.recv_from(&mut buf).expect("the host receives the guest's datagram");
+    let (n, from) = s
+        .recv_from(&mut buf)
+        .expect("the host receives the guest's datagram");
     assert_eq!(&buf[..n], payload);
     assert_eq!(from.to_string(), "10.77.0.2:4000");
 }
@@ -323,7 +340,10 @@ fn udp_both_ways_between_the_guest_queues_and_the_host_stack() {
     let stats = g.stats();
     assert_eq!(stats.tx_frames, 1);
     assert!(stats.rx_frames >= 1);
-    assert_eq!((stats.tx_dropped, stats.rx_dropped, stats.bad_chains), (0, 0, 0));
+    assert_eq!(
+        (stats.tx_dropped, stats.rx_dropped, stats.bad_chains),
+        (0, 0, 0)
+    );
 }
 
 /// GUEST_CSUM acked: the tap is told (TUNSETOFFLOAD, on the device thread) and the host stack
@@ -337,7 +357,8 @@ fn guest_checksum_offload_reaches_the_tap() {
     // set before any event is handled.
     s.send_to(b"first", "10.77.0.2:5001").unwrap();
     g.recv_udp(5001);
-    s.send_to(b"partial checksum please", "10.77.0.2:5001").unwrap();
+    s.send_to(b"partial checksum please", "10.77.0.2:5001")
+        .unwrap();
     let f = g.recv_udp(5001);
     assert_eq!(f[0] & 1, 1, "VIRTIO_NET_HDR_F_NEEDS_CSUM: {:?}", &f[..HDR]);
 }
@@ -369,7 +390,9 @@ fn a_frame_bigger_than_the_rx_buffer_is_dropped_and_the_buffer_kept() {
     let s = host_socket();
     g.post_rx(1, 600);
     s.send_to(&[0x55; 1200], "10.77.0.2:5003").unwrap();
-    g.wait("the big frame dropped", |g| (g.stats().rx_dropped > 0).then_some(()));
+    g.wait("the big frame dropped", |g| {
+        (g.stats().rx_dropped > 0).then_some(())
+    });
     assert!(!g.rxq.has_used(), "the too-small buffer was used");
     s.send_to(b"small", "10.77.0.2:5003").unwrap();
     let f = g.recv_udp(5003);
@@ -399,7 +422,10 @@ fn bad_tx_chains_are_dropped_and_the_device_serves_on() {
     let big = g.alloc(MAX_BUFFER_SIZE as u32 + 1);
     let cases: Vec<(&str, Vec<(u64, u32, u16, u16)>)> = vec![
         ("a device-writable descriptor", vec![(at, len, write, 0)]),
-        ("outside guest memory", vec![(MEM_SIZE as u64 - 8, len, 0, 0)]),
+        (
+            "outside guest memory",
+            vec![(MEM_SIZE as u64 - 8, len, 0, 0)],
+        ),
         ("a next index outside the queue", vec![(at, len, next, 999)]),
         ("a loop", vec![(at, 6, next, 1), (at + 6, 6, next, 0)]),
         ("shorter than the header", vec![(at, 8, 0, 0)]),
@@ -460,7 +486,9 @@ fn tx_checksum_offload_is_completed_by_the_host() {
     g.send(&f);
     g.tx_used();
     let mut buf = [0u8; 64];
-    let (n, _) = s.recv_from(&mut buf).expect("the datagram passed the host's checksum");
+    let (n, _) = s
+        .recv_from(&mut buf)
+        .expect("the datagram passed the host's checksum");
     assert_eq!(&buf[..n], payload);
 }
 
@@ -474,7 +502,8 @@ fn bad_rx_chains_are_returned_empty_and_the_frame_takes_the_next_buffer() {
     let write = VRING_DESC_F_WRITE as u16;
     let bad = [
         g.rxq.add_raw_chain(&[(at, 2048, 0, 0)]),
-        g.rxq.add_raw_chain(&[(MEM_SIZE as u64 - 16, 2048, write, 0)]),
+        g.rxq
+            .add_raw_chain(&[(MEM_SIZE as u64 - 16, 2048, write, 0)]),
         g.rxq.add_raw_chain(&[(at, 8, write, 0)]),
     ];
     g.post_rx(1, 2048);

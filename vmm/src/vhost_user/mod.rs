@@ -5,19 +5,24 @@
 //! the device they run, as a [`BackendDevice`].
 
 pub mod blk;
+mod early_enable;
 pub mod net;
 pub mod vsock;
 
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::info;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{VhostUserBackend, VhostUserBackendMut, VhostUserDaemon, VringRwLock};
+use vhost_user_backend::{
+    VhostUserBackend, VhostUserBackendMut, VhostUserDaemon, VringEpollHandler, VringRwLock,
+};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -62,11 +67,22 @@ pub struct ExtraListener {
 /// [`ThreadKind::VhostUser`](crate::seccomp::ThreadKind::VhostUser) filter), every thread of
 /// the process is confined once the frontend has connected and the daemon's threads run: the
 /// rest of the process's life is serving the frontend.
+/// How a backend meets its frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    /// The frontend talks to the daemon directly.
+    Direct,
+    /// Through the relay that holds back QEMU virtio-net's early SET_VRING_ENABLE
+    /// (`early_enable`).
+    HoldEarlyVringEnable,
+}
+
 pub fn serve_backend<T>(
     name: &str,
     socket: &Path,
     backend: T,
     extra_listeners: &[ExtraListener],
+    frontend: Frontend,
     on_listening: impl FnOnce(),
     seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), ServeError>
@@ -74,31 +90,21 @@ where
     T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
 {
     check_socket_path(socket)?;
+    if frontend == Frontend::HoldEarlyVringEnable {
+        return serve_relayed(
+            name,
+            socket,
+            backend,
+            extra_listeners,
+            on_listening,
+            seccomp,
+        );
+    }
     let mut listener = Listener::new(socket, true).map_err(|reason| ServeError::Listen {
         path: socket.to_path_buf(),
         reason,
     })?;
-    let mut daemon = VhostUserDaemon::new(
-        name.to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| ServeError::Daemon(e.to_string()))?;
-    let handlers = daemon.get_epoll_handlers();
-    for h in &handlers {
-        for extra in extra_listeners {
-            let set = if extra.edge_triggered {
-                EventSet::IN | EventSet::EDGE_TRIGGERED
-            } else {
-                EventSet::IN
-            };
-            h.register_listener(extra.fd, set, u64::from(extra.event))
-                .map_err(|source| ServeError::RegisterListener {
-                    what: extra.what,
-                    source,
-                })?;
-        }
-    }
+    let (mut daemon, handlers) = new_daemon(name, backend, extra_listeners)?;
     on_listening();
 
     let started = daemon.start(&mut listener);
@@ -119,6 +125,114 @@ where
     }
     drop(listener);
     let _ = std::fs::remove_file(socket);
+    daemon_result(name, result)
+}
+
+fn new_daemon<T>(
+    name: &str,
+    backend: T,
+    extra_listeners: &[ExtraListener],
+) -> Result<(VhostUserDaemon<T>, Vec<Arc<VringEpollHandler<T>>>), ServeError>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    let daemon = VhostUserDaemon::new(
+        name.to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    let handlers = daemon.get_epoll_handlers();
+    for h in &handlers {
+        for extra in extra_listeners {
+            let set = if extra.edge_triggered {
+                EventSet::IN | EventSet::EDGE_TRIGGERED
+            } else {
+                EventSet::IN
+            };
+            h.register_listener(extra.fd, set, u64::from(extra.event))
+                .map_err(|source| ServeError::RegisterListener {
+                    what: extra.what,
+                    source,
+                })?;
+        }
+    }
+    Ok((daemon, handlers))
+}
+
+/// [`serve_backend`] with the early-enable relay between the frontend (on `socket`) and the
+/// daemon (on a private socket beside it, `<socket>.daemon`, removed once connected). The
+/// relay's threads start before the daemon's, so the process filter (which allows no new
+/// threads) can go on as soon as the daemon runs.
+fn serve_relayed<T>(
+    name: &str,
+    socket: &Path,
+    backend: T,
+    extra_listeners: &[ExtraListener],
+    on_listening: impl FnOnce(),
+    seccomp: Option<&seccompiler::BpfProgram>,
+) -> Result<(), ServeError>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    let inner = PathBuf::from(format!("{}.daemon", socket.display()));
+    check_socket_path(&inner)?;
+    let listen = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        UnixListener::bind(path).map_err(|e| ServeError::SocketPath {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
+    let outer_listener = listen(socket)?;
+    let inner_listener = listen(&inner)?;
+    let (mut daemon, handlers) = new_daemon(name, backend, extra_listeners)?;
+    let (replies, reply_thread) = early_enable::start_reply_thread()
+        .map_err(|e| ServeError::Daemon(format!("starting the relay: {e}")))?;
+    let relay = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("vhost-user-relay".into())
+            .spawn(move || -> io::Result<()> {
+                let (frontend, _) = outer_listener.accept()?;
+                let (daemon_end, _) = inner_listener.accept()?;
+                let _ = std::fs::remove_file(&inner);
+                early_enable::relay(frontend, daemon_end, replies)
+            })
+            .map_err(|e| ServeError::Daemon(format!("starting the relay: {e}")))?
+    };
+    on_listening();
+    let started = daemon.start_client(&inner.to_string_lossy());
+    let cleanup = |handlers: &[Arc<VringEpollHandler<T>>]| {
+        for h in handlers {
+            h.send_exit_event();
+        }
+        let _ = std::fs::remove_file(socket);
+        let _ = std::fs::remove_file(&inner);
+    };
+    if started.is_ok()
+        && let Some(filter) = seccomp
+        && let Err(e) =
+            crate::seccomp::install_all_threads(crate::seccomp::ThreadKind::VhostUser, filter)
+    {
+        cleanup(&handlers);
+        return Err(e.into());
+    }
+    let result = started.and_then(|()| daemon.wait());
+    cleanup(&handlers);
+    for thread in [relay, reply_thread] {
+        if let Err(e) = thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+        {
+            tracing::debug!("{name}: vhost-user relay ended: {e}");
+        }
+    }
+    daemon_result(name, result)
+}
+
+/// What a daemon's end means: a frontend that went away is the normal end.
+fn daemon_result(name: &str, result: vhost_user_backend::Result<()>) -> Result<(), ServeError> {
     match result {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
@@ -171,6 +285,11 @@ pub trait BackendDevice: Send + Sync + 'static {
     fn features(&self) -> u64;
     /// The configuration space the frontend reads.
     fn config_space(&self) -> Vec<u8>;
+    /// The vhost-user protocol features offered: the configuration space (CONFIG) and the
+    /// queue count (MQ) by default.
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
     /// The frontend set the features the driver accepted.
     fn ack_features(&mut self, _features: u64) {}
     /// Serves `event`. An error is logged and the backend keeps serving: ending the
@@ -252,7 +371,7 @@ impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+        self.device.protocol_features()
     }
 
     fn acked_features(&mut self, features: u64) {

@@ -6,16 +6,21 @@
 //! `NetDevice` rx/tx code our own VMM runs, on vhost-user-backend's worker thread: queue kicks
 //! arrive as vring events, and the tap is registered on the same epoll set (edge-triggered) as
 //! an extra listener. QEMU relays the features the driver accepted (SET_FEATURES); the tap's
-//! offloads follow them at the next event. A tap that vanishes is logged once and the device
+//! offloads follow them at the next event. QEMU's virtio-net enables the rings before it sends
+//! SET_FEATURES, which vhost-user-backend refuses; the backend therefore meets QEMU through a
+//! relay that holds that message back (`early_enable`). A tap that vanishes is logged once and the device
 //! goes quiet: vhost-user has no way to ask the driver for a reset.
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
-use super::{Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, serve_backend};
+use super::{
+    Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, Frontend, serve_backend,
+};
 use crate::devices::net::{
     NUM_QUEUES, NetConfig, NetDevice, NetError, NetEvent, RX_QUEUE, TX_QUEUE,
 };
@@ -124,6 +129,11 @@ impl BackendDevice for NetBackendDevice {
         self.device.config_space()
     }
 
+    /// MQ only: QEMU owns virtio-net's configuration space (and warns about CONFIG).
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+    }
+
     fn ack_features(&mut self, features: u64) {
         self.device.ack_features(features);
     }
@@ -167,6 +177,7 @@ pub fn serve(
         socket,
         backend,
         &[tap],
+        Frontend::HoldEarlyVringEnable,
         on_listening,
         seccomp,
     )?;

@@ -11,7 +11,9 @@ use std::sync::{Arc, RwLock};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
-use super::{Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, serve_backend};
+use super::{
+    Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, Frontend, serve_backend,
+};
 use crate::devices::vsock::{
     DeviceEvent, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig, VsockDevice, VsockError,
 };
@@ -142,6 +144,7 @@ pub fn serve(
         socket,
         backend,
         &[host_sockets],
+        Frontend::Direct,
         on_listening,
         seccomp,
     )?;
