@@ -77,6 +77,16 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Stands `file` in for a tap named `name`: any descriptor that keeps frame boundaries
+    /// (one end of a SOCK_SEQPACKET socketpair) does, for the fuzz target, which cannot make
+    /// taps. TUNSETOFFLOAD fails on it; drive `NetDevice::process_rx`/`process_tx` directly.
+    pub fn from_file(file: File, name: &str) -> Self {
+        Self {
+            file,
+            name: name.to_owned(),
+        }
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
