@@ -191,7 +191,7 @@ const VSOCK: &[i64] = &[
 
 /// TUNSETOFFLOAD (`_IOW('T', 208, unsigned int)`): the one ioctl the net device makes once it
 /// runs.
-const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD as u64;
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
 /// A vhost-user backend also creates its event loops' descriptors, checks the memory files
 /// the frontend sends, and removes its socket files once the frontend has gone.

@@ -38,6 +38,9 @@ const MEM_SIZE: usize = 16 << 20;
 const DATA: u64 = 0x10_0000;
 const HDR: usize = 12;
 
+/// A raw descriptor: (addr, len, flags, next).
+type RawDesc = (u64, u32, u16, u16);
+
 fn version_1() -> u64 {
     1 << VIRTIO_F_VERSION_1
 }
@@ -167,7 +170,7 @@ impl NetGuest {
     }
 
     /// Queues a raw chain `(addr, len, flags, next)` on tx and kicks.
-    fn send_raw(&mut self, raw: &[(u64, u32, u16, u16)]) -> u16 {
+    fn send_raw(&mut self, raw: &[RawDesc]) -> u16 {
         let head = self.txq.add_raw_chain(raw);
         self.kicks[1].write(1).unwrap();
         head
@@ -420,7 +423,7 @@ fn bad_tx_chains_are_dropped_and_the_device_serves_on() {
     let write = VRING_DESC_F_WRITE as u16;
     let next = VRING_DESC_F_NEXT as u16;
     let big = g.alloc(MAX_BUFFER_SIZE as u32 + 1);
-    let cases: Vec<(&str, Vec<(u64, u32, u16, u16)>)> = vec![
+    let cases: Vec<(&str, Vec<RawDesc>)> = vec![
         ("a device-writable descriptor", vec![(at, len, write, 0)]),
         (
             "outside guest memory",

@@ -128,11 +128,15 @@ where
     daemon_result(name, result)
 }
 
+/// A daemon's epoll handlers (one per worker thread).
+type EpollHandlers<T> = Vec<Arc<VringEpollHandler<T>>>;
+
+/// A daemon serving `backend`, with `extra_listeners` on each of its epoll handlers.
 fn new_daemon<T>(
     name: &str,
     backend: T,
     extra_listeners: &[ExtraListener],
-) -> Result<(VhostUserDaemon<T>, Vec<Arc<VringEpollHandler<T>>>), ServeError>
+) -> Result<(VhostUserDaemon<T>, EpollHandlers<T>), ServeError>
 where
     T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
 {
