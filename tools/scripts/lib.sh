@@ -8,8 +8,10 @@ log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages the project needs on the host: QEMU (TCG backend), filesystem tools for the
-# termina images, busybox for the guest's shell utilities, a C++ compiler for libFuzzer (fuzz.sh).
-HOST_PACKAGES=(qemu-system-x86 btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++)
+# termina images, busybox for the guest's shell utilities, a C++ compiler for libFuzzer (fuzz.sh),
+# iproute2 for the network tests' namespaces and taps.
+HOST_PACKAGES=(qemu-system-x86 btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++
+    iproute2)
 
 # Installs whatever of HOST_PACKAGES is missing (needs root, as on the project's machines).
 ensure_host_packages() {
