@@ -68,5 +68,20 @@ fn linux_virtio_net_pings_and_carries_tcp_through_our_vhost_user_backend() {
     assert_eq!(sink, format!("sink {}", sha256(&pattern)), "{}", vm.logs());
 
     assert!(vm.backend_running(), "{}", vm.logs());
+    // Linux took the offloads: checksum, TSO4/6 and UFO towards the guest (the tap's
+    // TUN_F_CSUM | TSO4 | TSO6 | UFO), and mergeable rx buffers (bit 15).
+    let log = std::fs::read_to_string(&vm.backend_log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("virtio-net: driver features"))
+        .unwrap_or_else(|| panic!("no features line in the backend log:\n{log}"));
+    assert!(line.ends_with("offloads 0x17"), "{line}");
+    let features = line
+        .split("driver features 0x")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert_ne!(features & (1 << 15), 0, "MRG_RXBUF not negotiated: {line}");
     let _ = net_vm::MARKER;
 }

@@ -244,6 +244,11 @@ impl NetDevice {
     ) -> Result<UsedQueues, NetError> {
         if let Some(flags) = self.offload_pending.take() {
             self.tap.set_offload(flags)?;
+            tracing::info!(
+                "virtio-net: driver features {:#x}, tap {} offloads {flags:#x}",
+                self.acked,
+                self.tap.name()
+            );
         }
         tracing::trace!(?event, "virtio-net event");
         let tx = self.process_tx(mem, txq)?;
