@@ -13,7 +13,8 @@
 //! Rx: a frame is read from the tap when it is readable (edge-triggered: we read until EAGAIN
 //! or until the guest has no buffers, and go on when the guest adds some) and written into
 //! the guest's buffers; a frame that cannot be placed yet waits in `rx_frame`. Tx: the queue is
-//! drained, each chain gathered and written to the tap as one frame. What a single frame or
+//! drained, each chain checked and written to the tap as one frame, by writev straight from
+//! guest memory. What a single frame or
 //! chain does wrong drops that frame and is counted; a broken queue or a tap that vanished is
 //! a [`NetError`], which stops the device until the driver resets it.
 
@@ -24,7 +25,7 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestMemory};
+use vm_memory::{Address, Bytes, GuestMemory, Permissions};
 
 use super::chain::{Direction, Segment, segments};
 use super::error::{FrameError, NetError};
@@ -153,7 +154,6 @@ pub struct NetDevice {
     rx_frame: Vec<u8>,
     /// Bytes of `rx_frame` holding a frame read from the tap and not yet placed (0: none).
     rx_pending: usize,
-    tx_frame: Vec<u8>,
     stats: NetStats,
 }
 
@@ -171,7 +171,6 @@ impl NetDevice {
             offload_pending: None,
             rx_frame: vec![0; MAX_BUFFER_SIZE],
             rx_pending: 0,
-            tx_frame: Vec::with_capacity(MAX_BUFFER_SIZE),
             stats: NetStats::default(),
         }
     }
@@ -284,7 +283,7 @@ impl NetDevice {
         let mut used = false;
         while let Some(chain) = txq.iter(mem).map_err(NetError::Queue)?.next() {
             let head = chain.head_index();
-            let result = self.gather_tx(chain, mem).and_then(|()| self.send_tx());
+            let result = self.transmit(chain, mem);
             // Every chain goes back, sent or not: tx buffers are never written.
             txq.add_used(mem, head, 0).map_err(NetError::Queue)?;
             used = true;
@@ -307,31 +306,49 @@ impl NetDevice {
         Ok(used)
     }
 
-    /// Copies one tx chain into `tx_frame`, checking it on the way.
-    fn gather_tx<M: GuestMemory>(
+    /// Writes one tx chain to the tap as one frame, straight from guest memory (writev over
+    /// the chain's buffers: no copy), once the chain and its header are checked. The guest
+    /// could change the header after the check; that only harms its own frame (the kernel
+    /// validates the header it reads again).
+    fn transmit<M: GuestMemory>(
         &mut self,
         chain: virtio_queue::DescriptorChain<&M>,
         mem: &M,
     ) -> Result<(), TxError> {
         let (segs, total) = segments(chain, mem, Direction::Readable, MAX_BUFFER_SIZE as u64)?;
-        self.tx_frame.clear();
-        self.tx_frame.resize(total as usize, 0);
-        let mut at = 0;
-        for Segment { addr, len } in segs {
-            let len = len as usize;
-            mem.read_slice(&mut self.tx_frame[at..at + len], addr)
-                .map_err(|_| FrameError::InvalidAddress {
-                    addr: addr.0,
-                    len: len as u32,
-                })?;
-            at += len;
+        let mut header = [0u8; HEADER_SIZE];
+        if read_at(mem, &segs, &mut header) < HEADER_SIZE {
+            return Err(FrameError::ShortFrame {
+                len: total as usize,
+            }
+            .into());
         }
-        NetHeader::parse(&self.tx_frame)?.check(self.acked, false)?;
-        Ok(())
-    }
-
-    fn send_tx(&mut self) -> Result<(), TxError> {
-        match self.tap.write_frame(&self.tx_frame) {
+        NetHeader::parse(&header)?.check(self.acked, false)?;
+        let mut guards = Vec::with_capacity(segs.len());
+        for seg in &segs {
+            let bad = || FrameError::InvalidAddress {
+                addr: seg.addr.0,
+                len: seg.len,
+            };
+            let slices = mem
+                .get_slices(seg.addr, seg.len as usize, Permissions::Read)
+                .map_err(|_| bad())?;
+            for slice in slices {
+                guards.push(slice.map_err(|_| bad())?.ptr_guard());
+            }
+        }
+        let iovs: Vec<libc::iovec> = guards
+            .iter()
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr() as *mut libc::c_void,
+                iov_len: g.len(),
+            })
+            .collect();
+        // The guards keep the mappings alive (and their dirty tracking, were there any) until
+        // writev has read them.
+        let result = self.tap.write_frame_vectored(&iovs);
+        drop(guards);
+        match result {
             Ok(TapIo::Done(_)) => Ok(()),
             Ok(TapIo::WouldBlock) => Err(FrameError::TapRefused {
                 reason: "its queue is full".into(),
@@ -482,6 +499,22 @@ fn write_segments<M: GuestMemory>(mem: &M, segs: &[Segment], data: &[u8]) -> usi
         }
         let n = (seg.len as usize).min(data.len() - at);
         if mem.write_slice(&data[at..at + n], seg.addr).is_err() {
+            break;
+        }
+        at += n;
+    }
+    at
+}
+
+/// Reads the first `buf.len()` bytes of the buffer `segs` describe; returns how many there were.
+fn read_at<M: GuestMemory>(mem: &M, segs: &[Segment], buf: &mut [u8]) -> usize {
+    let mut at = 0;
+    for seg in segs {
+        if at >= buf.len() {
+            break;
+        }
+        let n = (seg.len as usize).min(buf.len() - at);
+        if mem.read_slice(&mut buf[at..at + n], seg.addr).is_err() {
             break;
         }
         at += n;

@@ -131,12 +131,15 @@ impl Tap {
         }
     }
 
-    /// Writes one frame (vnet header first).
-    pub fn write_frame(&self, frame: &[u8]) -> io::Result<TapIo> {
+    /// Writes one frame (vnet header first) gathered from `iovs`, which must point to memory
+    /// that stays mapped and readable for the call (the caller holds its guards).
+    pub fn write_frame_vectored(&self, iovs: &[libc::iovec]) -> io::Result<TapIo> {
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         loop {
-            // SAFETY: the pointer and length describe `frame`, a live slice.
-            let n =
-                unsafe { libc::write(self.file.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+            // SAFETY: every iovec describes readable memory the caller keeps mapped for the
+            // call (guest memory under its guards); writev only reads it.
+            let n = unsafe { libc::writev(self.file.as_raw_fd(), iovs.as_ptr(), count) };
             if n >= 0 {
                 return Ok(TapIo::Done(n as usize));
             }
