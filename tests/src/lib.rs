@@ -27,5 +27,6 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 pub mod crosd;
+pub mod net_vm;
 pub mod vsh_vm;
 pub mod vsock_vm;

@@ -32,6 +32,7 @@ TARGETS=(
     op_record_json:fuzz:
     vsock_packet:vmm/fuzz:-max_len=65536
     blk_chain:vmm/fuzz:-max_len=65537
+    net_chain:vmm/fuzz:-max_len=70000
     mmio_transport:vmm/fuzz:-max_len=70000
 )
 CARGO_FUZZ_VERSION=0.13.2

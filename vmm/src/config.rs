@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::devices::net::NetConfig;
 use crate::devices::vsock::VsockConfig;
 use crate::error::VmmError;
 
@@ -104,6 +105,8 @@ pub struct VmConfig {
     pub pmem: Vec<BlockConfig>,
     /// The hybrid vsock device (guest cid, host Unix socket), after the pmem devices.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices, each on its tap, after the vsock device in window order.
+    pub net: Vec<NetConfig>,
     /// Number of virtio-rng devices, each in its own virtio-mmio window.
     pub virtio_rng: usize,
     /// Confine the VMM's vCPU, device and helper threads with seccomp filters.
@@ -131,6 +134,7 @@ impl VmConfig {
             block: Vec::new(),
             pmem: Vec::new(),
             vsock: None,
+            net: Vec::new(),
             virtio_rng: 0,
             seccomp: true,
             serial_input: false,
@@ -154,6 +158,7 @@ impl VmConfig {
         let irqs_needed = (self.block.len()
             + self.pmem.len()
             + usize::from(self.vsock.is_some())
+            + self.net.len()
             + self.virtio_rng) as u32;
         if VIRTIO_IRQ_BASE + irqs_needed > IRQ_MAX + 1 {
             return Err(VmmError::Config(format!(

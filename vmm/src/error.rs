@@ -9,6 +9,7 @@ use crate::acpi::AcpiError;
 use crate::arch::x86_64::zero_page::ZeroPageError;
 use crate::control::ControlError;
 use crate::devices::bus::BusError;
+use crate::devices::net::NetError;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::pmem::PmemError;
 use crate::devices::vsock::VsockError;
@@ -43,6 +44,8 @@ pub enum VmmError {
     Pmem(#[from] PmemError),
     #[error("cannot create the vsock device")]
     Vsock(#[from] VsockError),
+    #[error("cannot create the network device")]
+    Net(#[from] NetError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error(transparent)]

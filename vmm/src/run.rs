@@ -2,6 +2,7 @@
 //! it ([`crate::vm`]) until it ends.
 
 pub use crate::config::{BlockConfig, MAX_VCPUS, SerialOutput, VIRTIO_IRQ_BASE, VmConfig};
+pub use crate::devices::net::NetConfig;
 pub use crate::error::VmmError;
 pub use crate::vm::VmExit;
 

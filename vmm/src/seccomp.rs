@@ -41,7 +41,11 @@ pub enum ThreadKind {
     /// family only; the host socket was bound before the thread started and outlives device
     /// resets, so the thread neither binds nor removes files.
     Vsock,
-    /// Every thread of a vhost-user backend process (`crosvm vhost-user-vsock|blk`) once it
+    /// The virtio-net device thread: its queues and the tap (read, write, and TUNSETOFFLOAD
+    /// when the driver's features change the offloads). The tap was opened before the thread
+    /// started and outlives device resets, so the thread opens nothing.
+    Net,
+    /// Every thread of a vhost-user backend process (`crosvm vhost-user-vsock|blk|net`) once it
     /// serves its frontend: the vhost-user protocol (messages carrying descriptors, guest
     /// memory mappings), the device's event loop and the device's own work (the disk image's
     /// I/O, vsock's host sockets).
@@ -50,7 +54,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for building all filters up front.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::Device,
         ThreadKind::Helper,
@@ -58,6 +62,7 @@ impl ThreadKind {
         ThreadKind::Control,
         ThreadKind::Console,
         ThreadKind::Vsock,
+        ThreadKind::Net,
         ThreadKind::VhostUser,
     ];
 }
@@ -184,6 +189,10 @@ const VSOCK: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
+/// TUNSETOFFLOAD (`_IOW('T', 208, unsigned int)`): the one ioctl the net device makes once it
+/// runs.
+const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
+
 /// A vhost-user backend also creates its event loops' descriptors, checks the memory files
 /// the frontend sends, and removes its socket files once the frontend has gone.
 const VHOST_USER: &[i64] = &[
@@ -272,11 +281,18 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             // Sockets are made non-blocking with FIONBIO (std's set_nonblocking).
             rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
         }
+        ThreadKind::Net => {
+            rules.extend(DEVICE.iter().map(|&nr| (nr, Vec::new())));
+            rules.insert(libc::SYS_ioctl, vec![arg_is(1, TUNSETOFFLOAD)?]);
+        }
         ThreadKind::VhostUser => {
             let allowed = DEVICE.iter().chain(VSOCK).chain(VHOST_USER);
             rules.extend(allowed.map(|&nr| (nr, Vec::new())));
             rules.insert(libc::SYS_socket, vec![arg_is(0, libc::AF_UNIX as u64)?]);
-            rules.insert(libc::SYS_ioctl, vec![arg_is(1, libc::FIONBIO)?]);
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![arg_is(1, libc::FIONBIO)?, arg_is(1, TUNSETOFFLOAD)?],
+            );
             // The vhost-user crates duplicate descriptors the frontend sent.
             rules.insert(
                 libc::SYS_fcntl,

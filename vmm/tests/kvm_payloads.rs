@@ -2,6 +2,8 @@
 //! (vmm/tests/payloads/*.S, assembled here with binutils). They need /dev/kvm: where it cannot
 //! be opened they fail and say why, they never pass without running a guest.
 
+#[path = "support/netns.rs"]
+mod netns;
 #[path = "support/payload.rs"]
 mod payload;
 
@@ -682,4 +684,64 @@ fn stop_raises_the_ged_interrupt_on_ioapic_pin_23() {
     assert_eq!(exit, VmExit::GuestPowerOff, "{serial}");
     assert_eq!(serial, "ready\npower button interrupt\n");
     eprintln!("stop request to guest power-off, by interrupt: {took:?}");
+}
+
+/// virtio-net under `crosvm run`, in a network namespace the test makes: the payload sends a
+/// UDP datagram through our device and the tap to a socket of the host stack, which answers;
+/// the answer comes back through the tap into the payload's rx buffer.
+#[test]
+fn net_payload_exchanges_udp_with_the_host_through_the_tap() {
+    let (_dir, log, mut cfg) = payload_vm("net");
+    netns::enter_new_netns();
+    let tap = "crosdpayload0";
+    netns::ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+    netns::ip(&["link", "set", tap, "address", "02:00:00:77:00:01"]);
+    netns::ip(&["addr", "add", "10.77.0.1/24", "dev", tap]);
+    netns::ip(&["link", "set", tap, "up"]);
+    netns::ip(&[
+        "neigh",
+        "add",
+        "10.77.0.2",
+        "lladdr",
+        "52:54:00:77:00:02",
+        "dev",
+        tap,
+        "nud",
+        "permanent",
+    ]);
+    let socket = std::net::UdpSocket::bind("10.77.0.1:7777").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let host = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buf)?;
+        socket.send_to(b"hello guest\0", from)?;
+        Ok::<_, std::io::Error>((buf[..n].to_vec(), from))
+    });
+    cfg.net = vec![cros_vmm::run::NetConfig {
+        tap: tap.into(),
+        mac: Some("52:54:00:77:00:02".parse().unwrap()),
+    }];
+    let exit = run(&cfg);
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        matches!(exit, Ok(VmExit::GuestReset)),
+        "{exit:?}\nserial:\n{serial}"
+    );
+    let (got, from) = host
+        .join()
+        .unwrap()
+        .expect("the host got the guest's datagram");
+    assert_eq!(got, b"hello host");
+    assert_eq!(from.to_string(), "10.77.0.2:4000");
+    let lines: Vec<&str> = serial.lines().collect();
+    for want in [
+        "virtio-net: tx done",
+        // 12-byte header + 14 + 20 + 8 + "hello guest\0".
+        "virtio-net: rx used length 0x00000042",
+        "virtio-net: rx payload hello guest",
+    ] {
+        assert!(lines.contains(&want), "missing {want:?} in:\n{serial}");
+    }
 }

@@ -120,6 +120,30 @@ enum Command {
         #[arg(long)]
         no_seccomp: bool,
     },
+    /// Serve a virtio-net device on a tap interface to a vhost-user frontend (QEMU 7.2 on
+    /// microvm: `-chardev socket,id=n0,path=SOCK -netdev vhost-user,id=net0,chardev=n0
+    /// -device virtio-net-device,netdev=net0`, with a shared memory backend and
+    /// `-global virtio-mmio.force-legacy=false`).
+    ///
+    /// Frames are moved by the same code as `crosvm run --net`: one rx/tx queue pair,
+    /// checksum and segmentation offloads as the guest driver accepts them (the tap's
+    /// TUNSETOFFLOAD follows), mergeable rx buffers. QEMU owns the MAC (`-device
+    /// ...,mac=`). Prints `listening on SOCK` once QEMU can connect; exits 0 when QEMU
+    /// disconnects.
+    VhostUserNet {
+        /// vhost-user socket this backend listens on (QEMU: `-chardev socket,path=...`).
+        /// A stale socket file is replaced; any other existing file is an error.
+        #[arg(long, value_name = "SOCK")]
+        socket: PathBuf,
+        /// The tap interface (opened, or created, in this process's network namespace).
+        #[arg(long, value_name = "NAME")]
+        tap: String,
+        /// Serve without the seccomp filter that confines every thread of this process once
+        /// the frontend has connected (for debugging a backend stopped with "crosvm: seccomp:
+        /// ... denied"; exit status 159).
+        #[arg(long)]
+        no_seccomp: bool,
+    },
     /// Tell the VM on control socket CTRL that its disk INDEX (the order of `--block` flags,
     /// from 0) now has SIZE bytes: the image file must already have been resized (e.g. with
     /// `truncate -s`). The guest is told through a configuration-change interrupt. Refused for
@@ -178,6 +202,12 @@ struct RunArgs {
     /// `CONNECT <port>`; guest connections to the host reach `<PATH>_<port>`. Needs --cid.
     #[arg(long, value_name = "PATH", requires = "cid")]
     vsock_uds: Option<PathBuf>,
+    /// Add a virtio-net device on the tap interface NAME (opened, or created, in this
+    /// process's network namespace, with vnet headers; checksum and segmentation offloads as
+    /// the guest driver accepts them), with the guest MAC MAC if given (else the guest picks a
+    /// random one). Repeat for more; their windows follow the vsock device's.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<cros_vmm::run::NetConfig>,
     /// Add N virtio-rng devices, each in its own virtio-mmio window described in the DSDT.
     #[arg(long, value_name = "N", default_value_t = 0)]
     virtio_rng: usize,
@@ -311,6 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         guest_cid,
                         uds_path,
                     }),
+                net: args.net,
                 virtio_rng: args.virtio_rng,
                 seccomp: !args.no_seccomp,
                 serial_input,
@@ -358,6 +389,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     uds_path.display()
                 )
             })
+        }
+        Command::VhostUserNet {
+            socket,
+            tap,
+            no_seccomp,
+        } => {
+            let config = cros_vmm::run::NetConfig {
+                tap: tap.clone(),
+                mac: None,
+            };
+            let filter = vhost_user_filter(no_seccomp)?;
+            cros_vmm::vhost_user::net::serve(
+                &socket,
+                &config,
+                || announce_listening(&socket),
+                filter.as_ref(),
+            )
+            .with_context(|| format!("vhost-user-net (socket {}, tap {tap})", socket.display()))
         }
         Command::VhostUserBlk {
             socket,

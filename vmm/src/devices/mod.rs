@@ -4,5 +4,6 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod net;
 pub mod virtio;
 pub mod vsock;

@@ -15,7 +15,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
-use super::{Backend, BackendDevice, BackendError, BackendEvent, serve_backend};
+use super::{Backend, BackendDevice, BackendError, BackendEvent, Frontend, serve_backend};
 use crate::devices::virtio::VIRTIO_F_VERSION_1;
 use crate::devices::virtio::block::{Disk, config_space, features, process_queue};
 
@@ -134,6 +134,7 @@ pub fn serve(
         socket,
         backend,
         &[],
+        Frontend::Direct,
         on_listening,
         seccomp,
     )?;

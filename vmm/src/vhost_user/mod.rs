@@ -5,18 +5,24 @@
 //! the device they run, as a [`BackendDevice`].
 
 pub mod blk;
+mod early_enable;
+pub mod net;
 pub mod vsock;
 
 use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 use tracing::info;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{VhostUserBackend, VhostUserBackendMut, VhostUserDaemon, VringRwLock};
+use vhost_user_backend::{
+    VhostUserBackend, VhostUserBackendMut, VhostUserDaemon, VringEpollHandler, VringRwLock,
+};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -51,6 +57,8 @@ pub struct ExtraListener {
     pub what: &'static str,
     pub fd: RawFd,
     pub event: u16,
+    /// Watch it edge-triggered (see `VirtioDevice::event_fds_edge_triggered`).
+    pub edge_triggered: bool,
 }
 
 /// Serves one vhost-user connection with `backend`: listens on `socket` (calling
@@ -59,11 +67,22 @@ pub struct ExtraListener {
 /// [`ThreadKind::VhostUser`](crate::seccomp::ThreadKind::VhostUser) filter), every thread of
 /// the process is confined once the frontend has connected and the daemon's threads run: the
 /// rest of the process's life is serving the frontend.
+/// How a backend meets its frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frontend {
+    /// The frontend talks to the daemon directly.
+    Direct,
+    /// Through the relay that holds back QEMU virtio-net's early SET_VRING_ENABLE
+    /// (`early_enable`).
+    HoldEarlyVringEnable,
+}
+
 pub fn serve_backend<T>(
     name: &str,
     socket: &Path,
     backend: T,
     extra_listeners: &[ExtraListener],
+    frontend: Frontend,
     on_listening: impl FnOnce(),
     seccomp: Option<&seccompiler::BpfProgram>,
 ) -> Result<(), ServeError>
@@ -71,26 +90,21 @@ where
     T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
 {
     check_socket_path(socket)?;
+    if frontend == Frontend::HoldEarlyVringEnable {
+        return serve_relayed(
+            name,
+            socket,
+            backend,
+            extra_listeners,
+            on_listening,
+            seccomp,
+        );
+    }
     let mut listener = Listener::new(socket, true).map_err(|reason| ServeError::Listen {
         path: socket.to_path_buf(),
         reason,
     })?;
-    let mut daemon = VhostUserDaemon::new(
-        name.to_string(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| ServeError::Daemon(e.to_string()))?;
-    let handlers = daemon.get_epoll_handlers();
-    for h in &handlers {
-        for extra in extra_listeners {
-            h.register_listener(extra.fd, EventSet::IN, u64::from(extra.event))
-                .map_err(|source| ServeError::RegisterListener {
-                    what: extra.what,
-                    source,
-                })?;
-        }
-    }
+    let (mut daemon, handlers) = new_daemon(name, backend, extra_listeners)?;
     on_listening();
 
     let started = daemon.start(&mut listener);
@@ -111,6 +125,118 @@ where
     }
     drop(listener);
     let _ = std::fs::remove_file(socket);
+    daemon_result(name, result)
+}
+
+/// A daemon's epoll handlers (one per worker thread).
+type EpollHandlers<T> = Vec<Arc<VringEpollHandler<T>>>;
+
+/// A daemon serving `backend`, with `extra_listeners` on each of its epoll handlers.
+fn new_daemon<T>(
+    name: &str,
+    backend: T,
+    extra_listeners: &[ExtraListener],
+) -> Result<(VhostUserDaemon<T>, EpollHandlers<T>), ServeError>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    let daemon = VhostUserDaemon::new(
+        name.to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| ServeError::Daemon(e.to_string()))?;
+    let handlers = daemon.get_epoll_handlers();
+    for h in &handlers {
+        for extra in extra_listeners {
+            let set = if extra.edge_triggered {
+                EventSet::IN | EventSet::EDGE_TRIGGERED
+            } else {
+                EventSet::IN
+            };
+            h.register_listener(extra.fd, set, u64::from(extra.event))
+                .map_err(|source| ServeError::RegisterListener {
+                    what: extra.what,
+                    source,
+                })?;
+        }
+    }
+    Ok((daemon, handlers))
+}
+
+/// [`serve_backend`] with the early-enable relay between the frontend (on `socket`) and the
+/// daemon (on a private socket beside it, `<socket>.daemon`, removed once connected). The
+/// relay's threads start before the daemon's, so the process filter (which allows no new
+/// threads) can go on as soon as the daemon runs.
+fn serve_relayed<T>(
+    name: &str,
+    socket: &Path,
+    backend: T,
+    extra_listeners: &[ExtraListener],
+    on_listening: impl FnOnce(),
+    seccomp: Option<&seccompiler::BpfProgram>,
+) -> Result<(), ServeError>
+where
+    T: VhostUserBackend<Bitmap = (), Vring = VringRwLock> + Clone + 'static,
+{
+    let inner = PathBuf::from(format!("{}.daemon", socket.display()));
+    check_socket_path(&inner)?;
+    let listen = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        UnixListener::bind(path).map_err(|e| ServeError::SocketPath {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
+    let outer_listener = listen(socket)?;
+    let inner_listener = listen(&inner)?;
+    let (mut daemon, handlers) = new_daemon(name, backend, extra_listeners)?;
+    let (replies, reply_thread) = early_enable::start_reply_thread()
+        .map_err(|e| ServeError::Daemon(format!("starting the relay: {e}")))?;
+    let relay = {
+        let inner = inner.clone();
+        std::thread::Builder::new()
+            .name("vhost-user-relay".into())
+            .spawn(move || -> io::Result<()> {
+                let (frontend, _) = outer_listener.accept()?;
+                let (daemon_end, _) = inner_listener.accept()?;
+                let _ = std::fs::remove_file(&inner);
+                early_enable::relay(frontend, daemon_end, replies)
+            })
+            .map_err(|e| ServeError::Daemon(format!("starting the relay: {e}")))?
+    };
+    on_listening();
+    let started = daemon.start_client(&inner.to_string_lossy());
+    let cleanup = |handlers: &[Arc<VringEpollHandler<T>>]| {
+        for h in handlers {
+            h.send_exit_event();
+        }
+        let _ = std::fs::remove_file(socket);
+        let _ = std::fs::remove_file(&inner);
+    };
+    if started.is_ok()
+        && let Some(filter) = seccomp
+        && let Err(e) =
+            crate::seccomp::install_all_threads(crate::seccomp::ThreadKind::VhostUser, filter)
+    {
+        cleanup(&handlers);
+        return Err(e.into());
+    }
+    let result = started.and_then(|()| daemon.wait());
+    cleanup(&handlers);
+    for thread in [relay, reply_thread] {
+        if let Err(e) = thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+        {
+            tracing::debug!("{name}: vhost-user relay ended: {e}");
+        }
+    }
+    daemon_result(name, result)
+}
+
+/// What a daemon's end means: a frontend that went away is the normal end.
+fn daemon_result(name: &str, result: vhost_user_backend::Result<()>) -> Result<(), ServeError> {
     match result {
         Ok(())
         | Err(vhost_user_backend::Error::HandleRequest(
@@ -163,6 +289,13 @@ pub trait BackendDevice: Send + Sync + 'static {
     fn features(&self) -> u64;
     /// The configuration space the frontend reads.
     fn config_space(&self) -> Vec<u8>;
+    /// The vhost-user protocol features offered: the configuration space (CONFIG) and the
+    /// queue count (MQ) by default.
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
+    /// The frontend set the features the driver accepted.
+    fn ack_features(&mut self, _features: u64) {}
     /// Serves `event`. An error is logged and the backend keeps serving: ending the
     /// library's worker thread would leave the guest a dead device while QEMU stays
     /// connected.
@@ -187,6 +320,8 @@ pub enum BackendError {
     Disk(#[from] crate::devices::virtio::block::BlockError),
     #[error(transparent)]
     Vsock(#[from] crate::devices::vsock::VsockError),
+    #[error(transparent)]
+    Net(#[from] crate::devices::net::NetError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error("creating the exit event: {0}")]
@@ -240,7 +375,11 @@ impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+        self.device.protocol_features()
+    }
+
+    fn acked_features(&mut self, features: u64) {
+        self.device.ack_features(features);
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -276,7 +415,8 @@ impl<D: BackendDevice> VhostUserBackendMut for Backend<D> {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
-        if !evset.contains(EventSet::IN) {
+        // ERROR and HANG_UP too: a tap that vanished reports only EPOLLERR.
+        if !evset.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
             return Ok(());
         }
         tracing::trace!(device_event, "{}: vhost-user event", D::NAME);

@@ -11,7 +11,9 @@ use std::sync::{Arc, RwLock};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 
-use super::{Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, serve_backend};
+use super::{
+    Backend, BackendDevice, BackendError, BackendEvent, ExtraListener, Frontend, serve_backend,
+};
 use crate::devices::vsock::{
     DeviceEvent, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE, VsockConfig, VsockDevice, VsockError,
 };
@@ -135,12 +137,14 @@ pub fn serve(
         what: "the host sockets",
         fd: host_fd,
         event: HOST_SOCKETS_EVENT,
+        edge_triggered: false,
     };
     serve_backend(
         "vhost-user-vsock",
         socket,
         backend,
         &[host_sockets],
+        Frontend::Direct,
         on_listening,
         seccomp,
     )?;

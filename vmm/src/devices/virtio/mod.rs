@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net_mmio;
 pub mod pmem;
 pub mod rng;
 pub mod single_queue;
@@ -24,6 +25,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Virtio device ids (virtio 1.2, section 5).
+pub const DEVICE_ID_NET: u32 = 1;
 pub const DEVICE_ID_BLOCK: u32 = 2;
 pub const DEVICE_ID_RNG: u32 = 4;
 pub const DEVICE_ID_VSOCK: u32 = 19;
@@ -35,6 +37,13 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Interrupt status bits shared by the transport and its device.
 pub const INTERRUPT_USED_BUFFER: u32 = 0x1;
 pub const INTERRUPT_CONFIG_CHANGE: u32 = 0x2;
+
+/// Which queues of an rx/tx device (vsock, net) got used buffers and may need an interrupt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedQueues {
+    pub rx: bool,
+    pub tx: bool,
+}
 
 /// Errors activating a device once the driver set DRIVER_OK.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +185,12 @@ pub trait VirtioDevice: Send {
     /// sockets); fixed for the device's life.
     fn event_fds(&self) -> Vec<RawFd> {
         Vec::new()
+    }
+    /// Whether [`VirtioDevice::event_fds`] are watched edge-triggered: the device then reads
+    /// each until it would block, or remembers that it stopped early (net's tap, whose frames
+    /// wait while the guest has no rx buffers, would otherwise wake the thread in a loop).
+    fn event_fds_edge_triggered(&self) -> bool {
+        false
     }
     /// `event_fds()[index]` is readable.
     fn event_fd_ready(&mut self, _index: usize) -> Result<(), DeviceError> {

@@ -69,17 +69,25 @@ impl DeviceWorker {
     ) -> std::io::Result<Self> {
         let stop = EventFd::new(0)?;
         let epoll = Epoll::new()?;
-        let extra = lock_device(&device).event_fds();
+        let (extra, edge) = {
+            let device = lock_device(&device);
+            (device.event_fds(), device.event_fds_edge_triggered())
+        };
+        let extra_set = if edge {
+            EventSet::IN | EventSet::EDGE_TRIGGERED
+        } else {
+            EventSet::IN
+        };
         let fds = queue_events
             .iter()
-            .map(AsRawFd::as_raw_fd)
-            .chain(extra)
-            .chain([stop.as_raw_fd()]);
-        for (token, fd) in fds.enumerate() {
+            .map(|e| (e.as_raw_fd(), EventSet::IN))
+            .chain(extra.into_iter().map(|fd| (fd, extra_set)))
+            .chain([(stop.as_raw_fd(), EventSet::IN)]);
+        for (token, (fd, set)) in fds.enumerate() {
             epoll.ctl(
                 ControlOperation::Add,
                 fd,
-                EpollEvent::new(EventSet::IN, token as u64),
+                EpollEvent::new(set, token as u64),
             )?;
         }
         let report = FailureReport {

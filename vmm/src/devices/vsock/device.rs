@@ -43,12 +43,7 @@ pub enum DeviceEvent {
     HostSockets,
 }
 
-/// Which queues got used buffers and may need an interrupt.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UsedQueues {
-    pub rx: bool,
-    pub tx: bool,
-}
+pub use crate::devices::virtio::UsedQueues;
 
 pub struct VsockDevice {
     muxer: Muxer,
