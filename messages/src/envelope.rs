@@ -87,6 +87,10 @@ pub const STOP_VM_TIMEOUT: Duration = Duration::from_secs(70);
 pub const START_TERMINA_TIMEOUT: Duration = Duration::from_secs(150);
 /// btrfs resizes move data around; under emulation that takes a while.
 pub const RESIZE_FILESYSTEM_TIMEOUT: Duration = Duration::from_secs(600);
+/// LXD's start (tremplin waits up to 2 minutes for it) and its set-up.
+pub const START_LXD_TIMEOUT: Duration = Duration::from_secs(180);
+/// Container requests LXD answers after real work (stop, delete, user set-up).
+pub const CONTAINER_OP_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
@@ -226,6 +230,18 @@ impl Body {
             Body::Maitred(MaitredRequest::ResizeFilesystem { .. }) => {
                 Some(RESIZE_FILESYSTEM_TIMEOUT)
             }
+            Body::Cicerone(CiceroneRequest::StartLxd { .. })
+            | Body::Tremplin(TremplinRequest::StartLxd {}) => Some(START_LXD_TIMEOUT),
+            Body::Cicerone(
+                CiceroneRequest::StopLxdContainer { .. }
+                | CiceroneRequest::DeleteLxdContainer { .. }
+                | CiceroneRequest::SetUpLxdContainerUser { .. },
+            )
+            | Body::Tremplin(
+                TremplinRequest::StopContainer { .. }
+                | TremplinRequest::DeleteContainer { .. }
+                | TremplinRequest::SetUpUser { .. },
+            ) => Some(CONTAINER_OP_TIMEOUT),
             _ => None,
         }
     }

@@ -12,6 +12,7 @@ pub enum GarconRequest {
     LaunchApplication {
         desktop_file_id: String,
     },
+    GetDebugInformation {},
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -19,11 +20,13 @@ pub enum GarconRequest {
 pub enum GarconReply {
     Ack {},
     Launched { pid: u32 },
+    DebugInformation { text: String },
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum GarconEvent {
-    /// First message from a container: cicerone checks the token.
-    ContainerReady { token: String, garcon_port: u32 },
+    /// The TCP ports the container listens on (from /proc/net/tcp{,6}), sent when they change;
+    /// `token` says which container (for port forwarding).
+    ListeningPorts { token: String, ports: Vec<u16> },
 }

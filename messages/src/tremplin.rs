@@ -1,5 +1,6 @@
 //! tremplin: containers inside the VM (vsock 8890; reports to host 7778).
 
+pub use crate::cicerone::ContainerSummary;
 use crate::cicerone::{ContainerStatus, PrivilegeLevel};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,11 @@ pub enum TremplinRequest {
         rootfs_path: String,
         #[serde(default)]
         metadata_path: String,
+        /// Host vsock port that streams the image when it comes from two tarballs (0: none).
+        /// The stream is `[u64 LE metadata_len][metadata][u64 LE rootfs_len][rootfs]`;
+        /// `rootfs_path`/`metadata_path` then only name the files in messages.
+        #[serde(default)]
+        upload_port: u32,
     },
     StartContainer {
         name: String,
@@ -37,6 +43,8 @@ pub enum TremplinRequest {
     GetContainerInfo {
         name: String,
     },
+    /// Every container LXD has (those being created are left out), with its status.
+    ListContainers {},
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
@@ -52,6 +60,16 @@ pub enum TremplinReply {
         name: String,
         ipv4: String,
         status: ContainerStatus,
+    },
+    /// SetUpUser's answer: the user that uid 1000 has now (an existing uid 1000 keeps its
+    /// name, so it may differ from the one asked for) and its home directory.
+    UserSetUp {
+        name: String,
+        username: String,
+        homedir: String,
+    },
+    Containers {
+        containers: Vec<ContainerSummary>,
     },
 }
 

@@ -337,11 +337,20 @@ pub fn assert_no_vms(crosd: &Crosd) {
     );
 }
 
-/// `vmc start --no-shell termina`, which must succeed (`what` names the attempt on failure).
+/// `vmc start --no-shell --no-start-lxd termina`, which must succeed (`what` names the attempt
+/// on failure). LXD stays off: these tests are about the VM, and LXD's start under emulation
+/// would cost every one of them seconds (tests/tests/containers.rs starts it).
 pub fn start_termina(crosd: &Crosd, what: &str) -> Output {
     let o = crosd.run(
         "vmc",
-        &["start", "--no-shell", "--timeout", "300", "termina"],
+        &[
+            "start",
+            "--no-shell",
+            "--no-start-lxd",
+            "--timeout",
+            "300",
+            "termina",
+        ],
     );
     assert!(
         o.status.success(),

@@ -243,7 +243,14 @@ fn a_silent_guest_fails_boot_requests_and_resize_and_is_still_stopped() {
     // never sends VmReady.
     let starter = spawn_vmc(
         &crosd,
-        &["start", "--no-shell", "--timeout", "20", "termina"],
+        &[
+            "start",
+            "--no-shell",
+            "--no-start-lxd",
+            "--timeout",
+            "20",
+            "termina",
+        ],
     );
     let qmp = wait_for(
         "QEMU's first console output",
@@ -354,7 +361,17 @@ fn a_silent_guest_fails_boot_requests_and_resize_and_is_still_stopped() {
 fn a_flooding_guest_harms_nobody_else_and_its_logs_stay_bounded() {
     let mut crosd = Crosd::start();
     start_termina(&crosd, "start termina");
-    let o = crosd.run("vmc", &["start", "--no-shell", "--timeout", "300", "other"]);
+    let o = crosd.run(
+        "vmc",
+        &[
+            "start",
+            "--no-shell",
+            "--no-start-lxd",
+            "--timeout",
+            "300",
+            "other",
+        ],
+    );
     assert!(o.status.success(), "start other: {}", text(&o));
     install_guest_fault(&crosd);
     let before = open_fds(crosd.pid());

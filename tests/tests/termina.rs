@@ -81,7 +81,7 @@ fn termina_boots_runs_commands_keeps_state_and_stops_cleanly() {
     assert!(o.status.success(), "{}", text(&o));
 
     // Clear errors: already running, unknown VM.
-    let o = crosd.run("vmc", &["start", "--no-shell", "termina"]);
+    let o = crosd.run("vmc", &["start", "--no-shell", "--no-start-lxd", "termina"]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("already running"),
@@ -179,7 +179,7 @@ fn a_corrupted_kernel_is_refused_by_name() {
         std::fs::remove_file(&k).unwrap(); // break the hard link before writing
         std::fs::write(&k, bytes).unwrap();
     });
-    let o = crosd.run("vmc", &["start", "--no-shell", "termina"]);
+    let o = crosd.run("vmc", &["start", "--no-shell", "--no-start-lxd", "termina"]);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -567,7 +567,14 @@ fn termina_boots_on_our_own_vmm_where_kvm_can_run_linux() {
             .to_string();
         let o = crosd.run(
             "vmc",
-            &["start", "--no-shell", "--timeout", "60", "termina"],
+            &[
+                "start",
+                "--no-shell",
+                "--no-start-lxd",
+                "--timeout",
+                "60",
+                "termina",
+            ],
         );
         assert!(!o.status.success(), "{}", text(&o));
         let said = String::from_utf8_lossy(&o.stderr);

@@ -8,9 +8,10 @@ log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # Debian packages the project needs on the host: QEMU (TCG backend), mmdebstrap for termina's
-# Debian userland, filesystem tools for the termina images, kmod (depmod for the image's module
-# tree), static busybox for the tests' minimal guests, a C++ compiler for libFuzzer (fuzz.sh).
-HOST_PACKAGES=(qemu-system-x86 mmdebstrap btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++)
+# Debian userland and the container images, filesystem tools for the images (squashfs-tools for
+# crosimg build-container), kmod (depmod for the image's module tree), static busybox for the
+# tests' minimal guests and the busybox container image, a C++ compiler for libFuzzer (fuzz.sh).
+HOST_PACKAGES=(qemu-system-x86 mmdebstrap squashfs-tools btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++)
 
 # Installs whatever of HOST_PACKAGES is missing (needs root, as on the project's machines).
 ensure_host_packages() {

@@ -1,5 +1,5 @@
 //! guest → host: the listeners on the host ports a VM's guest actors dial (VmReady on 7777,
-//! vm_syslog on 9999; tremplin on 7778 and garcon on 8889 later).
+//! vm_syslog on 9999, tremplin on 7778, garcon on 8889).
 //!
 //! Every connection is served on a task of its own, so a guest that connects and stays silent
 //! holds up nothing but itself: its Hello must come within [`Limits::hello`], a connection that
@@ -113,7 +113,9 @@ async fn connection(
     let hello = tokio::time::timeout(limits.hello, handshake(&mut s, &host))
         .await
         .map_err(|_| ConnectionError::HelloTimeout(limits.hello))??;
-    if &hello.actor != guest {
+    // Only the actor's name counts: where it lives is the socket's VM, whatever the guest says
+    // (garcon in a container does not even know its VM's name).
+    if hello.actor.actor != guest.actor {
         tracing::warn!(expected = %guest, claimed = %hello.actor, port = port.port, "guest connection refused: wrong actor");
         return Err(ConnectionError::WrongActor {
             claimed: hello.actor,

@@ -1,7 +1,7 @@
 //! Guest bridges: how the bus reaches into a VM (ARCHITECTURE.md, "Processes and actors").
 //!
 //! For each running VM, [`GuestBridges::start`] registers the VM's guest actors as bus addresses
-//! (`maitred@<vm>`; tremplin and garcon later, the same way) and listens on the host ports the
+//! (`maitred@<vm>`, `tremplin@<vm>`; cicerone adds `garcon@<vm>/<container>` the same way) and listens on the host ports the
 //! guest's actors dial. Host actors then reach a guest actor only with
 //! `bus.request(maitred@<vm>, …)`, so every host↔guest envelope is routed, deadlined and traced
 //! like any other, and `crosmsg send maitred@termina …` works.
@@ -25,6 +25,7 @@ pub mod vsock;
 use std::path::Path;
 
 use actix::Actor;
+use cros_messages::cicerone::CiceroneRequest;
 use cros_messages::maitred::MaitredEvent;
 use cros_messages::vmlog::VmlogRequest;
 use cros_messages::{Addr, Body, CrosError, ports};
@@ -34,7 +35,8 @@ use inbound::GuestPort;
 use outbound::GuestActorBridge;
 
 /// The guest actors of every VM that the host addresses, and the guest port each listens on.
-const GUEST_ACTORS: [(&str, u32); 1] = [("maitred", ports::MAITRED)];
+/// (garcon, one per container, is registered by cicerone once the container's garcon reports.)
+const GUEST_ACTORS: [(&str, u32); 2] = [("maitred", ports::MAITRED), ("tremplin", ports::TREMPLIN)];
 
 /// Only VmReady may come in on concierge's StartupListener.
 fn startup_allowed(body: &Body) -> bool {
@@ -46,8 +48,21 @@ fn vm_syslog_allowed(body: &Body) -> bool {
     matches!(body, Body::VmlogForwarder(VmlogRequest::Records { .. }))
 }
 
+/// tremplin only reports: TremplinReady and container progress.
+fn tremplin_allowed(body: &Body) -> bool {
+    matches!(body, Body::TremplinEvent(_))
+}
+
+/// garcon says its container is up (a request: a wrong token is refused to its face).
+fn garcon_allowed(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::Cicerone(CiceroneRequest::ContainerReady { .. }) | Body::GarconEvent(_)
+    )
+}
+
 /// The host ports of every VM that its guest actors dial.
-const HOST_PORTS: [GuestPort; 2] = [
+const HOST_PORTS: [GuestPort; 4] = [
     GuestPort {
         port: ports::CONCIERGE_STARTUP,
         guest_actor: "maitred",
@@ -59,6 +74,18 @@ const HOST_PORTS: [GuestPort; 2] = [
         guest_actor: "vm_syslog",
         host_actor: "vmlog_forwarder",
         allowed: vm_syslog_allowed,
+    },
+    GuestPort {
+        port: ports::CICERONE_TREMPLIN,
+        guest_actor: "tremplin",
+        host_actor: "cicerone",
+        allowed: tremplin_allowed,
+    },
+    GuestPort {
+        port: ports::CICERONE_CONTAINER,
+        guest_actor: "garcon",
+        host_actor: "cicerone",
+        allowed: garcon_allowed,
     },
 ];
 

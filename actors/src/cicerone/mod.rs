@@ -1,30 +1,48 @@
-//! cicerone: containers inside VMs.
+//! cicerone: containers inside VMs (REFERENCE.md, "Cicerone").
 //!
-//! Its VM table is real: concierge's NotifyVmStarted/NotifyVmStopped fill and empty it (only
-//! concierge may send those). Talking to tremplin and garcon needs the guest bridges of later
-//! issues; until then container requests for a known VM answer `Unsupported` saying so.
+//! Its VM table comes from concierge (NotifyVmStarted/NotifyVmStopped, only concierge may send
+//! them). For each VM it talks to `tremplin@<vm>` (LXD in the VM) and, per container, to
+//! `garcon@<vm>/<container>`, both through the VM's guest bridges on the bus; their events reach
+//! it as bus events (TremplinEvent from host port 7778) and garcon's ContainerReady as a request
+//! on host port 8889, which must carry the token cicerone handed the container at start.
+//!
+//! It also serves each VM's image proxy (see [`image_proxy`]) and the host ports a container
+//! shell's vshd and an image upload dial back on ([`host_port`]).
 
-use crate::bus::not_mine;
-use crate::bus::{BusHandle, Deliver};
-use actix::{Actor, Context, Handler, MessageResult};
-use cros_messages::addr::valid_name;
-use cros_messages::cicerone::{CiceroneReply, CiceroneRequest};
-use cros_messages::{ActorKind, Addr, Body, CrosError, ErrorKind};
+pub mod host_port;
+pub mod image_proxy;
+mod requests;
+mod vm_table;
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// What cicerone knows about a VM concierge started.
-#[derive(Debug, Clone)]
-struct VmEntry {
-    #[allow(dead_code)] // Checked against the peer cid once guest bridges connect.
-    cid: u32,
-    #[allow(dead_code)] // Checked against container tokens once garcon connects.
-    token: String,
-    /// Running containers by name.
-    containers: BTreeMap<String, ()>,
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseActFuture};
+use cros_messages::cicerone::{CiceroneEvent, CiceroneReply, ContainerStatus};
+use cros_messages::tremplin::TremplinEvent;
+use cros_messages::{ActorKind, Addr, Body, CrosError, Envelope};
+
+use crate::bus::{BusHandle, Deliver, EventSink, not_mine};
+use vm_table::VmEntry;
+
+/// The image server `vmc container` uses when none is named (Crostini's default).
+pub const DEFAULT_IMAGE_SERVER: &str = "https://images.lxd.canonical.com";
+pub const DEFAULT_IMAGE_ALIAS: &str = "debian/bookworm";
+
+type Reply = ResponseActFuture<Cicerone, Body>;
+
+fn ready(body: Body) -> Reply {
+    Box::pin(actix::fut::ready(body))
+}
+
+fn reply(r: Result<CiceroneReply, CrosError>) -> Body {
+    match r {
+        Ok(r) => Body::CiceroneReply(r),
+        Err(e) => Body::Error(e),
+    }
 }
 
 pub struct Cicerone {
-    #[allow(dead_code)] // Used once cicerone publishes container events.
     bus: BusHandle,
     vms: BTreeMap<String, VmEntry>,
 }
@@ -37,194 +55,155 @@ impl Cicerone {
         }
     }
 
-    fn handle_request(
-        &mut self,
-        from: &Addr,
-        req: CiceroneRequest,
-    ) -> Result<CiceroneReply, CrosError> {
-        match req {
-            CiceroneRequest::NotifyVmStarted { vm, cid, token, .. } => {
-                only_concierge(from, "NotifyVmStarted")?;
-                check_name("VM", &vm)?;
-                self.vms.insert(
+    fn me() -> Addr {
+        Addr::host(ActorKind::Cicerone.name())
+    }
+
+    fn publish(&self, event: CiceroneEvent) {
+        self.bus.publish(&Self::me(), Body::CiceroneEvent(event));
+    }
+
+    /// A tremplin event, from `tremplin@<vm>` (the bridge set `from` to the VM the connection
+    /// came in on).
+    fn tremplin_event(&mut self, vm: &str, event: TremplinEvent) {
+        let Some(entry) = self.vms.get_mut(vm) else {
+            tracing::debug!(vm, ?event, "tremplin event for a VM cicerone does not know");
+            return;
+        };
+        let vm = vm.to_string();
+        match event {
+            TremplinEvent::TremplinReady {} => {
+                entry.tremplin_ready.send_replace(true);
+                tracing::info!(vm = %vm, "tremplin started");
+                self.publish(CiceroneEvent::TremplinStarted { vm });
+            }
+            TremplinEvent::UpdateCreateStatus {
+                name,
+                status,
+                percent,
+                failure_reason,
+            } => match status {
+                ContainerStatus::Downloading => {
+                    self.publish(CiceroneEvent::LxdContainerDownloading {
+                        vm,
+                        container: name,
+                        percent,
+                    })
+                }
+                ContainerStatus::Creating => {}
+                status => self.publish(CiceroneEvent::LxdContainerCreated {
                     vm,
-                    VmEntry {
-                        cid,
-                        token,
-                        containers: BTreeMap::new(),
-                    },
-                );
-                Ok(CiceroneReply::Ack {})
-            }
-            CiceroneRequest::NotifyVmStopping { vm } => {
-                only_concierge(from, "NotifyVmStopping")?;
-                self.vm(&vm)?;
-                Ok(CiceroneReply::Ack {})
-            }
-            CiceroneRequest::NotifyVmStopped { vm } => {
-                only_concierge(from, "NotifyVmStopped")?;
-                self.vm(&vm)?;
-                self.vms.remove(&vm);
-                Ok(CiceroneReply::Ack {})
-            }
-            CiceroneRequest::ListRunningContainers { vm } => Ok(CiceroneReply::RunningContainers {
-                containers: self.vm(&vm)?.containers.keys().cloned().collect(),
+                    container: name,
+                    status,
+                    failure_reason,
+                }),
+            },
+            TremplinEvent::UpdateStartStatus {
+                name,
+                status,
+                failure_reason,
+            } => self.publish(CiceroneEvent::LxdContainerStarting {
+                vm,
+                container: name,
+                status,
+                failure_reason,
             }),
-            CiceroneRequest::StartLxd { vm } => {
-                self.vm(&vm)?;
-                Err(unsupported(&vm, "start LXD"))
-            }
-            CiceroneRequest::CreateLxdContainer { vm, container, .. }
-            | CiceroneRequest::SetUpLxdContainerUser { vm, container, .. }
-            | CiceroneRequest::StartLxdContainer { vm, container, .. }
-            | CiceroneRequest::StopLxdContainer { vm, container }
-            | CiceroneRequest::DeleteLxdContainer { vm, container }
-            | CiceroneRequest::LaunchVshd { vm, container, .. } => {
-                self.vm(&vm)?;
-                check_name("container", &container)?;
-                Err(unsupported(&vm, &format!("manage container {container:?}")))
+            TremplinEvent::ContainerShutdown { name } => {
+                if let Some(c) = entry.containers.get_mut(&name)
+                    && c.garcon.take().is_some()
+                {
+                    self.bus
+                        .unregister(&Addr::in_container("garcon", &vm, &name));
+                }
+                self.publish(CiceroneEvent::ContainerShutdown {
+                    vm,
+                    container: name,
+                });
             }
         }
     }
 
-    fn vm(&self, name: &str) -> Result<&VmEntry, CrosError> {
-        check_name("VM", name)?;
-        self.vms
-            .get(name)
-            .ok_or_else(|| CrosError::not_found(format!("no VM named {name:?} is running")))
-    }
-}
-
-fn unsupported(vm: &str, what: &str) -> CrosError {
-    CrosError::unsupported(format!(
-        "cannot {what} in VM {vm:?}: this build of crosd has no tremplin/garcon connection yet"
-    ))
-}
-
-fn only_concierge(from: &Addr, what: &str) -> Result<(), CrosError> {
-    if *from == Addr::host(ActorKind::Concierge.name()) {
-        Ok(())
-    } else {
-        Err(CrosError::new(
-            ErrorKind::PermissionDenied,
-            format!("{what} is accepted only from concierge, not from {from}"),
-        ))
-    }
-}
-
-fn check_name(what: &str, name: &str) -> Result<(), CrosError> {
-    if valid_name(name) {
-        Ok(())
-    } else {
-        Err(CrosError::invalid(format!(
-            "bad {what} name {name:?}: use 1-64 characters of [A-Za-z0-9._-]"
-        )))
+    fn forget_vm(&mut self, vm: &str) {
+        if let Some(entry) = self.vms.remove(vm) {
+            for (name, c) in entry.containers {
+                if c.garcon.is_some() {
+                    self.bus
+                        .unregister(&Addr::in_container("garcon", vm, &name));
+                }
+            }
+        }
     }
 }
 
 impl Actor for Cicerone {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let me = ctx.address().downgrade();
+        let sink: EventSink = Arc::new(move |env| match me.upgrade() {
+            Some(me) => {
+                me.do_send(GuestEvent(env));
+                true
+            }
+            None => false,
+        });
+        self.bus
+            .subscribe(Self::me(), vec!["TremplinEvent".into()], sink);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.bus.unsubscribe(&Self::me());
+        let vms: Vec<String> = self.vms.keys().cloned().collect();
+        for vm in vms {
+            self.forget_vm(&vm);
+        }
+    }
 }
 
 impl Handler<Deliver> for Cicerone {
-    type Result = MessageResult<Deliver>;
+    type Result = ResponseActFuture<Self, Body>;
 
-    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
-        let env = msg.env;
-        MessageResult(match env.body {
-            Body::Cicerone(req) => match self.handle_request(&env.from, req) {
-                Ok(reply) => Body::CiceroneReply(reply),
-                Err(e) => Body::Error(e),
-            },
-            other => not_mine("cicerone", &other),
-        })
+    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) -> Self::Result {
+        let Envelope { id, from, body, .. } = msg.env;
+        match body {
+            Body::Cicerone(req) => {
+                let files = if from.is_client() {
+                    self.bus.clients().take_files(&from, id)
+                } else {
+                    Vec::new()
+                };
+                self.handle_request(ctx, from, req, files, msg.deadline)
+            }
+            other => ready(not_mine("cicerone", &other)),
+        }
+    }
+}
+
+/// An event a guest actor published (see [`Actor::started`]).
+struct GuestEvent(Envelope);
+
+impl Message for GuestEvent {
+    type Result = ();
+}
+
+impl Handler<GuestEvent> for Cicerone {
+    type Result = ();
+
+    fn handle(&mut self, GuestEvent(env): GuestEvent, ctx: &mut Context<Self>) {
+        let from = &env.from;
+        let (Some(vm), None, "tremplin") = (&from.vm, &from.container, from.actor.as_str()) else {
+            tracing::debug!(%from, "event from an unexpected sender");
+            return;
+        };
+        if let Body::TremplinEvent(event) = env.body {
+            let vm = vm.clone();
+            self.tremplin_event(&vm, event);
+        }
+        if self.bus.is_shutting_down() {
+            ctx.stop();
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bus::BusConfig;
-
-    fn cicerone() -> Cicerone {
-        Cicerone::new(BusHandle::new(BusConfig::default()).unwrap())
-    }
-
-    fn started(vm: &str) -> CiceroneRequest {
-        CiceroneRequest::NotifyVmStarted {
-            vm: vm.into(),
-            cid: 3,
-            token: "t".into(),
-            pid: 1,
-        }
-    }
-
-    #[test]
-    fn unknown_vm_is_not_found() {
-        let err = cicerone()
-            .handle_request(
-                &Addr::client(1),
-                CiceroneRequest::ListRunningContainers {
-                    vm: "termina".into(),
-                },
-            )
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::NotFound);
-        assert!(err.message.contains("termina"));
-    }
-
-    #[test]
-    fn vm_table_follows_concierge_notifications() {
-        let mut c = cicerone();
-        let concierge = Addr::host("concierge");
-        assert_eq!(
-            c.handle_request(&concierge, started("termina")),
-            Ok(CiceroneReply::Ack {})
-        );
-        assert_eq!(
-            c.handle_request(
-                &Addr::client(1),
-                CiceroneRequest::ListRunningContainers {
-                    vm: "termina".into()
-                }
-            ),
-            Ok(CiceroneReply::RunningContainers { containers: vec![] })
-        );
-        let err = c
-            .handle_request(
-                &Addr::client(1),
-                CiceroneRequest::StartLxd {
-                    vm: "termina".into(),
-                },
-            )
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Unsupported);
-        c.handle_request(
-            &concierge,
-            CiceroneRequest::NotifyVmStopped {
-                vm: "termina".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            c.handle_request(
-                &Addr::client(1),
-                CiceroneRequest::StartLxd {
-                    vm: "termina".into()
-                }
-            )
-            .unwrap_err()
-            .kind,
-            ErrorKind::NotFound
-        );
-    }
-
-    #[test]
-    fn only_concierge_may_notify() {
-        let err = cicerone()
-            .handle_request(&Addr::client(1), started("termina"))
-            .unwrap_err();
-        assert_eq!(err.kind, ErrorKind::PermissionDenied);
-        assert!(err.message.contains("client-1"), "{err}");
-    }
-}
+mod tests;

@@ -12,13 +12,14 @@
 //! client sees and controls only the VMs, disks and operations it owns; root sees all.
 
 mod backend;
+mod cicerone_notify;
 mod client_files;
 mod disk;
-mod disk_op;
+pub(crate) mod disk_op;
 mod disk_requests;
 mod extra_disks;
 mod handover;
-mod owner;
+pub(crate) mod owner;
 mod resize;
 mod vm;
 mod vm_record;
@@ -78,6 +79,8 @@ struct VmEntry {
     ready: Option<tokio::sync::oneshot::Sender<()>>,
     /// Tells this VM apart from an earlier one of the same name.
     generation: u64,
+    /// This run's token in cicerone's table.
+    cicerone_token: String,
 }
 
 pub struct Concierge {
@@ -369,6 +372,7 @@ impl Concierge {
                 bridges: None,
                 ready: Some(ready_tx),
                 generation,
+                cicerone_token: cicerone_notify::new_vm_token(),
             },
         );
         self.publish(ConciergeEvent::VmStartingUp { name: name.clone() });
@@ -394,7 +398,7 @@ impl Concierge {
                             .get_mut(&name)
                             .filter(|e| e.generation == generation)
                         else {
-                            return Body::Error(CrosError::internal(format!(
+                            return Err(CrosError::internal(format!(
                                 "VM {name:?} vanished while starting"
                             )));
                         };
@@ -406,11 +410,12 @@ impl Concierge {
                             tracing::warn!(vm = %name, error = %e, "cannot record the running VM");
                         }
                         let vm_info = entry.info.clone();
+                        let (owner, token) = (entry.owner, entry.cicerone_token.clone());
                         tracing::info!(vm = %name, pid = vm_info.pid, "VM running");
                         act.publish(ConciergeEvent::VmStarted {
                             vm_info: vm_info.clone(),
                         });
-                        Body::ConciergeReply(ConciergeReply::VmStarted { vm_info })
+                        Ok((vm_info, owner, token))
                     }
                     Err(e) => {
                         tracing::warn!(vm = %name, error = %e, "VM failed to start");
@@ -420,8 +425,22 @@ impl Concierge {
                             StopReason::HypervisorExited,
                             e.message.clone(),
                         );
-                        Body::Error(e)
+                        Err(e)
                     }
+                })
+                // The reply waits for cicerone to know the VM, so a client's next request
+                // (StartLxd) finds it there.
+                .then(move |started, act, _ctx| {
+                    let bus = act.bus.clone();
+                    async move {
+                        let (vm_info, owner, token) = match started {
+                            Ok(s) => s,
+                            Err(e) => return Body::Error(e),
+                        };
+                        cicerone_notify::started(&bus, &vm_info, owner, &token).await;
+                        Body::ConciergeReply(ConciergeReply::VmStarted { vm_info })
+                    }
+                    .into_actor(act)
                 }),
         )
     }
@@ -501,6 +520,7 @@ impl Concierge {
         let Some(entry) = self.vms.remove(name) else {
             return;
         };
+        cicerone_notify::stopped(&self.bus, name, &entry.cicerone_token);
         let logs = self.config.state_dir.join("logs");
         if std::fs::create_dir_all(&logs).is_ok() {
             let _ = std::fs::copy(
@@ -924,6 +944,7 @@ mod tests {
             bridges: None,
             ready: None,
             generation: 1,
+            cicerone_token: String::new(),
         }
     }
 

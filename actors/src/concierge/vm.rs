@@ -369,7 +369,7 @@ pub async fn boot(
         }
         tracing::info!(vm = %name, "VmReady");
         if plan.request.start_termina {
-            let req = MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: false };
+            let req = MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: true };
             match ask_maitred(&bus, &name, req, plan.timeout).await? {
                 MaitredReply::TerminaStarted { partial_data_loss, free_bytes } => {
                     if partial_data_loss {

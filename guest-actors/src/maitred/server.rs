@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, read_message, write_message};
+use cros_messages::framing::{MAX_CONTROL_FRAME, handshake, write_message};
 use cros_messages::maitred::{MaitredEvent, MaitredRequest};
-use cros_messages::{Addr, Body, CrosError, Envelope, FrameError};
+use cros_messages::{Addr, Body, Envelope, FrameError};
 
 use super::handlers::{Maitred, Outcome};
 use crate::vshd::listener::Listener;
@@ -31,50 +31,23 @@ pub fn serve_connection<S: Read + Write>(
 /// `shutdown_requested` says so after a reply. The fuzzer drives it with a `handle` that runs
 /// only the requests without side effects on the machine.
 pub fn serve_requests<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     me: &Addr,
     mut handle: impl FnMut(MaitredRequest) -> Outcome,
     shutdown_requested: impl Fn() -> bool,
 ) -> Result<bool, FrameError> {
-    handshake(&mut stream, me)?;
-    let mut next_id = 1u64;
-    loop {
-        let env: Envelope = match read_message(&mut stream, MAX_CONTROL_FRAME) {
-            Ok(env) => env,
-            Err(FrameError::Closed) => return Ok(false),
-            Err(FrameError::Decode(e)) => {
-                // The stream is still in sync (the frame was whole): answer and go on.
-                let err = Envelope::new(
-                    next_id,
-                    0,
-                    me.clone(),
-                    Addr::host("unknown"),
-                    Body::Error(CrosError::invalid(format!("malformed envelope: {e}"))),
-                );
-                next_id += 1;
-                write_message(&mut stream, &err, MAX_CONTROL_FRAME)?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let body = match env.body.clone() {
+    crate::envelopes::serve(
+        stream,
+        me,
+        |body| match body {
             Body::Maitred(req) => match handle(req) {
                 Ok(reply) => Body::MaitredReply(reply),
                 Err(e) => Body::Error(e),
             },
-            other => Body::Error(CrosError::invalid(format!(
-                "maitred does not handle {}",
-                other.type_name()
-            ))),
-        };
-        let reply = env.reply(next_id, body);
-        next_id += 1;
-        write_message(&mut stream, &reply, MAX_CONTROL_FRAME)?;
-        stream.flush()?;
-        if shutdown_requested() {
-            return Ok(true);
-        }
-    }
+            other => crate::envelopes::not_handled("maitred", &other),
+        },
+        shutdown_requested,
+    )
 }
 
 /// Accepts connections forever, one thread each. A Shutdown request powers the VM off once its
@@ -139,6 +112,7 @@ pub fn announce_ready<S: Read + Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cros_messages::framing::read_message;
     use std::os::unix::net::{UnixListener, UnixStream};
 
     #[test]

@@ -4,12 +4,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cros_tools::crosimg::{install, kernel, termina};
+use cros_tools::crosimg::{
+    container, container_cache, install, kernel, serve, simplestreams, termina,
+};
 
 #[derive(Parser)]
 #[command(
     name = "crosimg",
-    about = "Build and verify crosd's VM components (the termina VM image)."
+    about = "Build and verify crosd's VM components (the termina VM image) and container images for LXD."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -60,6 +62,44 @@ enum Cmd {
     Verify {
         /// The component directory (…/cros-termina/VERSION).
         dir: PathBuf,
+    },
+    /// Build a container image in LXD's split format (lxd.tar.xz + rootfs) and add it to the
+    /// simplestreams tree OUT (images/<os>/<release>/amd64/<variant>/<serial>/, with
+    /// streams/v1/index.json and images.json); the tree's other products stay.
+    BuildContainer {
+        /// busybox: a seconds-to-build test image; debian: systemd + garcon, like Crostini's.
+        kind: container::Kind,
+        /// The simplestreams tree (made if missing). Required.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Debian release (debian only).
+        #[arg(long, default_value = "bookworm")]
+        release: String,
+        /// How the root filesystem is packed.
+        #[arg(long, value_enum, default_value = "squashfs")]
+        rootfs_format: simplestreams::RootfsFormat,
+        /// Version name (default: the build time, YYYYMMDD_HHMM UTC).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Versions of this product kept in the tree, the new one included.
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// Static busybox for the busybox image.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// Debian archive for the debian image (mmdebstrap's tree is cached per release,
+        /// mirror and package list under ~/.cache/crosd or CROSD_CACHE).
+        #[arg(long, default_value = container_cache::DEFAULT_MIRROR)]
+        mirror: String,
+    },
+    /// Serve a simplestreams tree over HTTP (GET and HEAD). Prints `serving http://ADDR/` on
+    /// stdout first (with the real port when PORT is 0), then one line per request on stderr.
+    Serve {
+        /// The tree (must hold streams/v1/index.json).
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = serve::DEFAULT_LISTEN)]
+        listen: String,
     },
 }
 
@@ -129,5 +169,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::BuildContainer {
+            kind,
+            out,
+            release,
+            rootfs_format,
+            serial,
+            keep,
+            busybox,
+            mirror,
+        } => {
+            // Checked here rather than by clap, whose message for it spans two lines.
+            let out = out.ok_or_else(|| {
+                anyhow::anyhow!("--out DIR is required: the simplestreams tree to add the image to")
+            })?;
+            let image = container::build(&container::BuildOptions {
+                kind,
+                out,
+                release,
+                rootfs_format,
+                serial,
+                keep,
+                busybox,
+                mirror,
+            })?;
+            eprintln!(
+                "crosimg: {} {} (fingerprint {}, {} + {} bytes), aliases {}",
+                image.product,
+                image.serial,
+                image.fingerprint,
+                image.metadata_size,
+                image.rootfs_size,
+                image.aliases.join(",")
+            );
+            println!("{}", image.dir.display());
+            Ok(())
+        }
+        Cmd::Serve { dir, listen } => serve::Server::bind(&dir, &listen)?.run_forever(),
     }
 }

@@ -27,11 +27,12 @@ use cros_messages::concierge::{
 use cros_messages::vmlog::{VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body};
 use cros_tools::client::{self, Client, DEFAULT_TIMEOUT};
+use cros_tools::vmc_container::{self, ContainerArgs, ImageSource};
 
 #[derive(Parser)]
 #[command(
     name = "vmc",
-    about = "Manage crosd's virtual machines and their disks (start, stop, list, create, destroy, export, import, logs)."
+    about = "Manage crosd's virtual machines, their disks and their containers (start, stop, list, create, destroy, export, import, logs, container)."
 )]
 struct Cli {
     /// crosd's control socket [default: $CROSD_SOCKET, else /run/crosd/crosd.sock]
@@ -54,6 +55,10 @@ enum Cmd {
         /// Boot only; do not open a shell.
         #[arg(long)]
         no_shell: bool,
+        /// Do not start LXD in the VM (a VM that runs no containers, e.g. with its own
+        /// --extra-disk).
+        #[arg(long)]
+        no_start_lxd: bool,
         /// Seconds to wait for the VM to be ready.
         #[arg(long, default_value_t = 120)]
         timeout: u32,
@@ -65,7 +70,7 @@ enum Cmd {
         component_version: Option<String>,
         /// Attach this image as an extra disk, read-only, or read-write as `PATH,rw`
         /// (repeatable; the guest sees them in order, serials crosd-extra0, 1, ...).
-        #[arg(long = "disk", value_parser = parse_disk)]
+        #[arg(long = "disk", visible_alias = "extra-disk", value_parser = parse_disk)]
         disks: Vec<ExtraDisk>,
         /// VM name, e.g. termina.
         name: String,
@@ -133,6 +138,39 @@ enum Cmd {
     },
     /// Print the guest log (kernel and syslog) that vm_syslog shipped for the VM.
     Logs { name: String },
+    /// Create a container in the VM (unless it exists) from an image server or a rootfs and
+    /// metadata tarball pair, set up your user in it, start it and open a shell in it.
+    ///
+    /// Without an image: debian/bookworm from https://images.lxd.canonical.com. LXD in the VM
+    /// downloads the image itself, through crosd.
+    Container {
+        /// Make the container privileged (its root is the VM's root).
+        #[arg(long)]
+        privileged: bool,
+        /// Seconds to wait for the container to be created and started.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Do not open a shell.
+        #[arg(long)]
+        no_shell: bool,
+        /// Name of the container's user (uid 1000) [default: yours; "user" for root].
+        #[arg(long)]
+        user: Option<String>,
+        /// The VM, e.g. termina.
+        vm: String,
+        /// The container, e.g. penguin.
+        name: String,
+        /// IMAGE_SERVER ALIAS (e.g. http://127.0.0.1:8080 busybox) or ROOTFS METADATA
+        /// (absolute paths of the two tarballs).
+        #[arg(num_args = 0..=2, value_name = "IMAGE")]
+        image: Vec<String>,
+    },
+    /// List the containers of a VM and their state.
+    ContainerList { vm: String },
+    /// Stop a container.
+    ContainerStop { vm: String, name: String },
+    /// Delete a container (stopping it first).
+    ContainerDelete { vm: String, name: String },
 }
 
 fn main() -> ExitCode {
@@ -161,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cpus,
             mem,
             no_shell,
+            no_start_lxd,
             timeout,
             kernel_params,
             component_version,
@@ -215,6 +254,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "{name} is running (cid {}, pid {}, {})",
                 info.cid, info.pid, info.hypervisor
             ));
+            if !no_start_lxd {
+                vmc_container::start_lxd(&mut client, &name)?;
+            }
             if no_shell {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -443,6 +485,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("cannot read the log of {name} at {path}"))?;
             print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Container {
+            privileged,
+            timeout,
+            no_shell,
+            user,
+            vm,
+            name,
+            image,
+        } => {
+            let args = ContainerArgs {
+                source: ImageSource::from_args(&image)?,
+                vm,
+                name,
+                privileged,
+                timeout: Duration::from_secs(timeout),
+                user: user.clone(),
+            };
+            vmc_container::create_and_start(&mut client, &args)?;
+            if no_shell {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let vsh = std::env::current_exe()?.with_file_name("vsh");
+            let mut cmd = std::process::Command::new(&vsh);
+            cmd.arg("--vm_name")
+                .arg(&args.vm)
+                .arg("--target_container")
+                .arg(&args.name);
+            if let Some(u) = &user {
+                cmd.arg("--user").arg(u);
+            }
+            if let Some(s) = &cli.socket {
+                cmd.arg("--crosd-socket").arg(s);
+            }
+            let err = cmd.exec();
+            bail!("cannot run {}: {err}", vsh.display())
+        }
+        Cmd::ContainerList { vm } => {
+            vmc_container::list(&mut client, &vm)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ContainerStop { vm, name } => {
+            vmc_container::stop_or_delete(&mut client, &vm, &name, false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::ContainerDelete { vm, name } => {
+            vmc_container::stop_or_delete(&mut client, &vm, &name, true)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use cros_messages::cicerone::CiceroneRequest;
 use cros_messages::concierge::{ConciergeReply, ConciergeRequest, VmStatus};
 use cros_messages::vsh::NO_EXIT_STATUS;
 use cros_messages::{Addr, Body, ports};
@@ -57,22 +58,19 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
-    if !args.target_container.is_empty() {
-        bail!(
-            "shells in containers (--target_container {}) need cicerone's LaunchVshd, which \
-             this build does not have yet",
-            args.target_container
-        );
-    }
-    let endpoint = match &args.socket {
-        Some(socket) => Endpoint::parse(socket, args.port),
-        None => resolve_vm(&args)?,
+    let stream = if args.target_container.is_empty() {
+        let endpoint = match &args.socket {
+            Some(socket) => Endpoint::parse(socket, args.port),
+            None => resolve_vm(&args)?,
+        };
+        endpoint
+            .connect(DEFAULT_SETUP_TIMEOUT)
+            .with_context(|| format!("cannot reach vshd of VM '{}'", args.vm_name))?
+    } else {
+        container_shell(&args)?
     };
-    let stream = endpoint
-        .connect(DEFAULT_SETUP_TIMEOUT)
-        .with_context(|| format!("cannot reach vshd of VM '{}'", args.vm_name))?;
     let shell = ShellRequest {
-        target_container: String::new(),
+        target_container: args.target_container.clone(),
         user: args.user,
         cwd: args.cwd,
         argv: args.command,
@@ -87,6 +85,45 @@ fn run(args: Args) -> anyhow::Result<i32> {
         eprintln!("vsh: the connection ended without an exit status");
     }
     Ok(exit.code)
+}
+
+/// A shell in a container, as Crostini's vsh gets one: cicerone asks the container's garcon to
+/// start vshd, which dials the host back. crosd accepts that connection (it is in the VM's run
+/// directory, which a user does not see) and relays it to our end of a socket pair passed with
+/// the request, so any user reaches the containers of their own VMs.
+fn container_shell(args: &Args) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    if args.socket.is_some() {
+        bail!("--socket reaches a VM's own vshd; leave it out with --target_container");
+    }
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
+    let mut crosd =
+        client::Client::connect_default(args.crosd_socket.as_deref()).with_context(|| {
+            format!(
+                "cannot reach crosd for container '{}'",
+                args.target_container
+            )
+        })?;
+    let request = Body::Cicerone(CiceroneRequest::LaunchVshd {
+        vm: args.vm_name.clone(),
+        container: args.target_container.clone(),
+        port: 0,
+    });
+    let cicerone = Addr::host("cicerone");
+    crosd
+        .call_with_files(
+            &cicerone,
+            request,
+            &[std::os::fd::AsFd::as_fd(&theirs)],
+            client::DEFAULT_TIMEOUT,
+        )
+        .with_context(|| {
+            format!(
+                "cannot open a shell in container '{}' of VM '{}'",
+                args.target_container, args.vm_name
+            )
+        })?;
+    Ok(ours)
 }
 
 /// Asks crosd's concierge where the VM's vsock lives (GetVmInfo), as Crostini's vsh asks

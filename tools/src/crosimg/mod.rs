@@ -1,11 +1,16 @@
 //! `crosimg`: builds and verifies the termina component (ARCHITECTURE.md, "The termina
-//! component and disks").
+//! component and disks"), and builds and serves container images for LXD (container.rs,
+//! simplestreams.rs, serve.rs).
 
+pub mod container;
+pub mod container_cache;
 pub mod elf;
 pub mod install;
 pub mod kernel;
 pub mod rootfs;
 pub mod rootfs_config;
+pub mod serve;
+pub mod simplestreams;
 pub mod staging;
 pub mod termina;
 

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{ImageError, io_err, run_tool};
+use super::{ImageError, elf, io_err, run_tool};
 
 /// A directory being filled with an image's contents.
 pub struct Staging {
@@ -103,6 +103,27 @@ impl Staging {
             } else {
                 std::fs::remove_file(&path).map_err(io_err(&path))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Installs a static busybox as `dir/busybox` with a symlink beside it for each of its
+    /// applets (`dir/sh` → busybox, …), as the busybox container image has them.
+    pub fn busybox(&self, busybox: &Path, dir: &str) -> Result<(), ImageError> {
+        if elf::is_static(busybox) != Ok(true) {
+            return Err(ImageError::Invalid(format!(
+                "{} is not a static busybox (apt-get install busybox-static)",
+                busybox.display()
+            )));
+        }
+        self.copy(busybox, &format!("{dir}/busybox"))?;
+        let applets = run_tool(Command::new(busybox).arg("--list"))?;
+        for applet in applets
+            .lines()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && !a.contains('/') && *a != "busybox")
+        {
+            self.symlink(&format!("{dir}/{applet}"), "busybox")?;
         }
         Ok(())
     }

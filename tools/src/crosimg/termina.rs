@@ -103,10 +103,14 @@ fn root_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
 }
 
 fn tools_tree(st: &Staging, opts: &BuildOptions) -> Result<(), ImageError> {
-    // What containers get bind-mounted at /opt/google/cros-containers: the shell server now,
-    // garcon when it exists.
-    st.copy(&guest_program(&opts.guest_bin_dir, "vshd")?, "bin/vshd")?;
-    st.strip("bin/vshd")
+    // What containers get bind-mounted at /opt/google/cros-containers: garcon and the shell
+    // server it starts, static so they run in a container of any distribution.
+    for name in ["vshd", "garcon"] {
+        let dest = format!("bin/{name}");
+        st.copy(&guest_program(&opts.guest_bin_dir, name)?, &dest)?;
+        st.strip(&dest)?;
+    }
+    Ok(())
 }
 
 fn initramfs(opts: &BuildOptions, maitred: &Path, out: &Path) -> Result<(), ImageError> {

@@ -1,0 +1,384 @@
+//! End to end: containers in termina under QEMU/TCG — real LXD in the VM driven by tremplin,
+//! images from a loopback simplestreams server (`crosimg serve`) through crosd's image proxy and
+//! from a rootfs + metadata pair streamed in over vsock, garcon in each container, and
+//! `vsh --target_container`.
+//!
+//! One termina (with its LXD set-up) serves every step: booting and setting up LXD under
+//! emulation costs more than all the container steps together. The steps run in order in one
+//! test and each says what it checks when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use cros_e2e::crosd::{Crosd, text, vmc_ok};
+use cros_e2e::{bin, bin_dir};
+
+/// The busybox test image, built once into target/<profile>/e2e/images.
+fn busybox_images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = bin_dir().join("e2e/images/busybox");
+        if !out.join("streams/v1/images.json").exists() {
+            let o = Command::new(bin("crosimg"))
+                .args(["build-container", "busybox", "--out"])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "crosimg build-container busybox: {}",
+                text(&o)
+            );
+        }
+        out
+    })
+}
+
+/// `crosimg serve DIR --listen 127.0.0.1:0`; the URL it prints first.
+struct ImageServer {
+    child: Child,
+    url: String,
+}
+
+impl ImageServer {
+    fn start(dir: &Path) -> ImageServer {
+        let mut child = Command::new(bin("crosimg"))
+            .arg("serve")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("crosimg serve printed no URL: {line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        ImageServer { child, url }
+    }
+}
+
+impl Drop for ImageServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the image tree whose rootfs has one byte changed: its sha256 no longer matches.
+fn corrupt_copy(src: &Path, dst: &Path) {
+    let _ = std::fs::remove_dir_all(dst);
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rootfs = find_file(dst, &["rootfs.squashfs", "root.tar.xz"]).expect("an image rootfs");
+    let mut bytes = std::fs::read(&rootfs).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&rootfs, bytes).unwrap();
+}
+
+fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()? {
+        let p = e.ok()?.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, names) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| names.iter().any(|w| n == *w)) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn vsh_in(crosd: &Crosd, container: &str, user: Option<&str>, cmd: &[&str]) -> Output {
+    let mut args = vec!["--vm_name", "termina", "--target_container", container];
+    if let Some(u) = user {
+        args.extend(["--user", u]);
+    }
+    args.push("--");
+    args.extend_from_slice(cmd);
+    crosd.run("vsh", &args)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `lxc list` inside termina, as a user of termina would run it: name,state lines.
+fn lxc_list(crosd: &Crosd) -> String {
+    let o = crosd.vsh(
+        &[
+            "env",
+            "LXD_DIR=/mnt/stateful/lxd",
+            "lxc",
+            "list",
+            "--format",
+            "csv",
+            "-c",
+            "ns",
+        ],
+        b"",
+    );
+    assert!(o.status.success(), "lxc list in termina: {}", text(&o));
+    stdout(&o)
+}
+
+/// `vmc ARGS` must fail with one line naming `needle`, and leave no container behind.
+fn create_fails(crosd: &Crosd, args: &[&str], needle: &str) {
+    let o = crosd.run("vmc", args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "vmc {args:?} must fail: {}", text(&o));
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.contains(needle),
+        "vmc {args:?}: wanted {needle:?} in the error: {}",
+        text(&o)
+    );
+    let listed = lxc_list(crosd);
+    assert!(
+        !listed.lines().any(|l| l.starts_with(args[2])),
+        "a failed create left {} behind:\n{listed}",
+        args[2]
+    );
+}
+
+#[test]
+fn containers_in_termina() {
+    let images = busybox_images();
+    let server = ImageServer::start(images);
+    let crosd = Crosd::start();
+    let o = crosd.run(
+        "vmc",
+        &[
+            "start",
+            "--no-shell",
+            "--mem",
+            "2048",
+            "--timeout",
+            "300",
+            "termina",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "vmc start: {}\ncrosd log:\n{}",
+        text(&o),
+        crosd.log()
+    );
+    assert!(text(&o).contains("LXD is ready"), "{}", text(&o));
+
+    // 1. From the loopback simplestreams server, through the image proxy.
+    vmc_ok(
+        &crosd,
+        &[
+            "container",
+            "--no-shell",
+            "--user",
+            "alice",
+            "termina",
+            "c1",
+            &server.url,
+            "busybox",
+        ],
+    );
+    let o = vsh_in(&crosd, "c1", None, &["id", "-un"]);
+    assert_eq!(stdout(&o).trim(), "alice", "the user set up: {}", text(&o));
+    let o = vsh_in(&crosd, "c1", Some("root"), &["cat", "/proc/self/uid_map"]);
+    let first: Vec<u64> = stdout(&o)
+        .split_whitespace()
+        .take(3)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        first.len() == 3 && first[0] == 0 && first[1] != 0,
+        "uid 0 in the container maps to an unprivileged uid: {}",
+        text(&o)
+    );
+    assert!(
+        lxc_list(&crosd).contains("c1,RUNNING"),
+        "{}",
+        lxc_list(&crosd)
+    );
+
+    // 2. Stop and start keep what the container wrote.
+    let o = vsh_in(
+        &crosd,
+        "c1",
+        Some("root"),
+        &["sh", "-c", "echo kept > /root/keep"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    vmc_ok(&crosd, &["container-stop", "termina", "c1"]);
+    assert!(
+        lxc_list(&crosd).contains("c1,STOPPED"),
+        "{}",
+        lxc_list(&crosd)
+    );
+    vmc_ok(
+        &crosd,
+        &[
+            "container",
+            "--no-shell",
+            "--user",
+            "alice",
+            "termina",
+            "c1",
+        ],
+    );
+    let o = vsh_in(&crosd, "c1", Some("root"), &["cat", "/root/keep"]);
+    assert_eq!(stdout(&o).trim(), "kept", "{}", text(&o));
+
+    // 3. From a rootfs + metadata pair named on the host, streamed in over vsock.
+    let metadata = find_file(images, &["lxd.tar.xz"]).expect("metadata tarball");
+    let rootfs = find_file(images, &["rootfs.squashfs", "root.tar.xz"]).expect("rootfs");
+    vmc_ok(
+        &crosd,
+        &[
+            "container",
+            "--no-shell",
+            "--user",
+            "bob",
+            "termina",
+            "c2",
+            rootfs.to_str().unwrap(),
+            metadata.to_str().unwrap(),
+        ],
+    );
+    let o = vsh_in(&crosd, "c2", None, &["id", "-un"]);
+    assert_eq!(stdout(&o).trim(), "bob", "{}", text(&o));
+    let o = crosd.run("vmc", &["container-list", "termina"]);
+    assert!(
+        stdout(&o).contains("c1") && stdout(&o).contains("c2"),
+        "{}",
+        text(&o)
+    );
+
+    // 4. Delete removes it.
+    vmc_ok(&crosd, &["container-delete", "termina", "c2"]);
+    assert!(!lxc_list(&crosd).contains("c2,"), "{}", lxc_list(&crosd));
+
+    // 5. Failures: one clear line each, nothing left behind.
+    create_fails(
+        &crosd,
+        &[
+            "container",
+            "--no-shell",
+            "termina",
+            "c3",
+            &server.url,
+            "no-such-alias",
+        ],
+        "no-such-alias",
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_url = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    create_fails(
+        &crosd,
+        &[
+            "container",
+            "--no-shell",
+            "termina",
+            "c4",
+            &closed_url,
+            "busybox",
+        ],
+        "unreachable",
+    );
+    create_fails(
+        &crosd,
+        &["container", "--no-shell", "termina", "c5"],
+        "images.lxd.canonical.com",
+    );
+    let corrupt_dir = bin_dir().join("e2e/images/busybox-corrupt");
+    corrupt_copy(images, &corrupt_dir);
+    let corrupt = ImageServer::start(&corrupt_dir);
+    create_fails(
+        &crosd,
+        &[
+            "container",
+            "--no-shell",
+            "termina",
+            "c6",
+            &corrupt.url,
+            "busybox",
+        ],
+        "c6",
+    );
+
+    // 6. The proxy reaches what a user named, and nothing else on the host.
+    let secret = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let secret_port = secret.local_addr().unwrap().port();
+    let index = format!("{}/streams/v1/index.json", server.url);
+    let o = crosd.vsh(
+        &[
+            "env",
+            "http_proxy=http://127.0.0.1:3128",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &index,
+        ],
+        b"",
+    );
+    assert!(
+        stdout(&o).contains("index"),
+        "a named server through the proxy: {}",
+        text(&o)
+    );
+    let o = crosd.vsh(
+        &[
+            "env",
+            "http_proxy=http://127.0.0.1:3128",
+            "wget",
+            "-q",
+            "-O",
+            "-",
+            &format!("http://127.0.0.1:{secret_port}/"),
+        ],
+        b"",
+    );
+    assert!(
+        !o.status.success(),
+        "an unnamed host port through the proxy: {}",
+        text(&o)
+    );
+    drop(secret);
+
+    // 7. A garcon with a wrong token is refused (garcon itself, run in the VM with a made-up
+    // token file).
+    let o = crosd.vsh(
+        &[
+            "sh",
+            "-c",
+            "echo 00000000-0000-4000-8000-000000000000 > /tmp/bad-token && \
+             /opt/google/cros-containers/bin/garcon --token-file /tmp/bad-token \
+             --lock-file /tmp/garcon.lock",
+        ],
+        b"",
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("cicerone refused ContainerReady"),
+        "{}",
+        text(&o)
+    );
+    drop(corrupt);
+    drop(server);
+}
