@@ -38,17 +38,24 @@ build_guest_binaries() {
 }
 
 # Builds crosd (release), the static guest programs (release) and the termina component under
-# STATE/components/cros-termina/local, rebuilding the component when it fails verification or a
-# guest program is newer. Sets BIN (host binaries) and GUEST_BIN.
+# STATE/components/cros-termina/local, rebuilding the component when it fails verification or
+# crosimg or a guest program is newer. Sets BIN (host binaries) and GUEST_BIN.
+# CROSD_PROFILE=debug uses dev builds instead (a loaded machine where a release build of the
+# workspace takes too long; the guest boot under TCG is the same kernel and image).
 build_release_and_component() {
-    local state="$1"
-    log "building crosd (release)"
-    (cd "$REPO_ROOT" && cargo build --quiet --release --bins) || die "building crosd failed"
-    log "building the static guest programs (release)"
-    (cd "$REPO_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet --release \
+    local state="$1" profile="${CROSD_PROFILE:-release}" flag=""
+    case "$profile" in
+        release) flag="--release" ;;
+        debug) ;;
+        *) die "CROSD_PROFILE must be release or debug, not '$profile'" ;;
+    esac
+    log "building crosd ($profile)"
+    (cd "$REPO_ROOT" && cargo build --quiet $flag --bins) || die "building crosd failed"
+    log "building the static guest programs ($profile)"
+    (cd "$REPO_ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build --quiet $flag \
         -p cros-guest --bins --target x86_64-unknown-linux-gnu) || die "building the guest programs failed"
-    BIN="$REPO_ROOT/target/release"
-    GUEST_BIN="$REPO_ROOT/target/x86_64-unknown-linux-gnu/release"
+    BIN="$REPO_ROOT/target/$profile"
+    GUEST_BIN="$REPO_ROOT/target/x86_64-unknown-linux-gnu/$profile"
     local component="$state/components/cros-termina/local"
     mkdir -p "$state/components"
     if ! "$BIN/crosimg" verify "$component" >/dev/null 2>&1 \
