@@ -113,9 +113,7 @@ async fn connection(
     let hello = tokio::time::timeout(limits.hello, handshake(&mut s, &host))
         .await
         .map_err(|_| ConnectionError::HelloTimeout(limits.hello))??;
-    // Only the actor's name counts: where it lives is the socket's VM, whatever the guest says
-    // (garcon in a container does not even know its VM's name).
-    if hello.actor.actor != guest.actor {
+    if !super::hello_matches(&hello.actor, guest) {
         tracing::warn!(expected = %guest, claimed = %hello.actor, port = port.port, "guest connection refused: wrong actor");
         return Err(ConnectionError::WrongActor {
             claimed: hello.actor,

@@ -89,6 +89,13 @@ const HOST_PORTS: [GuestPort; 4] = [
     },
 ];
 
+/// Whether a guest's Hello as `claimed` fits the actor `expected` that the socket leads to: the
+/// same actor, and if it names a VM, this one. Where it lives is the socket's VM whatever it
+/// says; garcon in a container does not know its VM's name and introduces itself as `garcon`.
+pub fn hello_matches(claimed: &Addr, expected: &Addr) -> bool {
+    claimed.actor == expected.actor && (claimed.vm.is_none() || claimed.vm == expected.vm)
+}
+
 /// One VM's bridges: its guest actors registered on the bus, its host ports listening. Dropping
 /// it unregisters the actors and closes the listeners (the VM stopped).
 pub struct GuestBridges {

@@ -157,9 +157,7 @@ impl Stream {
                     e.to_cros_error().message
                 ))
             })?;
-        // The actor's name must match; where it lives is the VM this socket belongs to, whatever
-        // the guest says (garcon in a container does not know its VM's name).
-        if hello.actor.actor != self.peer.actor {
+        if !super::hello_matches(&hello.actor, &self.peer) {
             return Err(CrosError::new(
                 ErrorKind::PermissionDenied,
                 format!(

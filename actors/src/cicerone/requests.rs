@@ -651,6 +651,7 @@ impl Cicerone {
         };
         // A user named this server for this VM: its proxy may reach it from now on.
         entry.allowed_servers.allow(&host, port);
+        let name = container.clone();
         let req = TremplinRequest::CreateContainer {
             name: container,
             image_server: server.clone(),
@@ -661,6 +662,19 @@ impl Cicerone {
         };
         Box::pin(
             async move {
+                // A container that exists needs no image: say so before the server matters.
+                let info = TremplinRequest::GetContainerInfo {
+                    name: name.clone(),
+                };
+                if let Ok(TremplinReply::ContainerInfo { .. }) =
+                    ask_tremplin(bus.clone(), vm.clone(), info, deadline).await
+                {
+                    return Ok(CiceroneReply::ContainerStatus {
+                        container: name,
+                        status: ContainerStatus::Exists,
+                        failure_reason: String::new(),
+                    });
+                }
                 check_reachable(&server, &host, port).await?;
                 let r = ask_tremplin(bus, vm.clone(), req, deadline).await?;
                 status_reply(&vm, r)
