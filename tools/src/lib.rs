@@ -3,4 +3,5 @@ pub mod client;
 pub mod crosimg;
 pub mod daemon;
 pub mod trace_tool;
+pub mod vmc_share;
 pub mod vsh_client;
