@@ -34,6 +34,11 @@ fn seneschal() -> Addr {
 
 /// StartServer for the VM of `plan`, owned by `owner`; None (logged) when it cannot start.
 pub async fn start_server(bus: &BusHandle, plan: &BootPlan, owner: u32) -> Option<ShareServer> {
+    // The server listens in the runtime directory before the VMM starts (boot makes it too).
+    if let Err(e) = cros_hypervisor::fsutil::ensure_private_dir(&plan.run_dir) {
+        tracing::warn!(vm = plan.name(), error = %e, "no 9P server: cannot create the runtime directory");
+        return None;
+    }
     let (uid, gid) = crate::seneschal::server_ids(owner);
     let map = |outside| {
         vec![IdMapEntry {

@@ -616,10 +616,13 @@ pub mod build {
     }
 }
 
-/// The fuzz target's entry: a stream of frames through one guard, with the server's answers
-/// simulated (every request succeeds), over a fixed set of shares; nothing may panic.
+/// The fuzz target's entry: the `p9` decoder over the bytes, then the bytes as a stream of
+/// frames through one guard, with the server's answers simulated (every request succeeds),
+/// over a fixed set of shares; nothing may panic and the fid table stays bounded.
 #[doc(hidden)]
 pub fn fuzz_frames(data: &[u8]) {
+    // The `p9` crate's own decoder, which the server runs on every frame the guard forwards.
+    p9::fuzzing::tframe_decode(data);
     let shares: Shares = [("a".to_string(), 1), ("b".to_string(), 2)].into();
     let mut guard = Guard::new(1 << 16);
     let mut rest = data;

@@ -449,6 +449,11 @@ fn check_folder(fd: &OwnedFd, path: &str) -> Result<(), CrosError> {
 
 impl Actor for Seneschal {
     type Context = Context<Self>;
+
+    /// crosd is going away (or this instance is): every server stops and its mounts go.
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.servers.clear();
+    }
 }
 
 impl Handler<Deliver> for Seneschal {

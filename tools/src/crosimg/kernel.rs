@@ -16,9 +16,10 @@ pub const TERMINA_EARLY_MODULES: &str =
 /// Modules maitred loads from the root image after VmReady, while the host sets up: btrfs for
 /// the stateful disk (its raid6 self-benchmark alone costs half a second under TCG), 9P and
 /// overlayfs, and the ACPI power button (`button`) with `evdev`, through which maitred sees a
-/// press. The crypto modules are soft dependencies of btrfs.
-pub const TERMINA_LATE_MODULES: &str =
-    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button";
+/// press. The crypto modules are soft dependencies of btrfs. 9p and 9pnet_fd are seneschal's
+/// shares (Mount9P); 9pnet_virtio only lets tools/scripts/bench-9p.sh mount QEMU's own
+/// virtio-9p device beside them.
+pub const TERMINA_LATE_MODULES: &str = "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd 9pnet_virtio overlay evdev button";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
