@@ -89,10 +89,21 @@ pub struct ServerInfo {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum SeneschalReply {
-    ServerStarted { handle: u64, port: u32 },
-    ServerStopped { handle: u64 },
+    ServerStarted {
+        handle: u64,
+        port: u32,
+    },
+    ServerStopped {
+        handle: u64,
+    },
     /// `path`: the share's name under /mnt/shared.
-    PathShared { path: String },
-    PathUnshared { path: String },
-    Servers { servers: Vec<ServerInfo> },
+    PathShared {
+        path: String,
+    },
+    PathUnshared {
+        path: String,
+    },
+    Servers {
+        servers: Vec<ServerInfo>,
+    },
 }

@@ -78,7 +78,10 @@ fn folders_are_shared_confined_and_withdrawn() {
     );
 
     // Read and write from the VM.
-    let o = guest(&crosd, "cat /mnt/shared/rw/hello && echo from-the-guest > /mnt/shared/rw/new");
+    let o = guest(
+        &crosd,
+        "cat /mnt/shared/rw/hello && echo from-the-guest > /mnt/shared/rw/new",
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(stdout(&o), "hello from the host\n");
     assert_eq!(std::fs::read(rw.join("new")).unwrap(), b"from-the-guest\n");
@@ -141,5 +144,8 @@ fn folders_are_shared_confined_and_withdrawn() {
     let o = guest(&crosd, "cat /mnt/shared/ro/hello");
     assert_eq!(stdout(&o), "hello from the host\n", "{}", text(&o));
     crosd.terminate();
-    assert_eq!(std::fs::read(rw.join("hello")).unwrap(), b"hello from the host\n");
+    assert_eq!(
+        std::fs::read(rw.join("hello")).unwrap(),
+        b"hello from the host\n"
+    );
 }

@@ -26,8 +26,8 @@ fn seneschal() -> Addr {
 /// The folder as an O_PATH directory descriptor, and its absolute, canonical path (the share's
 /// label and what the next boot shares again).
 fn open_folder(path: &Path) -> anyhow::Result<(OwnedFd, String)> {
-    let canonical = std::fs::canonicalize(path)
-        .with_context(|| format!("cannot share {}", path.display()))?;
+    let canonical =
+        std::fs::canonicalize(path).with_context(|| format!("cannot share {}", path.display()))?;
     let fd = nix::fcntl::open(
         &canonical,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -102,7 +102,10 @@ pub fn print(servers: &[ServerInfo]) {
         println!("no shared folders");
         return;
     }
-    println!("{:<16} {:<24} {:<3}  FOLDER", "VM", "SHARE (/mnt/shared/)", "RW");
+    println!(
+        "{:<16} {:<24} {:<3}  FOLDER",
+        "VM", "SHARE (/mnt/shared/)", "RW"
+    );
     for (server, share) in shares {
         println!(
             "{:<16} {:<24} {:<3}  {}",

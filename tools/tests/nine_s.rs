@@ -26,6 +26,8 @@ const MSIZE: u32 = 1024 * 1024;
 struct Client {
     conn: UnixStream,
     tag: u16,
+    /// The server's stderr, quoted when a connection fails.
+    log: PathBuf,
 }
 
 /// An answer: its type and body.
@@ -36,16 +38,17 @@ struct Reply {
 
 impl Reply {
     fn errno(&self) -> Option<i32> {
-        (self.ty == msg::RLERROR)
-            .then(|| i32::from_le_bytes(self.body[..4].try_into().unwrap()))
+        (self.ty == msg::RLERROR).then(|| i32::from_le_bytes(self.body[..4].try_into().unwrap()))
     }
 }
 
 impl Client {
     fn connect(socket: &Path) -> Self {
         let conn = UnixStream::connect(socket).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Client { conn, tag: 0 }
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let log = socket.ancestors().nth(3).unwrap().join("state/logs/termina.9s.log");
+        Client { conn, tag: 0, log }
     }
 
     fn send(&mut self, frame: Vec<u8>) -> std::io::Result<Reply> {
@@ -63,7 +66,11 @@ impl Client {
     fn ask(&mut self, f: impl FnOnce(u16) -> Vec<u8>) -> Reply {
         self.tag = self.tag.wrapping_add(1);
         let frame = f(self.tag);
-        self.send(frame).unwrap()
+        let ty = frame[4];
+        self.send(frame).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("request type {ty}: {e}; the server's log: {log}")
+        })
     }
 
     /// Tversion and Tattach of fid 0.
@@ -86,7 +93,11 @@ impl Client {
             Some(e) => Err(e),
             None => {
                 let n = u16::from_le_bytes([r.body[0], r.body[1]]) as usize;
-                if n == path.len() { Ok(()) } else { Err(libc::ENOENT) }
+                if n == path.len() {
+                    Ok(())
+                } else {
+                    Err(libc::ENOENT)
+                }
             }
         }
     }
@@ -115,7 +126,11 @@ impl Client {
 
 async fn ask(bus: &BusHandle, req: SeneschalRequest) -> Result<SeneschalReply, String> {
     match bus
-        .request(&Addr::host("tester"), &Addr::host("seneschal"), Body::Seneschal(req))
+        .request(
+            &Addr::host("tester"),
+            &Addr::host("seneschal"),
+            Body::Seneschal(req),
+        )
         .await
     {
         Ok(Body::SeneschalReply(r)) => Ok(r),
@@ -222,9 +237,8 @@ async fn the_server_is_confined_to_its_shares() {
         .unwrap();
         assert_eq!(shared, SeneschalReply::PathShared { path: name.into() });
     }
-    let SeneschalReply::Servers { servers } = ask(&bus, SeneschalRequest::ListServers {})
-        .await
-        .unwrap()
+    let SeneschalReply::Servers { servers } =
+        ask(&bus, SeneschalRequest::ListServers {}).await.unwrap()
     else {
         panic!()
     };
@@ -252,7 +266,11 @@ async fn the_server_is_confined_to_its_shares() {
     assert_eq!(std::fs::read(&new).unwrap(), b"hello");
     let meta = std::fs::metadata(&new).unwrap();
     assert_eq!(meta.uid(), OWNER, "files are created as the sharing user");
-    assert_eq!(meta.mode() & 0o7777, 0o755, "setuid/setgid bits are cleared");
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o755,
+        "setuid/setgid bits are cleared"
+    );
     c.walk(3, &["rw", "file"]).unwrap();
     assert_eq!(c.errno(|t| build::chmod(t, 3, 0o4777)), None);
     assert_eq!(
@@ -261,16 +279,47 @@ async fn the_server_is_confined_to_its_shares() {
         "chmod u+s is neutralised"
     );
 
+    // What a kernel client does besides: directory listings, links, statfs, xattrs, fsync.
+    c.walk(20, &[]).unwrap();
+    assert_eq!(c.errno(|t| build::lopen(t, 20, libc::O_RDONLY as u32)), None);
+    let listing = c.ask(|t| build::readdir(t, 20, 0, 8192));
+    assert_eq!(listing.errno(), None);
+    let names = String::from_utf8_lossy(&listing.body);
+    assert!(names.contains("rw") && names.contains("ro"), "{names}");
+    c.walk(21, &["rw"]).unwrap();
+    assert_eq!(c.errno(|t| build::lopen(t, 21, libc::O_RDONLY as u32)), None);
+    assert_eq!(c.ask(|t| build::readdir(t, 21, 0, 8192)).errno(), None);
+    c.walk(22, &["rw", "abs"]).unwrap();
+    let link = c.ask(|t| build::readlink(t, 22));
+    assert_eq!(link.errno(), None);
+    assert_eq!(c.errno(|t| build::statfs(t, 21)), None);
+    assert_eq!(c.errno(|t| build::getattr(t, 22)), None);
+    assert_eq!(
+        c.errno(|t| build::xattrwalk(t, 22, 23, b"security.selinux")),
+        Some(libc::EOPNOTSUPP)
+    );
+    assert_eq!(c.errno(|t| build::fsync(t, 1)), None);
+    for fid in [20, 21, 22] {
+        assert_eq!(c.errno(|t| build::clunk(t, fid)), None);
+    }
+
     // `..` at the root and inside, names with slashes.
     assert_eq!(c.walk(4, &[".."]), Err(libc::EPERM));
     assert_eq!(c.walk(4, &["rw", ".."]), Err(libc::EPERM));
     assert_eq!(c.walk(4, &["rw/../.."]), Err(libc::EINVAL));
-    assert_eq!(c.walk(4, &["proc"]), Err(libc::ENOENT), "only shares at the root");
+    assert_eq!(
+        c.walk(4, &["proc"]),
+        Err(libc::ENOENT),
+        "only shares at the root"
+    );
     // Symlinks pointing out are never followed by the server.
     assert_eq!(c.open(5, &["rw", "abs"], libc::O_RDONLY), Err(libc::ELOOP));
     assert_eq!(c.open(6, &["rw", "rel"], libc::O_RDONLY), Err(libc::ELOOP));
     // A hard link to an outside file has that file's owner and mode: the user cannot read it.
-    assert_eq!(c.open(7, &["rw", "hard"], libc::O_RDONLY), Err(libc::EACCES));
+    assert_eq!(
+        c.open(7, &["rw", "hard"], libc::O_RDONLY),
+        Err(libc::EACCES)
+    );
     // Device nodes do not open (nodev), and none can be made.
     assert_eq!(c.open(8, &["rw", "null"], libc::O_RDWR), Err(libc::EACCES));
     assert_eq!(
@@ -291,17 +340,32 @@ async fn the_server_is_confined_to_its_shares() {
     // The read-only share refuses every change.
     c.walk(10, &["ro"]).unwrap();
     c.walk(11, &["ro", "file"]).unwrap();
-    assert_eq!(c.errno(|t| build::lopen(t, 11, libc::O_WRONLY as u32)), Some(libc::EROFS));
-    assert_eq!(c.errno(|t| build::lcreate(t, 10, b"x", 1, 0o644)), Some(libc::EROFS));
-    assert_eq!(c.errno(|t| build::mkdir(t, 10, b"d", 0o755)), Some(libc::EROFS));
-    assert_eq!(c.errno(|t| build::unlinkat(t, 10, b"file")), Some(libc::EROFS));
+    assert_eq!(
+        c.errno(|t| build::lopen(t, 11, libc::O_WRONLY as u32)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        c.errno(|t| build::lcreate(t, 10, b"x", 1, 0o644)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        c.errno(|t| build::mkdir(t, 10, b"d", 0o755)),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        c.errno(|t| build::unlinkat(t, 10, b"file")),
+        Some(libc::EROFS)
+    );
     assert_eq!(
         c.errno(|t| build::renameat(t, 10, b"file", 10, b"moved")),
         Some(libc::EROFS)
     );
     assert_eq!(c.errno(|t| build::chmod(t, 11, 0o777)), Some(libc::EROFS));
     assert_eq!(c.errno(|t| build::truncate(t, 11, 0)), Some(libc::EROFS));
-    assert_eq!(c.errno(|t| build::mknod(t, 10, b"n", libc::S_IFIFO | 0o644)), Some(libc::EACCES));
+    assert_eq!(
+        c.errno(|t| build::mknod(t, 10, b"n", libc::S_IFIFO | 0o644)),
+        Some(libc::EACCES)
+    );
     assert_eq!(c.errno(|t| build::link(t, 10, 11, b"l")), Some(libc::EROFS));
     assert_eq!(std::fs::read(ro.join("file")).unwrap(), b"inside");
 
@@ -312,7 +376,11 @@ async fn the_server_is_confined_to_its_shares() {
     let mut frame = (MSIZE + 1).to_le_bytes().to_vec();
     frame.extend_from_slice(&[msg::TWRITE, 1, 0]);
     assert!(big.send(frame).is_err());
-    assert_eq!(c.read(1, 100).unwrap(), b"inside", "the first connection still works");
+    assert_eq!(
+        c.read(1, 100).unwrap(),
+        b"inside",
+        "the first connection still works"
+    );
 
     // Unsharing a folder in use: its open files answer EIO at once, new walks find nothing.
     let unshared = ask(
@@ -327,17 +395,32 @@ async fn the_server_is_confined_to_its_shares() {
     assert_eq!(unshared, SeneschalReply::PathUnshared { path: "rw".into() });
     assert_eq!(c.read(1, 100), Err(libc::EIO));
     assert_eq!(c.walk(12, &["rw"]), Err(libc::ENOENT));
-    assert_eq!(c.read(11, 100).map(|_| ()).unwrap_err(), libc::EBADF, "ro unopened fid");
+    assert_eq!(
+        c.read(11, 100).map(|_| ()).unwrap_err(),
+        libc::EBADF,
+        "ro unopened fid"
+    );
 
     // Stopping the server ends the process and cleans up; the share is kept for the next boot.
-    ask(&bus, SeneschalRequest::StopServer { handle }).await.unwrap();
+    ask(&bus, SeneschalRequest::StopServer { handle })
+        .await
+        .unwrap();
     assert!(!socket.exists());
     assert!(!base.join("run/seneschal/1").exists());
-    assert!(!Path::new(&format!("/proc/{pid}")).exists() || {
-        std::thread::sleep(Duration::from_millis(200));
-        !Path::new(&format!("/proc/{pid}/status")).exists()
-    });
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || {
+            std::thread::sleep(Duration::from_millis(200));
+            !Path::new(&format!("/proc/{pid}/status")).exists()
+        }
+    );
     let kept = std::fs::read_to_string(base.join("state/shares/termina.json")).unwrap();
-    assert!(kept.contains("\"ro\"") && !kept.contains("\"rw\""), "{kept}");
-    assert_eq!(std::fs::read(rw.join("file")).unwrap(), b"inside", "user data untouched");
+    assert!(
+        kept.contains("\"ro\"") && !kept.contains("\"rw\""),
+        "{kept}"
+    );
+    assert_eq!(
+        std::fs::read(rw.join("file")).unwrap(),
+        b"inside",
+        "user data untouched"
+    );
 }

@@ -336,11 +336,15 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         }
         ThreadKind::FileServer => {
             rules.extend(FILE_SERVER.iter().map(|&nr| (nr, Vec::new())));
-            // Cloning a connection's socket (std's try_clone) duplicates its descriptor.
+            // Cloning a connection's socket (std's try_clone) and a directory for readdir
+            // duplicate descriptors; glibc's fdopendir checks the access mode (F_GETFL) and
+            // sets close-on-exec (F_SETFD).
             rules.insert(
                 libc::SYS_fcntl,
                 vec![
                     arg_is(1, libc::F_GETFD as u64)?,
+                    arg_is(1, libc::F_SETFD as u64)?,
+                    arg_is(1, libc::F_GETFL as u64)?,
                     arg_is(1, libc::F_DUPFD_CLOEXEC as u64)?,
                 ],
             );
@@ -466,7 +470,11 @@ mod tests {
     #[test]
     fn openat_fails_with_eacces_instead_of_killing() {
         for kind in ThreadKind::ALL {
-            let expected = if kind == ThreadKind::FileServer { 43 } else { 42 };
+            let expected = if kind == ThreadKind::FileServer {
+                43
+            } else {
+                42
+            };
             let filter = filter_for(kind).unwrap();
             // SAFETY: the child only makes raw system calls until it exits.
             let pid = unsafe { libc::fork() };

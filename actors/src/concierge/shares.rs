@@ -64,7 +64,11 @@ pub async fn start_server(bus: &BusHandle, plan: &BootPlan, owner: u32) -> Optio
             Some(ShareServer { handle, port })
         }
         Ok(other) => {
-            tracing::warn!(vm = plan.name(), reply = other.type_name(), "seneschal answered StartServer oddly; no shares");
+            tracing::warn!(
+                vm = plan.name(),
+                reply = other.type_name(),
+                "seneschal answered StartServer oddly; no shares"
+            );
             None
         }
         Err(e) => {
@@ -81,8 +85,14 @@ pub async fn mount(bus: &BusHandle, vm: &str, server: ShareServer) {
         target: SHARED_MOUNT.into(),
     };
     match ask_maitred(bus, vm, req, MOUNT_TIMEOUT).await {
-        Ok(_) => tracing::info!(vm, port = server.port, "shared folders mounted at {SHARED_MOUNT}"),
-        Err(e) => tracing::warn!(vm, error = %e, "Mount9P failed: the VM runs without shared folders"),
+        Ok(_) => tracing::info!(
+            vm,
+            port = server.port,
+            "shared folders mounted at {SHARED_MOUNT}"
+        ),
+        Err(e) => {
+            tracing::warn!(vm, error = %e, "Mount9P failed: the VM runs without shared folders")
+        }
     }
 }
 

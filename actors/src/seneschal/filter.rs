@@ -102,7 +102,9 @@ pub type Shares = HashMap<String, u64>;
 enum Pending {
     None,
     /// Tattach: `fid` becomes a root fid on success.
-    Attach { fid: u32 },
+    Attach {
+        fid: u32,
+    },
     /// Twalk of `n` elements from a fid at `from` to `newfid`.
     Walk {
         newfid: u32,
@@ -110,7 +112,9 @@ enum Pending {
         n: usize,
     },
     /// Tclunk/Tremove: the fid is gone whatever the answer.
-    Forget { fid: u32 },
+    Forget {
+        fid: u32,
+    },
     /// Tversion: every fid is gone.
     Reset,
 }
@@ -608,6 +612,34 @@ pub mod build {
         frame(msg::TSYMLINK, tag, &b)
     }
 
+    pub fn readdir(tag: u16, fid: u32, offset: u64, count: u32) -> Vec<u8> {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend_from_slice(&offset.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        frame(msg::TREADDIR, tag, &b)
+    }
+
+    pub fn readlink(tag: u16, fid: u32) -> Vec<u8> {
+        frame(msg::TREADLINK, tag, &fid.to_le_bytes())
+    }
+
+    pub fn statfs(tag: u16, fid: u32) -> Vec<u8> {
+        frame(msg::TSTATFS, tag, &fid.to_le_bytes())
+    }
+
+    pub fn fsync(tag: u16, fid: u32) -> Vec<u8> {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        frame(msg::TFSYNC, tag, &b)
+    }
+
+    pub fn xattrwalk(tag: u16, fid: u32, newfid: u32, name: &[u8]) -> Vec<u8> {
+        let mut b = fid.to_le_bytes().to_vec();
+        b.extend_from_slice(&newfid.to_le_bytes());
+        string(&mut b, name);
+        frame(msg::TXATTRWALK, tag, &b)
+    }
+
     pub fn link(tag: u16, dfid: u32, fid: u32, name: &[u8]) -> Vec<u8> {
         let mut b = dfid.to_le_bytes().to_vec();
         b.extend_from_slice(&fid.to_le_bytes());
@@ -710,10 +742,7 @@ mod tests {
                 f
             },
         ] {
-            assert!(
-                matches!(g.check(&mut bad, &s), Verdict::Drop(_)),
-                "{bad:?}"
-            );
+            assert!(matches!(g.check(&mut bad, &s), Verdict::Drop(_)), "{bad:?}");
         }
         let mut big = build::write(1, 0, 0, &vec![0; 9000]);
         assert!(matches!(g.check(&mut big, &s), Verdict::Drop(_)));

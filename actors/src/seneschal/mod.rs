@@ -208,14 +208,17 @@ impl Seneschal {
                         "StopServer is concierge's: a VM's 9P server stops with the VM",
                     ));
                 }
-                let server = self.servers.remove(&handle).ok_or_else(|| no_handle(handle))?;
+                let server = self
+                    .servers
+                    .remove(&handle)
+                    .ok_or_else(|| no_handle(handle))?;
                 tracing::info!(vm = %server.vm, handle, "9P server stopped");
                 server.process.stop();
                 Ok(SeneschalReply::ServerStopped { handle })
             }
-            SeneschalRequest::SharePath {
-                vm, path, writable
-            } => self.share(caller, &vm, &path, writable, files),
+            SeneschalRequest::SharePath { vm, path, writable } => {
+                self.share(caller, &vm, &path, writable, files)
+            }
             SeneschalRequest::UnsharePath { vm, path } => self.unshare(caller, &vm, &path),
         }
     }
@@ -369,7 +372,9 @@ impl Seneschal {
             None => {
                 return Err(CrosError::new(
                     ErrorKind::PermissionDenied,
-                    format!("share {path:?}: pass the folder's descriptor with the request (vmc share does)"),
+                    format!(
+                        "share {path:?}: pass the folder's descriptor with the request (vmc share does)"
+                    ),
                 ));
             }
         };
@@ -505,7 +510,11 @@ mod tests {
     fn lists_no_servers() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            seneschal(dir.path()).handle_request(SeneschalRequest::ListServers {}, daemon(), vec![]),
+            seneschal(dir.path()).handle_request(
+                SeneschalRequest::ListServers {},
+                daemon(),
+                vec![]
+            ),
             Ok(SeneschalReply::Servers { servers: vec![] })
         );
     }

@@ -86,7 +86,10 @@ impl ServerProcess {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("size=64k,mode=0755"),
         )
-        .map_err(nix_internal(format!("mount a tmpfs on {}", shares.display())))?;
+        .map_err(nix_internal(format!(
+            "mount a tmpfs on {}",
+            shares.display()
+        )))?;
         let started = (|| {
             mount(
                 None::<&str>,
@@ -245,10 +248,7 @@ fn spawn(launch: &Launch, listener: OwnedFd, control: OwnedFd) -> Result<Child, 
         .arg(&launch.dir)
         .args(["--uid", &launch.uid.to_string()])
         .args(["--gid", &launch.gid.to_string()])
-        .args([
-            "--accept-uid",
-            &nix::unistd::geteuid().as_raw().to_string(),
-        ]);
+        .args(["--accept-uid", &nix::unistd::geteuid().as_raw().to_string()]);
     for (h, g) in &launch.uid_map {
         cmd.args(["--map-uid", &format!("{h}:{g}")]);
     }

@@ -36,9 +36,10 @@ pub fn mount_9p(port: u32, target: &str) -> Result<u32, CrosError> {
     let mut last = None;
     for msize in MSIZES {
         // A fresh connection for each try: a refused mount may have spoken on the last one.
-        let conn = vsock::VsockStream::connect_with_cid_port(ports::HOST_CID, port).map_err(|e| {
-            CrosError::unavailable(format!("Mount9P: connect to host port {port}: {e}"))
-        })?;
+        let conn =
+            vsock::VsockStream::connect_with_cid_port(ports::HOST_CID, port).map_err(|e| {
+                CrosError::unavailable(format!("Mount9P: connect to host port {port}: {e}"))
+            })?;
         let opts = options(conn.as_raw_fd(), msize);
         match mount(
             Some("crosd-shared"),
