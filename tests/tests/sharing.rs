@@ -130,7 +130,7 @@ fn folders_are_shared_confined_and_withdrawn() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("I/O error"),
+        String::from_utf8_lossy(&out.stderr).contains("Input/output error"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
