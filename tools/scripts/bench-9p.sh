@@ -56,10 +56,10 @@ trap '"$BIN/vmc" stop termina >/dev/null 2>&1 || true; [ -n "$CROSD_PID" ] && ki
 ours=$("$BIN/vmc" share --writable termina "$share" | sed -n 's|.* at \(/mnt/shared/[^ ]*\) .*|\1|p')
 [ -n "$ours" ] || die "vmc share printed no path"
 vsh() { "$BIN/vsh" --vm_name termina -- sh -c "$1"; }
-vsh "mkdir -p /mnt/qemu9p && mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 b9p /mnt/qemu9p" \
+vsh "mkdir -p /tmp/qemu9p && mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 b9p /tmp/qemu9p" \
     || die "cannot mount QEMU's virtio-9p device in the guest"
 msize_of() { vsh "grep ' $1 ' /proc/mounts" | tr ',' '\n' | sed -n 's/^msize=//p'; }
-log "msize: ours $(msize_of "$ours"), QEMU virtio-9p $(msize_of /mnt/qemu9p)"
+log "msize: ours $(msize_of /mnt/shared), QEMU virtio-9p $(msize_of /tmp/qemu9p)"
 
 # Seconds (to 10 ms) the guest spends on $1, the best of nothing: one run.
 guest_time() {
@@ -85,7 +85,7 @@ for what in read write meta; do
     for where in ours qemu host; do
         case $where in
             ours) dir="$ours" ;;
-            qemu) dir=/mnt/qemu9p ;;
+            qemu) dir=/tmp/qemu9p ;;
             host) dir="$share" ;;
         esac
         times=()

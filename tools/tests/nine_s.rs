@@ -47,7 +47,11 @@ impl Client {
         let conn = UnixStream::connect(socket).unwrap();
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let log = socket.ancestors().nth(3).unwrap().join("state/logs/termina.9s.log");
+        let log = socket
+            .ancestors()
+            .nth(3)
+            .unwrap()
+            .join("state/logs/termina.9s.log");
         Client { conn, tag: 0, log }
     }
 
@@ -281,13 +285,19 @@ async fn the_server_is_confined_to_its_shares() {
 
     // What a kernel client does besides: directory listings, links, statfs, xattrs, fsync.
     c.walk(20, &[]).unwrap();
-    assert_eq!(c.errno(|t| build::lopen(t, 20, libc::O_RDONLY as u32)), None);
+    assert_eq!(
+        c.errno(|t| build::lopen(t, 20, libc::O_RDONLY as u32)),
+        None
+    );
     let listing = c.ask(|t| build::readdir(t, 20, 0, 8192));
     assert_eq!(listing.errno(), None);
     let names = String::from_utf8_lossy(&listing.body);
     assert!(names.contains("rw") && names.contains("ro"), "{names}");
     c.walk(21, &["rw"]).unwrap();
-    assert_eq!(c.errno(|t| build::lopen(t, 21, libc::O_RDONLY as u32)), None);
+    assert_eq!(
+        c.errno(|t| build::lopen(t, 21, libc::O_RDONLY as u32)),
+        None
+    );
     assert_eq!(c.ask(|t| build::readdir(t, 21, 0, 8192)).errno(), None);
     c.walk(22, &["rw", "abs"]).unwrap();
     let link = c.ask(|t| build::readlink(t, 22));

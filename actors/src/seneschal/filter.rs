@@ -787,6 +787,27 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_fids_is_refused_at_the_bound() {
+        let mut g = Guard::new(8192);
+        let mut rwalk = build::frame(msg::RWALK, 1, &[1, 0]);
+        rwalk.extend_from_slice(&[0; 13]);
+        for fid in 1..=MAX_FIDS as u32 {
+            ok(&mut g, build::walk(1, 0, fid, &[b"docs"]), &rwalk);
+        }
+        assert_eq!(g.fid_count(), MAX_FIDS);
+        let mut f = build::walk(1, 0, MAX_FIDS as u32 + 1, &[b"docs"]);
+        assert_eq!(g.check(&mut f, &shares()), Verdict::Refuse(libc::EMFILE));
+        let mut f = build::attach(1, MAX_FIDS as u32 + 2);
+        assert_eq!(g.check(&mut f, &shares()), Verdict::Refuse(libc::EMFILE));
+        // Reusing a fid it holds is fine; a clunk makes room.
+        let mut f = build::walk(1, 0, 1, &[b"docs"]);
+        assert_eq!(g.check(&mut f, &shares()), Verdict::Forward);
+        ok(&mut g, build::clunk(1, 5), &[]);
+        let mut f = build::walk(1, 0, MAX_FIDS as u32 + 1, &[b"docs"]);
+        assert_eq!(g.check(&mut f, &shares()), Verdict::Forward);
+    }
+
+    #[test]
     fn a_failed_walk_makes_no_fid() {
         let mut g = Guard::new(8192);
         let rlerror = rlerror(1, libc::ENOENT);

@@ -49,7 +49,12 @@ pub fn mount_9p(port: u32, target: &str) -> Result<u32, CrosError> {
             Some(opts.as_str()),
         ) {
             // The kernel holds the connection now; ours is closed.
-            Ok(()) => return Ok(msize),
+            Ok(()) => {
+                eprintln!(
+                    "maitred: 9P shares mounted at {target} (host port {port}, msize {msize})"
+                );
+                return Ok(msize);
+            }
             Err(nix::Error::EINVAL) => last = Some(nix::Error::EINVAL),
             Err(e) => {
                 return Err(CrosError::internal(format!(
