@@ -63,7 +63,10 @@ pub async fn spawn_host_actor(
             .await?
         }
         ActorKind::Seneschal => {
-            spawn_supervised_on(bus, addr, &here, seneschal::Seneschal::new).await?
+            spawn_supervised_on(bus, addr, &here, move || {
+                seneschal::Seneschal::new(bus2.clone(), config.clone())
+            })
+            .await?
         }
         ActorKind::VmlogForwarder => {
             spawn_supervised_on(bus, addr, &here, move || {

@@ -55,8 +55,11 @@ fn side_effect_free(req: &MaitredRequest) -> bool {
         | MaitredRequest::Shutdown {}
         | MaitredRequest::GetResizeStatus {}
         | MaitredRequest::GetAvailableSpace {}
-        | MaitredRequest::ConfigureNetwork { .. }
-        | MaitredRequest::Mount9P { .. } => true,
+        | MaitredRequest::ConfigureNetwork { .. } => true,
+        // A valid one creates its target and dials the host.
+        MaitredRequest::Mount9P { port, .. } => {
+            cros_guest::maitred::mount9p::check(*port).is_err()
+        }
         MaitredRequest::SetTime { secs, nanos } => {
             *nanos >= 1_000_000_000 || *secs > i64::MAX as u64
         }

@@ -248,10 +248,10 @@ fn errors_exit_non_zero_with_their_own_message() {
         stderr(&out)
     );
 
-    // A request an actor cannot do yet says so instead of pretending.
+    // A request only another actor may make is refused to a client, saying whose it is.
     let out = d.crosmsg(&["send", "seneschal", r#"{"StartServer":{"accept_cid":3}}"#]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("Unsupported"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("concierge's"), "{}", stderr(&out));
 
     d.terminate();
     let out = d.crosmsg(&["list"]);

@@ -30,6 +30,7 @@ TARGETS=(
     disk_import:fuzz:
     manifest_json:fuzz:
     op_record_json:fuzz:
+    ninep_guard:fuzz:
     vsock_packet:vmm/fuzz:-max_len=65536
     blk_chain:vmm/fuzz:-max_len=65537
     net_chain:vmm/fuzz:-max_len=70000

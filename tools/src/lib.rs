@@ -4,4 +4,5 @@ pub mod crosimg;
 pub mod daemon;
 pub mod trace_tool;
 pub mod vmc_container;
+pub mod vmc_share;
 pub mod vsh_client;

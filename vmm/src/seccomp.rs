@@ -50,11 +50,16 @@ pub enum ThreadKind {
     /// memory mappings), the device's event loop and the device's own work (the disk image's
     /// I/O, vsock's host sockets).
     VhostUser,
+    /// Every thread of a VM's 9P file server (`crosd-9s`, seneschal's), once it has confined
+    /// itself: accepting the VM's connections and serving files inside its own mount
+    /// namespace, so it opens, creates, renames and removes files (never sockets of its own,
+    /// mounts or processes; threads only).
+    FileServer,
 }
 
 impl ThreadKind {
     /// Every kind, for building all filters up front.
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Vcpu,
         ThreadKind::Device,
         ThreadKind::Helper,
@@ -64,6 +69,7 @@ impl ThreadKind {
         ThreadKind::Vsock,
         ThreadKind::Net,
         ThreadKind::VhostUser,
+        ThreadKind::FileServer,
     ];
 }
 
@@ -204,6 +210,46 @@ const VHOST_USER: &[i64] = &[
     libc::SYS_unlink,
 ];
 
+/// A file server walks, opens and changes files by descriptor (the `p9` crate's calls), starts a
+/// thread per connection and serves Unix sockets.
+const FILE_SERVER: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    libc::SYS_getdents64,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_mkdirat,
+    libc::SYS_unlinkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_linkat,
+    libc::SYS_readlinkat,
+    libc::SYS_fchmodat,
+    libc::SYS_fchownat,
+    libc::SYS_utimensat,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_getsockopt,
+    libc::SYS_shutdown,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    // std's thread start installs its stack-overflow handler.
+    libc::SYS_rt_sigaction,
+];
+
 /// glibc's malloc opens /proc/sys/vm/overcommit_memory the first time it shrinks a thread's
 /// heap, which any thread may do after freeing enough memory. Under every filter that openat
 /// fails with EACCES (glibc then keeps its default) instead of killing the VMM; any other
@@ -304,6 +350,22 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             // A thread the daemon started just before the filter may still be naming itself.
             rules.insert(libc::SYS_prctl, vec![arg_is(0, libc::PR_SET_NAME as u64)?]);
         }
+        ThreadKind::FileServer => {
+            rules.extend(FILE_SERVER.iter().map(|&nr| (nr, Vec::new())));
+            // Cloning a connection's socket (std's try_clone) and a directory for readdir
+            // duplicate descriptors; glibc's fdopendir checks the access mode (F_GETFL) and
+            // sets close-on-exec (F_SETFD).
+            rules.insert(
+                libc::SYS_fcntl,
+                vec![
+                    arg_is(1, libc::F_GETFD as u64)?,
+                    arg_is(1, libc::F_SETFD as u64)?,
+                    arg_is(1, libc::F_GETFL as u64)?,
+                    arg_is(1, libc::F_DUPFD_CLOEXEC as u64)?,
+                ],
+            );
+            rules.insert(libc::SYS_prctl, vec![arg_is(0, libc::PR_SET_NAME as u64)?]);
+        }
     }
     let filter = SeccompFilter::new(
         rules,
@@ -313,6 +375,10 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     )
     .map_err(build)?;
     let program: BpfProgram = filter.try_into().map_err(build)?;
+    if kind == ThreadKind::FileServer {
+        // A file server's work is opening files.
+        return Ok(program);
+    }
     Ok(refuse_openat().into_iter().chain(program).collect())
 }
 
@@ -415,10 +481,16 @@ mod tests {
     }
 
     /// openat (glibc's malloc reads /proc/sys/vm/overcommit_memory when it trims a thread's
-    /// heap) fails with EACCES under every filter rather than killing the process.
+    /// heap) fails with EACCES under every filter rather than killing the process; the file
+    /// server's filter, whose work it is, allows it.
     #[test]
     fn openat_fails_with_eacces_instead_of_killing() {
         for kind in ThreadKind::ALL {
+            let expected = if kind == ThreadKind::FileServer {
+                43
+            } else {
+                42
+            };
             let filter = filter_for(kind).unwrap();
             // SAFETY: the child only makes raw system calls until it exits.
             let pid = unsafe { libc::fork() };
@@ -438,6 +510,8 @@ mod tests {
                     let errno = *libc::__errno_location();
                     libc::_exit(if fd == -1 && errno == libc::EACCES {
                         42
+                    } else if fd >= 0 {
+                        43
                     } else {
                         4
                     });
@@ -447,7 +521,7 @@ mod tests {
             // SAFETY: waiting for our own child.
             assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
             assert!(
-                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 42,
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == expected,
                 "{kind:?}: status {status:#x}"
             );
         }

@@ -259,6 +259,16 @@ impl QemuBackend {
             a.push(chardev);
             a.extend(["-device", "vhost-user-vsock-device,chardev=vsock"].map(OsString::from));
         }
+        // Benchmarks only (tools/scripts/bench-9p.sh adds QEMU's own virtio-9p device to
+        // compare against seneschal's server): extra arguments, split on whitespace.
+        if let Some(extra) = std::env::var_os("CROSD_QEMU_EXTRA_ARGS") {
+            a.extend(
+                extra
+                    .to_string_lossy()
+                    .split_whitespace()
+                    .map(OsString::from),
+            );
+        }
         a
     }
 

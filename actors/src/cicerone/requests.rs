@@ -663,9 +663,7 @@ impl Cicerone {
         Box::pin(
             async move {
                 // A container that exists needs no image: say so before the server matters.
-                let info = TremplinRequest::GetContainerInfo {
-                    name: name.clone(),
-                };
+                let info = TremplinRequest::GetContainerInfo { name: name.clone() };
                 if let Ok(TremplinReply::ContainerInfo { .. }) =
                     ask_tremplin(bus.clone(), vm.clone(), info, deadline).await
                 {

@@ -21,6 +21,7 @@ mod extra_disks;
 mod handover;
 pub(crate) mod owner;
 mod resize;
+mod shares;
 mod vm;
 mod vm_record;
 
@@ -388,20 +389,27 @@ impl Concierge {
                 exit,
             })
         };
-        let boot = vm::boot(plan, self.bus.clone(), hv, ready, on_exit);
+        let bus = self.bus.clone();
+        let boot = shares::boot_with_shares(self.bus.clone(), plan, owner, move |plan| {
+            vm::boot(plan, bus, hv, ready, on_exit)
+        });
         Box::pin(
             boot.into_actor(self)
                 .map(move |result, act, _ctx| match result {
-                    Ok(vm::Booted { watcher, bridges }) => {
+                    Ok((vm::Booted { watcher, bridges }, server)) => {
                         let Some(entry) = act
                             .vms
                             .get_mut(&name)
                             .filter(|e| e.generation == generation)
                         else {
+                            if let Some(s) = server {
+                                shares::stop_server(&act.bus, s.handle);
+                            }
                             return Err(CrosError::internal(format!(
                                 "VM {name:?} vanished while starting"
                             )));
                         };
+                        entry.info.seneschal_handle = server.map_or(0, |s| s.handle);
                         entry.info.status = VmStatus::Running;
                         entry.info.pid = watcher.pid;
                         entry.watcher = Some(Arc::new(watcher));
@@ -521,6 +529,7 @@ impl Concierge {
             return;
         };
         cicerone_notify::stopped(&self.bus, name, &entry.cicerone_token);
+        shares::stop_server(&self.bus, entry.info.seneschal_handle);
         let logs = self.config.state_dir.join("logs");
         if std::fs::create_dir_all(&logs).is_ok() {
             let _ = std::fs::copy(

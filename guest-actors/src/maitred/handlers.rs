@@ -313,9 +313,13 @@ impl Maitred {
             MaitredRequest::ConfigureNetwork { .. } => Err(CrosError::unsupported(
                 "ConfigureNetwork: this VM has no network device yet",
             )),
-            MaitredRequest::Mount9P { .. } => Err(CrosError::unsupported(
-                "Mount9P: 9P sharing (seneschal) is not built yet",
-            )),
+            MaitredRequest::Mount9P { port, target } => {
+                check_abs_path("target", &target)?;
+                super::mount9p::check(port)?;
+                self.late_modules.wait()?;
+                super::mount9p::mount_9p(port, &target)?;
+                Ok(MaitredReply::Ack {})
+            }
         }
     }
 

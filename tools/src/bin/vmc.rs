@@ -28,6 +28,7 @@ use cros_messages::vmlog::{VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body};
 use cros_tools::client::{self, Client, DEFAULT_TIMEOUT};
 use cros_tools::vmc_container::{self, ContainerArgs, ImageSource};
+use cros_tools::vmc_share;
 
 #[derive(Parser)]
 #[command(
@@ -77,6 +78,15 @@ enum Cmd {
     },
     /// Shut the VM down (maitred Shutdown, then the hypervisor is stopped).
     Stop { name: String },
+    /// Share a host folder with the VM at /mnt/shared/NAME (read-only unless --writable).
+    Share {
+        #[arg(long)]
+        writable: bool,
+        vm: String,
+        path: PathBuf,
+    },
+    /// Stop sharing a folder (its host path or its name under /mnt/shared).
+    Unshare { vm: String, path: String },
     /// List running VMs and the disk images crosd holds.
     List {
         /// Print JSON for scripts: {"vms": [...], "disks": [...]}.
@@ -279,6 +289,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             progress(&format!("{name} stopped"));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Share { writable, vm, path } => {
+            let name = vmc_share::share(&mut client, &vm, &path, writable)?;
+            println!("{}", vmc_share::describe(&vm, &name, writable));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Unshare { vm, path } => {
+            let name = vmc_share::unshare(&mut client, &vm, &path)?;
+            println!("{name} is no longer shared with {vm}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::List { json } => {
             let vms = match client.call(
                 &concierge(),
@@ -296,10 +316,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Body::ConciergeReply(ConciergeReply::Disks { disks }) => disks,
                 other => bail!("unexpected reply to ListVmDisks: {}", other.type_name()),
             };
+            let shares = vmc_share::list(&mut client);
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({"vms": vms, "disks": disks}))?
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"vms": vms, "disks": disks, "shares": shares})
+                    )?
                 );
                 return Ok(ExitCode::SUCCESS);
             }
@@ -339,6 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            vmc_share::print(&shares);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Create { size, name } => {
