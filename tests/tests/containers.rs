@@ -243,6 +243,18 @@ fn containers_in_termina() {
     let o = vsh_in(&crosd, "c1", Some("root"), &["cat", "/root/keep"]);
     assert_eq!(stdout(&o).trim(), "kept", "{}", text(&o));
 
+    // 2b. A shared folder appears in the container at /mnt/chromeos/<name>, read-only unless
+    // shared writable.
+    let shared = crosd.dir.path().join("hostdocs");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("note.txt"), "from the host\n").unwrap();
+    vmc_ok(&crosd, &["share", "termina", shared.to_str().unwrap()]);
+    let o = vsh_in(&crosd, "c1", None, &["cat", "/mnt/chromeos/hostdocs/note.txt"]);
+    assert_eq!(stdout(&o), "from the host\n", "a share in the container: {}", text(&o));
+    let o = vsh_in(&crosd, "c1", Some("root"), &["sh", "-c", "echo x > /mnt/chromeos/hostdocs/new"]);
+    assert!(!o.status.success(), "a read-only share refuses writes: {}", text(&o));
+    assert!(!shared.join("new").exists());
+
     // 3. From a rootfs + metadata pair named on the host, streamed in over vsock.
     let metadata = find_file(images, &["lxd.tar.xz"]).expect("metadata tarball");
     let rootfs = find_file(images, &["rootfs.squashfs", "root.tar.xz"]).expect("rootfs");

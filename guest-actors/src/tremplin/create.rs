@@ -30,6 +30,14 @@ pub enum ImageSource {
 }
 
 impl ImageSource {
+    /// How a failure names the image.
+    pub fn describe(&self) -> String {
+        match self {
+            ImageSource::Server { url, alias } => format!("image {alias} from {url}"),
+            ImageSource::Upload { .. } => "the uploaded image".to_string(),
+        }
+    }
+
     /// The source a CreateContainer request names, checked.
     pub fn from_request(
         image_server: &str,
@@ -137,7 +145,9 @@ impl Tremplin {
         tokio::spawn(async move {
             let (status, failure_reason) = match me.create_now(&task_name, &source).await {
                 Ok(()) => (ContainerStatus::Created, String::new()),
-                Err(e) => (ContainerStatus::Failed, e),
+                // Name the image: LXD's own words ("The requested image couldn't be found")
+                // do not say which.
+                Err(e) => (ContainerStatus::Failed, format!("{}: {e}", source.describe())),
             };
             if status == ContainerStatus::Failed {
                 eprintln!("tremplin: creating {task_name} failed: {failure_reason}");
