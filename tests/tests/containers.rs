@@ -74,16 +74,26 @@ impl Drop for ImageServer {
     }
 }
 
-/// A copy of the image tree whose rootfs has one byte changed: its sha256 no longer matches.
-fn corrupt_copy(src: &Path, dst: &Path) {
+/// A newly built busybox image (its own fingerprint: LXD has not cached it) whose rootfs then
+/// had one byte changed, so its sha256 no longer matches images.json.
+fn corrupt_image(dst: &Path) {
     let _ = std::fs::remove_dir_all(dst);
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(src)
+    let o = Command::new(bin("crosimg"))
+        .args([
+            "build-container",
+            "busybox",
+            "--serial",
+            "20200101_0000",
+            "--out",
+        ])
         .arg(dst)
-        .status()
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(
+        o.status.success(),
+        "crosimg build-container busybox: {}",
+        text(&o)
+    );
     let rootfs = find_file(dst, &["rootfs.squashfs", "root.tar.xz"]).expect("an image rootfs");
     let mut bytes = std::fs::read(&rootfs).unwrap();
     let mid = bytes.len() / 2;
@@ -249,10 +259,29 @@ fn containers_in_termina() {
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(shared.join("note.txt"), "from the host\n").unwrap();
     vmc_ok(&crosd, &["share", "termina", shared.to_str().unwrap()]);
-    let o = vsh_in(&crosd, "c1", None, &["cat", "/mnt/chromeos/hostdocs/note.txt"]);
-    assert_eq!(stdout(&o), "from the host\n", "a share in the container: {}", text(&o));
-    let o = vsh_in(&crosd, "c1", Some("root"), &["sh", "-c", "echo x > /mnt/chromeos/hostdocs/new"]);
-    assert!(!o.status.success(), "a read-only share refuses writes: {}", text(&o));
+    let o = vsh_in(
+        &crosd,
+        "c1",
+        None,
+        &["cat", "/mnt/chromeos/hostdocs/note.txt"],
+    );
+    assert_eq!(
+        stdout(&o),
+        "from the host\n",
+        "a share in the container: {}",
+        text(&o)
+    );
+    let o = vsh_in(
+        &crosd,
+        "c1",
+        Some("root"),
+        &["sh", "-c", "echo x > /mnt/chromeos/hostdocs/new"],
+    );
+    assert!(
+        !o.status.success(),
+        "a read-only share refuses writes: {}",
+        text(&o)
+    );
     assert!(!shared.join("new").exists());
 
     // 3. From a rootfs + metadata pair named on the host, streamed in over vsock.
@@ -318,7 +347,7 @@ fn containers_in_termina() {
         "images.lxd.canonical.com",
     );
     let corrupt_dir = bin_dir().join("e2e/images/busybox-corrupt");
-    corrupt_copy(images, &corrupt_dir);
+    corrupt_image(&corrupt_dir);
     let corrupt = ImageServer::start(&corrupt_dir);
     create_fails(
         &crosd,

@@ -147,7 +147,10 @@ impl Tremplin {
                 Ok(()) => (ContainerStatus::Created, String::new()),
                 // Name the image: LXD's own words ("The requested image couldn't be found")
                 // do not say which.
-                Err(e) => (ContainerStatus::Failed, format!("{}: {e}", source.describe())),
+                Err(e) => (
+                    ContainerStatus::Failed,
+                    format!("{}: {e}", source.describe()),
+                ),
             };
             if status == ContainerStatus::Failed {
                 eprintln!("tremplin: creating {task_name} failed: {failure_reason}");
