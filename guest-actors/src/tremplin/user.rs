@@ -214,25 +214,28 @@ impl Tremplin {
                     .map_err(|e| lxd_error(&ctx(&format!("reading {path}")), e))
             }
         };
-        let Some((passwd, passwd_info)) = read("/etc/passwd").await? else {
+        // Every LXD file request costs a forkfile process in the VM (a few hundred milliseconds
+        // under emulation): ask what can be asked at once together, and skip what is already so.
+        let (passwd, group, shadow, gshadow, bash) = tokio::join!(
+            read("/etc/passwd"),
+            read("/etc/group"),
+            read("/etc/shadow"),
+            read("/etc/gshadow"),
+            self.lxd.file_exists(&name, "/bin/bash"),
+        );
+        let Some((passwd, passwd_info)) = passwd? else {
             return Err(CrosError::precondition(ctx(
                 "the container has no /etc/passwd",
             )));
         };
-        let Some((group, group_info)) = read("/etc/group").await? else {
+        let Some((group, group_info)) = group? else {
             return Err(CrosError::precondition(ctx(
                 "the container has no /etc/group",
             )));
         };
-        let shadow = read("/etc/shadow").await?;
-        let gshadow = read("/etc/gshadow").await?;
+        let (shadow, gshadow) = (shadow?, gshadow?);
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
-        let shell = if self
-            .lxd
-            .file_exists(&name, "/bin/bash")
-            .await
-            .unwrap_or(false)
-        {
+        let shell = if bash.unwrap_or(false) {
             "/bin/bash"
         } else {
             "/bin/sh"
@@ -257,28 +260,38 @@ impl Tremplin {
             }
         };
         // Shadow files first: a passwd entry without its shadow entry is what tools complain of.
-        if let (Some(s), Some((_, info))) = (plan.shadow.clone(), shadow.as_ref()) {
+        // A file that already says what the plan says is left alone (a second `vmc container`).
+        let changed = |new: &str, old: &Bytes| new.as_bytes() != old.as_ref();
+        if let (Some(s), Some((old, info))) = (plan.shadow.clone(), shadow.as_ref())
+            && changed(&s, old)
+        {
             write("/etc/shadow", s, info.uid, info.gid, info.mode).await?;
         }
-        if let (Some(s), Some((_, info))) = (plan.gshadow.clone(), gshadow.as_ref()) {
+        if let (Some(s), Some((old, info))) = (plan.gshadow.clone(), gshadow.as_ref())
+            && changed(&s, old)
+        {
             write("/etc/gshadow", s, info.uid, info.gid, info.mode).await?;
         }
-        write(
-            "/etc/group",
-            plan.group.clone(),
-            group_info.uid,
-            group_info.gid,
-            group_info.mode,
-        )
-        .await?;
-        write(
-            "/etc/passwd",
-            plan.passwd.clone(),
-            passwd_info.uid,
-            passwd_info.gid,
-            passwd_info.mode,
-        )
-        .await?;
+        if changed(&plan.group, &group) {
+            write(
+                "/etc/group",
+                plan.group.clone(),
+                group_info.uid,
+                group_info.gid,
+                group_info.mode,
+            )
+            .await?;
+        }
+        if changed(&plan.passwd, &passwd) {
+            write(
+                "/etc/passwd",
+                plan.passwd.clone(),
+                passwd_info.uid,
+                passwd_info.gid,
+                passwd_info.mode,
+            )
+            .await?;
+        }
 
         let mkdir = |path: String, uid: u32, gid: u32| {
             let lxd = &self.lxd;
@@ -290,12 +303,19 @@ impl Tremplin {
             }
         };
         let home_parts = ancestors(&plan.homedir);
-        if self
-            .lxd
-            .file_exists(&name, &plan.homedir)
-            .await
-            .unwrap_or(false)
-        {
+        let linger = format!("/var/lib/systemd/linger/{}", plan.username);
+        let (home_exists, linger_exists) = tokio::join!(
+            self.lxd.file_exists(&name, &plan.homedir),
+            self.lxd.file_exists(&name, &linger),
+        );
+        if linger_exists.unwrap_or(false) && home_exists.as_ref().is_ok_and(|e| *e) {
+            return Ok(TremplinReply::UserSetUp {
+                name,
+                username: plan.username,
+                homedir: plan.homedir,
+            });
+        }
+        if home_exists.unwrap_or(false) {
             // An existing home keeps its owner and contents.
         } else {
             for (i, dir) in home_parts.iter().enumerate() {
@@ -306,12 +326,19 @@ impl Tremplin {
                 mkdir(dir.clone(), own, own).await?;
             }
         }
-        for dir in ancestors("/var/lib/systemd/linger") {
-            if !self.lxd.file_exists(&name, &dir).await.unwrap_or(false) {
-                mkdir(dir, 0, 0).await?;
+        let linger_dir = "/var/lib/systemd/linger";
+        if !self
+            .lxd
+            .file_exists(&name, linger_dir)
+            .await
+            .unwrap_or(false)
+        {
+            for dir in ancestors(linger_dir) {
+                if !self.lxd.file_exists(&name, &dir).await.unwrap_or(false) {
+                    mkdir(dir, 0, 0).await?;
+                }
             }
         }
-        let linger = format!("/var/lib/systemd/linger/{}", plan.username);
         self.lxd
             .write_file(&name, &linger, Bytes::new(), 0, 0, 0o644)
             .await
