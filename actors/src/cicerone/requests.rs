@@ -453,28 +453,22 @@ impl Cicerone {
                     name: container.clone(),
                     username,
                 };
-                Box::pin(
-                    ask_tremplin(bus, vm.clone(), req, deadline)
-                        .into_actor(self)
-                        .map(move |r, act, _| {
-                            reply(r.and_then(|r| match r {
-                                TremplinReply::UserSetUp {
-                                    username, homedir, ..
-                                } => {
-                                    if let Some(c) = act.container_entry(&vm, &container) {
-                                        c.username = username.clone();
-                                        c.homedir = homedir.clone();
-                                    }
-                                    Ok(CiceroneReply::UserSetUp {
-                                        container,
-                                        username,
-                                        homedir,
-                                    })
-                                }
-                                other => status_reply(&vm, other),
-                            }))
-                        }),
-                )
+                self.via_tremplin(vm, req, deadline, move |act, vm, r| match r {
+                    TremplinReply::UserSetUp {
+                        username, homedir, ..
+                    } => {
+                        if let Some(c) = act.container_entry(vm, &container) {
+                            c.username = username.clone();
+                            c.homedir = homedir.clone();
+                        }
+                        Ok(CiceroneReply::UserSetUp {
+                            container,
+                            username,
+                            homedir,
+                        })
+                    }
+                    other => status_reply(vm, other),
+                })
             }
             R::StartLxdContainer {
                 vm,
@@ -483,77 +477,49 @@ impl Cicerone {
             } => self.start(vm, container, privilege_level, deadline),
             R::StopLxdContainer { vm, container } => {
                 let req = TremplinRequest::StopContainer { name: container };
-                Box::pin(
-                    ask_tremplin(bus, vm.clone(), req, deadline)
-                        .into_actor(self)
-                        .map(move |r, _, _| reply(r.and_then(|r| status_reply(&vm, r)))),
-                )
+                self.via_tremplin(vm, req, deadline, |_, vm, r| status_reply(vm, r))
             }
             R::DeleteLxdContainer { vm, container } => {
                 let req = TremplinRequest::DeleteContainer {
                     name: container.clone(),
                 };
-                Box::pin(
-                    ask_tremplin(bus, vm.clone(), req, deadline)
-                        .into_actor(self)
-                        .map(move |r, act, _| {
-                            let r = r.and_then(|r| status_reply(&vm, r));
-                            if r.is_ok() {
-                                act.container_deleted(&vm, &container);
-                            }
-                            reply(r)
-                        }),
-                )
+                self.via_tremplin(vm, req, deadline, move |act, vm, r| {
+                    let r = status_reply(vm, r)?;
+                    act.container_deleted(vm, &container);
+                    Ok(r)
+                })
             }
             R::ListRunningContainers { vm } | R::ListContainers { vm } => {
                 let running_only = matches!(req_kind, Listing::Running);
-                Box::pin(
-                    ask_tremplin(
-                        bus,
-                        vm.clone(),
-                        TremplinRequest::ListContainers {},
-                        deadline,
-                    )
-                    .into_actor(self)
-                    .map(move |r, _, _| {
-                        reply(r.and_then(|r| {
-                            match r {
-                                TremplinReply::Containers { containers } if running_only => {
-                                    Ok(CiceroneReply::RunningContainers {
-                                        containers: containers
-                                            .into_iter()
-                                            .filter(|c| c.status == ContainerStatus::Running)
-                                            .map(|c| c.name)
-                                            .collect(),
-                                    })
-                                }
-                                TremplinReply::Containers { containers } => {
-                                    Ok(CiceroneReply::Containers { containers })
-                                }
-                                other => status_reply(&vm, other),
-                            }
-                        }))
-                    }),
-                )
+                let req = TremplinRequest::ListContainers {};
+                self.via_tremplin(vm, req, deadline, move |_, vm, r| match r {
+                    TremplinReply::Containers { containers } if running_only => {
+                        Ok(CiceroneReply::RunningContainers {
+                            containers: containers
+                                .into_iter()
+                                .filter(|c| c.status == ContainerStatus::Running)
+                                .map(|c| c.name)
+                                .collect(),
+                        })
+                    }
+                    TremplinReply::Containers { containers } => {
+                        Ok(CiceroneReply::Containers { containers })
+                    }
+                    other => status_reply(vm, other),
+                })
             }
             R::GetContainerInfo { vm, container } => {
                 let req = TremplinRequest::GetContainerInfo { name: container };
-                Box::pin(
-                    ask_tremplin(bus, vm.clone(), req, deadline)
-                        .into_actor(self)
-                        .map(move |r, _, _| {
-                            reply(r.and_then(|r| match r {
-                                TremplinReply::ContainerInfo { name, ipv4, status } => {
-                                    Ok(CiceroneReply::ContainerInfo {
-                                        container: name,
-                                        status,
-                                        ipv4,
-                                    })
-                                }
-                                other => status_reply(&vm, other),
-                            }))
-                        }),
-                )
+                self.via_tremplin(vm, req, deadline, |_, vm, r| match r {
+                    TremplinReply::ContainerInfo { name, ipv4, status } => {
+                        Ok(CiceroneReply::ContainerInfo {
+                            container: name,
+                            status,
+                            ipv4,
+                        })
+                    }
+                    other => status_reply(vm, other),
+                })
             }
             R::LaunchVshd {
                 vm,
@@ -562,6 +528,22 @@ impl Cicerone {
             } => self.launch_vshd(vm, container, port, files),
             _ => ready(Body::Error(CrosError::internal("not a container request"))),
         }
+    }
+
+    /// Asks tremplin@`vm` and answers with what `answer` makes of its reply.
+    fn via_tremplin(
+        &mut self,
+        vm: String,
+        req: TremplinRequest,
+        deadline: Instant,
+        answer: impl FnOnce(&mut Self, &str, TremplinReply) -> Result<CiceroneReply, CrosError>
+        + 'static,
+    ) -> Reply {
+        Box::pin(
+            ask_tremplin(self.bus.clone(), vm.clone(), req, deadline)
+                .into_actor(self)
+                .map(move |r, act, _| reply(r.and_then(|r| answer(act, &vm, r)))),
+        )
     }
 
     /// The table entry of a container of a running VM, made on first use; None when the VM
@@ -629,11 +611,7 @@ impl Cicerone {
                     tracing::warn!(vm = %upload_vm, error = %e, "image upload failed");
                 }
             });
-            return Box::pin(
-                ask_tremplin(bus, vm.clone(), req, deadline)
-                    .into_actor(self)
-                    .map(move |r, _, _| reply(r.and_then(|r| status_reply(&vm, r)))),
-            );
+            return self.via_tremplin(vm, req, deadline, |_, vm, r| status_reply(vm, r));
         }
         let server = if image_server.is_empty() {
             DEFAULT_IMAGE_SERVER.to_string()
@@ -710,11 +688,7 @@ impl Cicerone {
             token,
             privilege_level,
         };
-        Box::pin(
-            ask_tremplin(self.bus.clone(), vm.clone(), req, deadline)
-                .into_actor(self)
-                .map(move |r, _, _| reply(r.and_then(|r| status_reply(&vm, r)))),
-        )
+        self.via_tremplin(vm, req, deadline, |_, vm, r| status_reply(vm, r))
     }
 
     /// A shell in a container: garcon starts vshd, which dials the host port. With `port` 0
