@@ -79,6 +79,7 @@ async fn a_vms_tap_and_rules_come_and_go_and_leftovers_are_cleared() {
     assert_eq!(network.guest_addr, "100.115.92.2");
     assert_eq!(network.gateway, "100.115.92.1");
     assert_eq!(network.netmask, "255.255.255.252");
+    assert_eq!(network.mac, "02:00:64:73:5c:02");
     assert!(exists("crosdtap0"));
     assert!(
         addresses("crosdtap0").contains("inet 100.115.92.1/30"),

@@ -32,6 +32,8 @@ pub struct VmNetwork {
     pub netmask: String,
     pub prefix_len: u8,
     pub gateway: String,
+    /// The guest NIC's MAC: locally administered, `02:00:` and the guest address's bytes.
+    pub mac: String,
     /// Name servers for the guest's resolv.conf.
     pub dns: Vec<String>,
 }

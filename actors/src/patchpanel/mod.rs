@@ -183,6 +183,10 @@ fn describe(vm: &str, subnet: &Subnet) -> VmNetwork {
         netmask: subnet.netmask().to_string(),
         prefix_len: pool::SUBNET_PREFIX,
         gateway: subnet.host().to_string(),
+        mac: {
+            let [a, b, c, d] = subnet.guest().octets();
+            format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+        },
         dns: resolv::host_nameservers(),
     }
 }

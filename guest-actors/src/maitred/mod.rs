@@ -9,6 +9,7 @@
 pub mod disks;
 pub mod handlers;
 pub mod init;
+pub mod network;
 pub mod power_button;
 pub mod reaper;
 pub mod server;
