@@ -56,10 +56,10 @@ impl Patchpanel {
         let state = guard.get_or_insert_with(|| {
             // First instance in this process: whatever crosdtap*/inet crosd exists is a
             // killed crosd's.
-            if self.config.enabled {
-                if let Err(e) = clean_up_leftovers() {
-                    tracing::warn!("patchpanel: cannot remove a previous crosd's network: {e}");
-                }
+            if self.config.enabled
+                && let Err(e) = clean_up_leftovers()
+            {
+                tracing::warn!("patchpanel: cannot remove a previous crosd's network: {e}");
             }
             State {
                 allocations: Allocations::new(self.config.pool),
@@ -107,10 +107,10 @@ impl Patchpanel {
 
 /// Makes `vm`'s tap (unless it has one) and rewrites the rules; undoes its part on failure.
 fn allocate(state: &mut State, vm: &str) -> Result<(String, Subnet), NetError> {
-    if let Some(subnet) = state.allocations.get(vm) {
-        if tap::exists(&tap::tap_name(&subnet)) {
-            return Ok((vm.to_string(), subnet));
-        }
+    if let Some(subnet) = state.allocations.get(vm)
+        && tap::exists(&tap::tap_name(&subnet))
+    {
+        return Ok((vm.to_string(), subnet));
     }
     let subnet = state.allocations.allocate(vm)?;
     let name = tap::tap_name(&subnet);

@@ -1,0 +1,10 @@
+//! chunneld: a container's listening TCP ports on the host's localhost, tunnelled over vsock
+//! (issue 14 item 4), so forwarding works with or without IP routing to the VM.
+//!
+//! [`forwarder`] is the host half: one listener per forwarded port on 127.0.0.1 and [::1],
+//! each accepted connection handed to a [`forwarder::Dial`] that opens a stream to the
+//! container's port. Wiring (cicerone feeding garcon's ListeningPorts into
+//! [`forwarder::Forwards::sync`], garcon's side of the tunnel, `vmc port-forward`) is not in
+//! this module yet.
+
+pub mod forwarder;
