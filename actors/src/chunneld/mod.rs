@@ -7,4 +7,5 @@
 //! [`forwarder::Forwards::sync`], garcon's side of the tunnel, `vmc port-forward`) is not in
 //! this module yet.
 
+pub mod dial;
 pub mod forwarder;
