@@ -89,18 +89,16 @@ fn devices_tmpfs(dir: &std::path::Path) {
     if already {
         return;
     }
-    let mounted = std::fs::create_dir_all(dir)
+    let mounted = std::fs::create_dir_all(dir).map_err(|e| e.to_string()).and_then(|()| {
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
+            Some("mode=0711,size=1m"),
+        )
         .map_err(|e| e.to_string())
-        .and_then(|()| {
-            nix::mount::mount(
-                Some("tmpfs"),
-                dir,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
-                Some("mode=0711,size=1m"),
-            )
-            .map_err(|e| e.to_string())
-        });
+    });
     if let Err(e) = mounted {
         eprintln!("tremplin: cannot mount a tmpfs at {}: {e}", dir.display());
     }
