@@ -3,9 +3,10 @@
 //!
 //! [`forwarder`] is the host half: one listener per forwarded port on 127.0.0.1 and [::1],
 //! each accepted connection handed to a [`forwarder::Dial`] that opens a stream to the
-//! container's port. Wiring (cicerone feeding garcon's ListeningPorts into
-//! [`forwarder::Forwards::sync`], garcon's side of the tunnel, `vmc port-forward`) is not in
-//! this module yet.
+//! container's port; [`dial`] is that Dial for a real VM (hybrid vsock to garcon, whose side
+//! is `cros_guest::garcon::forward`). Not wired yet: cicerone feeding garcon's ListeningPorts
+//! into [`forwarder::Forwards::sync`] and forgetting a stopped container's forwards, and
+//! `vmc port-forward list|add|remove`.
 
 pub mod dial;
 pub mod forwarder;
