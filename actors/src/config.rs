@@ -14,6 +14,26 @@ pub struct HostConfig {
     /// Runtime state: sockets, per-VM runtime dirs (`/run/crosd`).
     pub run_dir: PathBuf,
     pub hypervisor: HypervisorConfig,
+    /// VM networking (patchpanel); off unless crosd turns it on.
+    pub network: NetworkConfig,
+}
+
+/// patchpanel's settings (`crosd --network`, `--network-pool`).
+#[derive(Debug, Clone, Default)]
+pub struct NetworkConfig {
+    /// Whether VMs get a tap and an address. Off by default here (library users and tests get
+    /// VMs without a network); crosd turns it on where it can make taps (see
+    /// [`NetworkConfig::can_make_taps`]).
+    pub enabled: bool,
+    /// The range the VMs' /30s come from.
+    pub pool: crate::patchpanel::pool::Pool,
+}
+
+impl NetworkConfig {
+    /// crosd's default: taps need /dev/net/tun and CAP_NET_ADMIN (crosd as root).
+    pub fn can_make_taps() -> bool {
+        std::path::Path::new("/dev/net/tun").exists() && nix::unistd::geteuid().is_root()
+    }
 }
 
 impl HostConfig {
@@ -23,6 +43,7 @@ impl HostConfig {
             state_dir: state_dir.into(),
             run_dir: run_dir.into(),
             hypervisor: HypervisorConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

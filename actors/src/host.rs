@@ -3,7 +3,7 @@
 use crate::bus::BusHandle;
 use crate::config::HostConfig;
 use crate::supervisor::{SupervisorError, spawn_supervised_on};
-use crate::{cicerone, concierge, imageloader, seneschal, vmlog_forwarder};
+use crate::{cicerone, concierge, imageloader, patchpanel, seneschal, vmlog_forwarder};
 use actix::Arbiter;
 use cros_messages::{ActorKind, Addr};
 
@@ -71,6 +71,15 @@ pub async fn spawn_host_actor(
         ActorKind::VmlogForwarder => {
             spawn_supervised_on(bus, addr, &here, move || {
                 vmlog_forwarder::VmlogForwarder::new(config.clone())
+            })
+            .await?
+        }
+        ActorKind::Patchpanel => {
+            // Shared by every instance, as concierge's handover: a restarted patchpanel keeps
+            // the running VMs' taps instead of taking them for leftovers.
+            let state = patchpanel::SharedState::default();
+            spawn_supervised_on(bus, addr, &here, move || {
+                patchpanel::Patchpanel::new(config.network.clone(), state.clone())
             })
             .await?
         }

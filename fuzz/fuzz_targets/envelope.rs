@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
             ActorKind::Tremplin,
             ActorKind::Garcon,
             ActorKind::Crosvm,
+            ActorKind::Patchpanel,
         ];
         let actor = actors[usize::from(pick) % actors.len()];
         if let Ok(body) = cros_messages::Body::request_from_json(actor, json) {

@@ -157,16 +157,19 @@ pub enum ActorKind {
     Tremplin,
     Garcon,
     Crosvm,
+    /// Appended so that the earlier kinds keep their postcard tags.
+    Patchpanel,
 }
 
 impl ActorKind {
     /// The host actors crosd runs.
-    pub const HOST: [ActorKind; 5] = [
+    pub const HOST: [ActorKind; 6] = [
         ActorKind::Imageloader,
         ActorKind::Concierge,
         ActorKind::Cicerone,
         ActorKind::Seneschal,
         ActorKind::VmlogForwarder,
+        ActorKind::Patchpanel,
     ];
 
     pub fn name(self) -> &'static str {

@@ -7,6 +7,7 @@ use crate::crosvm::{CrosvmReply, CrosvmRequest};
 use crate::garcon::{GarconEvent, GarconReply, GarconRequest};
 use crate::imageloader::{ImageloaderReply, ImageloaderRequest};
 use crate::maitred::{MaitredEvent, MaitredReply, MaitredRequest};
+use crate::patchpanel::{PatchpanelReply, PatchpanelRequest};
 use crate::seneschal::{SeneschalReply, SeneschalRequest};
 use crate::tremplin::{TremplinEvent, TremplinReply, TremplinRequest};
 use crate::vmlog::{VmlogReply, VmlogRequest};
@@ -133,6 +134,9 @@ pub enum Body {
     Error(CrosError),
     /// After `Error` so that the postcard tags of the variants before it stay as they were.
     BusEvent(BusEvent),
+    /// Appended (like `BusEvent`) so that every earlier variant keeps its postcard tag.
+    Patchpanel(PatchpanelRequest),
+    PatchpanelReply(PatchpanelReply),
 }
 
 macro_rules! variant_name {
@@ -179,7 +183,9 @@ impl Body {
             GarconReply,
             GarconEvent,
             Crosvm,
-            CrosvmReply
+            CrosvmReply,
+            Patchpanel,
+            PatchpanelReply
         )
     }
 
@@ -206,7 +212,8 @@ impl Body {
             | Body::MaitredReply(_)
             | Body::TremplinReply(_)
             | Body::GarconReply(_)
-            | Body::CrosvmReply(_) => BodyKind::Reply,
+            | Body::CrosvmReply(_)
+            | Body::PatchpanelReply(_) => BodyKind::Reply,
             _ => BodyKind::Request,
         }
     }
@@ -259,6 +266,7 @@ impl Body {
             Body::Tremplin(_) => ActorKind::Tremplin,
             Body::Garcon(_) => ActorKind::Garcon,
             Body::Crosvm(_) => ActorKind::Crosvm,
+            Body::Patchpanel(_) => ActorKind::Patchpanel,
             _ => return None,
         })
     }
@@ -277,6 +285,7 @@ impl Body {
             ActorKind::Tremplin => Body::Tremplin(serde_json::from_str(json)?),
             ActorKind::Garcon => Body::Garcon(serde_json::from_str(json)?),
             ActorKind::Crosvm => Body::Crosvm(serde_json::from_str(json)?),
+            ActorKind::Patchpanel => Body::Patchpanel(serde_json::from_str(json)?),
         })
     }
 

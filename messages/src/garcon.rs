@@ -13,6 +13,12 @@ pub enum GarconRequest {
         desktop_file_id: String,
     },
     GetDebugInformation {},
+    /// Port forwarding (chunneld): garcon connects to 127.0.0.1:`port` in the container and
+    /// answers Ack; from then on this connection carries that TCP stream's raw bytes, both
+    /// ways, and no more envelopes. Appended, so earlier requests keep their postcard tags.
+    ForwardPort {
+        port: u16,
+    },
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]

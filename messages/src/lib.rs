@@ -16,6 +16,7 @@ pub mod garcon;
 pub mod hybrid_vsock;
 pub mod imageloader;
 pub mod maitred;
+pub mod patchpanel;
 pub mod ports;
 pub mod seneschal;
 pub mod termina;

@@ -9,6 +9,9 @@ pub enum MaitredRequest {
         address: String,
         netmask: String,
         gateway: String,
+        /// Name servers for the guest's /run/resolv.conf (the host's own).
+        #[serde(default)]
+        dns: Vec<String>,
     },
     Mount {
         source: String,

@@ -174,6 +174,9 @@ impl Crosd {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--hypervisor", hypervisor])
+            // The e2e tests run as root: without this their VMs would get taps and NAT rules in
+            // the machine's own network namespace (the network tests make their own).
+            .arg("--no-network")
             .args(
                 trace
                     .map(|t| [Path::new("--trace"), t])

@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 /// Upper bound for crosd to come up or go down; a hang fails the test instead of blocking CI.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-const HOST_ACTORS: [&str; 5] = [
+const HOST_ACTORS: [&str; 6] = [
     "imageloader",
     "concierge",
     "cicerone",
     "seneschal",
     "vmlog_forwarder",
+    "patchpanel",
 ];
 
 struct Crosd {

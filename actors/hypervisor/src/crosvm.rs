@@ -75,6 +75,13 @@ impl CrosvmBackend {
                 vsock.uds_path.clone().into(),
             ]);
         }
+        if let Some(net) = &spec.net {
+            let mut value = format!("tap={}", net.tap);
+            if let Some(mac) = &net.mac {
+                value.push_str(&format!(",mac={mac}"));
+            }
+            args.extend(["--net".into(), value.into()]);
+        }
         args.extend([
             "--serial-log".into(),
             console_path.into(),

@@ -25,7 +25,7 @@ pub use error::HypervisorError;
 pub use handle::VmHandle;
 pub use initramfs::{Initramfs, InitramfsError};
 pub use qemu::{Accel, QemuBackend, VhostUserVsockBackend};
-pub use spec::{DiskSpec, VmSpec, VsockSpec};
+pub use spec::{DiskSpec, NetSpec, VmSpec, VsockSpec};
 pub use standin::StandInBackend;
 
 /// A way to run a VM. Implementations must stop every process they started when the start fails.

@@ -101,6 +101,8 @@ pub struct VhostUserSockets {
     /// For each of the spec's disks, in order: the socket of the backend serving it, or `None`
     /// for a disk on QEMU's own virtio-blk.
     pub disks: Vec<Option<PathBuf>>,
+    /// The network backend's socket, when the spec has a network device.
+    pub net: Option<PathBuf>,
 }
 
 /// Configuration of the QEMU backend.
@@ -113,6 +115,9 @@ pub struct QemuBackend {
     pub vsock_backend: VhostUserVsockBackend,
     /// Serves every disk whose `online_resize` is false.
     pub disk_backend: DiskBackend,
+    /// `crosvm`, serving the network device when a spec has one
+    /// (`crosvm vhost-user-net --socket S --tap TAP`).
+    pub net_backend: PathBuf,
     /// How often a start whose guest printed nothing is retried (1 = no retry).
     pub start_attempts: u32,
     /// How long a vhost-user backend may take to listen on its socket.
@@ -140,7 +145,10 @@ impl QemuBackend {
             vsock_backend: VhostUserVsockBackend::Crosvm {
                 binary: crosvm.clone(),
             },
-            disk_backend: DiskBackend::Crosvm { binary: crosvm },
+            disk_backend: DiskBackend::Crosvm {
+                binary: crosvm.clone(),
+            },
+            net_backend: crosvm,
             start_attempts: 2,
             backend_listen_timeout: Duration::from_secs(10),
             kill_with_parent_thread: false,
@@ -258,6 +266,19 @@ impl QemuBackend {
             a.push("-chardev".into());
             a.push(chardev);
             a.extend(["-device", "vhost-user-vsock-device,chardev=vsock"].map(OsString::from));
+        }
+        if let (Some(socket), Some(net)) = (&sockets.net, &spec.net) {
+            let mut chardev = OsString::from("socket,id=net0,path=");
+            chardev.push(qemu_escape_commas(socket));
+            a.push("-chardev".into());
+            a.push(chardev);
+            a.extend(["-netdev", "vhost-user,id=net0,chardev=net0"].map(OsString::from));
+            let mut device = String::from("virtio-net-device,netdev=net0");
+            if let Some(mac) = &net.mac {
+                device.push_str(&format!(",mac={mac}"));
+            }
+            a.push("-device".into());
+            a.push(device.into());
         }
         // Benchmarks only (tools/scripts/bench-9p.sh adds QEMU's own virtio-9p device to
         // compare against seneschal's server): extra arguments, split on whitespace.
@@ -400,6 +421,24 @@ impl QemuBackend {
                 &spec.run_dir.join(format!("disk{i}-backend.log")),
             )?);
             sockets.disks.push(Some(socket));
+        }
+        if let Some(net) = &spec.net {
+            let socket = spec.run_dir.join("vhost-user-net.sock");
+            let args: Vec<OsString> = vec![
+                "vhost-user-net".into(),
+                "--socket".into(),
+                socket.clone().into(),
+                "--tap".into(),
+                net.tap.clone().into(),
+            ];
+            helpers.push(self.start_vhost_user_backend(
+                "network backend",
+                &self.net_backend,
+                &args,
+                &socket,
+                &spec.run_dir.join("net-backend.log"),
+            )?);
+            sockets.net = Some(socket);
         }
         Ok(sockets)
     }
@@ -652,7 +691,7 @@ pub(crate) fn resolve_binary(name: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DiskSpec, VsockSpec};
+    use crate::{DiskSpec, NetSpec, VsockSpec};
 
     fn strings(args: &[OsString]) -> Vec<String> {
         args.iter()
@@ -665,6 +704,38 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn a_network_device_is_vhost_user_net_on_its_socket() {
+        let mut spec = VmSpec::new("t", "/k/vmlinuz", "/run/vm");
+        spec.net = Some(NetSpec {
+            tap: "crosdtap0".into(),
+            mac: Some("02:00:64:73:5c:02".into()),
+        });
+        let sockets = VhostUserSockets {
+            net: Some("/run/vm/vhost-user-net.sock".into()),
+            ..VhostUserSockets::default()
+        };
+        let args = strings(&QemuBackend::new("crosvm").qemu_args(&spec, &sockets, Path::new("/c")));
+        assert!(
+            value_after(&args, "-chardev")
+                .contains(&"socket,id=net0,path=/run/vm/vhost-user-net.sock"),
+            "{args:?}"
+        );
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            ["vhost-user,id=net0,chardev=net0"]
+        );
+        assert!(
+            value_after(&args, "-device")
+                .contains(&"virtio-net-device,netdev=net0,mac=02:00:64:73:5c:02"),
+            "{args:?}"
+        );
+        // No network in the spec: no network device.
+        spec.net = None;
+        let args = strings(&QemuBackend::new("crosvm").qemu_args(&spec, &sockets, Path::new("/c")));
+        assert!(value_after(&args, "-netdev").is_empty(), "{args:?}");
     }
 
     #[test]
@@ -693,6 +764,7 @@ mod tests {
         let sockets = VhostUserSockets {
             vsock: Some("/run/vm/vu.sock".into()),
             disks: vec![Some("/run/vm/blk,0.sock".into()), None],
+            net: None,
         };
         let args = strings(&backend.qemu_args(&spec, &sockets, Path::new("/dev/fd/7")));
         assert_eq!(

@@ -26,6 +26,15 @@ pub struct VsockSpec {
     pub uds_path: PathBuf,
 }
 
+/// The VM's network device: virtio-net on a host tap that patchpanel made (and addressed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The tap's name (it exists before the VM starts; the backend only attaches).
+    pub tap: String,
+    /// The guest NIC's MAC, `xx:xx:xx:xx:xx:xx`; `None` lets the device pick one.
+    pub mac: Option<String>,
+}
+
 /// Everything a backend needs to boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -39,6 +48,8 @@ pub struct VmSpec {
     pub cpus: u32,
     pub disks: Vec<DiskSpec>,
     pub vsock: Option<VsockSpec>,
+    /// A network device; `None`: the VM has none.
+    pub net: Option<NetSpec>,
     /// Directory for the VM's sockets and logs; created if missing.
     pub run_dir: PathBuf,
     /// Where the guest's serial console is written.
@@ -66,6 +77,7 @@ impl VmSpec {
             cpus: 2,
             disks: Vec::new(),
             vsock: None,
+            net: None,
             console_log: run_dir.join("console.log"),
             run_dir,
             first_output_timeout: Duration::from_secs(30),

@@ -510,6 +510,7 @@ fn family_of(kind: ActorKind) -> &'static str {
         ActorKind::Tremplin => "Tremplin",
         ActorKind::Garcon => "Garcon",
         ActorKind::Crosvm => "Crosvm",
+        ActorKind::Patchpanel => "Patchpanel",
     }
 }
 

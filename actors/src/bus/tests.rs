@@ -232,6 +232,7 @@ async fn host_actors_answer_through_the_bus() {
             "cicerone",
             "concierge",
             "imageloader",
+            "patchpanel",
             "seneschal",
             "vmlog_forwarder"
         ]

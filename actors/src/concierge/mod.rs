@@ -19,6 +19,7 @@ pub(crate) mod disk_op;
 mod disk_requests;
 mod extra_disks;
 mod handover;
+mod network;
 pub(crate) mod owner;
 mod resize;
 mod shares;
@@ -530,6 +531,7 @@ impl Concierge {
         };
         cicerone_notify::stopped(&self.bus, name, &entry.cicerone_token);
         shares::stop_server(&self.bus, entry.info.seneschal_handle);
+        network::release(&self.bus, name);
         let logs = self.config.state_dir.join("logs");
         if std::fs::create_dir_all(&logs).is_ok() {
             let _ = std::fs::copy(

@@ -349,9 +349,17 @@ pub async fn boot(
     let uds = plan.vsock_uds();
     // The host ports listen before the guest can dial them.
     let bridges = GuestBridges::start(&bus, &name, &uds)?;
-    let spec = vm_spec(&plan, &component);
+    let network = super::network::allocate(&bus, &name).await?;
+    let mut spec = vm_spec(&plan, &component);
+    spec.net = network.as_ref().map(super::network::net_spec);
     let console = plan.console_log();
-    let watcher = VmWatcher::start(hypervisor, spec, console.clone(), on_exit).await?;
+    let watcher = match VmWatcher::start(hypervisor, spec, console.clone(), on_exit).await {
+        Ok(watcher) => watcher,
+        Err(e) => {
+            super::network::release(&bus, &name);
+            return Err(e);
+        }
+    };
 
     let result = async {
         tokio::select! {
@@ -368,6 +376,13 @@ pub async fn boot(
             }
         }
         tracing::info!(vm = %name, "VmReady");
+        if let Some(network) = &network {
+            // A VM whose guest cannot take the address still runs (without a network): its
+            // disks and containers are worth more than its network.
+            if let Err(e) = super::network::configure_guest(&bus, &name, network, plan.timeout).await {
+                tracing::warn!(vm = %name, error = %e, "the guest did not take its network configuration");
+            }
+        }
         if plan.request.start_termina {
             let req = MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: true };
             match ask_maitred(&bus, &name, req, plan.timeout).await? {
@@ -384,6 +399,7 @@ pub async fn boot(
     }
     .await;
     if let Err(e) = result {
+        super::network::release(&bus, &name);
         watcher.stop(KILL_GRACE);
         watcher.wait_exit(KILL_GRACE + Duration::from_secs(5)).await;
         return Err(e);

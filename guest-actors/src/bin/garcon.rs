@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cros_guest::envelopes::{self, HostLink};
-use cros_guest::garcon::{GarconConfig, listening, read_token, requests};
+use cros_guest::envelopes::HostLink;
+use cros_guest::garcon::{GarconConfig, forward, listening, read_token, requests};
 use cros_messages::cicerone::CiceroneRequest;
 use cros_messages::garcon::GarconEvent;
 use cros_messages::{Addr, Body, ports};
@@ -85,12 +85,9 @@ fn serve(listener: vsock::VsockListener, config: Arc<GarconConfig>, port: u32) {
         let config = config.clone();
         std::thread::spawn(move || {
             let me = Addr::host("garcon");
-            let served = envelopes::serve(
-                stream,
-                &me,
-                |body| requests::handle(&config, port, body),
-                || false,
-            );
+            let served = forward::serve_host_connection(stream, &me, |body| {
+                requests::handle(&config, port, body)
+            });
             if let Err(e) = served {
                 eprintln!("garcon: host connection: {e}");
             }

@@ -6,6 +6,7 @@
 //! the container listens on. One garcon per container: a second one (the image's own unit and
 //! tremplin's exec both start one) finds the lock taken and exits.
 
+pub mod forward;
 pub mod listening;
 pub mod requests;
 

@@ -310,9 +310,18 @@ impl Maitred {
                     bytes: parse_min_dev_size(&out)?,
                 })
             }
-            MaitredRequest::ConfigureNetwork { .. } => Err(CrosError::unsupported(
-                "ConfigureNetwork: this VM has no network device yet",
-            )),
+            MaitredRequest::ConfigureNetwork {
+                address,
+                netmask,
+                gateway,
+                dns,
+            } => {
+                let config = super::network::Config::parse(&address, &netmask, &gateway, &dns)
+                    .map_err(|e| CrosError::invalid(e.to_string()))?;
+                super::network::configure(&self.services, &config)
+                    .map_err(|e| CrosError::internal(e.to_string()))?;
+                Ok(MaitredReply::Ack {})
+            }
             MaitredRequest::Mount9P { port, target } => {
                 check_abs_path("target", &target)?;
                 super::mount9p::check(port)?;

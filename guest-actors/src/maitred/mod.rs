@@ -10,6 +10,7 @@ pub mod disks;
 pub mod handlers;
 pub mod init;
 pub mod mount9p;
+pub mod network;
 pub mod power_button;
 pub mod reaper;
 pub mod server;

@@ -2,7 +2,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use cros_actors::{HypervisorConfig, HypervisorKind};
+use cros_actors::patchpanel::pool::Pool;
+use cros_actors::{HypervisorConfig, HypervisorKind, NetworkConfig};
 use cros_tools::daemon::{
     DEFAULT_MAX_CLIENTS, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME,
     limits::raise_fd_limit, termination_signal,
@@ -81,6 +82,16 @@ struct Args {
     /// Control connections served at once; more are refused with an error saying so.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS)]
     max_clients: usize,
+    /// Give every VM a tap, an address from --network-pool and NAT to the host's uplinks
+    /// [default: on when crosd runs as root and /dev/net/tun exists].
+    #[arg(long, conflicts_with = "no_network")]
+    network: bool,
+    /// Start VMs without a network device.
+    #[arg(long)]
+    no_network: bool,
+    /// The range the VMs' /30s come from.
+    #[arg(long, value_name = "CIDR", default_value = "100.115.92.0/24")]
+    network_pool: Pool,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -122,6 +133,14 @@ fn main() -> ExitCode {
         },
         vm_stop_timeout: std::time::Duration::from_secs(args.vm_stop_timeout),
         max_clients: args.max_clients,
+        network: NetworkConfig {
+            enabled: if args.network || args.no_network {
+                args.network
+            } else {
+                NetworkConfig::can_make_taps()
+            },
+            pool: args.network_pool,
+        },
     };
     let system = actix::System::new();
     let result = system.block_on(async {

@@ -12,10 +12,10 @@ pub mod lock;
 pub mod passed_files;
 pub mod socket;
 
-use cros_actors::HypervisorConfig;
 use cros_actors::bus::BusError;
 use cros_actors::host::SpawnError;
 use cros_actors::{BusConfig, BusHandle, HostConfig, start_host_actors};
+use cros_actors::{HypervisorConfig, NetworkConfig};
 use cros_hypervisor::fsutil::create_dir_with_mode;
 use cros_messages::CrosError;
 use cros_messages::bus::BusEvent;
@@ -59,6 +59,8 @@ pub struct DaemonConfig {
     pub vm_stop_timeout: Duration,
     /// Control connections served at once; more are refused with an Unavailable error.
     pub max_clients: usize,
+    /// VM networking (patchpanel).
+    pub network: NetworkConfig,
 }
 
 impl DaemonConfig {
@@ -74,6 +76,7 @@ impl DaemonConfig {
             hypervisor: HypervisorConfig::default(),
             vm_stop_timeout: DEFAULT_VM_STOP_TIMEOUT,
             max_clients: DEFAULT_MAX_CLIENTS,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -154,6 +157,7 @@ impl Daemon {
                 state_dir: config.state_dir.clone(),
                 run_dir: config.run_dir.clone(),
                 hypervisor: config.hypervisor.clone(),
+                network: config.network.clone(),
             };
             // First in the trace: an isolated replay maps these directories onto its own.
             bus.publish(
