@@ -21,16 +21,16 @@ pub struct HostConfig {
 /// patchpanel's settings (`crosd --network`, `--network-pool`).
 #[derive(Debug, Clone, Default)]
 pub struct NetworkConfig {
-    /// Whether VMs get a tap and an address. Off by default here (library users and tests get
-    /// VMs without a network); crosd turns it on where it can make taps (see
-    /// [`NetworkConfig::can_make_taps`]).
+    /// Whether VMs get a tap and an address. Off by default (library users, tests and crosd
+    /// without `--network` get VMs without a network).
     pub enabled: bool,
     /// The range the VMs' /30s come from.
     pub pool: crate::patchpanel::pool::Pool,
 }
 
 impl NetworkConfig {
-    /// crosd's default: taps need /dev/net/tun and CAP_NET_ADMIN (crosd as root).
+    /// Whether `crosd --network` can work here: taps need /dev/net/tun and CAP_NET_ADMIN (crosd
+    /// as root).
     pub fn can_make_taps() -> bool {
         std::path::Path::new("/dev/net/tun").exists() && nix::unistd::geteuid().is_root()
     }

@@ -318,6 +318,8 @@ impl Maitred {
             } => {
                 let config = super::network::Config::parse(&address, &netmask, &gateway, &dns)
                     .map_err(|e| CrosError::invalid(e.to_string()))?;
+                // virtio_net is a late module: the interface exists once they are loaded.
+                self.late_modules.wait()?;
                 super::network::configure(&self.services, &config)
                     .map_err(|e| CrosError::internal(e.to_string()))?;
                 Ok(MaitredReply::Ack {})

@@ -18,10 +18,11 @@ pub const TERMINA_EARLY_MODULES: &str =
 /// the stateful disk (its raid6 self-benchmark alone costs half a second under TCG), 9P and
 /// overlayfs, the ACPI power button (`button`) with `evdev`, through which maitred sees a
 /// press, and fuse and tun, whose /dev nodes LXD's default profile passes to every container:
-/// with no udev to make the nodes ahead, opening them cannot load the modules on demand. The
-/// crypto modules are soft dependencies of btrfs.
-pub const TERMINA_LATE_MODULES: &str =
-    "crc32c_generic xxhash_generic blake2b_generic btrfs 9p 9pnet_fd overlay evdev button fuse tun";
+/// with no udev to make the nodes ahead, opening them cannot load the modules on demand;
+/// virtio_net for the VM's network device (`crosd --network`), which nothing else would load
+/// without udev. The crypto modules are soft dependencies of btrfs.
+pub const TERMINA_LATE_MODULES: &str = "crc32c_generic xxhash_generic blake2b_generic btrfs 9p \
+    9pnet_fd overlay evdev button fuse tun virtio_net";
 /// Modules the root image carries for LXD beside the late ones, loaded when asked for — by
 /// LXD's own `modprobe` calls or by the kernel's on-demand loading (a veth pair, an nft
 /// expression) — from the module tree in /lib/modules/<release>: lxdbr0 (a bridge with veth
