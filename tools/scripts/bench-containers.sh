@@ -15,7 +15,8 @@ trips=20
 ensure_host_packages
 work="$CROSD_CACHE/bench-containers"
 state="$work/state" run="$work/run"
-rm -rf "$run" && mkdir -p "$state" "$run"
+# A fresh stateful disk each run: containers of an earlier run would make `vmc container` a no-op.
+rm -rf "$run" "$state/disks" && mkdir -p "$state" "$run"
 export CROSD_SOCKET="$run/crosd.sock"
 build_release_and_component "$state"
 images="$CROSD_CACHE/images/busybox"
