@@ -31,6 +31,7 @@ use cros_actors::bus::clients::Peer;
 use cros_actors::{BusConfig, BusHandle, Deliver, HostConfig, HypervisorConfig, spawn_host_actor};
 use cros_hypervisor::StandInBackend;
 use cros_messages::bus::BusEvent;
+use cros_messages::cicerone::CiceroneRequest;
 use cros_messages::concierge::{ConciergeReply, VmInfo};
 use cros_messages::maitred::MaitredRequest;
 use cros_messages::{ActorKind, Addr, Body, BodyKind, CrosError, Envelope};
@@ -127,7 +128,7 @@ fn normalise_clients(s: &str) -> String {
 }
 
 /// What differs between a recording and its replay on every run, made equal before comparing.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Normaliser {
     /// (the replay's, the recording's) directory, as text.
     dirs: Vec<(String, String)>,
@@ -166,6 +167,34 @@ fn comparable(body: &Body) -> Body {
             other => other,
         }),
         other => other.clone(),
+    }
+}
+
+/// A request without what no two runs share, for finding its recorded twin: the random token
+/// and the VMM pid concierge tells cicerone.
+fn comparable_request(body: &Body) -> Body {
+    match body.clone() {
+        Body::Cicerone(CiceroneRequest::NotifyVmStarted {
+            vm,
+            cid,
+            owner_uid,
+            vsock_socket,
+            ..
+        }) => Body::Cicerone(CiceroneRequest::NotifyVmStarted {
+            vm,
+            cid,
+            token: String::new(),
+            pid: 0,
+            owner_uid,
+            vsock_socket,
+        }),
+        Body::Cicerone(CiceroneRequest::NotifyVmStopped { vm, .. }) => {
+            Body::Cicerone(CiceroneRequest::NotifyVmStopped {
+                vm,
+                token: String::new(),
+            })
+        }
+        other => other,
     }
 }
 
@@ -277,6 +306,8 @@ struct TraceResponder {
     /// The replay's stand-in hypervisor, powered off when this responder (a guest's maitred)
     /// acknowledges Shutdown, as the real guest powers off then.
     stand_in: Option<Arc<StandInBackend>>,
+    /// Puts a request in the recording's terms (its directories) before it is looked up.
+    normaliser: Normaliser,
 }
 
 impl Actor for TraceResponder {
@@ -288,10 +319,10 @@ impl Handler<Deliver> for TraceResponder {
 
     fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) -> Self::Result {
         let env = msg.env;
-        let pos = self
-            .recorded
-            .iter()
-            .position(|(ex, _)| ex.request.body == env.body && ex.request.from == env.from);
+        let wanted = comparable_request(&self.normaliser.replayed(&env.body));
+        let pos = self.recorded.iter().position(|(ex, _)| {
+            comparable_request(&ex.request.body) == wanted && ex.request.from == env.from
+        });
         MessageResult(match pos.and_then(|i| self.recorded.remove(i)) {
             Some((ex, reply)) => {
                 self.sent.mark(ex.offset);
@@ -403,6 +434,7 @@ pub async fn replay_actor(
             divergences: divergences.clone(),
             sent: sent.clone(),
             stand_in: is_guest_maitred.then(|| stand_in.clone()),
+            normaliser: normaliser.clone(),
         }
         .start();
         bus.pin(addr.clone(), responder.clone().recipient());
