@@ -409,6 +409,9 @@ mod tests {
     use cros_messages::concierge::ConciergeEvent;
     use cros_messages::{Addr, Body, FrameError};
 
+    /// What ListActors lists: the bus and the host actors.
+    const ACTORS: usize = cros_messages::ActorKind::HOST.len() + 1;
+
     /// A test actor (`slow`) that tells the test when a request reached it, then answers Ping
     /// after a pause: a request that is in flight when shutdown begins.
     struct Slow {
@@ -502,7 +505,7 @@ mod tests {
         bus.publish(&Addr::host("concierge"), wanted.clone());
         // A request in between: its reply is matched, the event waits in the queue.
         let actors = client.list_actors(timeout).unwrap();
-        assert_eq!(actors.len(), 6);
+        assert_eq!(actors.len(), ACTORS);
         let event = client.next_event(timeout).unwrap().expect("an event");
         assert_eq!(event.body, wanted);
         assert_eq!(event.from, Addr::host("concierge"));
@@ -514,7 +517,7 @@ mod tests {
                 .is_none()
         );
         // That wait timed out between frames: the connection is still usable.
-        assert_eq!(client.list_actors(timeout).unwrap().len(), 6);
+        assert_eq!(client.list_actors(timeout).unwrap().len(), ACTORS);
         drop(client);
         drop(d);
         assert!(!socket.exists());
@@ -587,7 +590,7 @@ mod tests {
             })
             .collect();
         for c in clients {
-            assert_eq!(c.join().unwrap().unwrap(), 6);
+            assert_eq!(c.join().unwrap().unwrap(), ACTORS);
         }
     }
 
@@ -597,7 +600,7 @@ mod tests {
         let mut served: Vec<Client> = (0..3)
             .map(|_| {
                 let mut c = Client::connect(&d.socket).unwrap();
-                assert_eq!(c.list_actors(PATIENCE).unwrap().len(), 6);
+                assert_eq!(c.list_actors(PATIENCE).unwrap().len(), ACTORS);
                 c
             })
             .collect();
@@ -612,7 +615,7 @@ mod tests {
         assert_eq!(e.kind, cros_messages::ErrorKind::Unavailable);
         assert!(e.message.contains("at most 3"), "{}", e.message);
         // The ones served go on being served.
-        assert_eq!(served[0].list_actors(PATIENCE).unwrap().len(), 6);
+        assert_eq!(served[0].list_actors(PATIENCE).unwrap().len(), ACTORS);
         drop(served.pop());
         // The closed connection's slot comes back once crosd has seen it close.
         let start = Instant::now();
@@ -660,6 +663,6 @@ mod tests {
         );
         // crosd itself is fine.
         let mut other = Client::connect(&d.socket).unwrap();
-        assert_eq!(other.list_actors(PATIENCE).unwrap().len(), 6);
+        assert_eq!(other.list_actors(PATIENCE).unwrap().len(), ACTORS);
     }
 }
