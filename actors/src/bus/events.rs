@@ -14,6 +14,29 @@ pub fn channel_sink(tx: tokio::sync::mpsc::UnboundedSender<Envelope>) -> EventSi
     Arc::new(move |env| tx.send(env).is_ok())
 }
 
+/// An event the bus published, as an actor that subscribed with [`actor_sink`] receives it.
+pub struct Published(pub Envelope);
+
+impl actix::Message for Published {
+    type Result = ();
+}
+
+/// An [`EventSink`] handing each event to actor `me` as a [`Published`] message, for as long
+/// as the actor lives (host actors that follow guest actors' events: concierge, cicerone).
+pub fn actor_sink<A>(me: actix::WeakAddr<A>) -> EventSink
+where
+    A: actix::Actor + actix::Handler<Published>,
+    A::Context: actix::dev::ToEnvelope<A, Published>,
+{
+    Arc::new(move |env| match me.upgrade() {
+        Some(me) => {
+            me.do_send(Published(env));
+            true
+        }
+        None => false,
+    })
+}
+
 struct Subscription {
     subscriber: Addr,
     /// Type-name prefixes (`ConciergeEvent`, `CiceroneEvent::ContainerStarted`); empty = all.

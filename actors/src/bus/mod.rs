@@ -11,7 +11,7 @@ mod events;
 mod recorder;
 mod registry;
 
-pub use events::{EventSink, channel_sink};
+pub use events::{EventSink, Published, actor_sink, channel_sink};
 pub use recorder::RecorderError;
 pub use registry::RestartCounter;
 pub(crate) use registry::Route;

@@ -15,14 +15,13 @@ mod requests;
 mod vm_table;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, ResponseActFuture};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, ResponseActFuture};
 use cros_messages::cicerone::{CiceroneEvent, CiceroneReply, ContainerStatus};
 use cros_messages::tremplin::TremplinEvent;
 use cros_messages::{ActorKind, Addr, Body, CrosError, Envelope};
 
-use crate::bus::{BusHandle, Deliver, EventSink, not_mine};
+use crate::bus::{BusHandle, Deliver, Published, actor_sink, not_mine};
 use vm_table::VmEntry;
 
 /// The image server `vmc container` uses when none is named (Crostini's default).
@@ -139,14 +138,7 @@ impl Actor for Cicerone {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let me = ctx.address().downgrade();
-        let sink: EventSink = Arc::new(move |env| match me.upgrade() {
-            Some(me) => {
-                me.do_send(GuestEvent(env));
-                true
-            }
-            None => false,
-        });
+        let sink = actor_sink(ctx.address().downgrade());
         self.bus
             .subscribe(Self::me(), vec!["TremplinEvent".into()], sink);
     }
@@ -180,16 +172,10 @@ impl Handler<Deliver> for Cicerone {
 }
 
 /// An event a guest actor published (see [`Actor::started`]).
-struct GuestEvent(Envelope);
-
-impl Message for GuestEvent {
-    type Result = ();
-}
-
-impl Handler<GuestEvent> for Cicerone {
+impl Handler<Published> for Cicerone {
     type Result = ();
 
-    fn handle(&mut self, GuestEvent(env): GuestEvent, ctx: &mut Context<Self>) {
+    fn handle(&mut self, Published(env): Published, ctx: &mut Context<Self>) {
         let from = &env.from;
         let (Some(vm), None, "tremplin") = (&from.vm, &from.container, from.actor.as_str()) else {
             tracing::debug!(%from, "event from an unexpected sender");

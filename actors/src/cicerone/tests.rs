@@ -5,6 +5,7 @@
 use super::*;
 use crate::bus::BusConfig;
 use crate::bus::clients::Peer;
+use actix::Message;
 use cros_messages::ErrorKind;
 use cros_messages::cicerone::CiceroneRequest;
 

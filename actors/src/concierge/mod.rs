@@ -50,7 +50,7 @@ use cros_messages::{Addr, Body, CrosError, Envelope};
 
 use crate::bridge::GuestBridges;
 use crate::bus::not_mine;
-use crate::bus::{BusHandle, Deliver, EventSink};
+use crate::bus::{BusHandle, Deliver, Published, actor_sink};
 use crate::config::HostConfig;
 use disk_requests::DiskOp;
 use owner::Caller;
@@ -588,14 +588,7 @@ impl Actor for Concierge {
                 }),
             );
         }
-        let me = ctx.address().downgrade();
-        let sink: EventSink = Arc::new(move |env| match me.upgrade() {
-            Some(me) => {
-                me.do_send(GuestEvent(env));
-                true
-            }
-            None => false,
-        });
+        let sink = actor_sink(ctx.address().downgrade());
         self.bus
             .subscribe(Self::me(), vec!["MaitredEvent".into()], sink);
     }
@@ -665,16 +658,10 @@ impl Handler<Deliver> for Concierge {
 }
 
 /// An event a guest actor published (see [`Actor::started`]).
-struct GuestEvent(Envelope);
-
-impl Message for GuestEvent {
-    type Result = ();
-}
-
-impl Handler<GuestEvent> for Concierge {
+impl Handler<Published> for Concierge {
     type Result = ();
 
-    fn handle(&mut self, GuestEvent(env): GuestEvent, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, Published(env): Published, _ctx: &mut Context<Self>) {
         let Body::MaitredEvent(MaitredEvent::VmReady {}) = env.body else {
             return;
         };
