@@ -68,13 +68,16 @@ fuzz_target!(|data: &[u8]| {
         let Some((len, tail)) = rest.split_first_chunk::<2>() else {
             break;
         };
-        let len = usize::from(u16::from_le_bytes(*len)).min(tail.len()).min(2048);
+        let len = usize::from(u16::from_le_bytes(*len))
+            .min(tail.len())
+            .min(2048);
         let _ = host_end.send(&tail[..len]);
         rest = &tail[len..];
     }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("memory");
     let n = rest.len().min(MEM_SIZE);
-    mem.write_slice(&rest[..n], GuestAddress(0)).expect("fill memory");
+    mem.write_slice(&rest[..n], GuestAddress(0))
+        .expect("fill memory");
     let mut rxq = queue(0x0);
     let mut txq = queue(0x400);
     let _ = dev.process_tx(&mem, &mut txq);
