@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::forwarder::{TunnelGuard, loopback_addrs};
 use super::lxd_client::LxdError;
+use super::start::token_device;
 use super::upload;
 use super::validate::{self, InvalidRequest};
 use super::{Tremplin, lxd_error};
@@ -111,6 +112,27 @@ pub fn server_source(url: &str, alias: &str) -> Value {
         "protocol": "simplestreams",
         "server": url,
         "alias": alias,
+    })
+}
+
+/// In LXD's image list (`/1.0/images?recursion=1`), the image cached from `url` as `alias`.
+pub fn cached_fingerprint(images: &Value, url: &str, alias: &str) -> Option<String> {
+    let same_server = |a: &str| a.trim_end_matches('/') == url.trim_end_matches('/');
+    images.as_array()?.iter().find_map(|image| {
+        let source = image.get("update_source")?;
+        let matches = source.get("protocol").and_then(Value::as_str) == Some("simplestreams")
+            && source.get("alias").and_then(Value::as_str) == Some(alias)
+            && source
+                .get("server")
+                .and_then(Value::as_str)
+                .is_some_and(same_server);
+        if !matches {
+            return None;
+        }
+        image
+            .get("fingerprint")
+            .and_then(Value::as_str)
+            .map(str::to_string)
     })
 }
 
@@ -223,7 +245,7 @@ impl Tremplin {
             ImageSource::Server { url, alias } => {
                 self.create_from_server(name, &tmp, url, alias).await
             }
-            ImageSource::Upload { port } => self.create_from_upload(&tmp, *port).await,
+            ImageSource::Upload { port } => self.create_from_upload(name, &tmp, *port).await,
         };
         let renamed = match made {
             Ok(()) => self
@@ -255,6 +277,21 @@ impl Tremplin {
         url: &str,
         alias: &str,
     ) -> Result<(), String> {
+        if let Some(fingerprint) = self.cached_image(url, alias).await {
+            let req = self.instance_request(
+                name,
+                tmp,
+                json!({"type": "image", "fingerprint": fingerprint}),
+            )?;
+            return self
+                .lxd
+                .run_operation(Method::POST, "/1.0/instances", Some(&req), CREATE_TIMEOUT)
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    format!("creating the container from cached image {fingerprint}: {e}")
+                });
+        }
         let (host, port) = server_host_port(url).map_err(|e| e.to_string())?;
         let tunnel: Option<TunnelGuard> = match loopback_addrs(&host) {
             Some(addrs) => Some(
@@ -265,7 +302,7 @@ impl Tremplin {
             ),
             None => None,
         };
-        let req = json!({"name": tmp, "source": server_source(url, alias)});
+        let req = self.instance_request(name, tmp, server_source(url, alias))?;
         let op = self
             .lxd
             .start_operation(Method::POST, "/1.0/instances", Some(&req))
@@ -297,7 +334,24 @@ impl Tremplin {
             })
     }
 
-    async fn create_from_upload(&self, tmp: &str, port: u32) -> Result<(), String> {
+    /// The create request of container `name` (made as `tmp`): with its token device already,
+    /// so that its starts need not change the instance ([`super::start::start_patch_needed`]).
+    /// The token file is made (empty) here: LXD refuses a disk device whose source is missing.
+    fn instance_request(&self, name: &str, tmp: &str, source: Value) -> Result<Value, String> {
+        let token_file = self.write_token(name, "").map_err(|e| e.message)?;
+        Ok(json!({"name": tmp, "source": source, "devices": token_device(&token_file)}))
+    }
+
+    /// The fingerprint of the image LXD already holds from `url` under `alias`, if any: a
+    /// create from it needs no round trip to the server (through the host's proxy) to resolve
+    /// the alias again, as `lxc launch <fingerprint>` does not. LXD keeps cached images up to
+    /// date itself (`images.auto_update_interval`).
+    async fn cached_image(&self, url: &str, alias: &str) -> Option<String> {
+        let images = self.lxd.get("/1.0/images?recursion=1").await.ok()?;
+        cached_fingerprint(&images, url, alias)
+    }
+
+    async fn create_from_upload(&self, name: &str, tmp: &str, port: u32) -> Result<(), String> {
         let stream = self
             .config
             .host
@@ -348,10 +402,11 @@ impl Tremplin {
                 Err(_) => return Err(format!("importing the image: {e}")),
             },
         };
-        let req = json!({
-            "name": tmp,
-            "source": {"type": "image", "fingerprint": fingerprint},
-        });
+        let req = self.instance_request(
+            name,
+            tmp,
+            json!({"type": "image", "fingerprint": fingerprint}),
+        )?;
         let made = self
             .lxd
             .run_operation(Method::POST, "/1.0/instances", Some(&req), CREATE_TIMEOUT)
@@ -411,6 +466,35 @@ impl Tremplin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_image_is_found_by_its_server_and_alias() {
+        let images = json!([
+            {"fingerprint": "aaa", "update_source": {"alias": "debian", "server": "http://127.0.0.1:8000/", "protocol": "simplestreams"}},
+            {"fingerprint": "bbb", "update_source": {"alias": "busybox", "server": "http://127.0.0.1:8000", "protocol": "simplestreams"}},
+            {"fingerprint": "ccc"},
+        ]);
+        assert_eq!(
+            cached_fingerprint(&images, "http://127.0.0.1:8000/", "busybox").as_deref(),
+            Some("bbb")
+        );
+        assert_eq!(
+            cached_fingerprint(&images, "http://127.0.0.1:8000", "debian").as_deref(),
+            Some("aaa")
+        );
+        assert_eq!(
+            cached_fingerprint(&images, "http://127.0.0.1:9000", "busybox"),
+            None
+        );
+        assert_eq!(
+            cached_fingerprint(&images, "http://127.0.0.1:8000", "alpine"),
+            None
+        );
+        assert_eq!(
+            cached_fingerprint(&json!({"not": "a list"}), "x", "y"),
+            None
+        );
+    }
 
     #[test]
     fn progress_is_parsed_from_lxd_s_text() {

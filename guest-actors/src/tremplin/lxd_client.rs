@@ -5,7 +5,7 @@
 //! `{"type": "sync"|"async"|"error", "metadata": …, "operation": "/1.0/operations/<id>",
 //! "error": …, "error_code": …}`; [`LxdClient::sync`] returns the metadata of a sync answer,
 //! [`LxdClient::start_operation`] the operation of an async one, and
-//! [`LxdClient::wait_operation`] polls an operation until it ends.
+//! [`LxdClient::wait_operation`] long-polls an operation until it ends.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -25,7 +26,11 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// LXD answers at most this much to one request we read whole (file contents, JSON).
 const MAX_RESPONSE: usize = 64 << 20;
-/// How often a running operation is polled.
+/// How long one long-poll of a running operation (`/1.0/operations/<id>/wait`) lasts: the
+/// answer comes as soon as the operation ends, so an end is seen at once rather than at the
+/// next poll, and progress is still reported about once a second.
+const WAIT_SECS: u32 = 1;
+/// The least time between two looks at a running operation.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -68,16 +73,6 @@ impl LxdError {
     }
 }
 
-/// What LXD's file API says about a file (GET /1.0/instances/<n>/files?path=…).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
-    pub uid: u32,
-    pub gid: u32,
-    pub mode: u32,
-    /// `file`, `directory` or `symlink`.
-    pub kind: String,
-}
-
 /// An ended operation: its final metadata when it succeeded.
 #[derive(Debug, Clone)]
 pub struct OperationResult {
@@ -87,19 +82,6 @@ pub struct OperationResult {
 #[derive(Debug, Clone)]
 pub struct LxdClient {
     socket: PathBuf,
-}
-
-/// Percent-encodes a query value (a file path): everything but unreserved characters and `/`.
-pub fn encode_query(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 pub fn empty_body() -> Body {
@@ -328,9 +310,17 @@ impl LxdClient {
         mut progress: impl FnMut(&Value),
     ) -> Result<OperationResult, LxdError> {
         let path = format!("/1.0/operations/{}", operation_id(op));
+        let wait = format!("{path}/wait?timeout={WAIT_SECS}");
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let meta = self.get(&path).await?;
+            let asked = tokio::time::Instant::now();
+            let meta = match self.get(&wait).await {
+                Ok(meta) => meta,
+                // A wait that timed out may come back as an error (LXD versions differ):
+                // the operation's state is then asked plainly.
+                Err(LxdError::Lxd { code, .. }) if code != 404 => self.get(&path).await?,
+                Err(e) => return Err(e),
+            };
             let code = meta.get("status_code").and_then(Value::as_u64).unwrap_or(0);
             let op_meta = meta.get("metadata").cloned().unwrap_or(Value::Null);
             match code {
@@ -358,7 +348,10 @@ impl LxdClient {
                     seconds: timeout.as_secs(),
                 });
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            // A wait that came back at once without the end would otherwise spin.
+            if asked.elapsed() < POLL_INTERVAL {
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
         }
     }
 
@@ -374,130 +367,55 @@ impl LxdClient {
         self.wait_operation(&op, timeout, |_| {}).await
     }
 
-    fn file_path(instance: &str, path: &str) -> String {
-        format!(
-            "/1.0/instances/{instance}/files?path={}",
-            encode_query(path)
-        )
-    }
-
-    /// A file in an instance: its bytes and owner, or `None` when it does not exist.
-    pub async fn read_file(
-        &self,
-        instance: &str,
-        path: &str,
-    ) -> Result<Option<(Bytes, FileInfo)>, LxdError> {
-        let api = Self::file_path(instance, path);
-        let resp = self.send(Method::GET, &api, &[], empty_body()).await?;
+    /// LXD's SFTP server on an instance's filesystem (`GET /1.0/instances/<n>/sftp`, upgraded
+    /// to the raw SFTP stream). One conversation is one `lxd forkfile` process in the VM, where
+    /// each file-API request starts its own (a few hundred milliseconds under emulation).
+    pub async fn sftp(&self, instance: &str) -> Result<TokioIo<Upgraded>, LxdError> {
+        let path = format!("/1.0/instances/{instance}/sftp");
+        let stream = self.connect().await?;
+        let http_err = |source| LxdError::Http {
+            method: Method::GET,
+            path: path.clone(),
+            source,
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_err)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(&path)
+            .header(HOST, "lxd")
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "sftp")
+            .body(empty_body())
+            .map_err(|e| LxdError::BadAnswer {
+                method: Method::GET,
+                path: path.clone(),
+                why: format!("cannot build the request: {e}"),
+            })?;
+        let resp = sender.send_request(req).await.map_err(http_err)?;
         let status = resp.status();
-        let info = file_info(resp.headers());
-        let bytes = Self::read_body(&Method::GET, &api, resp).await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(Self::parse_answer(&Method::GET, &api, status, &bytes)
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = Self::read_body(&Method::GET, &path, resp).await?;
+            return Err(Self::parse_answer(&Method::GET, &path, status, &bytes)
                 .err()
                 .unwrap_or(LxdError::BadAnswer {
                     method: Method::GET,
-                    path: api,
-                    why: format!("status {status}"),
+                    path,
+                    why: format!("{status} instead of switching to SFTP"),
                 }));
         }
-        Ok(Some((bytes, info)))
-    }
-
-    /// Whether a path exists in an instance (HEAD, so a large file is not read).
-    pub async fn file_exists(&self, instance: &str, path: &str) -> Result<bool, LxdError> {
-        let api = Self::file_path(instance, path);
-        let resp = self.send(Method::HEAD, &api, &[], empty_body()).await?;
-        Ok(resp.status().is_success())
-    }
-
-    /// Writes (overwrites) a file in an instance, owned by `uid:gid` (the instance's ids).
-    pub async fn write_file(
-        &self,
-        instance: &str,
-        path: &str,
-        contents: Bytes,
-        uid: u32,
-        gid: u32,
-        mode: u32,
-    ) -> Result<(), LxdError> {
-        self.post_file(instance, path, "file", contents, uid, gid, mode)
-            .await
-    }
-
-    /// Creates a directory in an instance (its parent must exist; an existing one is fine).
-    pub async fn mkdir(
-        &self,
-        instance: &str,
-        path: &str,
-        uid: u32,
-        gid: u32,
-        mode: u32,
-    ) -> Result<(), LxdError> {
-        self.post_file(instance, path, "directory", Bytes::new(), uid, gid, mode)
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn post_file(
-        &self,
-        instance: &str,
-        path: &str,
-        kind: &str,
-        contents: Bytes,
-        uid: u32,
-        gid: u32,
-        mode: u32,
-    ) -> Result<(), LxdError> {
-        let api = Self::file_path(instance, path);
-        let headers = [
-            ("X-LXD-type", kind.to_string()),
-            ("X-LXD-uid", uid.to_string()),
-            ("X-LXD-gid", gid.to_string()),
-            ("X-LXD-mode", format!("{mode:04o}")),
-            ("X-LXD-write", "overwrite".to_string()),
-            (
-                CONTENT_TYPE.as_str(),
-                "application/octet-stream".to_string(),
-            ),
-        ];
-        self.exchange(Method::POST, &api, &headers, bytes_body(contents))
-            .await
-            .map(|_| ())
-    }
-}
-
-fn file_info(headers: &hyper::HeaderMap) -> FileInfo {
-    let num = |name: &str, radix: u32| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| u32::from_str_radix(v, radix).ok())
-    };
-    FileInfo {
-        uid: num("x-lxd-uid", 10).unwrap_or(0),
-        gid: num("x-lxd-gid", 10).unwrap_or(0),
-        mode: num("x-lxd-mode", 8).unwrap_or(0o644),
-        kind: headers
-            .get("x-lxd-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("file")
-            .to_string(),
+        let upgraded = hyper::upgrade::on(resp).await.map_err(http_err)?;
+        Ok(TokioIo::new(upgraded))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(encode_query("/etc/passwd"), "/etc/passwd");
-        assert_eq!(encode_query("/home/a b&c"), "/home/a%20b%26c");
-    }
 
     #[test]
     fn lxd_errors_keep_lxd_s_text_and_code() {

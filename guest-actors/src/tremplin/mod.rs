@@ -7,6 +7,7 @@
 //! the host's proxy ([`forwarder`]) or as tarballs the host streams in ([`upload`]). Its own tokio
 //! runtime; no actix in the guest.
 
+pub mod container_fs;
 pub mod create;
 pub mod events;
 pub mod forwarder;

@@ -66,6 +66,30 @@ pub fn start_patch(token_file: &str, level: PrivilegeLevel) -> Value {
     patch
 }
 
+/// The part of [`start_patch`] an instance does not already have (its own config and devices,
+/// not the profile's), or `None` when a start needs no change: LXD's PATCH of an instance costs
+/// about a second in the VM under emulation, and the token device is usually there from the
+/// create ([`token_device`]).
+pub fn start_patch_needed(
+    instance: &Value,
+    token_file: &str,
+    level: PrivilegeLevel,
+) -> Option<Value> {
+    let patch = start_patch(token_file, level);
+    let has_device =
+        instance.pointer("/devices/container_token") == patch.pointer("/devices/container_token");
+    let has_config = match patch.pointer("/config/security.privileged") {
+        Some(want) => instance.pointer("/config/security.privileged") == Some(want),
+        None => true,
+    };
+    (!has_device || !has_config).then_some(patch)
+}
+
+/// The token device alone, for an instance's create request.
+pub fn token_device(token_file: &str) -> Value {
+    start_patch(token_file, PrivilegeLevel::Unchanged)["devices"].clone()
+}
+
 /// REMAPPING when LXD will shift the container's files to a new id map on this start (slow),
 /// else STARTING.
 pub fn start_status(config: &Value) -> ContainerStatus {
@@ -86,13 +110,18 @@ impl Tremplin {
             .map_err(|e| lxd_error(&format!("container {name}"), e))
     }
 
-    fn write_token(&self, name: &str, token: &str) -> Result<String, CrosError> {
+    /// Where container `name`'s token lives in the VM (the source of its token device).
+    pub(super) fn token_file(&self, name: &str) -> std::path::PathBuf {
+        self.config.tokens_dir.join(format!("{name}_token"))
+    }
+
+    pub(super) fn write_token(&self, name: &str, token: &str) -> Result<String, CrosError> {
         let dir = &self.config.tokens_dir;
         let io = |what: &str, e: std::io::Error| {
             CrosError::internal(format!("cannot {what} {}: {e}", dir.display()))
         };
         std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
-        let file = dir.join(format!("{name}_token"));
+        let file = self.token_file(name);
         std::fs::write(&file, token).map_err(|e| io("write a token in", e))?;
         // Readable in the container by garcon's user (the file maps to nobody there).
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
@@ -119,7 +148,7 @@ impl Tremplin {
         if !self.begin("start", &name) {
             return Ok(reply(ContainerStatus::Starting, String::new()));
         }
-        let started = self.begin_start(&name, &token, level).await;
+        let started = self.begin_start(&name, &inst, &token, level).await;
         let (status, op) = match started {
             Ok(s) => s,
             Err(e) => {
@@ -153,23 +182,32 @@ impl Tremplin {
     async fn begin_start(
         &self,
         name: &str,
+        inst: &Value,
         token: &str,
         level: PrivilegeLevel,
     ) -> Result<(ContainerStatus, String), String> {
         let token_file = self.write_token(name, token).map_err(|e| e.message)?;
-        self.lxd
-            .sync(
-                Method::PATCH,
-                &format!("/1.0/instances/{name}"),
-                Some(&start_patch(&token_file, level)),
-            )
-            .await
-            .map_err(|e| format!("configuring {name}: {e}"))?;
-        let inst = self
-            .lxd
-            .get(&format!("/1.0/instances/{name}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let patched;
+        let inst = match start_patch_needed(inst, &token_file, level) {
+            None => inst,
+            Some(patch) => {
+                self.lxd
+                    .sync(
+                        Method::PATCH,
+                        &format!("/1.0/instances/{name}"),
+                        Some(&patch),
+                    )
+                    .await
+                    .map_err(|e| format!("configuring {name}: {e}"))?;
+                // A change of privilege changes the id map LXD will start with.
+                patched = self
+                    .lxd
+                    .get(&format!("/1.0/instances/{name}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                &patched
+            }
+        };
         let status = start_status(inst.get("config").unwrap_or(&Value::Null));
         let op = self
             .lxd
@@ -339,6 +377,27 @@ impl Tremplin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_patches_only_what_the_instance_lacks() {
+        let token = "/run/tokens/penguin_token";
+        let made = json!({"config": {}, "devices": token_device(token)});
+        assert_eq!(
+            start_patch_needed(&made, token, PrivilegeLevel::Unchanged),
+            None
+        );
+        // Another privilege level, or a container made without the device (by hand): patched.
+        let patch = start_patch_needed(&made, token, PrivilegeLevel::Privileged).unwrap();
+        assert_eq!(patch["config"]["security.privileged"], "true");
+        let by_hand = json!({"config": {}, "devices": {}});
+        assert!(start_patch_needed(&by_hand, token, PrivilegeLevel::Unchanged).is_some());
+        let unprivileged =
+            json!({"config": {"security.privileged": "false"}, "devices": token_device(token)});
+        assert_eq!(
+            start_patch_needed(&unprivileged, token, PrivilegeLevel::Unprivileged),
+            None
+        );
+    }
 
     #[test]
     fn start_patch_follows_the_privilege_level() {

@@ -1,12 +1,12 @@
 //! SetUpUser: uid 1000 named as asked (an existing uid 1000 keeps its name), Crostini's groups,
 //! a home directory and systemd's linger flag — by editing /etc/passwd, /etc/group (and the
-//! shadow files when the image has them) through LXD's file API, so it works in any
-//! distribution, running or stopped, with or without useradd.
+//! shadow files when the image has them) through LXD's SFTP endpoint ([`super::container_fs`]),
+//! so it works in any distribution, running or stopped, with or without useradd.
 
-use bytes::Bytes;
 use cros_messages::CrosError;
 use cros_messages::tremplin::TremplinReply;
 
+use super::container_fs::{ContainerFs, FsError, Owner};
 use super::{Tremplin, lxd_error};
 
 pub const UID: u32 = 1000;
@@ -205,36 +205,30 @@ impl Tremplin {
     ) -> Result<TremplinReply, CrosError> {
         self.require_lxd()?;
         let ctx = |what: &str| format!("setting up user {requested} in {name}: {what}");
-        let read = |path: &'static str| {
-            let lxd = &self.lxd;
-            let name = &name;
-            async move {
-                lxd.read_file(name, path)
-                    .await
-                    .map_err(|e| lxd_error(&ctx(&format!("reading {path}")), e))
-            }
+        let fs_err = |e: FsError| match e {
+            FsError::Connect { source, .. } => lxd_error(&ctx("opening its files"), source),
+            e => CrosError::internal(ctx(&e.to_string())),
         };
-        // Every LXD file request costs a forkfile process in the VM (a few hundred milliseconds
-        // under emulation): ask what can be asked at once together, and skip what is already so.
+        let fs = ContainerFs::open(&self.lxd, &name).await.map_err(fs_err)?;
         let (passwd, group, shadow, gshadow, bash) = tokio::join!(
-            read("/etc/passwd"),
-            read("/etc/group"),
-            read("/etc/shadow"),
-            read("/etc/gshadow"),
-            self.lxd.file_exists(&name, "/bin/bash"),
+            fs.read("/etc/passwd"),
+            fs.read("/etc/group"),
+            fs.read("/etc/shadow"),
+            fs.read("/etc/gshadow"),
+            fs.exists("/bin/bash"),
         );
-        let Some((passwd, passwd_info)) = passwd? else {
+        let Some((passwd, passwd_owner)) = passwd.map_err(fs_err)? else {
             return Err(CrosError::precondition(ctx(
                 "the container has no /etc/passwd",
             )));
         };
-        let Some((group, group_info)) = group? else {
+        let Some((group, group_owner)) = group.map_err(fs_err)? else {
             return Err(CrosError::precondition(ctx(
                 "the container has no /etc/group",
             )));
         };
-        let (shadow, gshadow) = (shadow?, gshadow?);
-        let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+        let (shadow, gshadow) = (shadow.map_err(fs_err)?, gshadow.map_err(fs_err)?);
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let shell = if bash.unwrap_or(false) {
             "/bin/bash"
         } else {
@@ -250,99 +244,66 @@ impl Tremplin {
         )
         .map_err(|e| CrosError::precondition(ctx(&e.to_string())))?;
 
-        let write = |path: &'static str, contents: String, uid: u32, gid: u32, mode: u32| {
-            let lxd = &self.lxd;
-            let name = &name;
-            async move {
-                lxd.write_file(name, path, Bytes::from(contents), uid, gid, mode)
-                    .await
-                    .map_err(|e| lxd_error(&ctx(&format!("writing {path}")), e))
-            }
-        };
         // Shadow files first: a passwd entry without its shadow entry is what tools complain of.
         // A file that already says what the plan says is left alone (a second `vmc container`).
-        let changed = |new: &str, old: &Bytes| new.as_bytes() != old.as_ref();
-        if let (Some(s), Some((old, info))) = (plan.shadow.clone(), shadow.as_ref())
-            && changed(&s, old)
-        {
-            write("/etc/shadow", s, info.uid, info.gid, info.mode).await?;
-        }
-        if let (Some(s), Some((old, info))) = (plan.gshadow.clone(), gshadow.as_ref())
-            && changed(&s, old)
-        {
-            write("/etc/gshadow", s, info.uid, info.gid, info.mode).await?;
-        }
-        if changed(&plan.group, &group) {
-            write(
+        let changed = |new: &str, old: &[u8]| new.as_bytes() != old;
+        let edits = [
+            ("/etc/shadow", plan.shadow.as_deref(), shadow.as_ref()),
+            ("/etc/gshadow", plan.gshadow.as_deref(), gshadow.as_ref()),
+            (
                 "/etc/group",
-                plan.group.clone(),
-                group_info.uid,
-                group_info.gid,
-                group_info.mode,
-            )
-            .await?;
-        }
-        if changed(&plan.passwd, &passwd) {
-            write(
+                Some(plan.group.as_str()),
+                Some(&(group, group_owner)),
+            ),
+            (
                 "/etc/passwd",
-                plan.passwd.clone(),
-                passwd_info.uid,
-                passwd_info.gid,
-                passwd_info.mode,
-            )
-            .await?;
+                Some(plan.passwd.as_str()),
+                Some(&(passwd, passwd_owner)),
+            ),
+        ];
+        for (path, new, old) in edits {
+            if let (Some(new), Some((old, owner))) = (new, old)
+                && changed(new, old)
+            {
+                fs.write(path, new.as_bytes(), *owner)
+                    .await
+                    .map_err(fs_err)?;
+            }
         }
 
-        let mkdir = |path: String, uid: u32, gid: u32| {
-            let lxd = &self.lxd;
-            let name = &name;
-            async move {
-                lxd.mkdir(name, &path, uid, gid, 0o755)
-                    .await
-                    .map_err(|e| lxd_error(&ctx(&format!("creating {path}")), e))
-            }
+        let root_dir = Owner {
+            uid: 0,
+            gid: 0,
+            mode: 0o755,
         };
-        let home_parts = ancestors(&plan.homedir);
-        let linger = format!("/var/lib/systemd/linger/{}", plan.username);
-        let (home_exists, linger_exists) = tokio::join!(
-            self.lxd.file_exists(&name, &plan.homedir),
-            self.lxd.file_exists(&name, &linger),
-        );
-        if linger_exists.unwrap_or(false) && home_exists.as_ref().is_ok_and(|e| *e) {
-            return Ok(TremplinReply::UserSetUp {
-                name,
-                username: plan.username,
-                homedir: plan.homedir,
-            });
-        }
-        if home_exists.unwrap_or(false) {
-            // An existing home keeps its owner and contents.
-        } else {
-            for (i, dir) in home_parts.iter().enumerate() {
-                let own = if i + 1 == home_parts.len() { UID } else { 0 };
-                if own == 0 && self.lxd.file_exists(&name, dir).await.unwrap_or(false) {
-                    continue;
-                }
-                mkdir(dir.clone(), own, own).await?;
+        // An existing home keeps its owner and contents.
+        if !fs.exists(&plan.homedir).await.map_err(fs_err)? {
+            let parts = ancestors(&plan.homedir);
+            for (i, dir) in parts.iter().enumerate() {
+                let owner = if i + 1 == parts.len() {
+                    Owner {
+                        uid: UID,
+                        gid: UID,
+                        mode: 0o755,
+                    }
+                } else {
+                    root_dir
+                };
+                fs.mkdir(dir, owner).await.map_err(fs_err)?;
             }
         }
         let linger_dir = "/var/lib/systemd/linger";
-        if !self
-            .lxd
-            .file_exists(&name, linger_dir)
-            .await
-            .unwrap_or(false)
-        {
+        let linger = format!("{linger_dir}/{}", plan.username);
+        if !fs.exists(&linger).await.map_err(fs_err)? {
             for dir in ancestors(linger_dir) {
-                if !self.lxd.file_exists(&name, &dir).await.unwrap_or(false) {
-                    mkdir(dir, 0, 0).await?;
-                }
+                fs.mkdir(&dir, root_dir).await.map_err(fs_err)?;
             }
+            let flag = Owner {
+                mode: 0o644,
+                ..root_dir
+            };
+            fs.write(&linger, b"", flag).await.map_err(fs_err)?;
         }
-        self.lxd
-            .write_file(&name, &linger, Bytes::new(), 0, 0, 0o644)
-            .await
-            .map_err(|e| lxd_error(&ctx(&format!("writing {linger}")), e))?;
         Ok(TremplinReply::UserSetUp {
             name,
             username: plan.username,
