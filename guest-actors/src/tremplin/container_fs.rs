@@ -81,24 +81,13 @@ impl ContainerFs {
         }
     }
 
-    /// A file's bytes and owner, or `None` when it does not exist.
-    pub async fn read(&self, path: &str) -> Result<Option<(Vec<u8>, Owner)>, FsError> {
-        let attrs = match self.sftp.metadata(path).await {
-            Ok(a) => a,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(Self::op("stat", path)(e)),
-        };
-        let bytes = self
-            .sftp
-            .read(path)
-            .await
-            .map_err(Self::op("reading", path))?;
-        let owner = Owner {
-            uid: attrs.uid.unwrap_or(0),
-            gid: attrs.gid.unwrap_or(0),
-            mode: attrs.permissions.unwrap_or(0o644) & 0o7777,
-        };
-        Ok(Some((bytes, owner)))
+    /// A file's bytes, or `None` when it does not exist.
+    pub async fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FsError> {
+        match self.sftp.read(path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(Self::op("reading", path)(e)),
+        }
     }
 
     pub async fn exists(&self, path: &str) -> Result<bool, FsError> {
@@ -108,8 +97,8 @@ impl ContainerFs {
             .map_err(Self::op("stat", path))
     }
 
-    /// Writes `contents` over the file at `path` (created when missing), then gives it `owner`.
-    pub async fn write(&self, path: &str, contents: &[u8], owner: Owner) -> Result<(), FsError> {
+    /// Writes `contents` over the existing file at `path`, in place: it keeps its owner and mode.
+    pub async fn overwrite(&self, path: &str, contents: &[u8]) -> Result<(), FsError> {
         let mut file = self
             .sftp
             .open_with_flags(
@@ -123,7 +112,12 @@ impl ContainerFs {
             .map_err(|e| Self::op("writing", path)(SftpError::IO(e.to_string())))?;
         file.shutdown()
             .await
-            .map_err(|e| Self::op("closing", path)(SftpError::IO(e.to_string())))?;
+            .map_err(|e| Self::op("closing", path)(SftpError::IO(e.to_string())))
+    }
+
+    /// Writes the file at `path` (created when missing) and gives it `owner`.
+    pub async fn create(&self, path: &str, contents: &[u8], owner: Owner) -> Result<(), FsError> {
+        self.overwrite(path, contents).await?;
         self.set_owner(path, owner).await
     }
 

@@ -217,12 +217,12 @@ impl Tremplin {
             fs.read("/etc/gshadow"),
             fs.exists("/bin/bash"),
         );
-        let Some((passwd, passwd_owner)) = passwd.map_err(fs_err)? else {
+        let Some(passwd) = passwd.map_err(fs_err)? else {
             return Err(CrosError::precondition(ctx(
                 "the container has no /etc/passwd",
             )));
         };
-        let Some((group, group_owner)) = group.map_err(fs_err)? else {
+        let Some(group) = group.map_err(fs_err)? else {
             return Err(CrosError::precondition(ctx(
                 "the container has no /etc/group",
             )));
@@ -237,8 +237,8 @@ impl Tremplin {
         let plan = plan(
             &text(&passwd),
             &text(&group),
-            shadow.as_ref().map(|(b, _)| text(b)).as_deref(),
-            gshadow.as_ref().map(|(b, _)| text(b)).as_deref(),
+            shadow.as_deref().map(text).as_deref(),
+            gshadow.as_deref().map(text).as_deref(),
             &requested,
             shell,
         )
@@ -248,26 +248,24 @@ impl Tremplin {
         // A file that already says what the plan says is left alone (a second `vmc container`).
         let changed = |new: &str, old: &[u8]| new.as_bytes() != old;
         let edits = [
-            ("/etc/shadow", plan.shadow.as_deref(), shadow.as_ref()),
-            ("/etc/gshadow", plan.gshadow.as_deref(), gshadow.as_ref()),
+            ("/etc/shadow", plan.shadow.as_deref(), shadow.as_deref()),
+            ("/etc/gshadow", plan.gshadow.as_deref(), gshadow.as_deref()),
             (
                 "/etc/group",
                 Some(plan.group.as_str()),
-                Some(&(group, group_owner)),
+                Some(group.as_slice()),
             ),
             (
                 "/etc/passwd",
                 Some(plan.passwd.as_str()),
-                Some(&(passwd, passwd_owner)),
+                Some(passwd.as_slice()),
             ),
         ];
         for (path, new, old) in edits {
-            if let (Some(new), Some((old, owner))) = (new, old)
+            if let (Some(new), Some(old)) = (new, old)
                 && changed(new, old)
             {
-                fs.write(path, new.as_bytes(), *owner)
-                    .await
-                    .map_err(fs_err)?;
+                fs.overwrite(path, new.as_bytes()).await.map_err(fs_err)?;
             }
         }
 
@@ -302,7 +300,7 @@ impl Tremplin {
                 mode: 0o644,
                 ..root_dir
             };
-            fs.write(&linger, b"", flag).await.map_err(fs_err)?;
+            fs.create(&linger, b"", flag).await.map_err(fs_err)?;
         }
         Ok(TremplinReply::UserSetUp {
             name,
