@@ -44,10 +44,10 @@ fn debian_image_has_systemd_udev_networkd_and_garcon_and_reuses_its_cache() {
         &tree,
     );
     assert!(
-        stderr.contains("reusing the cached Debian bookworm tree"),
+        stderr.contains("reusing the cached Debian bookworm userland"),
         "{stderr}"
     );
-    assert!(!stderr.contains("mmdebstrap Debian"), "{stderr}");
+    assert!(!stderr.contains("building the Debian"), "{stderr}");
     assert!(first.exists(), "--keep 2 by default");
 
     let meta = Command::new("tar")

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cros_tools::crosimg::{
-    container, container_cache, install, kernel, serve, simplestreams, termina,
-};
+use cros_tools::crosimg::{container, install, kernel, rootfs, serve, simplestreams, termina};
 
 #[derive(Parser)]
 #[command(
@@ -89,7 +87,7 @@ enum Cmd {
         busybox: PathBuf,
         /// Debian archive for the debian image (mmdebstrap's tree is cached per release,
         /// mirror and package list under ~/.cache/crosd or CROSD_CACHE).
-        #[arg(long, default_value = container_cache::DEFAULT_MIRROR)]
+        #[arg(long, default_value = rootfs::DEFAULT_MIRROR)]
         mirror: String,
     },
     /// Serve a simplestreams tree over HTTP (GET and HEAD). Prints `serving http://ADDR/` on

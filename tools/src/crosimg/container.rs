@@ -7,7 +7,7 @@
 //!   garcon (tremplin starts garcon itself in containers whose image has none).
 //! - `debian`: mmdebstrap minbase plus systemd, udev, networkd and what a Crostini penguin has
 //!   from the archive, with garcon started by a systemd unit as cros-container-guest-tools
-//!   does. The mmdebstrap output is cached (container_cache.rs).
+//!   does. The mmdebstrap output is cached (rootfs.rs, as termina's userland is).
 //!
 //! Everything is built in DIR/.build-XXXX (removed on any failure) and renamed into place;
 //! the catalogue is rewritten last, so DIR never holds half an image.
@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::container_cache::{self, DebianBase};
+use super::rootfs::{self, Recipe};
 use super::simplestreams::{self, ProductInfo, RootfsFormat, SplitHashes};
 use super::staging::Staging;
 use super::{ImageError, io_err, run_tool};
@@ -372,8 +372,62 @@ fn busybox_tree(st: &Staging, version: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// What the Debian image holds beyond minbase: systemd as init with udev (without udev
+/// systemd-networkd never asks for DHCP in an LXD container), networkd + resolved for eth0,
+/// dbus and logind's PAM module (user sessions, lingering), and what a Crostini penguin has
+/// that the archive holds (cros-container-guest-tools' debian.yaml and cros-guest-tools'
+/// recommends: sudo, iproute2, ping, less, locales, vim, bash-completion, …). No man-db: its
+/// triggers cost much build time for little use here.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "systemd-resolved",
+    "udev",
+    "dbus",
+    "libpam-systemd",
+    "sudo",
+    "iproute2",
+    "iputils-ping",
+    "netbase",
+    "ca-certificates",
+    "curl",
+    "openssh-client",
+    "locales",
+    "bash-completion",
+    "less",
+    "nano",
+    "vim-tiny",
+    "procps",
+    "apt-utils",
+    "whiptail",
+    "cpio",
+];
+
+/// Run in the finished chroot by mmdebstrap (`$1` is its root): enable networkd (with its
+/// socket and alias, per its [Install] section) and build the en_US.UTF-8 locale as Crostini's
+/// image does.
+pub const DEBIAN_CUSTOMIZE_HOOKS: &[&str] = &[
+    r#"chroot "$1" systemctl enable systemd-networkd.service"#,
+    r#"echo 'en_US.UTF-8 UTF-8' > "$1/etc/locale.gen" && chroot "$1" locale-gen && chroot "$1" update-locale LANG=en_US.UTF-8"#,
+];
+
+/// The Debian image's userland: mmdebstrap minbase of `release` from `mirror` plus
+/// [`DEBIAN_PACKAGES`], cached as termina's is.
+pub fn debian_recipe<'a>(release: &'a str, mirror: &'a str) -> Recipe<'a> {
+    Recipe {
+        name: "debian",
+        suite: release,
+        variant: "minbase",
+        mirror,
+        packages: DEBIAN_PACKAGES,
+        hook_dirs: &[],
+        customize_hooks: DEBIAN_CUSTOMIZE_HOOKS,
+        exclude_docs: false,
+    }
+}
+
 /// systemd-networkd configuration: DHCP on eth0 (lxdbr0's dnsmasq answers). networkd itself
-/// is enabled in the cached base (container_cache.rs).
+/// is enabled in the cached userland ([`DEBIAN_CUSTOMIZE_HOOKS`]).
 const ETH0_NETWORK: &str = "\
 [Match]
 Name=eth0
@@ -552,15 +606,13 @@ fn build_into(opts: &BuildOptions, serial: &str, created: u64) -> Result<BuiltIm
             (info, format!("BusyBox {version} amd64 ({serial})"))
         }
         Kind::Debian => {
-            let base = DebianBase::new(&opts.release, &opts.mirror);
-            let cached = container_cache::ensure(&base)?;
-            progress(&format!("copying the cached rootfs {}", cached.display()));
-            run_tool(
-                Command::new("cp")
-                    .args(["-a", "--reflink=auto", "--"])
-                    .arg(cached.join("."))
-                    .arg(&st.root),
-            )?;
+            let recipe = debian_recipe(&opts.release, &opts.mirror);
+            let userland = rootfs::cached(&recipe, &rootfs::cache_dir()?)?;
+            progress(&format!(
+                "unpacking the cached userland {}",
+                userland.display()
+            ));
+            rootfs::unpack(&userland, &st.root)?;
             debian_overlay(&st)?;
             let release = &opts.release;
             let mut aliases = vec![

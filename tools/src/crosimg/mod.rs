@@ -3,7 +3,6 @@
 //! simplestreams.rs, serve.rs).
 
 pub mod container;
-pub mod container_cache;
 pub mod elf;
 pub mod install;
 pub mod kernel;

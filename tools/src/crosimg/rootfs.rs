@@ -17,20 +17,30 @@ use sha2::{Digest, Sha256};
 
 use super::{ImageError, io_err, run_tool};
 
-/// What a Debian userland is made of.
+/// What a Debian userland is made of: termina's ([`TERMINA`]) and the Debian container
+/// image's (`crosimg build-container debian`, container.rs).
+#[derive(Clone, Copy)]
 pub struct Recipe<'a> {
     /// Names the cached tarball: `rootfs/<name>-<suite>-<key>.tar`.
     pub name: &'a str,
     pub suite: &'a str,
-    /// Installed on top of the Essential:yes set, with their dependencies (no Recommends).
+    /// mmdebstrap's variant: `essential` (the Essential:yes set) or `minbase` (plus apt).
+    pub variant: &'a str,
+    /// The Debian archive (its `-security` sibling is used when it ends in `/debian`).
+    pub mirror: &'a str,
+    /// Installed on top of the variant, with their dependencies (no Recommends).
     pub packages: &'a [&'a str],
+    /// mmdebstrap's `--hook-dir`s (e.g. its merged-usr hooks).
+    pub hook_dirs: &'a [&'a str],
     /// Shell commands mmdebstrap runs at the end with the root directory as `$1`.
     pub customize_hooks: &'a [&'a str],
+    /// Leave out manual pages, info, translations and documentation ([`DPKG_EXCLUDES`]).
+    pub exclude_docs: bool,
 }
 
-/// The archive the userlands come from: the suite, its updates and its security updates.
-const MIRROR: &str = "http://deb.debian.org/debian";
-const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
+/// The archive the userlands come from by default: the suite, its updates and its security
+/// updates.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Files no guest reads: documentation, manual pages, translations. Licences stay.
 const DPKG_EXCLUDES: [&str; 5] = [
@@ -71,23 +81,29 @@ pub const TERMINA_PACKAGES: &[&str] = &[
 pub const TERMINA: Recipe<'static> = Recipe {
     name: "termina",
     suite: "bookworm",
+    variant: "essential",
+    mirror: DEFAULT_MIRROR,
     packages: TERMINA_PACKAGES,
+    // Debian's merged /usr (bin → usr/bin …), as a debootstrap-made system has it.
+    hook_dirs: &["/usr/share/mmdebstrap/hooks/merged-usr"],
     // Links for the busybox applets that no Debian package provides; existing files are kept.
     customize_hooks: &[r#"chroot "$1" /bin/busybox --install -s"#],
+    exclude_docs: true,
 };
 
 impl Recipe<'_> {
     /// mmdebstrap's arguments up to the output file (which follows, then the mirrors).
     fn args(&self) -> Vec<String> {
         let mut args = vec![
-            "--variant=essential".to_string(),
+            format!("--variant={}", self.variant),
             "--mode=root".to_string(),
             "--format=tar".to_string(),
-            // Debian's merged /usr (bin → usr/bin …), as a debootstrap-made system has it.
-            "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr".to_string(),
-            format!("--include={}", self.packages.join(",")),
         ];
-        args.extend(DPKG_EXCLUDES.iter().map(|o| format!("--dpkgopt={o}")));
+        args.extend(self.hook_dirs.iter().map(|d| format!("--hook-dir={d}")));
+        args.push(format!("--include={}", self.packages.join(",")));
+        if self.exclude_docs {
+            args.extend(DPKG_EXCLUDES.iter().map(|o| format!("--dpkgopt={o}")));
+        }
         args.extend(
             self.customize_hooks
                 .iter()
@@ -97,13 +113,18 @@ impl Recipe<'_> {
         args
     }
 
+    /// The archive lines: the suite with its updates and security suites (sid/unstable have
+    /// neither).
     fn mirrors(&self) -> Vec<String> {
-        let s = self.suite;
-        vec![
-            format!("deb {MIRROR} {s} main"),
-            format!("deb {MIRROR} {s}-updates main"),
-            format!("deb {SECURITY_MIRROR} {s}-security main"),
-        ]
+        let (s, mirror) = (self.suite, self.mirror.trim_end_matches('/'));
+        let mut lines = vec![format!("deb {mirror} {s} main")];
+        if !matches!(s, "sid" | "unstable") {
+            lines.push(format!("deb {mirror} {s}-updates main"));
+            if let Some(base) = mirror.strip_suffix("/debian") {
+                lines.push(format!("deb {base}/debian-security {s}-security main"));
+            }
+        }
+        lines
     }
 
     /// Hash of everything that decides the contents (16 hex digits).
@@ -142,6 +163,11 @@ pub fn cached(recipe: &Recipe, cache: &Path) -> Result<PathBuf, ImageError> {
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let tarball = dir.join(recipe.file_name());
     if tarball.is_file() {
+        eprintln!(
+            "crosimg: reusing the cached Debian {} userland {}",
+            recipe.suite,
+            tarball.display()
+        );
         return Ok(tarball);
     }
     let lock_path = dir.join(".lock");
@@ -173,8 +199,26 @@ pub fn cached(recipe: &Recipe, cache: &Path) -> Result<PathBuf, ImageError> {
         .and_then(|()| std::fs::rename(&partial, &tarball).map_err(io_err(&partial)));
     if result.is_err() {
         let _ = std::fs::remove_file(&partial);
+        return result.map(|()| tarball);
     }
-    result.map(|()| tarball)
+    remove_other_keys(&dir, recipe);
+    Ok(tarball)
+}
+
+/// Removes the tarballs of the same name and suite that other recipes made (hundreds of MB
+/// each): only the newest recipe of a userland is kept.
+fn remove_other_keys(dir: &Path, recipe: &Recipe) {
+    let keep = recipe.file_name();
+    let prefix = format!("{}-{}-", recipe.name, recipe.suite);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".tar") && name != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Deletes what interrupted builds left (only ever called with the lock held).
@@ -210,14 +254,14 @@ fn mmdebstrap(recipe: &Recipe, out: &Path) -> Result<(), ImageError> {
             source,
         })?;
     // Its "I: …" steps are the progress of this long step; apt's and dpkg's chatter is kept
-    // back, its last lines only shown when the build fails.
+    // back, its first error named when the build fails.
     let mut tail = std::collections::VecDeque::new();
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(step) = line.strip_prefix("I: ") {
                 eprintln!("crosimg: mmdebstrap: {step}");
             }
-            if tail.len() == 30 {
+            if tail.len() == 200 {
                 tail.pop_front();
             }
             tail.push_back(line);
@@ -228,16 +272,36 @@ fn mmdebstrap(recipe: &Recipe, out: &Path) -> Result<(), ImageError> {
         source,
     })?;
     if !status.success() {
-        return Err(ImageError::Tool {
-            tool: "mmdebstrap".into(),
-            status: status.to_string(),
-            stderr: format!(
-                "(is the Debian archive at {MIRROR} reachable?) its last lines:\n{}",
-                Vec::from(tail).join("\n")
-            ),
-        });
+        return Err(ImageError::Invalid(format!(
+            "mmdebstrap could not build Debian {} from {} (is the archive reachable?): {}",
+            recipe.suite,
+            recipe.mirror,
+            mmdebstrap_error(&Vec::from(tail).join("\n"))
+        )));
     }
     Ok(())
+}
+
+/// mmdebstrap's first error line ("E: …", the cause; the later ones follow from it), or its
+/// last line when it printed none.
+fn mmdebstrap_error(stderr: &str) -> String {
+    let mut errors = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("E:"));
+    match errors.next() {
+        Some(first) => match errors.count() {
+            0 => first.to_string(),
+            n => format!("{first} (and {n} more errors)"),
+        },
+        None => stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+    }
 }
 
 /// Unpacks a userland tarball into `dest` with owners, modes and extended attributes (file
@@ -281,7 +345,57 @@ mod tests {
             ..TERMINA
         };
         assert_ne!(trixie.key(), base);
+        let mirrored = Recipe {
+            mirror: "http://mirror.example/debian",
+            ..TERMINA
+        };
+        assert_ne!(mirrored.key(), base);
         assert!(TERMINA.file_name().starts_with("termina-bookworm-"));
+    }
+
+    #[test]
+    fn mmdebstrap_errors_are_one_line() {
+        let stderr = "I: chroot architecture amd64\nE: cannot reach deb.debian.org\nI: x\nE: apt-get update failed\n";
+        assert_eq!(
+            mmdebstrap_error(stderr),
+            "E: cannot reach deb.debian.org (and 1 more errors)"
+        );
+        assert_eq!(mmdebstrap_error("a\nlast words\n\n"), "last words");
+    }
+
+    #[test]
+    fn archive_lines_follow_the_mirror_and_suite() {
+        assert_eq!(
+            TERMINA.mirrors(),
+            [
+                "deb http://deb.debian.org/debian bookworm main",
+                "deb http://deb.debian.org/debian bookworm-updates main",
+                "deb http://deb.debian.org/debian-security bookworm-security main",
+            ]
+        );
+        let sid = Recipe {
+            suite: "sid",
+            mirror: "http://m.example/debian/",
+            ..TERMINA
+        };
+        assert_eq!(sid.mirrors(), ["deb http://m.example/debian sid main"]);
+    }
+
+    #[test]
+    fn only_the_current_recipe_s_tarball_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("termina-bookworm-0000000000000000.tar");
+        let other = dir.path().join("debian-bookworm-0000000000000000.tar");
+        std::fs::write(&old, b"old").unwrap();
+        std::fs::write(&other, b"other").unwrap();
+        std::fs::write(dir.path().join(TERMINA.file_name()), b"new").unwrap();
+        remove_other_keys(dir.path(), &TERMINA);
+        assert!(!old.exists());
+        assert!(
+            other.exists(),
+            "another userland's tarball is not this recipe's"
+        );
+        assert!(dir.path().join(TERMINA.file_name()).exists());
     }
 
     #[test]
