@@ -82,27 +82,14 @@ static UMASK: Mutex<()> = Mutex::new(());
 /// Binds `path` with mode 0600 whatever the caller's umask: the mode is set at bind(), so
 /// there is no moment at which another user could connect. For every socket the VMM listens on
 /// (the control socket, the hybrid vsock socket).
-///
-/// The socket is bound and listening under a temporary sibling name and then renamed into
-/// place, so `path` never names a socket that refuses connections: a client that waits for the
-/// file to appear may connect at once (bind() creates the file before listen() runs).
 pub(crate) fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     let _serial: MutexGuard<'_, ()> = UMASK.lock().unwrap_or_else(|p| p.into_inner());
-    let mut staging = path.as_os_str().to_owned();
-    staging.push(format!(".{}", std::process::id()));
-    let staging = PathBuf::from(staging);
-    let _ = std::fs::remove_file(&staging);
     // SAFETY: umask only swaps the process's file mode mask.
     let old = unsafe { libc::umask(0o177) };
-    let listener = UnixListener::bind(&staging);
+    let listener = UnixListener::bind(path);
     // SAFETY: as above, restoring the caller's mask.
     unsafe { libc::umask(old) };
-    let listener = listener?;
-    if let Err(e) = std::fs::rename(&staging, path) {
-        let _ = std::fs::remove_file(&staging);
-        return Err(e);
-    }
-    Ok(listener)
+    listener
 }
 
 impl ControlServer {

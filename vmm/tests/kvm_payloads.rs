@@ -313,6 +313,11 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Whether a Unix socket accepts connections: its file appears at bind(), before listen().
+fn listening(path: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
 #[test]
 fn control_socket_status_pause_resume_stop() {
     use cros_messages::crosvm::{CrosvmReply, CrosvmRequest, VmRunState};
@@ -327,7 +332,7 @@ fn control_socket_status_pause_resume_stop() {
     wait_until("the guest to print ready", || {
         std::fs::read_to_string(&log).is_ok_and(|s| s == "ready\n")
     });
-    wait_until("the control socket", || ctrl.exists());
+    wait_until("the control socket", || listening(&ctrl));
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&ctrl).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -499,7 +504,7 @@ fn vsock_device_is_probed_in_its_window_and_listens_on_the_host_socket() {
     cfg.control_socket = Some(ctrl.clone());
     cfg.stop_timeout = std::time::Duration::ZERO;
     let vm = std::thread::spawn(move || run(&cfg));
-    wait_until("the control socket", || ctrl.exists());
+    wait_until("the control socket", || listening(&ctrl));
     wait_until("the vsock host socket", || {
         std::os::unix::net::UnixStream::connect(&uds).is_ok()
     });
@@ -541,7 +546,7 @@ fn stop_payload(
     wait_until("the guest to print ready", || {
         std::fs::read_to_string(&log).is_ok_and(|s| s.starts_with("ready\n"))
     });
-    wait_until("the control socket", || ctrl.exists());
+    wait_until("the control socket", || listening(&ctrl));
     let asked = std::time::Instant::now();
     assert_eq!(
         cros_vmm::control::send_request(&ctrl, CrosvmRequest::Stop {}).unwrap(),
@@ -613,7 +618,7 @@ fn resize_disk_tells_the_guest_through_the_config_change_interrupt() {
     let vm = std::thread::spawn(move || run(&cfg));
     let serial = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the guest to print ready", || serial().contains("ready\n"));
-    wait_until("the control socket", || ctrl.exists());
+    wait_until("the control socket", || listening(&ctrl));
     let refused = |request| match send_request(&ctrl, request) {
         Err(ControlError::Refused(e)) => e,
         other => panic!("expected a refusal, got {other:?}"),
