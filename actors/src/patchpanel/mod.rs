@@ -5,6 +5,7 @@
 //!
 //! The work is a few short `ip`/`nft` runs per VM start and stop, done on the actor's thread.
 
+pub mod hosts;
 pub mod nft;
 pub mod pool;
 pub mod resolv;
