@@ -36,6 +36,13 @@ pub struct VmNetwork {
     pub mac: String,
     /// Name servers for the guest's resolv.conf.
     pub dns: Vec<String>,
+    /// The VM's containers' subnet (lxdbr0 in the VM), e.g. `100.115.93.0/28`; the host
+    /// routes it through `guest_addr`.
+    #[serde(default)]
+    pub container_subnet: String,
+    /// lxdbr0's address with its prefix, as LXD's `ipv4.address` takes it (`100.115.93.1/28`).
+    #[serde(default)]
+    pub lxd_ipv4_subnet: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
