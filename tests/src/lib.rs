@@ -26,6 +26,7 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+pub mod containers;
 pub mod crosd;
 pub mod net_vm;
 pub mod vsh_vm;
