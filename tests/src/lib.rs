@@ -29,5 +29,6 @@ pub fn bin(name: &str) -> PathBuf {
 pub mod containers;
 pub mod crosd;
 pub mod net_vm;
+pub mod uplink;
 pub mod vsh_vm;
 pub mod vsock_vm;
