@@ -207,6 +207,9 @@ pub fn network_request(bridge_address: &str) -> Value {
         "type": "bridge",
         "config": {
             "ipv4.address": bridge_address,
+            // LXD masquerades only when it picked the address itself; the host forwards and
+            // NATs the VM's own address alone, so the containers go out as the VM.
+            "ipv4.nat": "true",
             "ipv4.dhcp.expiry": "infinite",
             "ipv6.address": "none",
             "raw.dnsmasq": "resolv-file=/run/resolv.conf",
@@ -266,9 +269,10 @@ pub async fn apply(
         Ok(net) => {
             // The stateful disk keeps lxdbr0 from an earlier boot, when the host may have given
             // this VM another subnet (or none): the route on the host points at today's.
-            let current = net.pointer("/config/ipv4.address").and_then(Value::as_str);
-            if current != Some(bridge_address) {
-                let patch = json!({"config": {"ipv4.address": bridge_address}});
+            let config = |key: &str| net.get("config").and_then(|c| c.get(key)).cloned();
+            let current = (config("ipv4.address"), config("ipv4.nat"));
+            if current != (Some(json!(bridge_address)), Some(json!("true"))) {
+                let patch = json!({"config": {"ipv4.address": bridge_address, "ipv4.nat": "true"}});
                 client
                     .sync(
                         Method::PATCH,
@@ -373,6 +377,7 @@ mod tests {
         assert_eq!(s["config"]["core.proxy_https"], "http://127.0.0.1:3128");
         let n = network_request("100.115.93.17/28");
         assert_eq!(n["config"]["ipv4.address"], "100.115.93.17/28");
+        assert_eq!(n["config"]["ipv4.nat"], "true");
         assert!(is_bridge_address(BRIDGE_ADDRESS));
         for bad in [
             "",
