@@ -134,6 +134,7 @@ impl Patchpanel {
             }
         }
     }
+
     /// The guests' name servers: the configured ones, else the host's.
     fn dns(&self) -> Vec<String> {
         self.config
@@ -231,8 +232,12 @@ fn release(state: &mut State, hosts_file: &std::path::Path, vm: &str) -> Result<
     let Some(subnet) = state.allocations.release(vm) else {
         return Ok(false);
     };
-    if state.names.remove_vm(vm) {
-        hosts::write(hosts_file, &state.names.entries())?;
+    // The names first go from the table, so a later write cannot bring them back; a hosts file
+    // that cannot be written must not keep the tap and rules, so it only gets a warning.
+    if state.names.remove_vm(vm)
+        && let Err(e) = hosts::write(hosts_file, &state.names.entries())
+    {
+        tracing::warn!("patchpanel: VM {vm:?}'s container names stay: {e}");
     }
     let name = tap::tap_name(&subnet);
     let removed = if tap::exists(&name) {
@@ -273,7 +278,7 @@ pub fn clean_up_leftovers() -> Result<Vec<String>, NetError> {
 }
 
 fn describe(vm: &str, subnet: &Subnet, container_pool: Pool, dns: Vec<String>) -> VmNetwork {
-    // allocate() made sure the /28 exists; a ListNetworks after a pool change shows none.
+    // allocate() refused a VM whose /30 has no /28 in the container pool, so this is Some.
     let containers: Option<ContainerSubnet> = container_pool.container_subnet(subnet.index).ok();
     VmNetwork {
         vm: vm.to_string(),
