@@ -215,7 +215,7 @@ mod tests {
             "{two}"
         );
         assert_eq!(
-            with_block(&two, &[other.clone()]),
+            with_block(&two, std::slice::from_ref(&other)),
             with_block(USER, &[other])
         );
     }

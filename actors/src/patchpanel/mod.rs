@@ -108,7 +108,7 @@ impl Patchpanel {
                 let (container_pool, dns) = (self.config.container_pool, self.dns());
                 self.with_state(|s| allocate(s, container_pool, &vm))
                     .map(|(vm, subnet)| PatchpanelReply::NetworkAllocated {
-                        network: describe(&vm, &subnet, container_pool, dns),
+                        network: Box::new(describe(&vm, &subnet, container_pool, dns)),
                     })
                     .map_err(|e| CrosError::unavailable(format!("network for VM {vm:?}: {e}")))
             }
