@@ -39,8 +39,8 @@ pub enum HostsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("hosts file {0} has no parent directory to write its replacement in")]
-    NoParent(PathBuf),
+    #[error("hosts file {0} names no file (it ends in '..' or is '/')")]
+    NoFileName(PathBuf),
 }
 
 /// One line of the block: an address and its names.
@@ -132,7 +132,7 @@ fn replace(path: &Path, bytes: &[u8]) -> Result<(), HostsError> {
         .unwrap_or(Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| HostsError::NoParent(path.to_path_buf()))?;
+        .ok_or_else(|| HostsError::NoFileName(path.to_path_buf()))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".crosd-{}", std::process::id()));
