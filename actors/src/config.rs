@@ -18,14 +18,33 @@ pub struct HostConfig {
     pub network: NetworkConfig,
 }
 
-/// patchpanel's settings (`crosd --network`, `--network-pool`).
-#[derive(Debug, Clone, Default)]
+/// patchpanel's settings (`crosd --network`, `--network-pool`, `--hosts-file`, `--network-dns`).
+#[derive(Debug, Clone)]
 pub struct NetworkConfig {
     /// Whether VMs get a tap and an address. Off by default (library users, tests and crosd
     /// without `--network` get VMs without a network).
     pub enabled: bool,
     /// The range the VMs' /30s come from.
     pub pool: crate::patchpanel::pool::Pool,
+    /// The range each VM's containers' /28 (its lxdbr0) comes from; must not overlap `pool`.
+    pub container_pool: crate::patchpanel::pool::Pool,
+    /// The hosts file whose crosd block names the running containers (only touched with
+    /// `enabled`).
+    pub hosts_file: PathBuf,
+    /// The guests' name servers instead of the host's non-loopback ones (resolv.conf).
+    pub dns: Option<Vec<String>>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            pool: Default::default(),
+            container_pool: crate::patchpanel::pool::default_container_pool(),
+            hosts_file: PathBuf::from("/etc/hosts"),
+            dns: None,
+        }
+    }
 }
 
 impl NetworkConfig {

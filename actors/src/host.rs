@@ -80,6 +80,7 @@ pub async fn spawn_host_actor(
             let state = patchpanel::SharedState::default();
             spawn_supervised_on(bus, addr, &here, move || {
                 patchpanel::Patchpanel::new(config.network.clone(), state.clone())
+                    .on_bus(bus2.clone())
             })
             .await?
         }

@@ -6,9 +6,10 @@
 mod netns;
 
 use actix::Actor;
-use cros_actors::bus::Deliver;
+use cros_actors::bus::{Deliver, Published};
 use cros_actors::config::NetworkConfig;
 use cros_actors::patchpanel::{Patchpanel, SharedState, nft, pool::Pool};
+use cros_messages::cicerone::CiceroneEvent;
 use cros_messages::patchpanel::{PatchpanelReply, PatchpanelRequest};
 use cros_messages::{Addr, Body, Envelope};
 use std::process::Command;
@@ -45,6 +46,38 @@ fn addresses(dev: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn routes() -> String {
+    let out = Command::new("ip").args(["-4", "route"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const USER_HOSTS: &str = "127.0.0.1 localhost\n# the user's own\n";
+
+/// Publishes cicerone's ContainerStarted for `container` in termina at `ipv4` to `p`.
+fn started(p: &actix::Addr<Patchpanel>, container: &str, ipv4: &str) {
+    let event = Body::CiceroneEvent(CiceroneEvent::ContainerStarted {
+        vm: "termina".into(),
+        container: container.into(),
+        username: String::new(),
+        homedir: String::new(),
+        ipv4: ipv4.into(),
+    });
+    let env = Envelope::new(
+        1,
+        1,
+        Addr::host("cicerone"),
+        Addr::host("patchpanel"),
+        event,
+    );
+    p.do_send(Published(env));
+}
+
+/// The hosts file once patchpanel handled what was sent before (a request answered after).
+async fn hosts_text(p: &actix::Addr<Patchpanel>, hosts: &tempfile::NamedTempFile) -> String {
+    ask(p, PatchpanelRequest::ListNetworks {}).await;
+    std::fs::read_to_string(hosts.path()).unwrap()
+}
+
 fn exists(dev: &str) -> bool {
     cros_actors::patchpanel::tap::exists(dev)
 }
@@ -57,9 +90,12 @@ async fn a_vms_tap_and_rules_come_and_go_and_leftovers_are_cleared() {
     nft::apply("table inet crosd {\n chain stale {\n }\n}\n").unwrap();
     assert!(crosd_table().is_some());
 
+    let hosts = tempfile::NamedTempFile::new().unwrap();
     let config = NetworkConfig {
         enabled: true,
         pool: Pool::default(),
+        hosts_file: hosts.path().to_path_buf(),
+        ..NetworkConfig::default()
     };
     let p = Patchpanel::new(config, SharedState::default()).start();
     let Body::PatchpanelReply(PatchpanelReply::NetworkAllocated { network }) = ask(
@@ -93,6 +129,26 @@ async fn a_vms_tap_and_rules_come_and_go_and_leftovers_are_cleared() {
     assert!(table.contains("masquerade"), "{table}");
     assert!(table.contains("ip saddr 100.115.92.0/30"), "{table}");
     assert!(table.contains("iifname \"crosdtap0\""), "{table}");
+    // The VM's containers' /28, routed through the VM.
+    assert_eq!(network.container_subnet, "100.115.93.0/28");
+    assert_eq!(network.lxd_ipv4_subnet, "100.115.93.1/28");
+    assert!(
+        routes().contains("100.115.93.0/28 via 100.115.92.2 dev crosdtap0"),
+        "{}",
+        routes()
+    );
+
+    // Names: what cicerone announces lands in the hosts file, checked against the subnet.
+    std::fs::write(hosts.path(), USER_HOSTS).unwrap();
+    started(&p, "penguin", "100.115.93.7");
+    started(&p, "intruder", "192.0.2.1");
+    let text = hosts_text(&p, &hosts).await;
+    assert!(
+        text.starts_with(USER_HOSTS)
+            && text.contains("100.115.93.7 penguin.termina.linux.test penguin.linux.test\n"),
+        "{text}"
+    );
+    assert!(!text.contains("intruder"), "{text}");
 
     // A second VM: the next /30, both in the rules.
     let Body::PatchpanelReply(PatchpanelReply::NetworkAllocated { network: second }) = ask(
@@ -141,6 +197,12 @@ async fn a_vms_tap_and_rules_come_and_go_and_leftovers_are_cleared() {
         })
     );
     assert!(!exists("crosdtap0"));
+    assert!(!routes().contains("100.115.93.0/28"), "{}", routes());
+    assert_eq!(
+        std::fs::read_to_string(hosts.path()).unwrap(),
+        USER_HOSTS,
+        "the stopped VM's names stayed"
+    );
     let table = crosd_table().unwrap();
     assert!(
         !table.contains("crosdtap0") && table.contains("crosdtap1"),

@@ -36,6 +36,10 @@ pub enum MaitredRequest {
         stateful_device: String,
         #[serde(default)]
         start_tremplin: bool,
+        /// lxdbr0's address with its prefix for tremplin (`100.115.93.1/28`, the VM's container
+        /// subnet that the host routes to it); empty: tremplin's own default, unrouted.
+        #[serde(default)]
+        lxd_ipv4_subnet: String,
     },
     Shutdown {},
     LaunchProcess {

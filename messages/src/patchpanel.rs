@@ -36,12 +36,26 @@ pub struct VmNetwork {
     pub mac: String,
     /// Name servers for the guest's resolv.conf.
     pub dns: Vec<String>,
+    /// The VM's containers' subnet (lxdbr0 in the VM), e.g. `100.115.93.0/28`; the host
+    /// routes it through `guest_addr`.
+    #[serde(default)]
+    pub container_subnet: String,
+    /// lxdbr0's address with its prefix, as LXD's `ipv4.address` takes it (`100.115.93.1/28`).
+    #[serde(default)]
+    pub lxd_ipv4_subnet: String,
 }
 
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 pub enum PatchpanelReply {
-    NetworkAllocated { network: VmNetwork },
-    NetworkReleased { vm: String },
-    Networks { networks: Vec<VmNetwork> },
+    /// Boxed: a VmNetwork is ten times the size of the other replies.
+    NetworkAllocated {
+        network: Box<VmNetwork>,
+    },
+    NetworkReleased {
+        vm: String,
+    },
+    Networks {
+        networks: Vec<VmNetwork>,
+    },
 }

@@ -88,6 +88,8 @@ pub struct Crosd {
     /// `--trace` file, when recording.
     pub trace: Option<PathBuf>,
     child: Child,
+    /// crosd's network arguments: `--no-network` unless a network test gave others.
+    network: Vec<String>,
     pub socket: PathBuf,
     pub state: PathBuf,
     pub run_dir: PathBuf,
@@ -112,6 +114,18 @@ impl Crosd {
         Self::start_with(hypervisor, tamper, false)
     }
 
+    /// [`Crosd::start`] with `network` (e.g. `--network --hosts-file PATH`) instead of
+    /// `--no-network`. Only for a test that runs in a network namespace of its own: crosd
+    /// makes its taps and rules in the namespace it runs in.
+    pub fn start_networked(network: &[&str]) -> Crosd {
+        Self::start_full(
+            "qemu",
+            |_| {},
+            false,
+            network.iter().map(|a| a.to_string()).collect(),
+        )
+    }
+
     /// Starts crosd (`--hypervisor qemu`) on the state directory `state` (made if missing),
     /// with nothing installed there: no component, so no VM boots, but disks can be created,
     /// exported and imported. For a state directory on a filesystem of the test's choosing.
@@ -120,11 +134,13 @@ impl Crosd {
         std::fs::create_dir_all(state).unwrap();
         let run_dir = dir.path().join("run");
         let socket = run_dir.join("crosd.sock");
-        let child = Self::spawn(dir.path(), state, "qemu", None);
+        let network = no_network();
+        let child = Self::spawn(dir.path(), state, "qemu", None, &network);
         Crosd {
             hypervisor: "qemu",
             trace: None,
             child,
+            network,
             socket,
             state: state.to_path_buf(),
             run_dir,
@@ -133,6 +149,15 @@ impl Crosd {
     }
 
     fn start_with(hypervisor: &'static str, tamper: impl FnOnce(&Path), traced: bool) -> Crosd {
+        Self::start_full(hypervisor, tamper, traced, no_network())
+    }
+
+    fn start_full(
+        hypervisor: &'static str,
+        tamper: impl FnOnce(&Path),
+        traced: bool,
+        network: Vec<String>,
+    ) -> Crosd {
         let dir = scratch_dir();
         let state = dir.path().join("state");
         let installed = state.join("components/cros-termina").join(VERSION);
@@ -146,11 +171,12 @@ impl Crosd {
         let run_dir = dir.path().join("run");
         let socket = run_dir.join("crosd.sock");
         let trace = traced.then(|| dir.path().join("crosd.trace"));
-        let child = Self::spawn(dir.path(), &state, hypervisor, trace.as_deref());
+        let child = Self::spawn(dir.path(), &state, hypervisor, trace.as_deref(), &network);
         Crosd {
             hypervisor,
             trace,
             child,
+            network,
             socket,
             state,
             run_dir,
@@ -160,7 +186,13 @@ impl Crosd {
 
     /// Runs crosd on `state` and `dir`'s run directory (log appended to dir/crosd.log) and
     /// waits for its socket.
-    fn spawn(dir: &Path, state: &Path, hypervisor: &str, trace: Option<&Path>) -> Child {
+    fn spawn(
+        dir: &Path,
+        state: &Path,
+        hypervisor: &str,
+        trace: Option<&Path>,
+        network: &[String],
+    ) -> Child {
         let run_dir = dir.join("run");
         let socket = run_dir.join("crosd.sock");
         let log = std::fs::OpenOptions::new()
@@ -174,9 +206,7 @@ impl Crosd {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--hypervisor", hypervisor])
-            // The e2e tests run as root: without this their VMs would get taps and NAT rules in
-            // the machine's own network namespace (the network tests make their own).
-            .arg("--no-network")
+            .args(network)
             .args(
                 trace
                     .map(|t| [Path::new("--trace"), t])
@@ -210,6 +240,7 @@ impl Crosd {
             &self.state,
             self.hypervisor,
             self.trace.as_deref(),
+            &self.network,
         );
     }
 
@@ -294,6 +325,7 @@ impl Crosd {
             &self.state,
             self.hypervisor,
             self.trace.as_deref(),
+            &self.network,
         );
     }
 }
@@ -302,6 +334,12 @@ impl Drop for Crosd {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// The e2e tests run as root: without `--no-network` their VMs would get taps and NAT rules in
+/// the machine's own network namespace (the network tests make their own).
+fn no_network() -> Vec<String> {
+    vec!["--no-network".to_string()]
 }
 
 /// An output's status, stdout and stderr, for failure messages.

@@ -26,7 +26,9 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+pub mod containers;
 pub mod crosd;
 pub mod net_vm;
+pub mod uplink;
 pub mod vsh_vm;
 pub mod vsock_vm;

@@ -8,71 +8,11 @@
 //! test and each says what it checks when it fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
+use cros_e2e::containers::{ImageServer, busybox_images, stdout, vsh_in};
 use cros_e2e::crosd::{Crosd, text, vmc_ok};
 use cros_e2e::{bin, bin_dir};
-
-/// The busybox test image, built once into target/<profile>/e2e/images.
-fn busybox_images() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = bin_dir().join("e2e/images/busybox");
-        if !out.join("streams/v1/images.json").exists() {
-            let o = Command::new(bin("crosimg"))
-                .args(["build-container", "busybox", "--out"])
-                .arg(&out)
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "crosimg build-container busybox: {}",
-                text(&o)
-            );
-        }
-        out
-    })
-}
-
-/// `crosimg serve DIR --listen 127.0.0.1:0`; the URL it prints first.
-struct ImageServer {
-    child: Child,
-    url: String,
-}
-
-impl ImageServer {
-    fn start(dir: &Path) -> ImageServer {
-        let mut child = Command::new(bin("crosimg"))
-            .arg("serve")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("crosimg serve printed no URL: {line:?}"))
-            .trim_end_matches('/')
-            .to_string();
-        ImageServer { child, url }
-    }
-}
-
-impl Drop for ImageServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A newly built busybox image (its own fingerprint: LXD has not cached it) whose rootfs then
 /// had one byte changed, so its sha256 no longer matches images.json.
@@ -113,20 +53,6 @@ fn find_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
         }
     }
     None
-}
-
-fn vsh_in(crosd: &Crosd, container: &str, user: Option<&str>, cmd: &[&str]) -> Output {
-    let mut args = vec!["--vm_name", "termina", "--target_container", container];
-    if let Some(u) = user {
-        args.extend(["--user", u]);
-    }
-    args.push("--");
-    args.extend_from_slice(cmd);
-    crosd.run("vsh", &args)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// `lxc list` inside termina, as a user of termina would run it: name,state lines.

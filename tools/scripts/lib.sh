@@ -12,7 +12,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # crosimg build-container), kmod (depmod for the image's module tree), static busybox for the
 # tests' minimal guests and the busybox container image, a C++ compiler for libFuzzer (fuzz.sh),
 # iproute2 for the network tests' namespaces and taps.
-HOST_PACKAGES=(qemu-system-x86 mmdebstrap squashfs-tools btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++ iproute2)
+HOST_PACKAGES=(qemu-system-x86 mmdebstrap squashfs-tools btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++ iproute2 nftables curl)
 
 # Installs whatever of HOST_PACKAGES is missing (needs root, as on the project's machines).
 ensure_host_packages() {

@@ -33,6 +33,36 @@ fn left(deadline: Instant) -> Duration {
 }
 
 /// Asks `tremplin@<vm>` through the VM's bridge.
+/// How long ContainerStarted waits for the container's DHCP lease on lxdbr0 before it goes out
+/// without an address.
+const ADDRESS_WAIT: Duration = Duration::from_secs(30);
+const ADDRESS_POLL: Duration = Duration::from_millis(250);
+
+/// The container's lxdbr0 address, as tremplin sees it in LXD's state; "" when it has none
+/// within [`ADDRESS_WAIT`]. garcon reports ready as soon as the container runs, which is
+/// often before its DHCP client (udhcpc, systemd-networkd) has a lease: asked once, the
+/// address would usually be missing, and the host's names need it.
+async fn container_address(bus: BusHandle, vm: String, name: String) -> String {
+    let give_up = Instant::now() + ADDRESS_WAIT;
+    loop {
+        let req = TremplinRequest::GetContainerInfo { name: name.clone() };
+        let asked = ask_tremplin(bus.clone(), vm.clone(), req, give_up).await;
+        match asked {
+            Ok(TremplinReply::ContainerInfo { ipv4, .. }) if !ipv4.is_empty() => return ipv4,
+            // Not running any more, or tremplin gone: no address to wait for.
+            Ok(TremplinReply::ContainerInfo { status, .. })
+                if status != ContainerStatus::Running =>
+            {
+                return String::new();
+            }
+            Ok(_) if Instant::now() + ADDRESS_POLL < give_up => {
+                tokio::time::sleep(ADDRESS_POLL).await
+            }
+            Ok(_) | Err(_) => return String::new(),
+        }
+    }
+}
+
 async fn ask_tremplin(
     bus: BusHandle,
     vm: String,
@@ -361,18 +391,9 @@ impl Cicerone {
         tracing::info!(vm = %vm, container = %name, garcon_port, "container ready");
 
         // ContainerStarted carries the container's address: ask tremplin, then announce.
-        let (bus, vm) = (self.bus.clone(), vm.clone());
-        let info = ask_tremplin(
-            bus,
-            vm.clone(),
-            TremplinRequest::GetContainerInfo { name: name.clone() },
-            Instant::now() + Duration::from_secs(10),
-        );
-        ctx.spawn(info.into_actor(self).map(move |r, act, _| {
-            let ipv4 = match r {
-                Ok(TremplinReply::ContainerInfo { ipv4, .. }) => ipv4,
-                _ => String::new(),
-            };
+        let vm = vm.clone();
+        let info = container_address(self.bus.clone(), vm.clone(), name.clone());
+        ctx.spawn(info.into_actor(self).map(move |ipv4, act, _| {
             act.publish(cros_messages::cicerone::CiceroneEvent::ContainerStarted {
                 vm,
                 container: name,

@@ -22,7 +22,7 @@ pub async fn allocate(bus: &BusHandle, vm: &str) -> Result<Option<VmNetwork>, Cr
     {
         Ok(Body::PatchpanelReply(PatchpanelReply::NetworkAllocated { network })) => {
             tracing::info!(vm, tap = %network.tap, guest = %network.guest_addr, "network allocated");
-            Ok(Some(network))
+            Ok(Some(*network))
         }
         // Unsupported: crosd runs without networking. NotFound: no patchpanel on this bus (a
         // bus with only some of the host actors, as in concierge's tests and isolated

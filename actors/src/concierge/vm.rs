@@ -384,7 +384,8 @@ pub async fn boot(
             }
         }
         if plan.request.start_termina {
-            let req = MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: true };
+            let lxd_ipv4_subnet = network.as_ref().map(|n| n.lxd_ipv4_subnet.clone()).unwrap_or_default();
+            let req = MaitredRequest::StartTermina { stateful_device: String::new(), start_tremplin: true, lxd_ipv4_subnet };
             match ask_maitred(&bus, &name, req, plan.timeout).await? {
                 MaitredReply::TerminaStarted { partial_data_loss, free_bytes } => {
                     if partial_data_loss {

@@ -20,7 +20,17 @@ pub enum PoolError {
     HostBits(Ipv4Addr, u8, Ipv4Addr),
     #[error("address pool {0} is exhausted: {1} VMs hold all its /30s")]
     Exhausted(Pool, usize),
+    #[error(
+        "container pool {0} has no /{CONTAINER_PREFIX} for the VM on /30 number {1}: give it a \
+         shorter prefix"
+    )]
+    NoContainerSubnet(Pool, u32),
+    #[error("container pool {0} overlaps the VM address pool {1}")]
+    Overlap(Pool, Pool),
 }
+
+/// Each VM's containers' subnet (lxdbr0 in the VM): a /28, as Crostini's LXD subnets.
+pub const CONTAINER_PREFIX: u8 = 28;
 
 /// An IPv4 range, `base/prefix`, with `base` its network address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +73,34 @@ impl FromStr for Pool {
     }
 }
 
+/// The default range of the containers' subnets: the /24 after the VMs' default pool.
+pub fn default_container_pool() -> Pool {
+    Pool {
+        base: Ipv4Addr::new(100, 115, 93, 0),
+        prefix: 24,
+    }
+}
+
 impl Pool {
+    /// The `index`th /`prefix` of the pool, when it holds one.
+    fn slice(&self, index: u32, prefix: u8) -> Option<Ipv4Addr> {
+        let count = 1u64 << (prefix.checked_sub(self.prefix)?);
+        (u64::from(index) < count)
+            .then(|| Ipv4Addr::from(u32::from(self.base) + (index << (32 - prefix))))
+    }
+
+    /// The containers' /28 of the VM on /30 number `index`, from this (container) pool.
+    pub fn container_subnet(&self, index: u32) -> Result<ContainerSubnet, PoolError> {
+        self.slice(index, CONTAINER_PREFIX)
+            .map(|network| ContainerSubnet { network })
+            .ok_or(PoolError::NoContainerSubnet(*self, index))
+    }
+
+    pub fn overlaps(&self, other: &Pool) -> bool {
+        let prefix = self.prefix.min(other.prefix);
+        u32::from(self.base) & mask(prefix) == u32::from(other.base) & mask(prefix)
+    }
+
     /// How many /30s the pool holds.
     pub fn subnets(&self) -> u32 {
         1 << (SUBNET_PREFIX - self.prefix)
@@ -101,6 +138,33 @@ impl Subnet {
 
     pub fn netmask(&self) -> Ipv4Addr {
         Ipv4Addr::from(mask(SUBNET_PREFIX))
+    }
+}
+
+/// One VM's containers' subnet: lxdbr0 in the VM holds .1, LXD's dnsmasq leases the rest;
+/// the host routes it through the VM's /30.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerSubnet {
+    pub network: Ipv4Addr,
+}
+
+impl ContainerSubnet {
+    /// lxdbr0's address with the prefix, as LXD's `ipv4.address` takes it.
+    pub fn bridge_address(&self) -> String {
+        format!(
+            "{}/{CONTAINER_PREFIX}",
+            Ipv4Addr::from(u32::from(self.network) + 1)
+        )
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & mask(CONTAINER_PREFIX) == u32::from(self.network)
+    }
+}
+
+impl std::fmt::Display for ContainerSubnet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{CONTAINER_PREFIX}", self.network)
     }
 }
 
@@ -192,6 +256,30 @@ mod tests {
             err.to_string(),
             "address pool 10.1.0.0/29 is exhausted: 2 VMs hold all its /30s"
         );
+    }
+
+    #[test]
+    fn each_vm_s_containers_get_a_slash28_of_the_container_pool() {
+        let pool = default_container_pool();
+        let c0 = pool.container_subnet(0).unwrap();
+        assert_eq!(c0.to_string(), "100.115.93.0/28");
+        assert_eq!(c0.bridge_address(), "100.115.93.1/28");
+        assert!(c0.contains(Ipv4Addr::new(100, 115, 93, 14)));
+        assert!(!c0.contains(Ipv4Addr::new(100, 115, 93, 16)));
+        assert!(!c0.contains(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(
+            pool.container_subnet(15).unwrap().to_string(),
+            "100.115.93.240/28"
+        );
+        assert_eq!(
+            pool.container_subnet(16).unwrap_err().to_string(),
+            "container pool 100.115.93.0/24 has no /28 for the VM on /30 number 16: give it a \
+             shorter prefix"
+        );
+        let small: Pool = "10.0.0.0/30".parse().unwrap();
+        assert!(small.container_subnet(0).is_err());
+        assert!(!pool.overlaps(&Pool::default()));
+        assert!(pool.overlaps(&"100.115.0.0/16".parse().unwrap()));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! can attach. patchpanel removes it when its VM stops, and removes every `crosdtap*` left by a
 //! crosd that was killed when the next one starts.
 
-use super::pool::{SUBNET_PREFIX, Subnet};
+use super::pool::{ContainerSubnet, SUBNET_PREFIX, Subnet};
 use std::process::Command;
 
 /// Every tap crosd makes is named `crosdtap<index in the pool>` (at most 15 bytes, IFNAMSIZ).
@@ -62,6 +62,18 @@ pub fn create(name: &str, subnet: &Subnet) -> Result<(), TapError> {
         return Err(e);
     }
     Ok(())
+}
+
+/// Routes `containers` (the VM's lxdbr0 subnet) through the guest's address on tap `name`, so
+/// the host reaches its containers by their own addresses (their names in the hosts file point
+/// there). The route belongs to the tap: removing the tap removes it.
+pub fn route_containers(
+    name: &str,
+    subnet: &Subnet,
+    containers: &ContainerSubnet,
+) -> Result<(), TapError> {
+    let (to, via) = (containers.to_string(), subnet.guest().to_string());
+    ip(&["route", "replace", &to, "via", &via, "dev", name])
 }
 
 pub fn remove(name: &str) -> Result<(), TapError> {

@@ -22,6 +22,7 @@ const USAGE: &str = "tremplin: crosd's container manager in the VM (drives LXD).
   --tokens DIR                   container token files (/run/tokens)
   --tools DIR                    the tools image with bin/garcon (/opt/google/cros-containers)
   --no-forwarder                 no image proxy forwarder on 127.0.0.1:3128
+  --lxd-subnet ADDRESS/PREFIX    lxdbr0's address (100.115.93.1/28); maitred passes the host's
   --vm NAME                      the VM's name in this actor's address (crosd.vm=, else termina)";
 
 fn fail(msg: &str) -> ! {
@@ -66,6 +67,15 @@ fn main() {
                 config.profile.tools = tools;
             }
             "--no-forwarder" => config.forwarder = false,
+            "--lxd-subnet" => {
+                let subnet = value("--lxd-subnet");
+                if !cros_guest::tremplin::setup::is_bridge_address(&subnet) {
+                    fail(&format!(
+                        "--lxd-subnet {subnet:?} is not ADDRESS/PREFIX (100.115.93.1/28)"
+                    ));
+                }
+                config.bridge_address = subnet;
+            }
             "--vm" => vm = Some(value("--vm")),
             other => fail(&format!("unknown argument {other:?}\n\n{USAGE}")),
         }

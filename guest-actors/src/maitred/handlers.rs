@@ -234,7 +234,8 @@ impl Maitred {
             MaitredRequest::StartTermina {
                 stateful_device,
                 start_tremplin,
-            } => self.start_termina(&stateful_device, start_tremplin),
+                lxd_ipv4_subnet,
+            } => self.start_termina(&stateful_device, start_tremplin, &lxd_ipv4_subnet),
             MaitredRequest::LaunchProcess {
                 argv,
                 env,
@@ -388,7 +389,12 @@ impl Maitred {
         Ok(true)
     }
 
-    fn start_termina(&self, stateful_device: &str, start_tremplin: bool) -> Outcome {
+    fn start_termina(
+        &self,
+        stateful_device: &str,
+        start_tremplin: bool,
+        lxd_ipv4_subnet: &str,
+    ) -> Outcome {
         self.late_modules.wait()?;
         let dev = if stateful_device.is_empty() {
             disks::find_by_serial(Path::new(&self.sys_block), STATEFUL_SERIAL)
@@ -439,7 +445,7 @@ impl Maitred {
                 eprintln!("maitred: growing {STATEFUL_MOUNT}: {e}");
             }
             if start_tremplin {
-                self.start_tremplin()?;
+                self.start_tremplin(lxd_ipv4_subnet)?;
             }
             let (free, _) = statvfs_free(STATEFUL_MOUNT)?;
             return Ok(MaitredReply::TerminaStarted {
@@ -454,15 +460,27 @@ impl Maitred {
         })
     }
 
-    fn start_tremplin(&self) -> Result<(), CrosError> {
+    /// Starts tremplin, with lxdbr0 on `lxd_ipv4_subnet` when the host gave one.
+    fn start_tremplin(&self, lxd_ipv4_subnet: &str) -> Result<(), CrosError> {
         let tremplin = "/usr/bin/tremplin";
         if !Path::new(tremplin).exists() {
             return Err(CrosError::unsupported(
                 "start_tremplin: tremplin is not part of this termina image yet",
             ));
         }
+        if !lxd_ipv4_subnet.is_empty()
+            && !crate::tremplin::setup::is_bridge_address(lxd_ipv4_subnet)
+        {
+            return Err(invalid(format!(
+                "lxd_ipv4_subnet {lxd_ipv4_subnet:?} is not ADDRESS/PREFIX (100.115.93.1/28)"
+            )));
+        }
+        let mut argv = vec![tremplin.to_string()];
+        if !lxd_ipv4_subnet.is_empty() {
+            argv.extend(["--lxd-subnet".to_string(), lxd_ipv4_subnet.to_string()]);
+        }
         self.services
-            .start("tremplin", vec![tremplin.into()], vec![])
+            .start("tremplin", argv, vec![])
             .map_err(service_error)?;
         Ok(())
     }

@@ -54,6 +54,8 @@ pub struct Config {
     pub image_version: String,
     /// Run the proxy forwarder on 127.0.0.1:3128 (off in tests that run beside other things).
     pub forwarder: bool,
+    /// lxdbr0's address/prefix: the container subnet the host routes to this VM.
+    pub bridge_address: String,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
                 &std::fs::read_to_string("/etc/lsb-release").unwrap_or_default(),
             ),
             forwarder: true,
+            bridge_address: setup::BRIDGE_ADDRESS.into(),
         }
     }
 }
@@ -211,9 +214,15 @@ impl Tremplin {
                 }
             }
         }
-        setup::apply(&self.lxd, &self.config.pool_source(), &self.config.profile)
-            .await
-            .map_err(|e| CrosError::internal(e.to_string()))?;
+        let config = &self.config;
+        setup::apply(
+            &self.lxd,
+            &config.pool_source(),
+            &config.profile,
+            &config.bridge_address,
+        )
+        .await
+        .map_err(|e| CrosError::internal(e.to_string()))?;
         if !parts.watcher {
             tokio::spawn(events::watch(self.lxd.clone(), self.events.clone()));
             parts.watcher = true;

@@ -11,9 +11,11 @@ use super::lxd_client::{LxdClient, LxdError};
 
 pub const POOL: &str = "default";
 pub const BRIDGE: &str = "lxdbr0";
-/// lxdbr0's address and subnet: Crostini's container range, wide enough for many containers
-/// (leases never expire, as in Crostini).
-pub const BRIDGE_ADDRESS: &str = "100.115.92.1/24";
+/// lxdbr0's address and subnet when the host names none (StartTermina's lxd_ipv4_subnet): the
+/// first /28 of crosd's default container pool, as Crostini's LXD subnets are /28s (leases never
+/// expire, as in Crostini). It must not overlap the VM's own /30 from the host's pool
+/// (100.115.92.0/24): a bridge holding the gateway's address would make the gateway the VM.
+pub const BRIDGE_ADDRESS: &str = "100.115.93.1/28";
 /// The guest-local forwarder to the host's image proxy (see `forwarder`).
 pub const PROXY_URL: &str = "http://127.0.0.1:3128";
 pub const RAW_IDMAP: &str =
@@ -191,12 +193,23 @@ pub fn pool_request(source: &Path) -> Value {
     })
 }
 
-pub fn network_request() -> Value {
+/// Whether `s` is an IPv4 address with a prefix, as LXD's `ipv4.address` takes it.
+pub fn is_bridge_address(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(addr, prefix)| {
+        addr.parse::<std::net::Ipv4Addr>().is_ok()
+            && prefix.parse::<u8>().is_ok_and(|p| (8..=30).contains(&p))
+    })
+}
+
+pub fn network_request(bridge_address: &str) -> Value {
     json!({
         "name": BRIDGE,
         "type": "bridge",
         "config": {
-            "ipv4.address": BRIDGE_ADDRESS,
+            "ipv4.address": bridge_address,
+            // LXD masquerades only when it picked the address itself; the host forwards and
+            // NATs the VM's own address alone, so the containers go out as the VM.
+            "ipv4.nat": "true",
             "ipv4.dhcp.expiry": "infinite",
             "ipv6.address": "none",
             "raw.dnsmasq": "resolv-file=/run/resolv.conf",
@@ -222,6 +235,7 @@ pub async fn apply(
     client: &LxdClient,
     pool_source: &Path,
     paths: &ProfilePaths,
+    bridge_address: &str,
 ) -> Result<(), SetupError> {
     let step = |step| move |source| SetupError::Lxd { step, source };
     client
@@ -252,10 +266,30 @@ pub async fn apply(
     }
 
     match client.get(&format!("/1.0/networks/{BRIDGE}")).await {
-        Ok(_) => {}
+        Ok(net) => {
+            // The stateful disk keeps lxdbr0 from an earlier boot, when the host may have given
+            // this VM another subnet (or none): the route on the host points at today's.
+            let config = |key: &str| net.get("config").and_then(|c| c.get(key)).cloned();
+            let current = (config("ipv4.address"), config("ipv4.nat"));
+            if current != (Some(json!(bridge_address)), Some(json!("true"))) {
+                let patch = json!({"config": {"ipv4.address": bridge_address, "ipv4.nat": "true"}});
+                client
+                    .sync(
+                        Method::PATCH,
+                        &format!("/1.0/networks/{BRIDGE}"),
+                        Some(&patch),
+                    )
+                    .await
+                    .map_err(step("readdressing network lxdbr0"))?;
+            }
+        }
         Err(e) if e.is_not_found() => {
             client
-                .sync(Method::POST, "/1.0/networks", Some(&network_request()))
+                .sync(
+                    Method::POST,
+                    "/1.0/networks",
+                    Some(&network_request(bridge_address)),
+                )
                 .await
                 .map_err(step("creating network lxdbr0"))?;
         }
@@ -341,7 +375,19 @@ mod tests {
         let s = server_config();
         assert_eq!(s["config"]["core.shutdown_timeout"], "0");
         assert_eq!(s["config"]["core.proxy_https"], "http://127.0.0.1:3128");
-        let n = network_request();
+        let n = network_request("100.115.93.17/28");
+        assert_eq!(n["config"]["ipv4.address"], "100.115.93.17/28");
+        assert_eq!(n["config"]["ipv4.nat"], "true");
+        assert!(is_bridge_address(BRIDGE_ADDRESS));
+        for bad in [
+            "",
+            "100.115.93.1",
+            "100.115.93.1/31",
+            "x/28",
+            "100.115.93.1/28\n",
+        ] {
+            assert!(!is_bridge_address(bad), "{bad:?}");
+        }
         assert_eq!(n["config"]["ipv4.dhcp.expiry"], "infinite");
         assert_eq!(n["config"]["ipv6.address"], "none");
         assert_eq!(n["config"]["raw.dnsmasq"], "resolv-file=/run/resolv.conf");

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use cros_actors::patchpanel::pool::Pool;
+use cros_actors::patchpanel::pool::{Pool, PoolError};
 use cros_actors::{HypervisorConfig, HypervisorKind, NetworkConfig};
 use cros_tools::daemon::{
     DEFAULT_MAX_CLIENTS, DEFAULT_RUN_DIR, DEFAULT_STATE_DIR, Daemon, DaemonConfig, SOCKET_NAME,
@@ -93,6 +93,19 @@ struct Args {
     /// The range the VMs' /30s come from.
     #[arg(long, value_name = "CIDR", default_value = "100.115.92.0/24")]
     network_pool: Pool,
+    /// The range each VM's containers' /28 (lxdbr0 in the VM, routed through the VM's /30)
+    /// comes from.
+    #[arg(long, value_name = "CIDR", default_value = "100.115.93.0/24")]
+    container_pool: Pool,
+    /// The hosts file in which crosd keeps the running containers' names
+    /// (`<container>.<vm>.linux.test`, `penguin.linux.test`) in a block of its own (with
+    /// --network only).
+    #[arg(long, value_name = "PATH", default_value = "/etc/hosts")]
+    hosts_file: PathBuf,
+    /// The name servers the VMs use (repeat for more), instead of the host's non-loopback
+    /// ones from /etc/resolv.conf.
+    #[arg(long, value_name = "ADDRESS")]
+    network_dns: Vec<std::net::IpAddr>,
     /// Log line format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -121,6 +134,13 @@ fn main() -> ExitCode {
         eprintln!("crosd: --network needs root and /dev/net/tun (to make a tap per VM)");
         return ExitCode::from(2);
     }
+    if args.container_pool.overlaps(&args.network_pool) {
+        eprintln!(
+            "crosd: {}",
+            PoolError::Overlap(args.container_pool, args.network_pool)
+        );
+        return ExitCode::from(2);
+    }
     raise_fd_limit();
     let config = DaemonConfig {
         socket: args
@@ -141,6 +161,10 @@ fn main() -> ExitCode {
         network: NetworkConfig {
             enabled: args.network && !args.no_network,
             pool: args.network_pool,
+            container_pool: args.container_pool,
+            hosts_file: args.hosts_file,
+            dns: (!args.network_dns.is_empty())
+                .then(|| args.network_dns.iter().map(|a| a.to_string()).collect()),
         },
     };
     let system = actix::System::new();
