@@ -32,7 +32,6 @@ fn left(deadline: Instant) -> Duration {
     deadline.saturating_duration_since(Instant::now())
 }
 
-/// Asks `tremplin@<vm>` through the VM's bridge.
 /// How long ContainerStarted waits for the container's DHCP lease on lxdbr0 before it goes out
 /// without an address.
 const ADDRESS_WAIT: Duration = Duration::from_secs(30);
@@ -63,6 +62,7 @@ async fn container_address(bus: BusHandle, vm: String, name: String) -> String {
     }
 }
 
+/// Asks `tremplin@<vm>` through the VM's bridge.
 async fn ask_tremplin(
     bus: BusHandle,
     vm: String,
