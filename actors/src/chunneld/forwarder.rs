@@ -87,6 +87,8 @@ impl Forwards {
         host_port: u16,
         dial: &Dial,
     ) -> ForwardInfo {
+        // The forward it replaces lets go of its host port first, so the new one can have it.
+        self.by_port.remove(&(container.clone(), container_port));
         let forward = open(
             container.clone(),
             container_port,
@@ -100,16 +102,21 @@ impl Forwards {
         info
     }
 
-    /// Stops forwarding `container_port`; `false` when it was not forwarded.
-    pub fn remove(&mut self, container: &Container, container_port: u16) -> bool {
+    /// Stops forwarding `container_port`; what it was, or `None` when it was not forwarded.
+    pub fn remove(&mut self, container: &Container, container_port: u16) -> Option<ForwardInfo> {
         self.by_port
             .remove(&(container.clone(), container_port))
-            .is_some()
+            .map(|f| f.info.clone())
     }
 
-    /// Every forward of a container that is gone (its VM stopped, or it did).
+    /// Every forward of a container that is gone (it stopped, or its garcon changed).
     pub fn forget(&mut self, container: &Container) {
         self.by_port.retain(|(c, _), _| c != container);
+    }
+
+    /// Every forward of every container of a VM that stopped.
+    pub fn forget_vm(&mut self, vm: &str) {
+        self.by_port.retain(|(c, _), _| c.vm != vm);
     }
 
     pub fn list(&self) -> Vec<ForwardInfo> {
@@ -299,7 +306,7 @@ mod tests {
         }
         assert_eq!(f.list(), [info]);
         // Removed: the listener is closed.
-        assert!(f.remove(&penguin(), 8080));
+        assert!(f.remove(&penguin(), 8080).is_some());
         assert!(
             closed_soon(addrs[0]).await,
             "{addrs:?} still accepts after remove"
