@@ -9,7 +9,7 @@
 # Same VM, same vsock device, same server (busybox `nc -l -e dd if=/dev/zero`), same host
 # reader (python, 1 MiB reads, timed from connect to EOF). Runs alternate, RUNS of each.
 # socat is not in the termina image: its .deb and the two libraries termina lacks (libwrap0,
-# libssl3) are fetched with apt-get download, unpacked on the host and shared into the VM
+# libnsl2) are fetched with apt-get download, unpacked on the host and shared into the VM
 # (`vmc share`), run there with LD_LIBRARY_PATH.
 # The ssh -L reference of the issue needs the VM's network (patchpanel's part): not measured.
 # Usage: tools/scripts/bench-forward.sh [RUNS] [MIB]   (CROSD_PROFILE=debug: dev builds)
@@ -27,10 +27,10 @@ build_release_and_component "$state"
 
 socat_dir="$work/socat"
 if [ ! -x "$socat_dir/usr/bin/socat" ]; then
-    log "fetching socat, libwrap0 and libssl3 (apt-get download)"
+    log "fetching socat, libwrap0 and libnsl2 (apt-get download)"
     debs="$work/debs"
     rm -rf "$debs" "$socat_dir" && mkdir -p "$debs" "$socat_dir"
-    (cd "$debs" && apt-get download socat libwrap0 libssl3 >/dev/null 2>&1) || die "apt-get download socat failed"
+    (cd "$debs" && apt-get download socat libwrap0 libnsl2 >/dev/null 2>&1) || die "apt-get download socat failed"
     for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$socat_dir"; done
 fi
 
@@ -110,9 +110,9 @@ for i in $(seq "$runs"); do
     serve "$port"
     sleep 1
     vm sh -c "setsid nsenter -t $ct_pid -n env LD_LIBRARY_PATH=$shared/usr/lib/x86_64-linux-gnu \
-        $shared/usr/bin/socat VSOCK-LISTEN:5555,reuseaddr TCP:127.0.0.1:$port </dev/null >/dev/null 2>&1 &"
+        $shared/usr/bin/socat VSOCK-LISTEN:5555,reuseaddr TCP:127.0.0.1:$port </dev/null >/dev/null 2>/tmp/socat.err &"
     sleep 1
-    read -r n s < <(read_all vsock "$uds:5555")
+    read -r n s < <(read_all vsock "$uds:5555" || vm cat /tmp/socat.err >&2)
     [ "$n" -eq "$want" ] || die "socat: $n bytes of $want"
     theirs+=("$(rate "$n" "$s")")
 done
