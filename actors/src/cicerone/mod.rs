@@ -69,9 +69,10 @@ impl Cicerone {
         self.bus.publish(&Self::me(), Body::CiceroneEvent(event));
     }
 
-    /// Tells chunneld (port forwarding) what runs, in the background. The request is in
-    /// chunneld's mailbox when this returns, so what cicerone tells it arrives in order; a
-    /// chunneld that is not there (unit tests, a restart) only costs forwarding.
+    /// Tells chunneld (port forwarding) what runs, in the background. What cicerone tells it
+    /// arrives in order: untraced, the request is in chunneld's mailbox when this returns;
+    /// traced, the tasks that deliver them start in the order spawned on this arbiter. A
+    /// chunneld that is not there (unit tests) or refuses only costs forwarding.
     fn tell_chunneld(&self, req: ChunneldRequest) {
         let what = <&'static str>::from(&req);
         let asked = self.bus.request_with_deadline(
@@ -99,15 +100,7 @@ impl Cicerone {
                     tracing::warn!(vm, "ListeningPorts with a token no container of the VM has");
                     return;
                 };
-                // Before ContainerReady chunneld could not dial the container anyway.
-                if entry
-                    .containers
-                    .get(container)
-                    .is_none_or(|c| c.garcon.is_none())
-                {
-                    tracing::debug!(vm, container, "ListeningPorts before ContainerReady");
-                    return;
-                }
+                // chunneld itself refuses a container whose garcon it was not told is ready.
                 self.tell_chunneld(ChunneldRequest::UpdateListeningPorts {
                     vm: vm.to_string(),
                     container: container.to_string(),
