@@ -12,7 +12,8 @@
 # libnsl2) are fetched with apt-get download, unpacked on the host and shared into the VM
 # (`vmc share`), run there with LD_LIBRARY_PATH.
 # The ssh -L reference of the issue needs the VM's network (patchpanel's part): not measured.
-# Usage: tools/scripts/bench-forward.sh [RUNS] [MIB]   (CROSD_PROFILE=debug: dev builds)
+# Usage: tools/scripts/bench-forward.sh [RUNS] [MIB]   (CROSD_PROFILE=debug: dev builds;
+# SOCAT_ARGS="-b 65536": options for socat, e.g. its buffer size [default: none, 8 KiB])
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -119,7 +120,7 @@ for i in $(seq "$runs"); do
     serve "$port"
     sleep 1
     vm sh -c "setsid nsenter -t $ct_pid -n env LD_LIBRARY_PATH=$shared/usr/lib/x86_64-linux-gnu \
-        $shared/usr/bin/socat VSOCK-LISTEN:5555,reuseaddr TCP:127.0.0.1:$port </dev/null >/dev/null 2>/tmp/socat.err &"
+        $shared/usr/bin/socat ${SOCAT_ARGS:-} VSOCK-LISTEN:5555,reuseaddr TCP:127.0.0.1:$port </dev/null >/dev/null 2>/tmp/socat.err &"
     sleep 1
     read -r n s < <(read_all vsock "$uds:5555" || vm cat /tmp/socat.err >&2)
     [ "$n" -eq "$want" ] || die "socat: $n bytes of $want"
@@ -131,6 +132,6 @@ med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2
 echo
 echo "forwarded port, $mib MiB from a busybox container in termina (QEMU/TCG, 2 vCPUs) to the host, $runs runs"
 printf '%-52s %s\n' "ours (127.0.0.1 -> chunneld -> vsock -> garcon), MiB/s" "${ours[*]}"
-printf '%-52s %s\n' "socat (vsock -> socat VSOCK-LISTEN in c0's netns), MiB/s" "${theirs[*]}"
+printf '%-52s %s\n' "socat ${SOCAT_ARGS:-}(vsock -> socat VSOCK-LISTEN in c0's netns), MiB/s" "${theirs[*]}"
 printf '%-52s %s / %s = %s\n' "  median ours / socat" "$(med "${ours[@]}")" "$(med "${theirs[@]}")" \
     "$(awk -v a="$(med "${ours[@]}")" -v b="$(med "${theirs[@]}")" 'BEGIN {printf "%.2fx", a / b}')"
