@@ -132,6 +132,6 @@ med() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2
 echo
 echo "forwarded port, $mib MiB from a busybox container in termina (QEMU/TCG, 2 vCPUs) to the host, $runs runs"
 printf '%-52s %s\n' "ours (127.0.0.1 -> chunneld -> vsock -> garcon), MiB/s" "${ours[*]}"
-printf '%-52s %s\n' "socat ${SOCAT_ARGS:-}(vsock -> socat VSOCK-LISTEN in c0's netns), MiB/s" "${theirs[*]}"
+printf '%-52s %s\n' "socat ${SOCAT_ARGS:+$SOCAT_ARGS }(vsock -> socat VSOCK-LISTEN in c0's netns), MiB/s" "${theirs[*]}"
 printf '%-52s %s / %s = %s\n' "  median ours / socat" "$(med "${ours[@]}")" "$(med "${theirs[@]}")" \
     "$(awk -v a="$(med "${ours[@]}")" -v b="$(med "${theirs[@]}")" 'BEGIN {printf "%.2fx", a / b}')"
