@@ -2,8 +2,8 @@
 
 use crate::bus::BusHandle;
 use crate::config::HostConfig;
-use crate::supervisor::{SupervisorError, spawn_supervised_on};
-use crate::{cicerone, concierge, imageloader, patchpanel, seneschal, vmlog_forwarder};
+use crate::supervisor::{SupervisorError, spawn_supervised, spawn_supervised_on};
+use crate::{chunneld, cicerone, concierge, imageloader, patchpanel, seneschal, vmlog_forwarder};
 use actix::Arbiter;
 use cros_messages::{ActorKind, Addr};
 
@@ -81,6 +81,15 @@ pub async fn spawn_host_actor(
             spawn_supervised_on(bus, addr, &here, move || {
                 patchpanel::Patchpanel::new(config.network.clone(), state.clone())
                     .on_bus(bus2.clone())
+            })
+            .await?
+        }
+        ActorKind::Chunneld => {
+            // Its own arbiter (thread): forwarded connections' byte pumps run there, off the
+            // thread that serves the control socket. The forwards outlive a restart.
+            let state = chunneld::SharedState::default();
+            spawn_supervised(bus, addr, move || {
+                chunneld::Chunneld::new(bus2.clone(), state.clone())
             })
             .await?
         }

@@ -159,17 +159,20 @@ pub enum ActorKind {
     Crosvm,
     /// Appended so that the earlier kinds keep their postcard tags.
     Patchpanel,
+    /// Port forwarding; appended as Patchpanel was.
+    Chunneld,
 }
 
 impl ActorKind {
     /// The host actors crosd runs.
-    pub const HOST: [ActorKind; 6] = [
+    pub const HOST: [ActorKind; 7] = [
         ActorKind::Imageloader,
         ActorKind::Concierge,
         ActorKind::Cicerone,
         ActorKind::Seneschal,
         ActorKind::VmlogForwarder,
         ActorKind::Patchpanel,
+        ActorKind::Chunneld,
     ];
 
     pub fn name(self) -> &'static str {

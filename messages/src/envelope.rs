@@ -1,6 +1,7 @@
 //! The [`Envelope`] every message travels in, its [`Body`], and the connection [`Hello`].
 
 use crate::bus::{BusEvent, BusReply, BusRequest};
+use crate::chunneld::{ChunneldReply, ChunneldRequest};
 use crate::cicerone::{CiceroneEvent, CiceroneReply, CiceroneRequest};
 use crate::concierge::{ConciergeEvent, ConciergeReply, ConciergeRequest};
 use crate::crosvm::{CrosvmReply, CrosvmRequest};
@@ -137,6 +138,9 @@ pub enum Body {
     /// Appended (like `BusEvent`) so that every earlier variant keeps its postcard tag.
     Patchpanel(PatchpanelRequest),
     PatchpanelReply(PatchpanelReply),
+    /// Appended (like `Patchpanel`) so that every earlier variant keeps its postcard tag.
+    Chunneld(ChunneldRequest),
+    ChunneldReply(ChunneldReply),
 }
 
 macro_rules! variant_name {
@@ -185,7 +189,9 @@ impl Body {
             Crosvm,
             CrosvmReply,
             Patchpanel,
-            PatchpanelReply
+            PatchpanelReply,
+            Chunneld,
+            ChunneldReply
         )
     }
 
@@ -213,7 +219,8 @@ impl Body {
             | Body::TremplinReply(_)
             | Body::GarconReply(_)
             | Body::CrosvmReply(_)
-            | Body::PatchpanelReply(_) => BodyKind::Reply,
+            | Body::PatchpanelReply(_)
+            | Body::ChunneldReply(_) => BodyKind::Reply,
             _ => BodyKind::Request,
         }
     }
@@ -267,6 +274,7 @@ impl Body {
             Body::Garcon(_) => ActorKind::Garcon,
             Body::Crosvm(_) => ActorKind::Crosvm,
             Body::Patchpanel(_) => ActorKind::Patchpanel,
+            Body::Chunneld(_) => ActorKind::Chunneld,
             _ => return None,
         })
     }
@@ -286,6 +294,7 @@ impl Body {
             ActorKind::Garcon => Body::Garcon(serde_json::from_str(json)?),
             ActorKind::Crosvm => Body::Crosvm(serde_json::from_str(json)?),
             ActorKind::Patchpanel => Body::Patchpanel(serde_json::from_str(json)?),
+            ActorKind::Chunneld => Body::Chunneld(serde_json::from_str(json)?),
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod addr;
 pub mod bus;
+pub mod chunneld;
 pub mod cicerone;
 pub mod concierge;
 pub mod crosvm;

@@ -1,7 +1,7 @@
 //! End to end: containers in termina under QEMU/TCG — real LXD in the VM driven by tremplin,
 //! images from a loopback simplestreams server (`crosimg serve`) through crosd's image proxy and
 //! from a rootfs + metadata pair streamed in over vsock, garcon in each container, and
-//! `vsh --target_container`.
+//! `vsh --target_container`, and a container's ports forwarded to the host's loopback.
 //!
 //! One termina (with its LXD set-up) serves every step: booting and setting up LXD under
 //! emulation costs more than all the container steps together. The steps run in order in one
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cros_e2e::containers::{ImageServer, busybox_images, stdout, vsh_in};
-use cros_e2e::crosd::{Crosd, text, vmc_ok};
+use cros_e2e::crosd::{Crosd, text, vmc_err, vmc_ok, wait_for};
 use cros_e2e::{bin, bin_dir};
 
 /// A newly built busybox image (its own fingerprint: LXD has not cached it) whose rootfs then
@@ -91,6 +91,171 @@ fn create_fails(crosd: &Crosd, args: &[&str], needle: &str) {
         "a failed create left {} behind:\n{listed}",
         args[2]
     );
+}
+
+/// A host loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `vmc port-forward list termina`.
+fn forwards(crosd: &Crosd) -> String {
+    stdout(&vmc_ok(crosd, &["port-forward", "list", "termina"]))
+}
+
+/// The `vmc port-forward list` line of container port `port`, if listed.
+fn forward_line(list: &str, port: u16) -> Option<String> {
+    list.lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(&port.to_string()))
+        .map(str::to_string)
+}
+
+/// Sends a line to 127.0.0.1:`port` and reads it back (an echo server in the container).
+fn echo_through(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+    s.write_all(b"ping\n")?;
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back)?;
+    Ok(String::from_utf8_lossy(&back).into_owned())
+}
+
+/// Starts busybox's echo server (`nc -ll … -e cat`, one child a connection) on each port in
+/// container c1, detached from the shell.
+fn start_echo(crosd: &Crosd, ports: &[u16]) {
+    let script: String = ports
+        .iter()
+        .map(|p| format!("setsid nc -ll -p {p} -e cat </dev/null >/dev/null 2>&1 & "))
+        .collect();
+    let o = vsh_in(crosd, "c1", Some("root"), &["sh", "-c", &script]);
+    assert!(o.status.success(), "echo servers in c1: {}", text(&o));
+}
+
+fn stop_echo(crosd: &Crosd) {
+    let o = vsh_in(crosd, "c1", Some("root"), &["killall", "nc"]);
+    assert!(o.status.success(), "killall nc in c1: {}", text(&o));
+}
+
+/// Step 2c: chunneld forwards what c1 listens on to the host's loopback, over vsock (no VM
+/// network: crosd runs with --no-network), closes it when the server goes, reports a host
+/// port someone holds instead of fighting for it, and takes forwards by hand.
+fn port_forwarding(crosd: &Crosd) {
+    let wait = std::time::Duration::from_secs(30);
+    let auto = free_port();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = holder.local_addr().unwrap().port();
+    start_echo(crosd, &[auto, held]);
+    let list = wait_for("c1's two servers in vmc port-forward list", wait, || {
+        let list = forwards(crosd);
+        (forward_line(&list, auto).is_some() && forward_line(&list, held).is_some()).then_some(list)
+    });
+    let line = forward_line(&list, auto).unwrap();
+    assert!(
+        line.contains("c1")
+            && line.contains("automatic")
+            && line.contains(&format!("listening on 127.0.0.1:{auto}")),
+        "{list}"
+    );
+    let line = forward_line(&list, held).unwrap();
+    assert!(
+        line.contains("taken: 127.0.0.1:") && line.contains("in use"),
+        "a held host port is reported: {list}"
+    );
+    assert_eq!(holder.local_addr().unwrap().port(), held, "not fought over");
+    assert_eq!(
+        echo_through(auto).expect("a connection through the forward"),
+        "ping\n"
+    );
+
+    // The servers stop: their forwards and host listeners go.
+    stop_echo(crosd);
+    wait_for("the forwards to go with the servers", wait, || {
+        let list = forwards(crosd);
+        (forward_line(&list, auto).is_none() && forward_line(&list, held).is_none()).then_some(())
+    });
+    wait_for("127.0.0.1:{auto} to refuse", wait, || {
+        std::net::TcpStream::connect(("127.0.0.1", auto))
+            .is_err()
+            .then_some(())
+    });
+
+    // By hand: container port `auto` on another host port, kept whatever c1 listens on.
+    let host = free_port();
+    let o = vmc_ok(
+        crosd,
+        &[
+            "port-forward",
+            "add",
+            "termina",
+            "c1",
+            &auto.to_string(),
+            &host.to_string(),
+        ],
+    );
+    assert!(
+        stdout(&o).contains(&format!("listening on 127.0.0.1:{host}")),
+        "{}",
+        text(&o)
+    );
+    start_echo(crosd, &[auto]);
+    let line = forward_line(&forwards(crosd), auto).expect("the manual forward is listed");
+    assert!(line.contains("manual"), "{line}");
+    // garcon's scan may not have seen the server yet; garcon dials it per connection.
+    let echoed = wait_for("an echo through the manual forward", wait, || {
+        echo_through(host).ok()
+    });
+    assert_eq!(echoed, "ping\n");
+    vmc_ok(
+        crosd,
+        &["port-forward", "remove", "termina", "c1", &auto.to_string()],
+    );
+    wait_for("127.0.0.1:{host} to refuse after remove", wait, || {
+        std::net::TcpStream::connect(("127.0.0.1", host))
+            .is_err()
+            .then_some(())
+    });
+    stop_echo(crosd);
+
+    // Clear errors, one each.
+    let port = auto.to_string();
+    vmc_err(
+        crosd,
+        &[
+            "port-forward",
+            "add",
+            "termina",
+            "c1",
+            &port,
+            &held.to_string(),
+        ],
+        &format!("127.0.0.1:{held}"),
+    );
+    vmc_err(
+        crosd,
+        &["port-forward", "add", "termina", "nosuch", &port],
+        "\"nosuch\" of VM \"termina\" is not running",
+    );
+    vmc_err(
+        crosd,
+        &["port-forward", "add", "nosuchvm", "c1", &port],
+        "no VM named \"nosuchvm\"",
+    );
+    vmc_err(
+        crosd,
+        &["port-forward", "add", "termina", "c1", "0"],
+        "0 is not in 1..=65535",
+    );
+    vmc_err(
+        crosd,
+        &["port-forward", "remove", "termina", "c1", &port],
+        "is not forwarded",
+    );
+    drop(holder);
 }
 
 #[test]
@@ -209,6 +374,9 @@ fn containers_in_termina() {
         text(&o)
     );
     assert!(!shared.join("new").exists());
+
+    // 2c. Port forwarding.
+    port_forwarding(&crosd);
 
     // 3. From a rootfs + metadata pair named on the host, streamed in over vsock.
     let metadata = find_file(images, &["lxd.tar.xz"]).expect("metadata tarball");

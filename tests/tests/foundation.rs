@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 /// Upper bound for crosd to come up or go down; a hang fails the test instead of blocking CI.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-const HOST_ACTORS: [&str; 6] = [
+const HOST_ACTORS: [&str; 7] = [
     "imageloader",
     "concierge",
     "cicerone",
     "seneschal",
     "vmlog_forwarder",
     "patchpanel",
+    "chunneld",
 ];
 
 struct Crosd {

@@ -511,6 +511,7 @@ fn family_of(kind: ActorKind) -> &'static str {
         ActorKind::Garcon => "Garcon",
         ActorKind::Crosvm => "Crosvm",
         ActorKind::Patchpanel => "Patchpanel",
+        ActorKind::Chunneld => "Chunneld",
     }
 }
 

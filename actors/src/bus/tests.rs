@@ -229,6 +229,7 @@ async fn host_actors_answer_through_the_bus() {
         names,
         [
             "bus",
+            "chunneld",
             "cicerone",
             "concierge",
             "imageloader",

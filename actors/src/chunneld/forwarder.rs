@@ -87,6 +87,8 @@ impl Forwards {
         host_port: u16,
         dial: &Dial,
     ) -> ForwardInfo {
+        // The forward it replaces lets go of its host port first, so the new one can have it.
+        self.by_port.remove(&(container.clone(), container_port));
         let forward = open(
             container.clone(),
             container_port,
@@ -100,16 +102,21 @@ impl Forwards {
         info
     }
 
-    /// Stops forwarding `container_port`; `false` when it was not forwarded.
-    pub fn remove(&mut self, container: &Container, container_port: u16) -> bool {
+    /// Stops forwarding `container_port`; what it was, or `None` when it was not forwarded.
+    pub fn remove(&mut self, container: &Container, container_port: u16) -> Option<ForwardInfo> {
         self.by_port
             .remove(&(container.clone(), container_port))
-            .is_some()
+            .map(|f| f.info.clone())
     }
 
-    /// Every forward of a container that is gone (its VM stopped, or it did).
+    /// Every forward of a container that is gone (it stopped, or its garcon changed).
     pub fn forget(&mut self, container: &Container) {
         self.by_port.retain(|(c, _), _| c != container);
+    }
+
+    /// Every forward of every container of a VM that stopped.
+    pub fn forget_vm(&mut self, vm: &str) {
+        self.by_port.retain(|(c, _), _| c.vm != vm);
     }
 
     pub fn list(&self) -> Vec<ForwardInfo> {
@@ -200,12 +207,16 @@ async fn accept_loop(listener: TcpListener, container_port: u16, dial: Dial) {
     }
 }
 
+const PUMP_BUF: usize = 64 * 1024;
+
 /// Copies both ways until both sides have closed; each side's EOF is passed on as a
 /// half-close, so request/response protocols that shut down their writing side work.
 async fn pump(mut tcp: TcpStream, container_port: u16, dial: &Dial) -> io::Result<()> {
     let _ = tcp.set_nodelay(true);
     let mut guest = dial(container_port).await?;
-    tokio::io::copy_bidirectional(&mut tcp, &mut guest).await?;
+    // 64 KiB a read (tokio's default is 8 KiB), a vsock packet's most: the host's CPU is the
+    // one the VM's emulation needs, so a bulk transfer should cost it few syscalls.
+    tokio::io::copy_bidirectional_with_sizes(&mut tcp, &mut guest, PUMP_BUF, PUMP_BUF).await?;
     Ok(())
 }
 
@@ -299,7 +310,7 @@ mod tests {
         }
         assert_eq!(f.list(), [info]);
         // Removed: the listener is closed.
-        assert!(f.remove(&penguin(), 8080));
+        assert!(f.remove(&penguin(), 8080).is_some());
         assert!(
             closed_soon(addrs[0]).await,
             "{addrs:?} still accepts after remove"

@@ -14,10 +14,14 @@ pub mod image_proxy;
 mod requests;
 mod vm_table;
 
+pub(crate) use vm_table::{check_name, may_manage, no_such_vm};
+
 use std::collections::BTreeMap;
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, ResponseActFuture};
+use cros_messages::chunneld::ChunneldRequest;
 use cros_messages::cicerone::{CiceroneEvent, CiceroneReply, ContainerStatus};
+use cros_messages::garcon::GarconEvent;
 use cros_messages::tremplin::TremplinEvent;
 use cros_messages::{ActorKind, Addr, Body, CrosError, Envelope};
 
@@ -29,6 +33,9 @@ pub const DEFAULT_IMAGE_SERVER: &str = "https://images.lxd.canonical.com";
 pub const DEFAULT_IMAGE_ALIAS: &str = "debian/bookworm";
 
 type Reply = ResponseActFuture<Cicerone, Body>;
+
+/// chunneld answers from its own table: a short wait is plenty.
+const CHUNNELD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn ready(body: Body) -> Reply {
     Box::pin(actix::fut::ready(body))
@@ -60,6 +67,47 @@ impl Cicerone {
 
     fn publish(&self, event: CiceroneEvent) {
         self.bus.publish(&Self::me(), Body::CiceroneEvent(event));
+    }
+
+    /// Tells chunneld (port forwarding) what runs, in the background. What cicerone tells it
+    /// arrives in order: untraced, the request is in chunneld's mailbox when this returns;
+    /// traced, the tasks that deliver them start in the order spawned on this arbiter. A
+    /// chunneld that is not there (unit tests) or refuses only costs forwarding.
+    fn tell_chunneld(&self, req: ChunneldRequest) {
+        let what = <&'static str>::from(&req);
+        let asked = self.bus.request_with_deadline(
+            &Self::me(),
+            &Addr::host(ActorKind::Chunneld.name()),
+            Body::Chunneld(req),
+            CHUNNELD_TIMEOUT,
+        );
+        actix::spawn(async move {
+            if let Err(e) = asked.await {
+                tracing::debug!(error = %e, "chunneld did not take {what}");
+            }
+        });
+    }
+
+    /// A garcon event, from `garcon@<vm>` (the bridge set `from` to the VM the connection
+    /// came in on; garcon names its container by the token it was given).
+    fn garcon_event(&mut self, vm: &str, event: GarconEvent) {
+        match event {
+            GarconEvent::ListeningPorts { token, ports } => {
+                let Some(entry) = self.vms.get(vm) else {
+                    return;
+                };
+                let Some(container) = entry.container_with_token(&token) else {
+                    tracing::warn!(vm, "ListeningPorts with a token no container of the VM has");
+                    return;
+                };
+                // chunneld itself refuses a container whose garcon it was not told is ready.
+                self.tell_chunneld(ChunneldRequest::UpdateListeningPorts {
+                    vm: vm.to_string(),
+                    container: container.to_string(),
+                    ports,
+                });
+            }
+        }
     }
 
     /// A tremplin event, from `tremplin@<vm>` (the bridge set `from` to the VM the connection
@@ -114,6 +162,10 @@ impl Cicerone {
                     self.bus
                         .unregister(&Addr::in_container("garcon", &vm, &name));
                 }
+                self.tell_chunneld(ChunneldRequest::NotifyContainerStopped {
+                    vm: vm.clone(),
+                    container: name.clone(),
+                });
                 self.publish(CiceroneEvent::ContainerShutdown {
                     vm,
                     container: name,
@@ -139,8 +191,11 @@ impl Actor for Cicerone {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let sink = actor_sink(ctx.address().downgrade());
-        self.bus
-            .subscribe(Self::me(), vec!["TremplinEvent".into()], sink);
+        self.bus.subscribe(
+            Self::me(),
+            vec!["TremplinEvent".into(), "GarconEvent".into()],
+            sink,
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -177,13 +232,17 @@ impl Handler<Published> for Cicerone {
 
     fn handle(&mut self, Published(env): Published, ctx: &mut Context<Self>) {
         let from = &env.from;
-        let (Some(vm), None, "tremplin") = (&from.vm, &from.container, from.actor.as_str()) else {
+        let (Some(vm), None) = (&from.vm, &from.container) else {
             tracing::debug!(%from, "event from an unexpected sender");
             return;
         };
-        if let Body::TremplinEvent(event) = env.body {
-            let vm = vm.clone();
-            self.tremplin_event(&vm, event);
+        let vm = vm.clone();
+        match (from.actor.as_str(), env.body) {
+            ("tremplin", Body::TremplinEvent(event)) => self.tremplin_event(&vm, event),
+            ("garcon", Body::GarconEvent(event)) => self.garcon_event(&vm, event),
+            (actor, body) => {
+                tracing::debug!(actor, event = %body.type_name(), "event from an unexpected sender")
+            }
         }
         if self.bus.is_shutting_down() {
             ctx.stop();

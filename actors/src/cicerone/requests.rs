@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
+use cros_messages::chunneld::ChunneldRequest;
 use cros_messages::cicerone::{CiceroneReply, CiceroneRequest, ContainerStatus, PrivilegeLevel};
 use cros_messages::garcon::{GarconReply, GarconRequest};
 use cros_messages::tremplin::{TremplinReply, TremplinRequest};
@@ -321,6 +322,11 @@ impl Cicerone {
         } else {
             Some(ImageProxy::start(&vsock_socket, allowed_servers.clone())?)
         };
+        let notify_chunneld = ChunneldRequest::NotifyVmStarted {
+            vm: vm.clone(),
+            owner_uid,
+            vsock_socket: vsock_socket.to_string_lossy().into_owned(),
+        };
         self.vms.insert(
             vm,
             VmEntry {
@@ -334,6 +340,7 @@ impl Cicerone {
                 _image_proxy: image_proxy,
             },
         );
+        self.tell_chunneld(notify_chunneld);
         Ok(CiceroneReply::Ack {})
     }
 
@@ -347,6 +354,7 @@ impl Cicerone {
         let entry = self.vms.get(vm).ok_or_else(|| no_such_vm(vm))?;
         if token.is_empty() || entry.token == token {
             self.forget_vm(vm);
+            self.tell_chunneld(ChunneldRequest::NotifyVmStopped { vm: vm.to_string() });
         }
         Ok(CiceroneReply::Ack {})
     }
@@ -388,6 +396,11 @@ impl Cicerone {
         })?;
         container.garcon = Some(bridge);
         let (username, homedir) = (container.username.clone(), container.homedir.clone());
+        self.tell_chunneld(ChunneldRequest::NotifyContainerReady {
+            vm: vm.clone(),
+            container: name.clone(),
+            garcon_port,
+        });
         tracing::info!(vm = %vm, container = %name, garcon_port, "container ready");
 
         // ContainerStarted carries the container's address: ask tremplin, then announce.
@@ -581,6 +594,10 @@ impl Cicerone {
         {
             self.bus.unregister(&Addr::in_container("garcon", vm, name));
         }
+        self.tell_chunneld(ChunneldRequest::NotifyContainerStopped {
+            vm: vm.to_string(),
+            container: name.to_string(),
+        });
         self.publish(
             cros_messages::cicerone::CiceroneEvent::LxdContainerDeleted {
                 vm: vm.to_string(),

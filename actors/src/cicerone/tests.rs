@@ -279,3 +279,90 @@ fn ready_on(token: &str, garcon_port: u32) -> Body {
         garcon_port,
     })
 }
+
+/// chunneld's forwards of termina, as a host actor sees them (None: no VM termina).
+async fn forwards(bus: &BusHandle) -> Option<Vec<u16>> {
+    use cros_messages::chunneld::{ChunneldReply, ChunneldRequest};
+    let req = Body::Chunneld(ChunneldRequest::ListForwards {
+        vm: "termina".into(),
+    });
+    match bus
+        .request(&concierge(), &Addr::host("chunneld"), req)
+        .await
+    {
+        Ok(Body::ChunneldReply(ChunneldReply::Forwards { forwards })) => {
+            Some(forwards.iter().map(|f| f.container_port).collect())
+        }
+        _ => None,
+    }
+}
+
+/// Waits (a bounded number of short turns) until chunneld's forwards of termina are `want`:
+/// cicerone tells chunneld in the background.
+async fn forwards_become(bus: &BusHandle, want: Option<Vec<u16>>) {
+    let mut got = None;
+    for _ in 0..100 {
+        got = forwards(bus).await;
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("chunneld's forwards of termina: {got:?}, wanted {want:?}");
+}
+
+#[actix::test]
+async fn garcons_listening_ports_reach_chunneld_by_token_and_go_with_the_vm() {
+    use cros_messages::garcon::GarconEvent;
+    let (bus, client, cicerone) = bus_with_cicerone_actor(0);
+    let chunneld = crate::chunneld::Chunneld::new(bus.clone(), Default::default()).start();
+    bus.register(Addr::host("chunneld"), chunneld.recipient());
+    ask(&bus, &concierge(), started("termina", "t", 0))
+        .await
+        .unwrap();
+    forwards_become(&bus, Some(vec![])).await;
+    let start = Body::Cicerone(CiceroneRequest::StartLxdContainer {
+        vm: "termina".into(),
+        container: "penguin".into(),
+        privilege_level: Default::default(),
+    });
+    assert!(ask(&bus, &client, start).await.is_err());
+    let token = cicerone
+        .send(TokenOf("termina", "penguin"))
+        .await
+        .unwrap()
+        .unwrap();
+    let garcon_vm = Addr::in_vm("garcon", "termina");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let event = |token: &str| {
+        Body::GarconEvent(GarconEvent::ListeningPorts {
+            token: token.into(),
+            ports: vec![port],
+        })
+    };
+    // Before ContainerReady, and with a token of no container: nothing is forwarded.
+    bus.publish(&garcon_vm, event(&token));
+    bus.publish(&garcon_vm, event("not-the-token"));
+    ask(&bus, &garcon_vm, ready_on(&token, 10000))
+        .await
+        .unwrap();
+    bus.publish(&garcon_vm, event("not-the-token"));
+    forwards_become(&bus, Some(vec![])).await;
+    bus.publish(&garcon_vm, event(&token));
+    forwards_become(&bus, Some(vec![port])).await;
+    ask(
+        &bus,
+        &concierge(),
+        Body::Cicerone(CiceroneRequest::NotifyVmStopped {
+            vm: "termina".into(),
+            token: String::new(),
+        }),
+    )
+    .await
+    .unwrap();
+    forwards_become(&bus, None).await;
+}

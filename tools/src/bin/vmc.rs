@@ -28,12 +28,13 @@ use cros_messages::vmlog::{VmlogReply, VmlogRequest};
 use cros_messages::{Addr, Body};
 use cros_tools::client::{self, Client, DEFAULT_TIMEOUT};
 use cros_tools::vmc_container::{self, ContainerArgs, ImageSource};
+use cros_tools::vmc_port_forward::{self, PortForwardCmd};
 use cros_tools::vmc_share;
 
 #[derive(Parser)]
 #[command(
     name = "vmc",
-    about = "Manage crosd's virtual machines, their disks and their containers (start, stop, list, create, destroy, export, import, logs, container)."
+    about = "Manage crosd's virtual machines, their disks and their containers (start, stop, list, create, destroy, export, import, logs, container, port-forward)."
 )]
 struct Cli {
     /// crosd's control socket [default: $CROSD_SOCKET, else /run/crosd/crosd.sock]
@@ -181,6 +182,12 @@ enum Cmd {
     ContainerStop { vm: String, name: String },
     /// Delete a container (stopping it first).
     ContainerDelete { vm: String, name: String },
+    /// The container ports forwarded to the host's localhost: those a container listens on
+    /// (automatically, as garcon reports them) and those added by hand.
+    PortForward {
+        #[command(subcommand)]
+        cmd: PortForwardCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -557,6 +564,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::ContainerDelete { vm, name } => {
             vmc_container::stop_or_delete(&mut client, &vm, &name, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::PortForward { cmd } => {
+            vmc_port_forward::run(&mut client, cmd)?;
             Ok(ExitCode::SUCCESS)
         }
     }
