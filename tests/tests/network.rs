@@ -87,6 +87,20 @@ fn in_container_subnet(addr: &str) -> bool {
         .is_ok_and(|a| a.octets()[..3] == [100, 115, 93] && a.octets()[3] < 16)
 }
 
+/// An HTTP/1.0 GET of `/` at `addr`: the whole answer, or what went wrong.
+fn http_get(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let answer = (|| {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    })();
+    answer.unwrap_or_else(|e| format!("error: {e}"))
+}
+
 #[test]
 fn vm_and_container_reach_the_uplink_and_penguin_is_reached_by_name() {
     netns::enter_new_netns();
@@ -239,6 +253,31 @@ fn vm_and_container_reach_the_uplink_and_penguin_is_reached_by_name() {
             text(&o)
         );
     }
+
+    // 6b. And at 127.0.0.1:PORT of the host, through chunneld (over vsock, not the route):
+    // garcon reports the new listening port, crosd listens on the same port.
+    wait_for(
+        "the forward of penguin's port",
+        Duration::from_secs(60),
+        || {
+            let o = crosd.run("vmc", &["port-forward", "list", "termina"]);
+            stdout(&o)
+                .lines()
+                .any(|l| {
+                    l.contains("penguin")
+                        && l.contains(&format!("listening on 127.0.0.1:{PENGUIN_PORT}"))
+                })
+                .then_some(())
+        },
+    );
+    let page = http_get(std::net::SocketAddr::from((
+        Ipv4Addr::LOCALHOST,
+        PENGUIN_PORT,
+    )));
+    assert!(
+        page.contains(PENGUIN_PAGE),
+        "penguin's server through 127.0.0.1:{PENGUIN_PORT}: {page}"
+    );
 
     // 7. A stopped container loses its names.
     vmc_ok(&crosd, &["container-stop", "termina", "penguin"]);
