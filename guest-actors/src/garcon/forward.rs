@@ -82,9 +82,10 @@ impl Duplex for std::os::unix::net::UnixStream {
 }
 
 /// Bytes read at once on each direction. std's copy reads 8 KiB at a time; a syscall in a
-/// guest under TCG is dear, and a bulk transfer makes eight times fewer of them this way
-/// (std::io::copy reads through a BufReader's own buffer).
-const PUMP_BUF: usize = 64 * 1024;
+/// guest under TCG is dear, and a bulk transfer makes 32 times fewer of them this way
+/// (std::io::copy reads through a BufReader's own buffer). One write of this size becomes
+/// several vsock packets (64 KiB at most) in a single syscall, within the device's credit.
+const PUMP_BUF: usize = 256 * 1024;
 
 /// Copies both ways until both directions ended, passing each EOF on as a half-close.
 pub fn pump<A: Duplex, B: Duplex>(a: A, b: B) -> std::io::Result<()> {
