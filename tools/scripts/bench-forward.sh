@@ -26,32 +26,28 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 runs="${1:-3}" mib="${2:-1024}"
 
-ensure_host_packages
 work="$CROSD_CACHE/bench-forward"
-state="$work/state" run="$work/run"
-rm -rf "$run" "$state/disks" && mkdir -p "$state" "$run"
-export CROSD_SOCKET="$run/crosd.sock"
-build_release_and_component "$state"
-
-command -v ssh >/dev/null && command -v ssh-keygen >/dev/null ||
-    apt-get install -y -q openssh-client >/dev/null || die "installing openssh-client failed"
-tools_dir="$work/tools"
-if [ ! -x "$tools_dir/usr/bin/socat" ] || [ ! -x "$tools_dir/usr/sbin/dropbear" ]; then
-    log "fetching socat and dropbear with the libraries termina lacks (apt-get download)"
-    debs="$work/debs"
-    rm -rf "$debs" "$tools_dir" && mkdir -p "$debs" "$tools_dir"
-    (cd "$debs" && apt-get download socat libwrap0 libnsl2 dropbear-bin libtomcrypt1 libtommath1 \
-        >/dev/null 2>&1) || die "apt-get download of socat and dropbear failed"
-    for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$tools_dir"; done
-fi
-key="$work/id_ed25519"
-[ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -f "$key" || die "ssh-keygen failed"
-
+state="$work/state" run="$work/run" tools_dir="$work/tools" key="$work/id_ed25519"
 images="$CROSD_CACHE/images/busybox"
-[ -f "$images/streams/v1/images.json" ] || "$BIN/crosimg" build-container busybox --out "$images" >/dev/null
+export CROSD_SOCKET="$run/crosd.sock"
 if [ -z "${CROSD_BENCH_NETNS:-}" ]; then
+    # Set-up, with the host's network (packages, crates, Debian's archive): done once, here.
+    ensure_host_packages openssh-client
+    rm -rf "$run" "$state/disks" && mkdir -p "$state" "$run"
+    build_release_and_component "$state"
+    if [ ! -x "$tools_dir/usr/bin/socat" ] || [ ! -x "$tools_dir/usr/sbin/dropbear" ]; then
+        log "fetching socat and dropbear with the libraries termina lacks (apt-get download)"
+        debs="$work/debs"
+        rm -rf "$debs" "$tools_dir" && mkdir -p "$debs" "$tools_dir"
+        (cd "$debs" && apt-get download socat libwrap0 libnsl2 dropbear-bin libtomcrypt1 libtommath1 \
+            >/dev/null 2>&1) || die "apt-get download of socat and dropbear failed"
+        for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$tools_dir"; done
+    fi
+    [ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -f "$key" || die "ssh-keygen failed"
+    [ -f "$images/streams/v1/images.json" ] || "$BIN/crosimg" build-container busybox --out "$images" >/dev/null
     log "re-running in a network namespace of its own"
-    CROSD_BENCH_NETNS=1 exec unshare --net -- bash -c 'ip link set lo up && exec "$@"' _ "$self" "$@"
+    # The child finds the built programs through BIN (set by build_release_and_component).
+    CROSD_BENCH_NETNS=1 BIN="$BIN" exec unshare --net -- bash -c 'ip link set lo up && exec "$@"' _ "$self" "$@"
 fi
 exec 3< <("$BIN/crosimg" serve "$images" --listen 127.0.0.1:0 2>/dev/null)
 server_pid=$!

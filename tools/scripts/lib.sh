@@ -14,10 +14,11 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # iproute2 for the network tests' namespaces and taps.
 HOST_PACKAGES=(qemu-system-x86 mmdebstrap squashfs-tools btrfs-progs busybox-static e2fsprogs zstd xz-utils kmod binutils g++ iproute2 nftables curl)
 
-# Installs whatever of HOST_PACKAGES is missing (needs root, as on the project's machines).
+# Installs whatever of HOST_PACKAGES, and of the extra packages named as arguments (a script's
+# own needs), is missing (needs root, as on the project's machines).
 ensure_host_packages() {
     local missing=()
-    for p in "${HOST_PACKAGES[@]}"; do
+    for p in "${HOST_PACKAGES[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
