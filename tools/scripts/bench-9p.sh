@@ -5,22 +5,27 @@
 # in the same run, plus the same work natively on the host:
 #   1. sequential read of a 256 MiB file (dd bs=1M; the host's page cache warm),
 #   2. sequential write of a 256 MiB file (dd bs=1M conv=fsync),
-#   3. find + stat over a 10,000-file tree (100 directories of 100 files).
+#   3. find + stat over a 10,000-file tree (100 directories of 100 files),
+#   4. git status of a real repository checked out in the share (a clone of this one); git is
+#      not in the termina image, so Debian's git package is fetched with apt-get download and
+#      shared into the VM, and its binary copied into the guest's /tmp. Each mount gets one
+#      untimed git status first: it refreshes the index for that mount's stat data, as a user's
+#      first git status after checking out does.
 # Each is timed inside the guest (/proc/uptime, 10 ms resolution), RUNS times (default 3);
 # the median is printed. Both mounts use their transport's largest msize and the default cache
 # mode (none), as Mount9P does.
 # Usage: tools/scripts/bench-9p.sh [RUNS]     PROFILE=debug uses the debug build (faster to build);
-#   TESTS="read write" runs only those of read, write, meta.
+#   TESTS="read write" runs only those of read, write, meta, git.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 runs="${1:-3}"
 profile="${PROFILE:-release}"
 
-ensure_host_packages
+ensure_host_packages git
 [ "$(id -u)" -eq 0 ] || die "run as root: crosd mounts the shared folder into its 9P server's namespace"
 work="$CROSD_CACHE/bench-9p"
-state="$work/state" run="$work/run" share="$work/share"
+state="$work/state" run="$work/run" share="$work/share" tools_dir="$work/tools"
 rm -rf "$run" && mkdir -p "$state" "$run"
 export CROSD_SOCKET="$run/crosd.sock"
 if [ "$profile" = release ]; then
@@ -46,6 +51,16 @@ if [ ! -f "$share/data.bin" ] || [ "$(stat -c %s "$share/data.bin")" != 26843545
         (cd "$share/tree/d$d" && for f in $(seq -w 0 99); do echo "$d$f" >"f$f"; done)
     done
 fi
+if [ ! -x "$tools_dir/usr/bin/git" ]; then
+    log "fetching git for the guest (apt-get download)"
+    rm -rf "$work/debs" "$tools_dir" && mkdir -p "$work/debs" "$tools_dir"
+    (cd "$work/debs" && apt-get download git >/dev/null 2>&1) || die "apt-get download git failed"
+    dpkg-deb -x "$work"/debs/git_*.deb "$tools_dir" || die "cannot unpack $(ls "$work"/debs/git_*.deb)"
+fi
+if [ ! -d "$share/repo/.git" ]; then
+    log "checking out a clone of this repository in $share/repo"
+    git clone --quiet --no-local "$REPO_ROOT" "$share/repo" || die "git clone of $REPO_ROOT failed"
+fi
 rm -f "$share/out.bin"
 chown -R 65534:65534 "$share"
 
@@ -59,6 +74,8 @@ ours=$("$BIN/vmc" share --writable termina "$share" | sed -n 's|.* at \(/mnt/sha
 vsh() { "$BIN/vsh" --vm_name termina -- sh -c "$1"; }
 vsh "mkdir -p /tmp/qemu9p && mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 b9p /tmp/qemu9p" \
     || die "cannot mount QEMU's virtio-9p device in the guest"
+tools=$("$BIN/vmc" share termina "$tools_dir" | sed -n 's|.* at \(/mnt/shared/[^ ]*\) .*|\1|p')
+vsh "cp $tools/usr/bin/git /tmp/crosd-bench-git" || die "cannot copy git into the guest"
 msize_of() { vsh "grep ' $1 ' /proc/mounts" | tr ',' '\n' | sed -n 's/^msize=//p'; }
 log "msize: ours $(msize_of /mnt/shared), QEMU virtio-9p $(msize_of /tmp/qemu9p)"
 
@@ -79,10 +96,16 @@ median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 read_cmd() { echo "dd if=$1/data.bin of=/dev/null bs=1M"; }
 write_cmd() { echo "dd if=/dev/zero of=$1/out.bin bs=1M count=256 conv=fsync"; }
 meta_cmd() { echo "find $1/tree -type f | xargs stat -c %s"; }
+# The share's files belong to another uid than the one running git: safe.directory lets it in.
+git_cmd() {
+    local git=/tmp/crosd-bench-git
+    [ "$2" = host ] && git=git
+    echo "$git -C $1/repo -c safe.directory='*' status --porcelain"
+}
 
 cat "$share/data.bin" >/dev/null # warm the host's page cache
 declare -A result
-for what in ${TESTS:-read write meta}; do
+for what in ${TESTS:-read write meta git}; do
     for where in ours qemu host; do
         case $where in
             ours) dir="$ours" ;;
@@ -90,8 +113,12 @@ for what in ${TESTS:-read write meta}; do
             host) dir="$share" ;;
         esac
         times=()
+        cmd=$("${what}_cmd" "$dir" "$where")
+        if [ "$what" = git ]; then
+            if [ "$where" = host ]; then host_time "$cmd" >/dev/null; else guest_time "$cmd" >/dev/null; fi \
+                || die "git status on $where failed"
+        fi
         for _ in $(seq "$runs"); do
-            cmd=$("${what}_cmd" "$dir")
             if [ "$where" = host ]; then
                 times+=("$(host_time "$cmd")")
             else
@@ -115,3 +142,6 @@ done
 [ -z "${result[meta,ours]:-}" ] || printf '%-28s %13ss %13ss %13ss %16s\n' "find+stat 10,000 files" \
     "${result[meta,ours]}" "${result[meta,qemu]}" "${result[meta,host]}" \
     "$(ratio "${result[meta,qemu]}" "${result[meta,ours]}") time"
+[ -z "${result[git,ours]:-}" ] || printf '%-28s %13ss %13ss %13ss %16s\n' "git status ($(git -C "$share/repo" -c safe.directory='*' ls-files | wc -l) files)" \
+    "${result[git,ours]}" "${result[git,qemu]}" "${result[git,host]}" \
+    "$(ratio "${result[git,qemu]}" "${result[git,ours]}") time"
