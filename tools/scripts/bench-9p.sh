@@ -87,7 +87,7 @@ guest_time() {
 host_time() {
     local t0 t1
     t0=$(date +%s%N)
-    sh -c "$1" >/dev/null 2>&1
+    sh -c "$1" >/dev/null 2>&1 || return 1
     t1=$(date +%s%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", (b - a) / 1e9}'
 }
@@ -120,7 +120,7 @@ for what in ${TESTS:-read write meta git}; do
         fi
         for _ in $(seq "$runs"); do
             if [ "$where" = host ]; then
-                times+=("$(host_time "$cmd")")
+                times+=("$(host_time "$cmd")") || die "$what on the host failed"
             else
                 times+=("$(guest_time "$cmd")") || die "$what on $where failed"
             fi
