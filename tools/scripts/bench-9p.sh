@@ -69,12 +69,14 @@ start_crosd "$state" "$run" --hypervisor qemu
 trap '"$BIN/vmc" stop termina >/dev/null 2>&1 || true; [ -n "$CROSD_PID" ] && kill "$CROSD_PID" 2>/dev/null || true' EXIT
 "$BIN/vmc" stop termina >/dev/null 2>&1 || true
 "$BIN/vmc" start --no-shell --timeout 600 termina >/dev/null 2>&1 || die "vmc start failed (log: $run/crosd.log)"
-ours=$("$BIN/vmc" share --writable termina "$share" | sed -n 's|.* at \(/mnt/shared/[^ ]*\) .*|\1|p')
+# Shares a host folder with termina (vmc share's arguments) and prints where the VM sees it.
+share_into_vm() { "$BIN/vmc" share "$@" | sed -n 's|.* at \(/mnt/shared/[^ ]*\) .*|\1|p'; }
+ours=$(share_into_vm --writable termina "$share")
 [ -n "$ours" ] || die "vmc share printed no path"
 vsh() { "$BIN/vsh" --vm_name termina -- sh -c "$1"; }
 vsh "mkdir -p /tmp/qemu9p && mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 b9p /tmp/qemu9p" \
     || die "cannot mount QEMU's virtio-9p device in the guest"
-tools=$("$BIN/vmc" share termina "$tools_dir" | sed -n 's|.* at \(/mnt/shared/[^ ]*\) .*|\1|p')
+tools=$(share_into_vm termina "$tools_dir")
 vsh "cp $tools/usr/bin/git /tmp/crosd-bench-git" || die "cannot copy git into the guest"
 msize_of() { vsh "grep ' $1 ' /proc/mounts" | tr ',' '\n' | sed -n 's/^msize=//p'; }
 log "msize: ours $(msize_of /mnt/shared), QEMU virtio-9p $(msize_of /tmp/qemu9p)"
@@ -91,6 +93,8 @@ host_time() {
     t1=$(date +%s%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", (b - a) / 1e9}'
 }
+# Seconds $2 takes where $1 says (host, or in the guest).
+time_on() { if [ "$1" = host ]; then host_time "$2"; else guest_time "$2"; fi; }
 median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
 read_cmd() { echo "dd if=$1/data.bin of=/dev/null bs=1M"; }
@@ -115,15 +119,10 @@ for what in ${TESTS:-read write meta git}; do
         times=()
         cmd=$("${what}_cmd" "$dir" "$where")
         if [ "$what" = git ]; then
-            if [ "$where" = host ]; then host_time "$cmd" >/dev/null; else guest_time "$cmd" >/dev/null; fi \
-                || die "git status on $where failed"
+            time_on "$where" "$cmd" >/dev/null || die "git status on $where failed"
         fi
         for _ in $(seq "$runs"); do
-            if [ "$where" = host ]; then
-                times+=("$(host_time "$cmd")") || die "$what on the host failed"
-            else
-                times+=("$(guest_time "$cmd")") || die "$what on $where failed"
-            fi
+            times+=("$(time_on "$where" "$cmd")") || die "$what on $where failed"
             [ "$what" = write ] && rm -f "$share/out.bin"
         done
         result[$what,$where]=$(printf '%s\n' "${times[@]}" | median)
